@@ -1,0 +1,1 @@
+"""The GitHub bot: webhook server, commands, job queue, comments."""

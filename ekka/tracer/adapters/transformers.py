@@ -1,0 +1,130 @@
+"""transformers adapter: the reference side. Greedy decoding with hooks on every module.
+
+Besides every module call it records what the modeling code computes outside modules: the
+post-rotary q and k, by wrapping the modeling module's `apply_rotary_pos_emb` (recorded as
+`<attention>.apply_rotary_pos_emb`, with q, k, cos and sin as inputs), and the logits of the
+last position of each step.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ekka.tracer.capture import CaptureSpec
+
+
+@contextmanager
+def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
+    """Wrap `apply_rotary_pos_emb` in every modeling module the model's classes come from."""
+    originals: list[tuple[Any, Any]] = []
+    seen: set[str] = set()
+    for module in model.modules():
+        modname = type(module).__module__
+        if modname in seen:
+            continue
+        seen.add(modname)
+        pymod = sys.modules.get(modname)
+        original = getattr(pymod, "apply_rotary_pos_emb", None)
+        if pymod is None or original is None or getattr(original, "_ekka_wrapped", False):
+            continue
+
+        def wrapped(q: Any, k: Any, *args: Any, _orig: Any = original, **kwargs: Any) -> Any:
+            out = _orig(q, k, *args, **kwargs)
+            inputs = {"q": q, "k": k}
+            for i, arg in enumerate(args[:2]):
+                inputs[("cos", "sin")[i]] = arg
+            recorder.record_function("apply_rotary_pos_emb", _orig, list(out), inputs, kind="rotary")
+            return out
+
+        wrapped._ekka_wrapped = True  # type: ignore[attr-defined]
+        pymod.apply_rotary_pos_emb = wrapped  # type: ignore[attr-defined]
+        originals.append((pymod, original))
+    try:
+        yield len(originals)
+    finally:
+        for pymod, original in originals:
+            pymod.apply_rotary_pos_emb = original
+
+
+def load_model(model_dir: str, dtype: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def run(spec: CaptureSpec, *, model: Any = None) -> Path:
+    import torch
+    import transformers
+
+    from ekka.tracer.hooks import ModuleRecorder
+    from ekka.tracer.trace import PassInfo, TraceWriter
+
+    if model is None:
+        model = load_model(spec.model, spec.dtype)
+    header = {
+        "framework": "transformers",
+        "framework_version": transformers.__version__,
+        "framework_commit": None,
+        "framework_path": str(Path(transformers.__file__).resolve().parent),
+        "model": str(Path(spec.model).resolve()),
+        "dtype": spec.dtype,
+        "prompt": spec.prompt_text,
+        "prompt_ids": list(spec.prompt_ids),
+        "max_tokens": spec.max_tokens,
+        "engine": {},
+        "model_class": type(model).__name__,
+    }
+    writer = TraceWriter(spec.out, header, shard_bytes=spec.shard_bytes)
+    recorder = ModuleRecorder(writer, model, modules=spec.modules, steps=spec.steps)
+    recorder.install()
+    generated: list[int] = []
+    try:
+        with torch.no_grad(), wrap_rotary(model, recorder):
+            ids = list(spec.prompt_ids)
+            past = None
+            for step in range(spec.max_tokens):
+                if step == 0:
+                    feed, positions = ids, list(range(len(ids)))
+                else:
+                    feed, positions = ids[-1:], [len(ids) - 1]
+                recorder.begin_pass(step)
+                writer.add_pass(
+                    PassInfo(index=recorder.pass_index, step=step, input_ids=tuple(feed), positions=tuple(positions))
+                )
+                out = model(
+                    input_ids=torch.tensor([feed]),
+                    position_ids=torch.tensor([positions]),
+                    past_key_values=past,
+                    use_cache=True,
+                )
+                past = out.past_key_values
+                logits = out.logits[0, -1]
+                recorder.record_tensor("logits", logits, kind="logits")
+                token = int(torch.argmax(logits.float()).item())
+                ids.append(token)
+                generated.append(token)
+    except BaseException:
+        recorder.remove()
+        writer.close(complete=False)
+        raise
+    recorder.remove()
+    writer.close(generated_ids=generated)
+    return writer.path
+
+
+def main(argv: list[str]) -> int:
+    spec = CaptureSpec.from_json(Path(argv[1]).read_text())
+    run(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,164 @@
+"""vLLM adapter: runs the in-process engine with hooks on every module and writes a trace.
+
+Run as `python -m ekka.tracer.adapters.vllm SPEC.json` (what `capture()` does), in a fresh
+process whose PYTHONPATH may put a patched copy of vLLM's sources first.
+
+Per forward pass it records the pass's token ids and positions (cloned at once: vLLM reuses
+its input buffers), the CPU attention metadata of the first attention layer (seq_lens,
+query_start_loc, slot_mapping, block table row), every module call, and the logits of the
+pass. The step of a pass is derived from its positions: rows before the prompt's end are the
+prefill (step 0, possibly in several chunks), a row at position P + k - 1 is decode step k.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ekka.tracer.capture import CaptureSpec
+
+
+def _framework_commit(package_dir: Path) -> str | None:
+    try:
+        from vllm import _version
+
+        commit = getattr(_version, "__commit_id__", None)
+        if commit:
+            return str(commit)
+    except ImportError:
+        pass
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(package_dir), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _attention_metadata() -> dict[str, Any]:
+    """seq_lens, query_start_loc, slot_mapping and block table of the pass (first layer)."""
+    try:
+        from vllm.forward_context import get_forward_context
+
+        metadata = get_forward_context().attn_metadata
+    except Exception:  # no context outside a model run, or another version's layout
+        return {}
+    if isinstance(metadata, list):
+        metadata = metadata[0] if metadata else None
+    if isinstance(metadata, dict):
+        metadata = next(iter(metadata.values()), None)
+    if metadata is None:
+        return {}
+    extra: dict[str, Any] = {}
+    for key in ("seq_lens", "query_start_loc", "slot_mapping", "block_table"):
+        value = getattr(metadata, key, None)
+        if value is not None and hasattr(value, "tolist"):
+            extra[key] = value.detach().cpu().tolist()
+    return extra
+
+
+def run(spec: CaptureSpec) -> Path:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import torch
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    from ekka.tracer.hooks import ModuleRecorder
+    from ekka.tracer.trace import PassInfo, TraceWriter
+
+    package_dir = Path(vllm.__file__).resolve().parent
+    header = {
+        "framework": "vllm",
+        "framework_version": vllm.__version__,
+        "framework_commit": _framework_commit(package_dir),
+        "framework_path": str(package_dir),
+        "model": str(Path(spec.model).resolve()),
+        "dtype": spec.dtype,
+        "prompt": spec.prompt_text,
+        "prompt_ids": list(spec.prompt_ids),
+        "max_tokens": spec.max_tokens,
+        "engine": dict(spec.engine),
+    }
+    writer = TraceWriter(spec.out, header, shard_bytes=spec.shard_bytes)
+    try:
+        engine = dict(spec.engine)
+        engine.setdefault("max_model_len", _max_model_len(spec))
+        llm = LLM(
+            model=spec.model,
+            skip_tokenizer_init=True,
+            enforce_eager=True,
+            gpu_memory_utilization=0.3,
+            dtype=spec.dtype,
+            seed=0,
+            **engine,
+        )
+        prompt_len = len(spec.prompt_ids)
+        state: dict[str, Any] = {}
+
+        def install(model: torch.nn.Module) -> str:
+            recorder = ModuleRecorder(writer, model, modules=spec.modules, steps=spec.steps)
+
+            def begin(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                input_ids = kwargs.get("input_ids", args[0] if args else None)
+                positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+                ids = [] if input_ids is None else input_ids.detach().flatten().tolist()
+                pos = [] if positions is None else positions.detach().flatten().tolist()
+                last = max(pos) if pos else 0
+                step = 0 if last < prompt_len else last - prompt_len + 1
+                recorder.begin_pass(step)
+                writer.add_pass(
+                    PassInfo(
+                        index=recorder.pass_index,
+                        step=step,
+                        input_ids=tuple(ids),
+                        positions=tuple(pos),
+                        extra=_attention_metadata(),
+                    )
+                )
+
+            def logits(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+                if isinstance(output, torch.Tensor) and output.numel():
+                    recorder.record_tensor("logits", output.reshape(-1, output.shape[-1])[-1], kind="logits")
+
+            model.register_forward_pre_hook(begin, with_kwargs=True)
+            recorder.install()
+            for name, module in model.named_modules():
+                if name.endswith("logits_processor"):
+                    module.register_forward_hook(logits)
+            state["recorder"] = recorder
+            return type(model).__name__
+
+        model_class = llm.apply_model(install)[0]
+        params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
+        outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], params, use_tqdm=False)
+        generated = list(outputs[0].outputs[0].token_ids)
+    except BaseException:
+        writer.close(complete=False)
+        raise
+    writer.close(generated_ids=generated, model_class=model_class)
+    return writer.path
+
+
+def _max_model_len(spec: CaptureSpec) -> int:
+    from ekka.tracer.capture import context_length, read_config
+
+    limit = context_length(read_config(spec.model)) or 4096
+    return min(limit, 4096)
+
+
+def main(argv: list[str]) -> int:
+    spec = CaptureSpec.from_json(Path(argv[1]).read_text())
+    run(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

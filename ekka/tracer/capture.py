@@ -1,0 +1,273 @@
+"""Capture a trace of one prompt through a framework: the entry point of the tracer.
+
+`capture(spec)` validates the input (model folder, shapes, prompt length, output folder),
+then runs the framework's adapter: transformers in this process, vLLM in a fresh subprocess
+(so that a patched copy of vLLM's sources can be put first on PYTHONPATH, and so that the
+engine's global state never leaks into the caller).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekka.errors import (
+    CaptureError,
+    ModelFolderError,
+    OutputFolderError,
+    PromptTooLongError,
+    UnsupportedShapeError,
+    UsageError,
+)
+from ekka.tracer.trace import TraceReader, is_trace
+
+FRAMEWORKS = ("vllm", "transformers")
+DTYPES = ("float32", "bfloat16")
+# Head sizes vLLM 0.32.0's CPU attention accepts ("Unsupported CPU attention configuration" else).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """Everything one capture needs; crosses the process boundary as JSON."""
+
+    framework: str
+    model: str
+    prompt_ids: tuple[int, ...]
+    out: str
+    dtype: str = "float32"
+    max_tokens: int = 4
+    modules: tuple[str, ...] = ()
+    steps: str = "all"
+    prompt_text: str | None = None
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    shard_bytes: int = 256 * 1024 * 1024
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["engine"] = dict(self.engine)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> CaptureSpec:
+        data = json.loads(text)
+        data["prompt_ids"] = tuple(data["prompt_ids"])
+        data["modules"] = tuple(data["modules"])
+        return cls(**data)
+
+
+def read_config(model: str | Path) -> dict[str, Any]:
+    """The model folder's config.json, or a ModelFolderError that says what is missing."""
+    path = Path(model)
+    if not path.exists():
+        raise ModelFolderError(
+            f"model folder {path} does not exist; build one with `ekka zoo build ARCH --out {path}`."
+        )
+    if not path.is_dir():
+        raise ModelFolderError(f"--model {path} is a file; give the model's folder.")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelFolderError(
+            f"model folder {path} has no config.json: it is not a model folder or it is incomplete."
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise ModelFolderError(f"{config_file} is not valid JSON ({exc}).") from None
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        raise ModelFolderError(
+            f"model folder {path} has no weights (*.safetensors): it is incomplete; rebuild it."
+        )
+    if not config.get("architectures"):
+        raise ModelFolderError(f"{config_file} names no architecture (`architectures` is empty).")
+    return dict(config)
+
+
+def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    return config.get("text_config") or config
+
+
+def head_size(config: Mapping[str, Any]) -> int:
+    cfg = _text_config(config)
+    if cfg.get("head_dim"):
+        return int(cfg["head_dim"])
+    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+
+
+def check_cpu_shapes(config: Mapping[str, Any]) -> None:
+    """Refuse shapes vLLM's CPU backend rejects, with the fix."""
+    size = head_size(config)
+    if size not in CPU_HEAD_SIZES:
+        sizes = ", ".join(map(str, CPU_HEAD_SIZES))
+        raise UnsupportedShapeError(
+            f"head size {size} is not supported by vLLM's CPU attention (supported: {sizes}); "
+            "rebuild the model with a supported one, e.g. `--set head_dim=64` "
+            "(or hidden_size = 64 x num_attention_heads)."
+        )
+
+
+def context_length(config: Mapping[str, Any]) -> int | None:
+    cfg = _text_config(config)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if cfg.get(key):
+            return int(cfg[key])
+    return None
+
+
+def check_prompt_length(config: Mapping[str, Any], prompt_len: int, max_tokens: int) -> None:
+    limit = context_length(config)
+    if prompt_len == 0:
+        raise UsageError("the prompt is empty; give --prompt TEXT or --prompt-ids 1,2,3.")
+    if limit is not None and prompt_len + max_tokens > limit:
+        raise PromptTooLongError(
+            f"the prompt has {prompt_len} tokens and --max-tokens is {max_tokens}, but the model's "
+            f"context is {limit} tokens; shorten the prompt or lower --max-tokens to at most "
+            f"{max(limit - prompt_len, 0)}."
+        )
+
+
+def check_vocab(config: Mapping[str, Any], ids: Sequence[int]) -> None:
+    vocab = _text_config(config).get("vocab_size")
+    bad = [i for i in ids if i < 0 or (vocab is not None and i >= int(vocab))]
+    if bad:
+        raise UsageError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab}).")
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise UsageError(f"--prompt-ids {text!r}: give comma-separated integers like 1,2,3.") from None
+
+
+def tokenize(model: str | Path, prompt: str) -> list[int]:
+    """The prompt's token ids with the model folder's own tokenizer (special tokens added)."""
+    path = Path(model)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise ModelFolderError(
+            f"model folder {path} has no tokenizer; pass --prompt-ids instead of --prompt, "
+            "or rebuild it with `ekka zoo build`."
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def resolve_prompt(model: str | Path, prompt: str | None, prompt_ids: str | Sequence[int] | None) -> list[int]:
+    if (prompt is None) == (prompt_ids is None):
+        raise UsageError("give exactly one of --prompt TEXT and --prompt-ids 1,2,3.")
+    if prompt is not None:
+        return tokenize(model, prompt)
+    if isinstance(prompt_ids, str):
+        return parse_prompt_ids(prompt_ids)
+    return list(prompt_ids or [])
+
+
+def validate(spec: CaptureSpec) -> dict[str, Any]:
+    """Check everything a user can get wrong before a framework starts; returns the config."""
+    if spec.framework not in FRAMEWORKS:
+        raise UsageError(f"unknown framework {spec.framework!r}; use one of {', '.join(FRAMEWORKS)}.")
+    if spec.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {spec.dtype!r}; use one of {', '.join(DTYPES)}.")
+    if spec.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1.")
+    config = read_config(spec.model)
+    if spec.framework == "vllm":
+        check_cpu_shapes(config)
+    check_prompt_length(config, len(spec.prompt_ids), spec.max_tokens)
+    check_vocab(config, spec.prompt_ids)
+    out = Path(spec.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_trace(out))):
+        raise OutputFolderError(
+            f"--out {out} exists and is not an Ekka trace; choose a new folder or remove it first."
+        )
+    return config
+
+
+def _subprocess_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
+    env = dict(os.environ)
+    ekka_root = str(Path(__file__).resolve().parents[2])
+    parts = [str(p) for p in pythonpath] + [ekka_root]
+    if env.get("PYTHONPATH"):
+        parts.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return env
+
+
+def capture(
+    spec: CaptureSpec,
+    *,
+    pythonpath: Sequence[str | Path] = (),
+    timeout: float | None = None,
+    in_process: bool | None = None,
+) -> TraceReader:
+    """Capture `spec` and return a reader on the written trace.
+
+    vLLM runs in a subprocess (with `pythonpath` first on its path: a patched copy of the
+    framework's sources); transformers runs here unless `in_process` is False.
+    """
+    validate(spec)
+    if in_process is None:
+        in_process = spec.framework == "transformers" and not pythonpath
+    if in_process:
+        if spec.framework == "vllm":
+            from ekka.tracer.adapters import vllm as adapter
+        else:
+            from ekka.tracer.adapters import transformers as adapter  # type: ignore[no-redef]
+        adapter.run(spec)
+        return TraceReader(spec.out)
+    return _capture_subprocess(spec, pythonpath=pythonpath, timeout=timeout)
+
+
+def _capture_subprocess(
+    spec: CaptureSpec, *, pythonpath: Sequence[str | Path], timeout: float | None
+) -> TraceReader:
+    module = f"ekka.tracer.adapters.{spec.framework}"
+    with tempfile.TemporaryDirectory(prefix="ekka-capture-") as tmp:
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(spec.to_json())
+        log_file = Path(tmp) / "log.txt"
+        with open(log_file, "w") as log:
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", module, str(spec_file)],
+                    env=_subprocess_env(pythonpath),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    cwd=tmp,
+                )
+            except subprocess.TimeoutExpired:
+                raise CaptureError(
+                    f"{spec.framework} capture did not finish within {timeout:.0f} s."
+                ) from None
+        if proc.returncode != 0:
+            tail = log_file.read_text(errors="replace")[-4000:]
+            error_line = _last_error_line(tail)
+            raise CaptureError(
+                f"{spec.framework} capture failed (exit code {proc.returncode}): {error_line}\n"
+                f"--- last lines of its log ---\n{tail}"
+            )
+    return TraceReader(spec.out)
+
+
+def _last_error_line(log: str) -> str:
+    for line in reversed(log.strip().splitlines()):
+        if "Error" in line or "error" in line:
+            return line.strip()
+    return "see the log below"

@@ -1,0 +1,255 @@
+"""Forward hooks that record every module call of a torch model into a TraceWriter.
+
+This module runs inside the framework's process (vLLM's or transformers'); it needs torch and
+ekka.tracer.trace, nothing else of Ekka.
+
+What it records, per forward pass and in call order:
+- each module's outputs (flattened: a tuple `(hidden, residual)` becomes two tensors), cloned
+  at once because frameworks reuse and modify buffers in place;
+- for modules that call no other module while they run (the leaves of the execution: linear
+  layers, norms, activations, rotary, attention), their inputs too, cloned *before* the module
+  runs (vLLM's fused norms add the residual in place).
+
+Names: a call is named after the module that made it when the module object is shared (vLLM
+registers one rotary embedding under layer 0 and calls it from every layer): the call is
+attributed to the layer it ran in. A module called more than once in a pass gets `#k` on its
+k-th repeated call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ekka.tracer.trace import TraceWriter
+
+
+def flatten_tensors(value: Any) -> list[torch.Tensor | None]:
+    """Flatten a module output into a list of tensors (None where an item is not a tensor)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        flat: list[torch.Tensor | None] = []
+        for item in value:
+            if isinstance(item, (tuple, list)):
+                flat.extend(flatten_tensors(item))
+            else:
+                flat.append(item if isinstance(item, torch.Tensor) else None)
+        return flat
+    if isinstance(value, dict):
+        return [v if isinstance(v, torch.Tensor) else None for v in value.values()]
+    return [None]
+
+
+def clone(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().clone()
+
+
+_SOURCE_CACHE: dict[Any, tuple[str | None, int | None]] = {}
+
+
+def source_location(obj: Any) -> tuple[str | None, int | None]:
+    """(file relative to its top-level package's parent, first line) of a class or function."""
+    if obj in _SOURCE_CACHE:
+        return _SOURCE_CACHE[obj]
+    try:
+        path = inspect.getsourcefile(obj)
+        line = inspect.getsourcelines(obj)[1]
+    except (TypeError, OSError):
+        _SOURCE_CACHE[obj] = (None, None)
+        return None, None
+    rel = path
+    top = sys.modules.get(getattr(obj, "__module__", "").split(".")[0])
+    top_file = getattr(top, "__file__", None)
+    if path and top_file:
+        root = Path(top_file).resolve().parent.parent
+        try:
+            rel = str(Path(path).resolve().relative_to(root))
+        except ValueError:
+            rel = path
+    _SOURCE_CACHE[obj] = (rel, line)
+    return rel, line
+
+
+def parse_steps(spec: str | None) -> Callable[[int], bool]:
+    """`prefill` (step 0 only), `all`, or a comma list of step numbers -> a predicate."""
+    if spec is None or spec == "all":
+        return lambda step: True
+    if spec == "prefill":
+        return lambda step: step == 0
+    try:
+        wanted = {int(s) for s in spec.split(",") if s.strip()}
+    except ValueError:
+        from ekka.errors import UsageError
+
+        raise UsageError(f"--steps {spec!r}: use 'prefill', 'all' or step numbers like 0,1,2.") from None
+    return lambda step: step in wanted
+
+
+class ModuleRecorder:
+    """Installs hooks on every submodule of `root` and writes what they see to `writer`."""
+
+    def __init__(
+        self,
+        writer: TraceWriter,
+        root: torch.nn.Module,
+        *,
+        modules: Sequence[str] | None = None,
+        steps: str | None = None,
+    ) -> None:
+        self.writer = writer
+        self.root = root
+        self.patterns = list(modules or [])
+        self.want_step = parse_steps(steps)
+        self.names: dict[int, str] = {id(m): n for n, m in root.named_modules() if n}
+        self.step = 0
+        self.pass_index = -1
+        self.call_index = 0
+        self._stack: list[list[Any]] = []  # [name, had_child_call, cloned_inputs]
+        self._seen: dict[str, int] = {}
+        self._handles: list[Any] = []
+
+    # pass bookkeeping (called by the framework adapter)
+    def begin_pass(self, step: int) -> None:
+        self.pass_index += 1
+        self.step = step
+        self.call_index = 0
+        self._seen = {}
+        self._stack = []
+
+    @property
+    def recording(self) -> bool:
+        return self.pass_index >= 0 and self.want_step(self.step)
+
+    def _selected(self, name: str) -> bool:
+        return not self.patterns or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def _effective_name(self, name: str) -> str:
+        if self._stack:
+            caller = self._stack[-1][0]
+            if not name.startswith(caller + "."):
+                name = caller + "." + name.rsplit(".", 1)[-1]
+        return name
+
+    def _unique(self, name: str) -> str:
+        count = self._seen.get(name, 0)
+        self._seen[name] = count + 1
+        return name if count == 0 else f"{name}#{count}"
+
+    def install(self) -> None:
+        for name, module in self.root.named_modules():
+            if not name:
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self.recording:
+            return
+        name = self._effective_name(self.names[id(module)])
+        if self._stack:
+            self._stack[-1][1] = True
+        selected = self._selected(name)
+        inputs = _clone_inputs(args, kwargs) if selected and _no_param_children(module) else None
+        self._stack.append([name, False, inputs])
+
+    def _post(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        if not self.recording or not self._stack:
+            return
+        name, had_child, inputs = self._stack.pop()
+        if not self._selected(name):
+            return
+        cls = type(module)
+        file, line = source_location(cls)
+        self.writer.add(
+            name=self._unique(name),
+            module_class=cls.__name__,
+            source_file=file,
+            source_line=line,
+            step=self.step,
+            pass_index=self.pass_index,
+            call_index=self.call_index,
+            outputs=[clone(t) for t in flatten_tensors(output)],
+            inputs=None if had_child else inputs,
+            leaf=not had_child,
+        )
+        self.call_index += 1
+
+    def record_function(
+        self,
+        suffix: str,
+        func: Any,
+        outputs: Iterable[torch.Tensor | None],
+        inputs: dict[str, torch.Tensor | None],
+        *,
+        kind: str,
+    ) -> None:
+        """Record a call of a plain function (no module) under the calling module's name."""
+        if not self.recording:
+            return
+        caller = self._stack[-1][0] if self._stack else ""
+        name = f"{caller}.{suffix}" if caller else suffix
+        if not self._selected(name):
+            return
+        if self._stack:
+            self._stack[-1][1] = True
+        file, line = source_location(func)
+        self.writer.add(
+            name=self._unique(name),
+            module_class=getattr(func, "__name__", suffix),
+            source_file=file,
+            source_line=line,
+            step=self.step,
+            pass_index=self.pass_index,
+            call_index=self.call_index,
+            outputs=[clone(t) for t in outputs],
+            inputs={k: clone(v) for k, v in inputs.items()},
+            kind=kind,
+            leaf=True,
+        )
+        self.call_index += 1
+
+    def record_tensor(self, name: str, tensor: torch.Tensor, *, kind: str) -> None:
+        """Record a tensor that no module returns (the logits of a step)."""
+        if not self.recording:
+            return
+        self.writer.add(
+            name=name,
+            module_class=kind,
+            source_file=None,
+            source_line=None,
+            step=self.step,
+            pass_index=self.pass_index,
+            call_index=self.call_index,
+            outputs=[clone(tensor)],
+            kind=kind,
+        )
+        self.call_index += 1
+
+
+def _no_param_children(module: torch.nn.Module) -> bool:
+    return all(not any(True for _ in child.parameters()) for child in module.children())
+
+
+def _clone_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+    inputs: dict[str, torch.Tensor | None] = {}
+    for i, arg in enumerate(args):
+        if isinstance(arg, torch.Tensor):
+            inputs[str(i)] = clone(arg)
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            inputs[key] = clone(value)
+    return inputs

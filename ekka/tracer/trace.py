@@ -1,0 +1,358 @@
+"""Trace storage: an ordered list of module records plus their tensors, on disk.
+
+A trace is a folder:
+
+    manifest.json            framework, model, dtype, prompt and generated ids, passes, records
+    tensors-00000.safetensors  tensors, written incrementally in shards as the capture runs
+    tensors-00001.safetensors  ...
+
+Records are kept in call order. Tensors are buffered in memory up to `shard_bytes` and then
+flushed to the next shard, so a capture never holds more than one shard in memory; the reader
+opens shards lazily (memory-mapped) and loads one record's tensors at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekka.errors import OutputFolderError, TraceFormatError
+
+FORMAT = "ekka-trace"
+VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Where one recorded tensor lives and what it looks like."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorMeta:
+        return cls(key=data["key"], shape=tuple(data["shape"]), dtype=data["dtype"])
+
+
+@dataclass(frozen=True)
+class Record:
+    """One call of one module (or one synthetic capture point) in one forward pass.
+
+    `outputs` are the module's flattened outputs in order (None where the output is not a
+    tensor); `inputs` maps argument names ("0", "1", ... for positional arguments, the keyword
+    otherwise) to tensors, and is filled for leaf modules only.
+    """
+
+    index: int
+    name: str
+    module_class: str
+    source_file: str | None
+    source_line: int | None
+    step: int
+    pass_index: int
+    call_index: int
+    outputs: tuple[TensorMeta | None, ...]
+    inputs: tuple[tuple[str, TensorMeta], ...] = ()
+    kind: str = "module"
+    leaf: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outputs"] = [None if o is None else asdict(o) for o in self.outputs]
+        data["inputs"] = [[k, asdict(m)] for k, m in self.inputs]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Record:
+        return cls(
+            index=data["index"],
+            name=data["name"],
+            module_class=data["module_class"],
+            source_file=data.get("source_file"),
+            source_line=data.get("source_line"),
+            step=data["step"],
+            pass_index=data["pass_index"],
+            call_index=data["call_index"],
+            outputs=tuple(None if o is None else TensorMeta.from_json(o) for o in data["outputs"]),
+            inputs=tuple((k, TensorMeta.from_json(m)) for k, m in data.get("inputs", [])),
+            kind=data.get("kind", "module"),
+            leaf=data.get("leaf", False),
+        )
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """One forward pass of the engine: which step it belongs to and which tokens it computed.
+
+    `step` is 0 for the prefill (which may span several passes when it is chunked) and k for
+    the k-th decode step. `positions` are the token positions (in the request) of the rows
+    the pass computed, in row order.
+    """
+
+    index: int
+    step: int
+    input_ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "step": self.step,
+            "input_ids": list(self.input_ids),
+            "positions": list(self.positions),
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PassInfo:
+        return cls(
+            index=data["index"],
+            step=data["step"],
+            input_ids=tuple(data["input_ids"]),
+            positions=tuple(data["positions"]),
+            extra=data.get("extra", {}),
+        )
+
+
+def is_trace(path: str | Path) -> bool:
+    """True when `path` holds an Ekka trace manifest."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_output(path: str | Path) -> Path:
+    """Make `path` ready for a new trace: create it, or clear an earlier trace in it.
+
+    A folder that exists and holds anything other than an Ekka trace is refused, so that a
+    mistyped path never deletes a user's files.
+    """
+    out = Path(path)
+    if out.exists():
+        if not out.is_dir():
+            raise OutputFolderError(f"--out {out} exists and is a file; give a folder path.")
+        if any(out.iterdir()):
+            if not is_trace(out):
+                raise OutputFolderError(
+                    f"--out {out} exists, is not empty and is not an Ekka trace; "
+                    "choose a new folder or remove it first."
+                )
+            for child in out.iterdir():
+                if child.name == MANIFEST or (
+                    child.name.startswith("tensors-") and child.suffix == ".safetensors"
+                ):
+                    child.unlink()
+                elif child.is_dir():
+                    shutil.rmtree(child)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _dtype_name(tensor: Any) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+class TraceWriter:
+    """Writes records and their tensors incrementally; `close()` writes the manifest."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        header: Mapping[str, Any],
+        *,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+    ) -> None:
+        self.path = prepare_output(path)
+        self.header = dict(header)
+        self.shard_bytes = shard_bytes
+        self.records: list[Record] = []
+        self.passes: list[PassInfo] = []
+        self.shards: list[str] = []
+        self._buffer: dict[str, Any] = {}
+        self._buffered = 0
+        self._key_shard: dict[str, int] = {}
+        self._closed = False
+
+    def _put(self, key: str, tensor: Any) -> TensorMeta:
+        tensor = tensor.detach().contiguous().cpu()
+        self._buffer[key] = tensor
+        self._buffered += tensor.numel() * tensor.element_size()
+        if self._buffered >= self.shard_bytes:
+            self.flush()
+        return TensorMeta(key=key, shape=tuple(tensor.shape), dtype=_dtype_name(tensor))
+
+    def add(
+        self,
+        *,
+        name: str,
+        module_class: str,
+        source_file: str | None,
+        source_line: int | None,
+        step: int,
+        pass_index: int,
+        call_index: int,
+        outputs: Sequence[Any | None],
+        inputs: Mapping[str, Any] | None = None,
+        kind: str = "module",
+        leaf: bool = False,
+    ) -> Record:
+        """Append one record; tensors must already be copies the framework will not reuse."""
+        index = len(self.records)
+        out_meta = tuple(
+            None if t is None else self._put(f"{index:07d}.out.{i}", t) for i, t in enumerate(outputs)
+        )
+        in_meta = tuple(
+            (k, self._put(f"{index:07d}.in.{k}", t)) for k, t in (inputs or {}).items() if t is not None
+        )
+        record = Record(
+            index=index,
+            name=name,
+            module_class=module_class,
+            source_file=source_file,
+            source_line=source_line,
+            step=step,
+            pass_index=pass_index,
+            call_index=call_index,
+            outputs=out_meta,
+            inputs=in_meta,
+            kind=kind,
+            leaf=leaf,
+        )
+        self.records.append(record)
+        return record
+
+    def add_pass(self, info: PassInfo) -> None:
+        self.passes.append(info)
+
+    def flush(self) -> None:
+        """Write the buffered tensors to the next shard and free them."""
+        if not self._buffer:
+            return
+        from safetensors.torch import save_file
+
+        name = f"tensors-{len(self.shards):05d}.safetensors"
+        save_file(self._buffer, str(self.path / name), metadata={"format": "pt"})
+        for key in self._buffer:
+            self._key_shard[key] = len(self.shards)
+        self.shards.append(name)
+        self._buffer = {}
+        self._buffered = 0
+
+    def close(self, *, complete: bool = True, **extra: Any) -> Path:
+        """Flush the last shard and write the manifest (`complete` False after a failure)."""
+        if self._closed:
+            return self.path
+        self.flush()
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            **self.header,
+            **extra,
+            "complete": complete,
+            "shards": self.shards,
+            "key_shards": self._key_shard,
+            "passes": [p.to_json() for p in self.passes],
+            "records": [r.to_json() for r in self.records],
+        }
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        tmp.replace(self.path / MANIFEST)
+        self._closed = True
+        return self.path
+
+
+class TraceReader:
+    """Reads a trace back: records in call order, tensors loaded lazily one record at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise TraceFormatError(f"{self.path} is not a folder; give the --out folder of `ekka trace`.")
+        if not is_trace(self.path):
+            raise TraceFormatError(f"{self.path} holds no Ekka trace ({MANIFEST} missing or not ours).")
+        self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text())
+        if self.manifest.get("version", 0) > VERSION:
+            raise TraceFormatError(
+                f"{self.path} was written by a newer Ekka (trace version {self.manifest['version']})."
+            )
+        self.records = [Record.from_json(r) for r in self.manifest["records"]]
+        self.passes = [PassInfo.from_json(p) for p in self.manifest.get("passes", [])]
+        self._key_shard: dict[str, int] = self.manifest.get("key_shards", {})
+        self._handles: dict[int, Any] = {}
+
+    # header fields
+    @property
+    def framework(self) -> str:
+        return str(self.manifest["framework"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.manifest["dtype"])
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return list(self.manifest["prompt_ids"])
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return list(self.manifest.get("generated_ids", []))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete", False))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def select(self, *, step: int | None = None, name: str | None = None) -> list[Record]:
+        return [
+            r for r in self.records if (step is None or r.step == step) and (name is None or r.name == name)
+        ]
+
+    def _tensor(self, meta: TensorMeta) -> Any:
+        from safetensors import safe_open
+
+        shard = self._key_shard.get(meta.key)
+        if shard is None:
+            raise TraceFormatError(f"{self.path}: tensor {meta.key} is listed but was never written.")
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = safe_open(str(self.path / self.manifest["shards"][shard]), framework="pt")
+            self._handles[shard] = handle
+        return handle.get_tensor(meta.key)
+
+    def outputs(self, record: Record) -> list[Any | None]:
+        """The record's output tensors (None where the output was not a tensor)."""
+        return [None if m is None else self._tensor(m) for m in record.outputs]
+
+    def inputs(self, record: Record) -> dict[str, Any]:
+        return {k: self._tensor(m) for k, m in record.inputs}
+
+    def stream(self) -> Iterator[tuple[Record, list[Any | None]]]:
+        """Records with their outputs, in call order, one at a time."""
+        for record in self.records:
+            yield record, self.outputs(record)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def __enter__(self) -> TraceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
