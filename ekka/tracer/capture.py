@@ -50,6 +50,9 @@ class CaptureSpec:
     prompt_text: str | None = None
     engine: Mapping[str, Any] = field(default_factory=dict)
     shard_bytes: int = 256 * 1024 * 1024
+    # transformers only: teacher forcing. One forward pass over prompt + forced_ids (the tokens
+    # the target generated), so that every target pass can be compared at the same positions.
+    forced_ids: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -61,6 +64,7 @@ class CaptureSpec:
         data = json.loads(text)
         data["prompt_ids"] = tuple(data["prompt_ids"])
         data["modules"] = tuple(data["modules"])
+        data["forced_ids"] = tuple(data.get("forced_ids", ()))
         return cls(**data)
 
 

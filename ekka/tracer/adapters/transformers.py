@@ -50,6 +50,12 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
             pymod.apply_rotary_pos_emb = original
 
 
+def _config_dict(model_dir: str) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads((Path(model_dir) / "config.json").read_text()))
+
+
 def load_model(model_dir: str, dtype: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -81,6 +87,7 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
         "max_tokens": spec.max_tokens,
         "engine": {},
         "model_class": type(model).__name__,
+        "model_config": _config_dict(spec.model),
     }
     writer = TraceWriter(spec.out, header, shard_bytes=spec.shard_bytes)
     recorder = ModuleRecorder(writer, model, modules=spec.modules, steps=spec.steps)
@@ -88,29 +95,10 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     generated: list[int] = []
     try:
         with torch.no_grad(), wrap_rotary(model, recorder):
-            ids = list(spec.prompt_ids)
-            past = None
-            for step in range(spec.max_tokens):
-                if step == 0:
-                    feed, positions = ids, list(range(len(ids)))
-                else:
-                    feed, positions = ids[-1:], [len(ids) - 1]
-                recorder.begin_pass(step)
-                writer.add_pass(
-                    PassInfo(index=recorder.pass_index, step=step, input_ids=tuple(feed), positions=tuple(positions))
-                )
-                out = model(
-                    input_ids=torch.tensor([feed]),
-                    position_ids=torch.tensor([positions]),
-                    past_key_values=past,
-                    use_cache=True,
-                )
-                past = out.past_key_values
-                logits = out.logits[0, -1]
-                recorder.record_tensor("logits", logits, kind="logits")
-                token = int(torch.argmax(logits.float()).item())
-                ids.append(token)
-                generated.append(token)
+            if spec.forced_ids:
+                generated = _forced_pass(spec, model, recorder, writer)
+            else:
+                generated = _greedy(spec, model, recorder, writer)
     except BaseException:
         recorder.remove()
         writer.close(complete=False)
@@ -118,6 +106,51 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     recorder.remove()
     writer.close(generated_ids=generated)
     return writer.path
+
+
+def _forward(model: Any, recorder: Any, writer: Any, feed: list[int], positions: list[int], step: int, past: Any) -> Any:
+    import torch
+
+    from ekka.tracer.trace import PassInfo
+
+    recorder.begin_pass(step)
+    writer.add_pass(
+        PassInfo(index=recorder.pass_index, step=step, input_ids=tuple(feed), positions=tuple(positions))
+    )
+    out = model(
+        input_ids=torch.tensor([feed]),
+        position_ids=torch.tensor([positions]),
+        past_key_values=past,
+        use_cache=past is not None or step == 0,
+    )
+    recorder.record_tensor("logits", out.logits[0], kind="logits")
+    return out
+
+
+def _greedy(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[int]:
+    """Greedy decoding with the KV cache: a prefill pass, then one pass per generated token."""
+    ids = list(spec.prompt_ids)
+    generated: list[int] = []
+    past = None
+    for step in range(spec.max_tokens):
+        if step == 0:
+            feed, positions = ids, list(range(len(ids)))
+        else:
+            feed, positions = ids[-1:], [len(ids) - 1]
+        out = _forward(model, recorder, writer, feed, positions, step, past)
+        past = out.past_key_values
+        token = int(out.logits[0, -1].float().argmax().item())
+        ids.append(token)
+        generated.append(token)
+    return generated
+
+
+def _forced_pass(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[int]:
+    """Teacher forcing: one pass over prompt + forced ids, no cache; returns the greedy choices."""
+    feed = list(spec.prompt_ids) + list(spec.forced_ids)
+    out = _forward(model, recorder, writer, feed, list(range(len(feed))), 0, None)
+    start = len(spec.prompt_ids) - 1
+    return [int(t) for t in out.logits[0, start:].float().argmax(dim=-1).tolist()]
 
 
 def main(argv: list[str]) -> int:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.capture import CaptureSpec
+from ekka.tracer.capture import CaptureSpec, read_config
 
 
 def _framework_commit(package_dir: Path) -> str | None:
@@ -86,6 +86,7 @@ def run(spec: CaptureSpec) -> Path:
         "prompt_ids": list(spec.prompt_ids),
         "max_tokens": spec.max_tokens,
         "engine": dict(spec.engine),
+        "model_config": read_config(spec.model),
     }
     writer = TraceWriter(spec.out, header, shard_bytes=spec.shard_bytes)
     try:
@@ -148,7 +149,7 @@ def run(spec: CaptureSpec) -> Path:
 
 
 def _max_model_len(spec: CaptureSpec) -> int:
-    from ekka.tracer.capture import context_length, read_config
+    from ekka.tracer.capture import context_length
 
     limit = context_length(read_config(spec.model)) or 4096
     return min(limit, 4096)

@@ -1,0 +1,317 @@
+"""Component mapping and alignment: which reference record(s) a target record computes, and how.
+
+Mapping is split into a pure planner and an executor:
+
+- `plan_components` reads names only (target and reference records, the model's family) and
+  returns one `Plan` per target component: a small frozen record naming the target op, the
+  reference components and the reference op. Rules are data (`RULES`), grouped by family; a
+  caller can pass its own list. Where no rule applies, `infer_plan` pairs by value.
+- `Aligner` applies a plan to one target pass: it gathers the reference rows at the pass's
+  token positions (a target pass may be one chunk of the prefill or one decode step, while
+  the reference may be one teacher-forced pass over the whole sequence) and returns the two
+  (or three, with the float32 reference) `[rows, features]` tensors to compare.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ekka.tracer import transforms
+from ekka.tracer.trace import PassInfo, Record, TraceReader
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Target components matching `target` (regex, group `p` = prefix) map to `reference`.
+
+    Templates in `reference` may use `{p}` (the prefix) and `{name}` (the whole target name).
+    `slot` says which reference tensor: "out" (first output) or "in" (first input).
+    """
+
+    target: str
+    reference: tuple[str, ...]
+    target_op: str = "first"
+    reference_op: str | None = None
+    slot: str = "out"
+    target_class: str | None = None
+    families: tuple[str, ...] = ()
+    note: str = ""
+
+    def matches(self, name: str, cls: str, family: str) -> re.Match[str] | None:
+        if self.families and family not in self.families:
+            return None
+        if self.target_class and not re.search(self.target_class, cls):
+            return None
+        return re.fullmatch(self.target, name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one target component is made comparable with the reference."""
+
+    target: str
+    target_op: str
+    reference: tuple[str, ...]
+    reference_op: str | None
+    slot: str = "out"
+    inferred: bool = False
+    rule: str = ""
+
+    def describe(self) -> str:
+        refs = ", ".join(self.reference)
+        where = "input of " if self.slot == "in" else ""
+        how = f"{self.reference_op}({where}{refs})" if self.reference_op else f"{where}{refs}"
+        tag = " [inferred by value]" if self.inferred else ""
+        return f"{self.target_op}({self.target}) ~ {how}{tag}"
+
+
+@dataclass(frozen=True)
+class Unmapped:
+    """A target component no rule and no value match could pair, with the reason."""
+
+    target: str
+    reason: str
+
+
+MOE = ("mixtral",)
+SUM_OR_FIRST_FIRST = ("cohere", "cohere2", "stablelm")  # their layers return (full hidden, residual)
+GEMMA = ("gemma", "gemma2", "gemma3", "gemma3_text")
+
+# Order matters: the first rule whose target pattern matches and whose reference components
+# all exist wins. Family-specific rules come first, the same-name fallback last.
+RULES: tuple[Rule, ...] = (
+    Rule(r"(?P<p>.*)embed_tokens", ("{p}embed_tokens",), "scale_sqrt_hidden", families=GEMMA,
+         note="Gemma scales the embedding by sqrt(hidden) inside transformers' module, after it in vLLM"),
+    Rule(r"(?P<p>.*)block_sparse_moe(?P<rest>.*)", ("{p}mlp{rest}",), families=MOE,
+         note="transformers v5 names Mixtral's MoE block `mlp`"),
+    Rule(r"(?P<p>.*\.mlp)\.shared_expert", ("{p}.shared_expert", "{p}.shared_expert_gate"),
+         reference_op="gated_sum", families=("qwen2_moe",),
+         note="vLLM folds sigmoid(shared_expert_gate) into shared_expert"),
+    Rule(r"(?P<p>.*\.mlp)\.experts", ("{p}.experts", "{p}.shared_expert", "{p}.shared_expert_gate"),
+         reference_op="gated_sum", families=("qwen2_moe",),
+         note="vLLM's FusedMoE returns routed + gated shared experts"),
+    Rule(r"(?P<p>.*\.layers\.\d+)", ("{p}",), "first", families=SUM_OR_FIRST_FIRST,
+         note="the layer returns (full hidden state, residual)"),
+    Rule(r"(?P<p>.*\.layers\.\d+)", ("{p}",), "sum_pair",
+         note="vLLM's decoder layer returns (hidden, residual); the layer output is their sum"),
+    Rule(r"(?P<p>.*)\.rotary_emb", ("{p}.apply_rotary_pos_emb",), "cat_outputs", "heads_concat",
+         slot="outs", target_class=r"Rotary|RoPE|Rope", note="post-rotary q and k"),
+    Rule(r"(?P<p>.*)\.attn", ("{p}.o_proj",), slot="in", target_class=r"Attention",
+         note="attention output = input of the output projection"),
+    Rule(r"(?P<p>.*)\.attn", ("{p}.dense",), slot="in", target_class=r"Attention"),
+    Rule(r"(?P<p>.*)\.act_fn", ("{p}.down_proj",), slot="in", target_class=r"AndMul",
+         note="vLLM's fused act(gate) * up = input of down_proj"),
+    Rule(r"logits_processor", ("logits",), note="final logits (scale, softcap applied)"),
+    Rule(r"(?P<name>.+)", ("{name}",), note="same name"),
+    Rule(r"(?P<p>.*)\.qkv_proj", ("{p}.q_proj", "{p}.k_proj", "{p}.v_proj"), reference_op="concat",
+         note="fused q/k/v projection"),
+    Rule(r"(?P<p>.*)\.gate_up_proj", ("{p}.gate_proj", "{p}.up_proj"), reference_op="concat",
+         note="fused gate/up projection"),
+)
+
+SKIP_CLASSES = ("ModuleList", "Dropout", "Identity")
+NO_OUTPUT_REASON = "records no tensor output"
+
+
+def family_of(config: Mapping[str, Any]) -> str:
+    text = config.get("text_config") or config
+    return str(text.get("model_type") or config.get("model_type") or "")
+
+
+def plan_component(
+    name: str,
+    cls: str,
+    family: str,
+    reference_names: set[str],
+    rules: Sequence[Rule] = RULES,
+) -> Plan | None:
+    for rule in rules:
+        match = rule.matches(name, cls, family)
+        if match is None:
+            continue
+        groups = {k: (v or "") for k, v in match.groupdict().items()}
+        groups.setdefault("name", name)
+        refs = tuple(t.format(**groups) for t in rule.reference)
+        if all(r in reference_names for r in refs):
+            return Plan(
+                target=name,
+                target_op=rule.target_op,
+                reference=refs,
+                reference_op=rule.reference_op,
+                slot=rule.slot,
+                rule=rule.note or rule.target,
+            )
+    return None
+
+
+@dataclass
+class Mapping_:
+    plans: dict[str, Plan] = field(default_factory=dict)
+    unmapped: dict[str, Unmapped] = field(default_factory=dict)
+
+
+def plan_components(
+    target: TraceReader,
+    reference: TraceReader,
+    *,
+    rules: Sequence[Rule] = RULES,
+) -> Mapping_:
+    """Plan every target component (by name) against the reference's component names."""
+    family = family_of(target.manifest.get("model_config") or reference.manifest.get("model_config") or {})
+    reference_names = {r.name for r in reference.records}
+    mapping = Mapping_()
+    for record in target.records:
+        if record.name in mapping.plans or record.name in mapping.unmapped or record.kind == "logits":
+            continue
+        if record.module_class in SKIP_CLASSES:
+            continue
+        if not any(o is not None for o in record.outputs):
+            mapping.unmapped[record.name] = Unmapped(record.name, NO_OUTPUT_REASON)
+            continue
+        plan = plan_component(record.name, record.module_class, family, reference_names, rules)
+        if plan is not None:
+            mapping.plans[record.name] = plan
+    return mapping
+
+
+class Aligner:
+    """Gathers reference rows at a target pass's token positions and applies a plan."""
+
+    def __init__(self, target: TraceReader, reference: TraceReader, reference32: TraceReader | None = None):
+        self.target = target
+        self.reference = reference
+        self.reference32 = reference32
+        self._index = {id(t): _index(t) for t in (reference, reference32) if t is not None}
+
+    def target_tensor(self, record: Record, plan: Plan, rows: int) -> torch.Tensor:
+        outputs = self.target.outputs(record)
+        return transforms.TARGET_OPS[plan.target_op](outputs, rows).float()
+
+    def reference_tensor(
+        self, trace: TraceReader, plan: Plan, positions: Sequence[int]
+    ) -> torch.Tensor | None:
+        """The reference side of `plan` at `positions` (None if a position was not computed)."""
+        index = self._index[id(trace)]
+        per_ref: list[torch.Tensor] = []
+        for name in plan.reference:
+            gathered = _gather(trace, index, name, positions, plan.slot)
+            if gathered is None:
+                return None
+            per_ref.extend(gathered)
+        if plan.reference_op is None:
+            return per_ref[0].reshape(len(positions), -1).float()
+        return transforms.REFERENCE_OPS[plan.reference_op](per_ref, None).float()
+
+
+def _index(trace: TraceReader) -> dict[str, Any]:
+    """Per reference trace: position -> (pass, row) and (pass, name) -> record."""
+    position_of: dict[int, tuple[int, int]] = {}
+    for p in trace.passes:
+        for row, pos in enumerate(p.positions):
+            position_of[pos] = (p.index, row)
+    records: dict[tuple[int, str], Record] = {}
+    for r in trace.records:
+        records.setdefault((r.pass_index, r.name), r)
+    return {"position_of": position_of, "records": records, "passes": {p.index: p for p in trace.passes}}
+
+
+def _rows_of(tensor: torch.Tensor, pass_len: int) -> torch.Tensor:
+    """A reference tensor as `[rows, ...]` with one row per token of its pass.
+
+    Drops transformers' batch dimension, and puts tokens first in the attention layout
+    `[heads, tokens, d]`.
+    """
+    t = tensor
+    if t.dim() >= 3 and t.shape[0] == 1:
+        t = t[0]
+    elif t.dim() == 2 and t.shape[0] == 1 and pass_len != 1:
+        t = t[0]
+    if t.dim() >= 3 and t.shape[0] != pass_len and t.shape[1] == pass_len:
+        t = t.transpose(0, 1)
+    if t.dim() == 1:
+        t = t.reshape(pass_len, -1) if t.numel() % pass_len == 0 else t.reshape(1, -1)
+    return t
+
+
+def _gather(
+    trace: TraceReader, index: Mapping[str, Any], name: str, positions: Sequence[int], slot: str
+) -> list[torch.Tensor] | None:
+    """The reference tensors of component `name` at `positions`, rows in `positions` order.
+
+    `slot`: "out" the first output, "outs" every output, "in" the first input.
+    """
+    by_pass: dict[int, list[tuple[int, int]]] = {}
+    for i, pos in enumerate(positions):
+        where = index["position_of"].get(pos)
+        if where is None:
+            return None
+        by_pass.setdefault(where[0], []).append((i, where[1]))
+    result: list[torch.Tensor] | None = None
+    for pass_index, pairs in by_pass.items():
+        record = index["records"].get((pass_index, name))
+        if record is None:
+            return None
+        if slot == "in":
+            inputs = trace.inputs(record)
+            tensors = [inputs.get("0", next(iter(inputs.values()), None))]
+        else:
+            outputs = [t for t in trace.outputs(record) if t is not None]
+            tensors = outputs if slot == "outs" else outputs[:1]
+        if not tensors or any(t is None for t in tensors):
+            return None
+        pass_len = len(index["passes"][pass_index].positions)
+        rows = [_rows_of(t, pass_len) for t in tensors]
+        if any(r.shape[0] != pass_len for r in rows):
+            return None
+        dest = [i for i, _ in pairs]
+        src = [r for _, r in pairs]
+        if result is None:
+            result = [torch.empty((len(positions),) + tuple(r.shape[1:]), dtype=r.dtype) for r in rows]
+        for out, r in zip(result, rows):
+            out[dest] = r[src]
+    return result
+
+
+def target_rows(record: Record, info: PassInfo) -> int:
+    return len(info.positions)
+
+
+def positions_for(outputs_rows: int, info: PassInfo) -> list[int]:
+    """Token positions of a target tensor's rows: all of the pass, or its last (logits)."""
+    if outputs_rows == len(info.positions):
+        return list(info.positions)
+    if outputs_rows == 1:
+        return [info.positions[-1]]
+    return list(info.positions[-outputs_rows:])
+
+
+def infer_plan(
+    record: Record,
+    target: TraceReader,
+    reference: TraceReader,
+    aligner: Aligner,
+    info: PassInfo,
+    candidates: Iterable[Record],
+) -> Plan | None:
+    """Pair by value: among reference components of the same layer whose shape fits, the closest."""
+    best: tuple[float, Plan] | None = None
+    for ref in candidates:
+        for slot in ("out", "in"):
+            for op in ("first", "sum_pair"):
+                plan = Plan(record.name, op, (ref.name,), None, slot=slot, inferred=True, rule="value match")
+                try:
+                    x = aligner.target_tensor(record, plan, len(info.positions))
+                    y = aligner.reference_tensor(reference, plan, positions_for(x.shape[0], info))
+                except (RuntimeError, IndexError, KeyError, AssertionError):
+                    continue
+                if y is None or x.shape != y.shape:
+                    continue
+                err = float((x - y).norm() / (y.norm() + 1e-30))
+                if best is None or err < best[0]:
+                    best = (err, plan)
+    return None if best is None else best[1]

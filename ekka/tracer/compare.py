@@ -1,0 +1,188 @@
+"""Error metrics and the component-by-component comparison of a target trace with a reference.
+
+The robust error ratio of a component is `r = ||X_T - Y_R|| / ||X_R - Y_R||`: the target's
+distance from the float32 reference, against the distance the serving dtype alone explains
+(the reference in the serving dtype). The denominator is floored at the dtype's own rounding
+noise (`NOISE_FLOOR * ||Y_R||`), so in float32, where X_R is Y_R, r is the relative error in
+units of float32 noise. A correct component stays near 1; a NaN or inf on the target side where
+the reference is finite is an infinite ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ekka.tracer.align import Aligner, Mapping_, Plan, plan_components, positions_for
+from ekka.tracer.trace import TraceReader
+
+# Relative noise floors: ~32 float32 ulps; half a bfloat16 ulp.
+NOISE_FLOOR = {"float32": 4e-6, "bfloat16": 2.0**-9, "float16": 2.0**-11}
+
+
+def compute_relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    """||x - y|| / ||y|| (inf where x is not finite but y is)."""
+    x64, y64 = x.double(), y.double()
+    if not torch.isfinite(x64).all() and torch.isfinite(y64).all():
+        return math.inf
+    denom = float(y64.norm())
+    return float((x64 - y64).norm()) / denom if denom > 0 else float((x64 - y64).norm())
+
+
+def compute_error_ratio(
+    x_target: torch.Tensor, x_reference: torch.Tensor, y_reference: torch.Tensor, dtype: str
+) -> tuple[float, float, float]:
+    """(ratio, target relative error, noise) of one aligned component."""
+    error = compute_relative_error(x_target, y_reference)
+    noise = compute_relative_error(x_reference, y_reference)
+    floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
+    noise = max(noise, floor) if math.isfinite(noise) else noise
+    ratio = error / noise if noise > 0 else math.inf
+    return ratio, error, noise
+
+
+def compute_token_errors(x_target: torch.Tensor, y_reference: torch.Tensor) -> torch.Tensor:
+    """Relative error per row (token)."""
+    diff = (x_target.double() - y_reference.double()).norm(dim=-1)
+    return diff / y_reference.double().norm(dim=-1).clamp_min(1e-30)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One aligned component in one target pass: the figures and how they were made."""
+
+    sequence: int
+    target: str
+    module_class: str
+    source_file: str | None
+    source_line: int | None
+    pass_index: int
+    step: int
+    call_index: int
+    plan: str
+    inferred: bool
+    ratio: float
+    error: float
+    noise: float
+    nonfinite: bool
+    worst_position: int
+    rows: int
+    kind: str = "output"
+
+    def passed(self, threshold: float) -> bool:
+        return self.ratio <= threshold
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("ratio", "error", "noise"):
+            if not math.isfinite(data[key]):
+                data[key] = str(data[key])
+        return data
+
+
+def iter_comparisons(
+    target: TraceReader,
+    reference: TraceReader,
+    reference32: TraceReader | None = None,
+    *,
+    mapping: Mapping_ | None = None,
+    step: int | None = None,
+) -> Iterator[Comparison]:
+    """Stream the aligned comparisons, in the target's call order, one record at a time."""
+    mapping = mapping or plan_components(target, reference)
+    aligner = Aligner(target, reference, reference32)
+    passes = {p.index: p for p in target.passes}
+    high = reference32 or reference
+    dtype = target.dtype
+    sequence = 0
+    for record in target.records:
+        if step is not None and record.step != step:
+            continue
+        plan = mapping.plans.get(record.name)
+        info = passes.get(record.pass_index)
+        if plan is None or info is None:
+            continue
+        comparison = _compare(aligner, record, plan, info, reference, high, dtype, sequence)
+        if comparison is not None:
+            sequence += 1
+            yield comparison
+
+
+def _compare(
+    aligner: Aligner, record: Any, plan: Plan, info: Any, reference: TraceReader,
+    high: TraceReader, dtype: str, sequence: int,
+) -> Comparison | None:
+    try:
+        x = aligner.target_tensor(record, plan, len(info.positions))
+    except (RuntimeError, AssertionError, IndexError):
+        return None
+    positions = positions_for(x.shape[0], info)
+    x_r = aligner.reference_tensor(reference, plan, positions)
+    y_r = x_r if high is reference else aligner.reference_tensor(high, plan, positions)
+    if x_r is None or y_r is None:
+        return None
+    if x.shape != x_r.shape:
+        x = _fit_partial(x, x_r)
+        if x is None:
+            return None
+    ratio, error, noise = compute_error_ratio(x, x_r, y_r, dtype)
+    tokens = compute_token_errors(x, y_r)
+    worst = int(torch.nan_to_num(tokens, nan=math.inf).argmax()) if tokens.numel() else 0
+    return Comparison(
+        sequence=sequence,
+        target=record.name,
+        module_class=record.module_class,
+        source_file=record.source_file,
+        source_line=record.source_line,
+        pass_index=record.pass_index,
+        step=record.step,
+        call_index=record.call_index,
+        plan=plan.describe(),
+        inferred=plan.inferred,
+        ratio=ratio,
+        error=error,
+        noise=noise,
+        nonfinite=not bool(torch.isfinite(x).all()),
+        worst_position=positions[worst] if positions else 0,
+        rows=x.shape[0],
+    )
+
+
+def _fit_partial(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """Partial rotary: the target's q|k hold every head dim, the reference only the rotated ones.
+
+    Tries the head counts that divide both widths and keeps the first `rot` dims per head.
+    """
+    if x.shape[0] != y.shape[0] or x.shape[-1] <= y.shape[-1]:
+        return None
+    for heads in range(1, 257):
+        if x.shape[-1] % heads == 0 and y.shape[-1] % heads == 0:
+            d, rot = x.shape[-1] // heads, y.shape[-1] // heads
+            if d in (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512) and rot < d:
+                return x.reshape(x.shape[0], heads, d)[..., :rot].reshape(x.shape[0], -1)
+    return None
+
+
+def compare_traces(
+    target: TraceReader, reference: TraceReader, reference32: TraceReader | None = None, *, step: int | None = None
+) -> list[Comparison]:
+    return list(iter_comparisons(target, reference, reference32, step=step))
+
+
+def print_comparison(rows: list[Comparison], console: Any, *, title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title or "target vs reference, component by component")
+    for col in ("step", "pass", "component", "class", "rel. error", "ratio", "pairing"):
+        table.add_column(col, overflow="fold")
+    for c in rows:
+        style = "red" if c.ratio > 2 else None
+        table.add_row(
+            str(c.step), str(c.pass_index), c.target, c.module_class, f"{c.error:.2e}",
+            f"{c.ratio:.3g}", c.plan, style=style,
+        )
+    console.print(table)
