@@ -1,0 +1,58 @@
+"""Shared fixtures: zoo models built once per session, captures cached per (framework, arch, dtype)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROMPT_IDS = tuple([1] + [(7 * i + 11) % 500 + 3 for i in range(31)])  # 32 tokens, crosses window 8
+
+
+@pytest.fixture(scope="session")
+def zoo_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Build (once per session) a zoo model: zoo_model("llama", dtype="float32", **overrides)."""
+    from ekka.zoo import build_model
+
+    cache: dict[tuple, Path] = {}
+
+    def build(arch: str, dtype: str = "float32", **overrides: object) -> Path:
+        key = (arch, dtype, tuple(sorted(overrides.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"zoo-{arch}")
+            cache[key] = build_model(arch, out, dtype=dtype, overrides=overrides or None)
+        return cache[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def captured(tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[..., Path]) -> Callable[..., object]:
+    """Capture (once per session) a trace: captured("vllm", "llama", dtype="float32", max_tokens=3)."""
+    from ekka.tracer.capture import CaptureSpec, capture
+
+    cache: dict[tuple, object] = {}
+
+    def run(framework: str, arch: str, dtype: str = "float32", max_tokens: int = 3, **kw: object) -> object:
+        key = (framework, arch, dtype, max_tokens, tuple(sorted((k, str(v)) for k, v in kw.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"trace-{framework}-{arch}")
+            spec = CaptureSpec(
+                framework=framework,
+                model=str(zoo_model(arch)),
+                prompt_ids=kw.pop("prompt_ids", PROMPT_IDS),  # type: ignore[arg-type]
+                out=str(out),
+                dtype=dtype,
+                max_tokens=max_tokens,
+                **kw,  # type: ignore[arg-type]
+            )
+            cache[key] = capture(spec)
+        return cache[key]
+
+    return run

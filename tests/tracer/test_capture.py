@@ -1,0 +1,116 @@
+"""Captures from real transformers and real vLLM (CPU) on zoo models, and their agreement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ekka.tracer.compare import compare_traces, compute_relative_error
+from tests.conftest import PROMPT_IDS
+
+TRANSFORMERS_ARCHS = ["llama", "qwen3", "gemma2", "phi", "mixtral", "stablelm"]
+VLLM_ARCHS = ["llama", "qwen3", "phi", "mixtral"]
+
+
+@pytest.mark.parametrize("arch", TRANSFORMERS_ARCHS)
+def test_transformers_capture_records_every_module_in_call_order(captured, arch):
+    reader = captured("transformers", arch)
+    assert reader.complete and reader.framework == "transformers"
+    assert len(reader.generated_ids) == 3
+    steps = [p.step for p in reader.passes]
+    assert steps == [0, 1, 2]
+    assert reader.passes[0].positions == tuple(range(len(PROMPT_IDS)))
+    assert reader.passes[1].positions == (len(PROMPT_IDS),)
+    # call order: pass by pass, call_index 0..n-1, children before their parents
+    prev = (-1, -1)
+    for record in reader.records:
+        assert (record.pass_index, record.call_index) > prev
+        prev = (record.pass_index, record.call_index)
+    names = [r.name for r in reader.select(step=0)]
+    assert names.index("model.layers.0.input_layernorm") < names.index("model.layers.0") < names.index("model.layers.1")
+    assert "model.layers.0.mlp" in names or "model.layers.0.mlp.experts" in names
+    # every step has its logits, and greedy tokens are their argmax
+    logits = [r for r in reader.records if r.kind == "logits"]
+    assert len(logits) == 3
+    for token, record in zip(reader.generated_ids, logits):
+        assert int(reader.outputs(record)[0][-1].argmax()) == token
+    # leaf inputs are recorded, with source locations
+    leaf = next(r for r in reader.records if r.name == "model.layers.0.input_layernorm")
+    assert leaf.inputs and leaf.source_file and leaf.source_line
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
+def test_transformers_records_post_rotary_q_and_k(captured, arch):
+    reader = captured("transformers", arch)
+    rotary = reader.select(step=0, name="model.layers.1.self_attn.apply_rotary_pos_emb")
+    assert len(rotary) == 1
+    q, k = reader.outputs(rotary[0])
+    assert q.shape[2] == len(PROMPT_IDS) and k.shape[2] == len(PROMPT_IDS)
+    assert set(dict(rotary[0].inputs)) >= {"q", "k", "cos", "sin"}
+
+
+def test_teacher_forced_reference_is_one_pass_over_the_sequence(captured):
+    greedy = captured("transformers", "llama")
+    forced = captured("transformers", "llama", forced_ids=tuple(greedy.generated_ids[:-1]))
+    assert len(forced.passes) == 1
+    assert forced.passes[0].positions == tuple(range(len(PROMPT_IDS) + 2))
+    assert forced.generated_ids == greedy.generated_ids
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("arch", VLLM_ARCHS)
+def test_vllm_capture_records_passes_positions_and_logits(captured, arch):
+    reader = captured("vllm", arch)
+    assert reader.complete and reader.framework == "vllm"
+    assert reader.manifest["framework_version"] == "0.32.0"
+    assert [p.step for p in reader.passes] == [0, 1, 2]
+    assert reader.passes[0].positions == tuple(range(len(PROMPT_IDS)))
+    assert reader.passes[0].input_ids == PROMPT_IDS
+    assert reader.passes[2].positions == (len(PROMPT_IDS) + 1,)
+    assert len(reader.generated_ids) == 3
+    assert len([r for r in reader.records if r.kind == "logits"]) == 3
+    vllm_files = [r.source_file for r in reader.records if r.source_file and r.source_file.startswith("vllm/")]
+    assert vllm_files, "vLLM module classes carry their source file relative to the package root"
+
+
+@pytest.mark.vllm
+def test_vllm_shared_rotary_is_attributed_to_each_layer(captured):
+    reader = captured("vllm", "llama")
+    names = [r.name for r in reader.select(step=0)]
+    assert "model.layers.0.self_attn.rotary_emb" in names
+    assert "model.layers.1.self_attn.rotary_emb" in names
+
+
+@pytest.mark.vllm
+def test_vllm_chunked_prefill_records_each_chunk(captured):
+    reader = captured("vllm", "llama", max_tokens=2, engine={"max_num_batched_tokens": 16})
+    prefill = [p for p in reader.passes if p.step == 0]
+    assert [len(p.positions) for p in prefill] == [16, 16]
+    assert prefill[1].positions == tuple(range(16, 32))
+    assert prefill[1].extra["seq_lens"] == [32]
+
+
+@pytest.mark.vllm
+def test_vllm_llama_float32_matches_transformers_layer_by_layer(captured):
+    target = captured("vllm", "llama")
+    reference = captured("transformers", "llama")
+    assert target.generated_ids == reference.generated_ids
+    rows = compare_traces(target, reference)
+    layers = [c for c in rows if c.target.startswith("model.layers.") and c.target.count(".") == 2]
+    assert len(layers) == 2 * 3, "two decoder layers in each of three steps"
+    for c in layers:
+        assert c.plan.startswith("sum_pair"), "vLLM's (hidden, residual) is summed"
+        assert c.error < 1e-5, (c.target, c.step, c.error)
+    assert all(c.error < 1e-5 for c in rows), max((c.error, c.target) for c in rows)
+    # the final logits agree too
+    t_logits = [r for r in target.records if r.kind == "logits"]
+    r_logits = [r for r in reference.records if r.kind == "logits"]
+    for a, b in zip(t_logits, r_logits):
+        assert compute_relative_error(target.outputs(a)[0], reference.outputs(b)[0][-1]) < 1e-5
+
+
+@pytest.mark.vllm
+def test_vllm_bfloat16_capture_stores_bfloat16(captured):
+    reader = captured("vllm", "llama", dtype="bfloat16", max_tokens=1)
+    record = reader.select(step=0, name="model.layers.0")[0]
+    assert reader.outputs(record)[0].dtype == torch.bfloat16

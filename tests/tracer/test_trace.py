@@ -1,0 +1,78 @@
+"""Trace storage: round trip, call order, incremental shards, refusal to clobber user folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ekka.errors import OutputFolderError, TraceFormatError
+from ekka.tracer.trace import PassInfo, TraceReader, TraceWriter, is_trace
+
+
+def _write(path, n=20, shard_bytes=4096):
+    writer = TraceWriter(path, {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]}, shard_bytes=shard_bytes)
+    writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
+    tensors = []
+    for i in range(n):
+        t = torch.randn(2, 64) * i
+        tensors.append(t)
+        writer.add(
+            name=f"m{i}", module_class="Linear", source_file="x.py", source_line=i, step=0,
+            pass_index=0, call_index=i, outputs=[t, None], inputs={"0": t + 1},
+        )
+    writer.close(generated_ids=[5])
+    return tensors
+
+
+def test_round_trip_keeps_order_values_and_shards(tmp_path):
+    tensors = _write(tmp_path / "t")
+    reader = TraceReader(tmp_path / "t")
+    assert [r.name for r in reader] == [f"m{i}" for i in range(20)]
+    assert [r.call_index for r in reader] == list(range(20))
+    assert len(reader.manifest["shards"]) > 1, "small shard size must flush incrementally"
+    for record, (rec2, outs) in zip(reader.records, reader.stream()):
+        assert record == rec2
+        assert outs[1] is None
+        assert torch.equal(outs[0], tensors[record.index])
+        assert torch.equal(reader.inputs(record)["0"], tensors[record.index] + 1)
+    assert reader.generated_ids == [5]
+    assert reader.complete
+    assert reader.records[3].outputs[0].shape == (2, 64)
+    assert reader.passes[0].positions == (0, 1)
+
+
+def test_rewriting_a_trace_replaces_it(tmp_path):
+    _write(tmp_path / "t", n=20)
+    _write(tmp_path / "t", n=3, shard_bytes=1 << 20)
+    reader = TraceReader(tmp_path / "t")
+    assert len(reader) == 3
+    assert len(list((tmp_path / "t").glob("tensors-*.safetensors"))) == 1
+
+
+def test_refuses_folder_that_is_not_a_trace(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputFolderError, match="not an Ekka trace"):
+        TraceWriter(tmp_path / "mine", {})
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_reader_rejects_non_trace(tmp_path):
+    with pytest.raises(TraceFormatError):
+        TraceReader(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    assert not is_trace(tmp_path)
+    with pytest.raises(TraceFormatError):
+        TraceReader(tmp_path)
+
+
+def test_failed_capture_leaves_incomplete_manifest(tmp_path):
+    writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32", "prompt_ids": [1]})
+    writer.add(name="a", module_class="A", source_file=None, source_line=None, step=0, pass_index=0,
+               call_index=0, outputs=[torch.ones(1, 2)])
+    writer.close(complete=False)
+    reader = TraceReader(tmp_path / "t")
+    assert not reader.complete
+    assert torch.equal(reader.outputs(reader.records[0])[0], torch.ones(1, 2))
