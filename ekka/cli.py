@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print("aborted")
         return 130
     except EkkaError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         console.print("interrupted")
