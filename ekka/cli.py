@@ -154,6 +154,79 @@ def demo(
     print_comparison(rows, out)
 
 
+@app.command()
+def diagnose(
+    model: Path = typer.Option(..., help="Model folder (e.g. from `ekka zoo build`)."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt text (tokenized with the model's tokenizer)."),
+    prompt_ids: Optional[str] = typer.Option(None, help="Prompt token ids, comma-separated."),
+    dtype: str = typer.Option("float32", help="Serving dtype: float32 or bfloat16."),
+    max_tokens: int = typer.Option(4, help="Greedy tokens the target generates."),
+    threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
+    out_dir: Path = typer.Option(Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."),
+    target_path: list[Path] = typer.Option([], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."),
+) -> None:
+    """Localize: run target and reference, name the first component that diverges."""
+    from ekka.tracer.capture import resolve_prompt, validate, CaptureSpec
+    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, suspects_table, write_reports
+
+    if threshold <= 0:
+        raise UsageError("--threshold must be positive (default 2).")
+    ids = resolve_prompt(model, prompt, prompt_ids)
+    validate(CaptureSpec(framework="vllm", model=str(model), prompt_ids=tuple(ids), out=str(out_dir / "traces" / "target"),
+                         dtype=dtype, max_tokens=max_tokens))
+    config = DiagnoseConfig(
+        model=str(model), prompt_ids=tuple(ids), workdir=str(out_dir / "traces"), dtype=dtype,
+        max_tokens=max_tokens, threshold=threshold, prompt_text=prompt,
+        target_pythonpath=tuple(str(p) for p in target_path),
+    )
+    with console.status("diagnosing ...") as status:
+        diagnosis = run_diagnosis(config, progress=lambda msg: status.update(msg))
+    paths = write_reports(diagnosis, out_dir)
+    suspects_table(diagnosis, out)
+    out.print(f"{diagnosis.verdict}\nreports: {paths['md']}, {paths['json']}, {paths['html']}")
+    raise typer.Exit(1 if diagnosis.diverged else 0)
+
+
+@app.command()
+def bench(
+    cases_dir: Path = typer.Argument(..., help="Folder of bench cases (shared/bench/cases)."),
+    case: list[str] = typer.Option([], help="Run only this case id (repeatable)."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    no_bisect: bool = typer.Option(False, "--no-bisect", help="Localize only (no bisection)."),
+    workdir: Path = typer.Option(Path(".ekka/bench"), help="Where models, traces and reports go."),
+) -> None:
+    """Run the silent-error benchmark and score top-1 / top-5 component accuracy."""
+    import json
+
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from ekka.bench import find_cases, run_case, summarize
+
+    cases = find_cases(cases_dir, case)
+    results = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=len(cases))
+        for c in cases:
+            progress.update(task, description=f"{c.id}")
+            result = run_case(c, workdir, say=lambda m, c=c: progress.update(task, description=f"{c.id}: {m}"))
+            results.append(result)
+            progress.advance(task)
+            mark = "ok" if result.top1 else ("top-5" if result.top5 else "MISS")
+            console.print(f"{c.id}: {mark} ({result.seconds:.0f} s) {result.error or ''}")
+    summary = summarize(results)
+    table = Table(title=f"ekka bench: top-1 {summary['top1']:.0%}, top-5 {summary['top5']:.0%} ({len(results)} cases)")
+    for col in ("case", "top-1", "top-5", "first suspects", "seconds"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(r.id, "yes" if r.top1 else "no", "yes" if r.top5 else "no",
+                      ", ".join(r.suspects[:3]) or (r.error or "-"), f"{r.seconds:.0f}")
+    out.print(table)
+    if json_file:
+        json_file.write_text(json.dumps(summary, indent=1))
+        out.print(f"results: {json_file}")
+
+
 DEMO_PROMPT = (
     "The quick brown fox jumps over the lazy dog while seven small birds sing on an old "
     "wooden fence near the quiet river."

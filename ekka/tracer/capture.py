@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,7 @@ def validate(spec: CaptureSpec) -> dict[str, Any]:
 def _subprocess_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
     env = dict(os.environ)
     ekka_root = str(Path(__file__).resolve().parents[2])
-    parts = [str(p) for p in pythonpath] + [ekka_root]
+    parts = [str(Path(p).resolve()) for p in pythonpath] + [ekka_root]
     if env.get("PYTHONPATH"):
         parts.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(parts)
@@ -226,6 +226,7 @@ def capture(
     framework's sources); transformers runs here unless `in_process` is False.
     """
     validate(spec)
+    spec = replace(spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve()))
     if in_process is None:
         in_process = spec.framework == "transformers" and not pythonpath
     if in_process:

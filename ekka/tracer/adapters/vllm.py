@@ -30,16 +30,21 @@ def _framework_commit(package_dir: Path) -> str | None:
             return str(commit)
     except ImportError:
         pass
+    # A git checkout of the framework (a bisection worktree): its HEAD, when the package's
+    # parent folder is the repository's top level (not some repository that merely contains it).
     try:
         out = subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "HEAD"],
+            ["git", "-C", str(package_dir.parent), "rev-parse", "--show-toplevel", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != package_dir.parent.resolve():
+        return None
+    return lines[1]
 
 
 def _attention_metadata() -> dict[str, Any]:

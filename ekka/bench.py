@@ -1,0 +1,212 @@
+"""`ekka bench`: run the silent-error benchmark cases (format: shared/bench/FORMAT.md) and score.
+
+Per case: build the case's tiny model, copy the installed vLLM release's Python sources (the
+compiled extensions are linked, not copied), apply `bug.patch` with `git apply -p1`, run the
+diagnosis with that copy first on the target's PYTHONPATH, and score the suspects against
+`truth.components`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekka.errors import UsageError
+from ekka.tracer.localize import matches_truth
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    path: Path
+    summary: str
+    architecture: str
+    dtype: str
+    seed: int
+    config: dict[str, Any]
+    prompt: str | None
+    prompt_ids: tuple[int, ...] | None
+    max_tokens: int
+    engine: dict[str, Any]
+    truth_components: tuple[str, ...]
+    truth_files: tuple[str, ...]
+    framework: str = "vllm"
+
+
+@dataclass
+class CaseResult:
+    id: str
+    top1: bool
+    top5: bool
+    suspects: list[str]
+    seconds: float
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"id": self.id, "top1": self.top1, "top5": self.top5, "suspects": self.suspects,
+                "seconds": round(self.seconds, 2)}
+        if self.error:
+            data["error"] = self.error
+        data.update(self.extra)
+        return data
+
+
+def load_case(folder: Path) -> Case:
+    toml = folder / "case.toml"
+    if not toml.is_file():
+        raise UsageError(f"{folder} has no case.toml (see bench/FORMAT.md).")
+    if not (folder / "bug.patch").is_file():
+        raise UsageError(f"{folder} has no bug.patch (see bench/FORMAT.md).")
+    try:
+        data = tomllib.loads(toml.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{toml}: not valid TOML ({exc}).") from None
+    try:
+        model, run, truth = data["model"], data["run"], data["truth"]
+        return Case(
+            id=data.get("id", folder.name),
+            path=folder,
+            summary=data.get("summary", ""),
+            architecture=model["architecture"],
+            dtype=model.get("dtype", "float32"),
+            seed=int(model.get("seed", 0)),
+            config=dict(model.get("config", {})),
+            prompt=run.get("prompt"),
+            prompt_ids=tuple(run["prompt_token_ids"]) if "prompt_token_ids" in run else None,
+            max_tokens=int(run.get("max_tokens", 4)),
+            engine=dict(run.get("engine", {})),
+            truth_components=tuple(truth["components"]),
+            truth_files=tuple(truth.get("files", ())),
+            framework=data.get("framework", "vllm"),
+        )
+    except KeyError as exc:
+        raise UsageError(f"{toml}: missing key {exc} (see bench/FORMAT.md).") from None
+
+
+def find_cases(cases_dir: Path, only: Sequence[str] = ()) -> list[Case]:
+    if not cases_dir.is_dir():
+        raise UsageError(f"{cases_dir} is not a folder of bench cases.")
+    folders = sorted(p for p in cases_dir.iterdir() if (p / "case.toml").is_file())
+    if not folders:
+        raise UsageError(f"{cases_dir} holds no case folders (each needs case.toml and bug.patch).")
+    if only:
+        known = {p.name for p in folders}
+        missing = [c for c in only if c not in known]
+        if missing:
+            raise UsageError(f"unknown case(s) {', '.join(missing)}; known: {', '.join(sorted(known))}.")
+        folders = [p for p in folders if p.name in only]
+    return [load_case(p) for p in folders]
+
+
+def installed_framework_dir(framework: str = "vllm") -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(framework)
+    if spec is None or not spec.origin:
+        raise UsageError(f"{framework} is not installed in this environment; run `make test` once to set it up.")
+    return Path(spec.origin).resolve().parent
+
+
+def copy_sources(package_dir: Path, dest_root: Path) -> Path:
+    """Copy a package's sources into `dest_root/<name>`; compiled `.so` files become symlinks."""
+    dest = dest_root / package_dir.name
+    if dest.exists():
+        shutil.rmtree(dest)
+
+    def copy(src: str, dst: str) -> None:
+        if src.endswith(".so"):
+            os.symlink(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(package_dir, dest, copy_function=copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def apply_patch(patch: Path, root: Path) -> None:
+    # Outside any repository: inside one, `git apply` takes paths relative to its top level and
+    # silently skips what lies outside the current folder.
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(root.resolve().parent))
+    for args in (["--check"], []):
+        proc = subprocess.run(
+            ["git", "apply", "-p1", *args, str(patch.resolve())], cwd=root, capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            raise UsageError(f"{patch} does not apply to the installed sources: {proc.stderr.strip()}")
+
+
+def build_case_model(case: Case, out: Path) -> Path:
+    from ekka.zoo import build_model
+
+    return build_model(case.architecture, out, dtype="float32", seed=case.seed, overrides=case.config, zoo_defaults=False)
+
+
+def case_prompt_ids(case: Case, model_dir: Path) -> list[int]:
+    from ekka.tracer.capture import tokenize
+
+    if case.prompt_ids is not None:
+        return list(case.prompt_ids)
+    assert case.prompt is not None
+    return tokenize(model_dir, case.prompt)
+
+
+def run_case(case: Case, workdir: Path, *, say: Callable[[str], None] = lambda _m: None) -> CaseResult:
+    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, write_reports
+
+    start = time.perf_counter()
+    work = workdir / case.id
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        say("building the model")
+        model_dir = build_case_model(case, work / "model")
+        say("copying and patching the framework's sources")
+        src_root = work / "src"
+        src_root.mkdir()
+        copy_sources(installed_framework_dir(case.framework), src_root)
+        apply_patch(case.path / "bug.patch", src_root)
+        ids = case_prompt_ids(case, model_dir)
+        config = DiagnoseConfig(
+            model=str(model_dir),
+            prompt_ids=tuple(ids),
+            workdir=str(work / "traces"),
+            dtype=case.dtype,
+            max_tokens=case.max_tokens,
+            engine=case.engine,
+            prompt_text=case.prompt,
+            target_pythonpath=(str(src_root),),
+        )
+        diagnosis = run_diagnosis(config, progress=say)
+        write_reports(diagnosis, work / "report")
+    except Exception as exc:  # a broken case is scored as a miss, and the run goes on
+        return CaseResult(case.id, False, False, [], time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(work / "src", ignore_errors=True)
+    suspects = [s.component for s in diagnosis.localization.suspects]
+    hits = [matches_truth(s, case.truth_components) for s in suspects]
+    return CaseResult(
+        case.id,
+        top1=bool(hits[:1] and hits[0]),
+        top5=any(hits[:5]),
+        suspects=suspects,
+        seconds=time.perf_counter() - start,
+        extra={"verdict": diagnosis.verdict},
+    )
+
+
+def summarize(results: Sequence[CaseResult]) -> dict[str, Any]:
+    n = len(results) or 1
+    return {
+        "cases": [r.to_json() for r in results],
+        "top1": sum(r.top1 for r in results) / n,
+        "top5": sum(r.top5 for r in results) / n,
+    }

@@ -1,0 +1,276 @@
+"""Localize mode of `ekka diagnose`: target and reference runs, alignment, change point, report.
+
+1. The target (vLLM, possibly a patched copy of its sources) generates greedily, traced.
+2. The reference (transformers) runs teacher-forced on the prompt plus the tokens the target
+   generated, in the serving dtype and in float32, so that every target pass (prefill chunk or
+   decode step) is compared at the same token positions with the same inputs.
+3. Each aligned component gets its robust error ratio; the change point names the suspects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekka.tracer.align import plan_components
+from ekka.tracer.capture import CaptureSpec, capture
+from ekka.tracer.compare import Comparison, iter_comparisons
+from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
+from ekka.tracer.trace import TraceReader
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    model: str
+    prompt_ids: tuple[int, ...]
+    workdir: str
+    dtype: str = "float32"
+    max_tokens: int = 4
+    threshold: float = DEFAULT_THRESHOLD
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    prompt_text: str | None = None
+    target_pythonpath: tuple[str, ...] = ()
+    timeout: float | None = 900
+
+
+@dataclass
+class Diagnosis:
+    config: DiagnoseConfig
+    localization: Localization
+    comparisons: list[Comparison]
+    unmapped: dict[str, str]
+    target_tokens: list[int]
+    reference_tokens: list[int]
+    target_framework: dict[str, Any]
+    seconds: dict[str, float]
+
+    @property
+    def diverged(self) -> bool:
+        return self.localization.diverged
+
+    @property
+    def verdict(self) -> str:
+        if not self.diverged:
+            return "no divergence"
+        top = self.localization.suspects[0]
+        return f"divergence: {top.component} ({top.module_class}) is the first component that diverges"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "diverged": self.diverged,
+            "threshold": self.localization.threshold,
+            "model": self.config.model,
+            "dtype": self.config.dtype,
+            "prompt": self.config.prompt_text,
+            "prompt_ids": list(self.config.prompt_ids),
+            "target": self.target_framework,
+            "target_tokens": self.target_tokens,
+            "reference_tokens": self.reference_tokens,
+            "suspects": [s.to_json() for s in self.localization.suspects],
+            "unmapped": self.unmapped,
+            "comparisons": [c.to_json() for c in self.comparisons],
+            "seconds": self.seconds,
+        }
+
+
+def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> Diagnosis:
+    say = progress or (lambda _msg: None)
+    work = Path(config.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    say("target: vLLM generates, traced")
+    target = capture(
+        CaptureSpec(
+            framework="vllm",
+            model=config.model,
+            prompt_ids=config.prompt_ids,
+            out=str(work / "target"),
+            dtype=config.dtype,
+            max_tokens=config.max_tokens,
+            engine=dict(config.engine),
+            prompt_text=config.prompt_text,
+        ),
+        pythonpath=config.target_pythonpath,
+        timeout=config.timeout,
+    )
+    seconds["target"] = time.perf_counter() - t0
+    forced = tuple(target.generated_ids[:-1])
+
+    t0 = time.perf_counter()
+    dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
+    references: dict[str, TraceReader] = {}
+    for dtype in dtypes:
+        say(f"reference: transformers, {dtype}, teacher-forced on the target's tokens")
+        references[dtype] = capture(
+            CaptureSpec(
+                framework="transformers",
+                model=config.model,
+                prompt_ids=config.prompt_ids,
+                out=str(work / f"reference-{dtype}"),
+                dtype=dtype,
+                max_tokens=config.max_tokens,
+                forced_ids=forced,
+                prompt_text=config.prompt_text,
+            )
+        )
+    seconds["reference"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("aligning and measuring")
+    reference = references[config.dtype]
+    reference32 = references.get("float32") if config.dtype != "float32" else None
+    mapping = plan_components(target, reference)
+    comparisons = list(iter_comparisons(target, reference, reference32, mapping=mapping))
+    localization = localize(comparisons, config.threshold)
+    seconds["analysis"] = time.perf_counter() - t0
+    compared = {c.target for c in comparisons}
+    unmapped = {name: u.reason for name, u in mapping.unmapped.items()}
+    for record in target.records:
+        if record.kind == "logits" or record.name in compared or record.name in unmapped:
+            continue
+        if record.name not in mapping.plans and record.module_class not in ("ModuleList", "Dropout", "Identity"):
+            unmapped[record.name] = "no mapping rule and no reference component of that name"
+    return Diagnosis(
+        config=config,
+        localization=localization,
+        comparisons=comparisons,
+        unmapped=unmapped,
+        target_tokens=target.generated_ids,
+        reference_tokens=references[config.dtype].generated_ids,
+        target_framework={
+            "framework": target.framework,
+            "version": target.manifest.get("framework_version"),
+            "commit": target.manifest.get("framework_commit"),
+            "path": target.manifest.get("framework_path"),
+        },
+        seconds=seconds,
+    )
+
+
+# --- report files -------------------------------------------------------------------------
+
+
+def write_reports(diagnosis: Diagnosis, out: str | Path) -> dict[str, Path]:
+    """report.json, report.md and report.html (with the error-ratio plot) in `out`."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": folder / "report.json",
+        "md": folder / "report.md",
+        "html": folder / "report.html",
+        "png": folder / "ratios.png",
+    }
+    paths["json"].write_text(json.dumps(diagnosis.to_json(), indent=1))
+    paths["md"].write_text(render_markdown(diagnosis))
+    plot_ratios(diagnosis, paths["png"])
+    paths["html"].write_text(render_html(diagnosis, paths["png"]))
+    return paths
+
+
+def _fmt(x: float) -> str:
+    return "inf" if not math.isfinite(x) else f"{x:.3g}"
+
+
+def render_markdown(diagnosis: Diagnosis) -> str:
+    loc = diagnosis.localization
+    lines = [
+        "# Ekka diagnosis",
+        "",
+        f"**Verdict: {diagnosis.verdict}.**",
+        "",
+        f"- model: `{diagnosis.config.model}`, dtype {diagnosis.config.dtype}, "
+        f"{len(diagnosis.config.prompt_ids)} prompt tokens, {diagnosis.config.max_tokens} generated",
+        f"- target: {diagnosis.target_framework.get('framework')} {diagnosis.target_framework.get('version')}"
+        f" from `{diagnosis.target_framework.get('path')}`",
+        f"- greedy tokens: target {diagnosis.target_tokens}, reference (teacher-forced) {diagnosis.reference_tokens}",
+        f"- {len(diagnosis.comparisons)} aligned comparisons, threshold {loc.threshold:g}, "
+        f"{len(diagnosis.unmapped)} unmapped components",
+        "",
+    ]
+    if loc.suspects:
+        lines += ["## Suspects", "", "| rank | component | class | source | ratio | evidence |", "|---|---|---|---|---|---|"]
+        for s in loc.suspects:
+            src = f"{s.source_file}:{s.source_line}" if s.source_file else "-"
+            lines.append(f"| {s.rank} | `{s.component}` | {s.module_class} | `{src}` | {_fmt(s.ratio)} | {s.evidence} |")
+        lines.append("")
+    lines += ["## Comparisons (first pass where the error starts, and the logits of each pass)", ""]
+    lines += ["| pass | step | component | ratio | rel. error | pairing |", "|---|---|---|---|---|---|"]
+    start_pass = loc.change_point.pass_index if loc.change_point else 0
+    for c in diagnosis.comparisons:
+        if c.pass_index == start_pass or c.target == "logits_processor":
+            lines.append(f"| {c.pass_index} | {c.step} | `{c.target}` | {_fmt(c.ratio)} | {c.error:.2e} | {c.plan} |")
+    if diagnosis.unmapped:
+        lines += ["", "## Unmapped components", ""]
+        lines += [f"- `{name}`: {reason}" for name, reason in sorted(diagnosis.unmapped.items())]
+    lines += ["", f"Seconds: {', '.join(f'{k} {v:.1f}' for k, v in diagnosis.seconds.items())}", ""]
+    return "\n".join(lines)
+
+
+def plot_ratios(diagnosis: Diagnosis, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comps = diagnosis.comparisons
+    xs = list(range(len(comps)))
+    ys = [min(c.ratio, 1e12) if math.isfinite(c.ratio) else 1e12 for c in comps]
+    ys = [max(y, 1e-3) for y in ys]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.plot(xs, ys, marker=".", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.axhline(diagnosis.localization.threshold, color="red", linestyle="--", label="threshold")
+    boundaries = [i for i in range(1, len(comps)) if comps[i].pass_index != comps[i - 1].pass_index]
+    for b in boundaries:
+        ax.axvline(b - 0.5, color="grey", linewidth=0.5)
+    cp = diagnosis.localization.change_point
+    if cp is not None:
+        ax.axvline(cp.sequence, color="orange", label=f"change point: {cp.target}")
+    ax.set_xlabel("aligned component, target call order (grey lines: forward passes)")
+    ax.set_ylabel("robust error ratio")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def render_html(diagnosis: Diagnosis, png: Path) -> str:
+    import base64
+    import html
+
+    import markdown_it  # type: ignore[import-not-found]
+
+    body = markdown_it.MarkdownIt("commonmark").enable("table").render(render_markdown(diagnosis))
+    image = base64.b64encode(png.read_bytes()).decode()
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Ekka diagnosis</title>"
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>"
+        f"</head><body><img alt='{html.escape('error ratio along the call sequence')}' "
+        f"src='data:image/png;base64,{image}'/>{body}</body></html>"
+    )
+
+
+def suspects_table(diagnosis: Diagnosis, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=diagnosis.verdict)
+    for col in ("rank", "component", "class", "source", "ratio", "pass/step"):
+        table.add_column(col, overflow="fold")
+    for s in diagnosis.localization.suspects:
+        src = f"{s.source_file}:{s.source_line}" if s.source_file else "-"
+        table.add_row(str(s.rank), s.component, s.module_class, src, _fmt(s.ratio), f"{s.pass_index}/{s.step}")
+    console.print(table)
+
+
+__all__: Sequence[str] = ["DiagnoseConfig", "Diagnosis", "run_diagnosis", "write_reports"]

@@ -1,0 +1,162 @@
+"""Localization: the earliest component whose error ratio rises and stays up.
+
+Errors propagate downstream, so the root cause is not the component with the largest error but
+the first one (in the target's call order, pass by pass) whose ratio crosses the threshold and
+stays above it for most of what follows in its forward pass: the change point. Suspects are
+ranked by that evidence: the jump at the component against what precedes it, and the
+persistence after it.
+
+When the first divergent comparison is a module's *input* (its output before still matched),
+the code between the two modules is at fault: the parent module's forward, and the suspect
+named is that parent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ekka.tracer.compare import Comparison
+
+DEFAULT_THRESHOLD = 2.0
+PERSISTENCE = 0.5  # "stays up": above the threshold for at least this share of what follows
+MAX_SUSPECTS = 5
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A component that may be the root cause, with its location and the evidence."""
+
+    rank: int
+    component: str
+    module_class: str
+    source_file: str | None
+    source_line: int | None
+    ratio: float
+    jump: float
+    persistence: float
+    pass_index: int
+    step: int
+    position: int
+    evidence: str
+    confirmed: bool | None = None  # replay: True = the module alone reproduces the error
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("ratio", "jump"):
+            if not math.isfinite(data[key]):
+                data[key] = str(data[key])
+        return data
+
+
+@dataclass
+class Localization:
+    """The change point and the ranked suspects (empty when nothing diverges)."""
+
+    threshold: float
+    suspects: list[Suspect] = field(default_factory=list)
+    change_point: Comparison | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.change_point is not None
+
+    def __bool__(self) -> bool:  # "did it pass?"
+        return not self.diverged
+
+
+def _above(c: Comparison, threshold: float) -> bool:
+    return c.nonfinite or not math.isfinite(c.ratio) or c.ratio > threshold
+
+
+def _component_of(c: Comparison) -> str:
+    if c.kind == "input":
+        return c.target.rsplit(".", 1)[0] if "." in c.target else c.target
+    return c.target
+
+
+def localize(comparisons: Iterable[Comparison], threshold: float = DEFAULT_THRESHOLD) -> Localization:
+    """Find the change point and rank up to five suspects."""
+    comps = sorted(comparisons, key=lambda c: c.sequence)
+    by_pass: dict[int, list[Comparison]] = {}
+    for c in comps:
+        by_pass.setdefault(c.pass_index, []).append(c)
+    scored: list[tuple[float, Comparison, float, float]] = []  # (score, comparison, jump, persistence)
+    for pass_index in sorted(by_pass):
+        seq = by_pass[pass_index]
+        for i, c in enumerate(seq):
+            if not _above(c, threshold):
+                continue
+            after = seq[i + 1 :]
+            persistence = 1.0 if not after else sum(_above(a, threshold) for a in after) / len(after)
+            before = [b.ratio for b in seq[max(0, i - 8) : i] if math.isfinite(b.ratio)]
+            base = max([1.0] + before)
+            jump = c.ratio / base if math.isfinite(c.ratio) else math.inf
+            scored.append((0.0, c, jump, persistence))
+    result = Localization(threshold=threshold)
+    persistent = [(c, j, p) for _, c, j, p in scored if p >= PERSISTENCE]
+    if not persistent:
+        return result
+    change = persistent[0][0]
+    result.change_point = change
+    # Rank: the change point first; then the other persistent crossings of its pass and the
+    # passes after it, by jump; each component once.
+    ranked: list[tuple[Comparison, float, float]] = [persistent[0]]
+    rest = [x for x in persistent[1:] if x[0].pass_index >= change.pass_index]
+    rest.sort(key=lambda x: (-_log(x[1]) * x[2], x[0].sequence))
+    ranked.extend(rest)
+    seen: set[str] = set()
+    for c, jump, persistence in ranked:
+        name = _component_of(c)
+        if name in seen:
+            continue
+        seen.add(name)
+        result.suspects.append(_suspect(len(result.suspects) + 1, c, jump, persistence, threshold))
+        if len(result.suspects) == MAX_SUSPECTS:
+            break
+    return result
+
+
+def _log(x: float) -> float:
+    return math.log(x) if math.isfinite(x) and x > 0 else 1e9
+
+
+def _suspect(rank: int, c: Comparison, jump: float, persistence: float, threshold: float) -> Suspect:
+    where = f"pass {c.pass_index} (step {c.step}), worst at token position {c.worst_position}"
+    if c.nonfinite:
+        how = "non-finite values (NaN/inf) where the reference is finite"
+    else:
+        how = f"error ratio {c.ratio:.3g} (relative error {c.error:.2e} against noise {c.noise:.1e})"
+    if c.kind == "input":
+        evidence = (
+            f"the input of {c.target} diverges ({how}) while the outputs before it match: "
+            f"the glue code in {_component_of(c)}.forward is the suspect; {where}"
+        )
+    else:
+        evidence = (
+            f"{how}, {jump:.3g}x the ratio of the components before it; above the threshold "
+            f"{threshold:g} for {persistence:.0%} of what follows in its pass; {where}"
+        )
+    return Suspect(
+        rank=rank,
+        component=_component_of(c),
+        module_class=c.module_class,
+        source_file=c.source_file,
+        source_line=c.source_line,
+        ratio=c.ratio,
+        jump=jump,
+        persistence=persistence,
+        pass_index=c.pass_index,
+        step=c.step,
+        position=c.worst_position,
+        evidence=evidence,
+    )
+
+
+def matches_truth(component: str, patterns: Sequence[str]) -> bool:
+    import fnmatch
+
+    base = component.split("#", 1)[0]
+    return any(fnmatch.fnmatchcase(base, p) for p in patterns)
