@@ -166,7 +166,7 @@ def plan_components(
     reference_names = {r.name for r in reference.records}
     mapping = Mapping_()
     for record in target.records:
-        if record.name in mapping.plans or record.name in mapping.unmapped or record.kind == "logits":
+        if record.name in mapping.plans or record.name in mapping.unmapped or record.kind in ("logits", "replay"):
             continue
         if record.module_class in SKIP_CLASSES:
             continue
@@ -315,3 +315,38 @@ def infer_plan(
                 if best is None or err < best[0]:
                     best = (err, plan)
     return None if best is None else best[1]
+
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def infer_missing(mapping: Mapping_, target: TraceReader, reference: TraceReader) -> Mapping_:
+    """Pair by value the target components no rule mapped; list the rest as unmapped."""
+    aligner = Aligner(target, reference)
+    passes = {p.index: p for p in target.passes}
+    first_pass = min(passes) if passes else 0
+    ref_first = [r for r in reference.records if r.pass_index == reference.records[0].pass_index] if reference.records else []
+    for record in target.records:
+        name = record.name
+        if (
+            record.pass_index != first_pass
+            or name in mapping.plans
+            or name in mapping.unmapped
+            or record.kind in ("logits", "replay")
+            or record.module_class in SKIP_CLASSES
+        ):
+            continue
+        layer = _LAYER.search(name)
+        key = layer.group(0) if layer else None
+        candidates = [
+            r for r in ref_first
+            if r.kind != "logits" and ((key is None and not _LAYER.search(r.name)) or (key is not None and key in r.name))
+        ]
+        plan = infer_plan(record, target, reference, aligner, passes[record.pass_index], candidates)
+        if plan is None:
+            mapping.unmapped[name] = Unmapped(
+                name, "no mapping rule, and no reference component of the same layer has a fitting shape"
+            )
+        else:
+            mapping.plans[name] = plan
+    return mapping

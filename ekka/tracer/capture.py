@@ -53,6 +53,8 @@ class CaptureSpec:
     # transformers only: teacher forcing. One forward pass over prompt + forced_ids (the tokens
     # the target generated), so that every target pass can be compared at the same positions.
     forced_ids: tuple[int, ...] = ()
+    # vLLM only: a reference trace of the prompt's prefill; leaf modules are replayed on its inputs.
+    replay_reference: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ekka.tracer import transforms
 from ekka.tracer.align import Aligner, Mapping_, Plan, plan_components, positions_for
 from ekka.tracer.trace import TraceReader
 
@@ -106,10 +107,55 @@ def iter_comparisons(
         info = passes.get(record.pass_index)
         if plan is None or info is None:
             continue
+        if record.inputs and _input_comparable(plan):
+            comparison = _compare_input(aligner, record, plan, info, reference, high, dtype, sequence)
+            if comparison is not None:
+                sequence += 1
+                yield comparison
         comparison = _compare(aligner, record, plan, info, reference, high, dtype, sequence)
         if comparison is not None:
             sequence += 1
             yield comparison
+
+
+def _input_comparable(plan: Plan) -> bool:
+    """Modules whose input is the reference module's input: same-name or fused projections."""
+    return plan.slot == "out" and plan.target_op == "first" and plan.reference_op in (None, "concat")
+
+
+def _compare_input(
+    aligner: Aligner, record: Any, plan: Plan, info: Any, reference: TraceReader,
+    high: TraceReader, dtype: str, sequence: int,
+) -> Comparison | None:
+    """Compare what the target module received with what the reference module received.
+
+    A fused add-norm receives `(x, residual)` where the reference receives their sum: both
+    readings are tried and the closer one is kept.
+    """
+    inputs = aligner.target.inputs(record)
+    first_in = inputs.get("0")
+    if first_in is None or not first_in.is_floating_point():
+        return None
+    candidates = [first_in]
+    second = inputs.get("1")
+    if second is not None and second.shape == first_in.shape and second.is_floating_point():
+        candidates.append(first_in + second)
+    in_plan = Plan(plan.target, "first", plan.reference[:1], None, slot="in", rule="input")
+    rows = len(info.positions)
+    try:
+        xs = [transforms.to_rows(c, rows).float() for c in candidates]
+    except RuntimeError:
+        return None
+    positions = positions_for(xs[0].shape[0], info)
+    x_r = aligner.reference_tensor(reference, in_plan, positions)
+    y_r = x_r if high is reference else aligner.reference_tensor(high, in_plan, positions)
+    if x_r is None or y_r is None:
+        return None
+    xs = [x for x in xs if x.shape == x_r.shape]
+    if not xs:
+        return None
+    x = min(xs, key=lambda t: compute_relative_error(t, y_r))
+    return _comparison(record, in_plan, x, x_r, y_r, dtype, positions, sequence, kind="input")
 
 
 def _compare(
@@ -129,6 +175,13 @@ def _compare(
         x = _fit_partial(x, x_r)
         if x is None:
             return None
+    return _comparison(record, plan, x, x_r, y_r, dtype, positions, sequence)
+
+
+def _comparison(
+    record: Any, plan: Plan, x: torch.Tensor, x_r: torch.Tensor, y_r: torch.Tensor, dtype: str,
+    positions: list[int], sequence: int, kind: str = "output",
+) -> Comparison:
     ratio, error, noise = compute_error_ratio(x, x_r, y_r, dtype)
     tokens = compute_token_errors(x, y_r)
     worst = int(torch.nan_to_num(tokens, nan=math.inf).argmax()) if tokens.numel() else 0
@@ -149,6 +202,7 @@ def _compare(
         nonfinite=not bool(torch.isfinite(x).all()),
         worst_position=positions[worst] if positions else 0,
         rows=x.shape[0],
+        kind=kind,
     )
 
 

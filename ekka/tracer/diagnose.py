@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.align import plan_components
+from ekka.tracer.align import infer_missing, plan_components
 from ekka.tracer.capture import CaptureSpec, capture
 from ekka.tracer.compare import Comparison, iter_comparisons
 from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
@@ -88,6 +88,21 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    say(f"reference: transformers, {config.dtype}, prompt prefill (inputs for replay)")
+    prefill = capture(
+        CaptureSpec(
+            framework="transformers",
+            model=config.model,
+            prompt_ids=config.prompt_ids,
+            out=str(work / "reference-prefill"),
+            dtype=config.dtype,
+            max_tokens=1,
+            steps="prefill",
+        )
+    )
+    seconds["reference_prefill"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     say("target: vLLM generates, traced")
     target = capture(
         CaptureSpec(
@@ -99,6 +114,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             max_tokens=config.max_tokens,
             engine=dict(config.engine),
             prompt_text=config.prompt_text,
+            replay_reference=str(prefill.path),
         ),
         pythonpath=config.target_pythonpath,
         timeout=config.timeout,
@@ -129,9 +145,10 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     say("aligning and measuring")
     reference = references[config.dtype]
     reference32 = references.get("float32") if config.dtype != "float32" else None
-    mapping = plan_components(target, reference)
+    mapping = infer_missing(plan_components(target, reference), target, reference)
     comparisons = list(iter_comparisons(target, reference, reference32, mapping=mapping))
     localization = localize(comparisons, config.threshold)
+    confirm_by_replay(localization, target, reference, reference32, mapping, config.dtype)
     seconds["analysis"] = time.perf_counter() - t0
     compared = {c.target for c in comparisons}
     unmapped = {name: u.reason for name, u in mapping.unmapped.items()}
@@ -155,6 +172,48 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         },
         seconds=seconds,
     )
+
+
+def confirm_by_replay(
+    localization: Localization,
+    target: TraceReader,
+    reference: TraceReader,
+    reference32: TraceReader | None,
+    mapping: Any,
+    dtype: str,
+) -> None:
+    """Attach the replay verdict to each suspect that was replayed in the target's process."""
+    from dataclasses import replace
+
+    from ekka.tracer.align import Aligner
+    from ekka.tracer.compare import compute_error_ratio
+
+    replays = {r.name: r for r in target.records if r.kind == "replay"}
+    aligner = Aligner(target, reference, reference32)
+    for i, suspect in enumerate(localization.suspects):
+        record = replays.get(suspect.component)
+        plan = mapping.plans.get(suspect.component)
+        if record is None or plan is None:
+            continue
+        try:
+            x = aligner.target_tensor(record, plan, None)  # type: ignore[arg-type]
+        except (RuntimeError, AssertionError, IndexError):
+            continue
+        positions = list(range(x.shape[0]))
+        x_r = aligner.reference_tensor(reference, plan, positions)
+        y_r = x_r if reference32 is None else aligner.reference_tensor(reference32, plan, positions)
+        if x_r is None or y_r is None or x_r.shape != x.shape:
+            continue
+        ratio = compute_error_ratio(x, x_r, y_r, dtype)[0]
+        confirmed = ratio > localization.threshold
+        note = (
+            f"; replayed alone on the reference's input it gives ratio {ratio:.3g}: "
+            + ("the module itself is wrong" if confirmed else "its error arrives from upstream")
+        )
+        localization.suspects[i] = replace(suspect, confirmed=confirmed, evidence=suspect.evidence + note)
+    # A suspect that replay clears (its error arrives from upstream) goes behind the others.
+    ordered = sorted(localization.suspects, key=lambda s: (s.confirmed is False, s.rank))
+    localization.suspects[:] = [replace(s, rank=i + 1) for i, s in enumerate(ordered)]
 
 
 # --- report files -------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class ModuleRecorder:
         self._stack: list[list[Any]] = []  # [name, had_child_call, cloned_inputs]
         self._seen: dict[str, int] = {}
         self._handles: list[Any] = []
+        self.modules_by_name: dict[str, torch.nn.Module] = {}  # effective name -> module (replay)
 
     # pass bookkeeping (called by the framework adapter)
     def begin_pass(self, step: int) -> None:
@@ -174,6 +175,7 @@ class ModuleRecorder:
             return
         cls = type(module)
         file, line = source_location(cls)
+        self.modules_by_name.setdefault(name, module)
         self.writer.add(
             name=self._unique(name),
             module_class=cls.__name__,

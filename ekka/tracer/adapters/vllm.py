@@ -146,10 +146,17 @@ def run(spec: CaptureSpec) -> Path:
         params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
         outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], params, use_tqdm=False)
         generated = list(outputs[0].outputs[0].token_ids)
+        replayed = 0
+        if spec.replay_reference:
+            from ekka.tracer.replay import replay_modules
+
+            recorder = state["recorder"]
+            recorder.remove()
+            replayed = replay_modules(recorder.root, recorder.modules_by_name, writer, spec.replay_reference)
     except BaseException:
         writer.close(complete=False)
         raise
-    writer.close(generated_ids=generated, model_class=model_class)
+    writer.close(generated_ids=generated, model_class=model_class, replayed=replayed)
     return writer.path
 
 

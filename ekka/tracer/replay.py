@@ -1,0 +1,127 @@
+"""Replay: run a target module alone on the *reference's* input (inside the target's process).
+
+A large local error confirms the module itself; a small one says its error arrived from
+upstream. Replayed here: norms, linear layers (fused projections too), fused activations
+(`act(gate) * up`), rotary embeddings. Attention needs the engine's per-pass metadata and is
+not replayed.
+
+The target process calls `replay_modules` after generation, with a reference trace of the
+prompt's prefill in the serving dtype; outputs are written as records of kind "replay" under
+the module's name, with the prompt's positions as rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ekka.tracer.hooks import flatten_tensors, source_location
+from ekka.tracer.trace import Record, TraceReader, TraceWriter
+
+REPLAY_KIND = "replay"
+
+
+def _heads_rows(t: torch.Tensor) -> torch.Tensor:
+    """`[1, heads, T, d]` -> `[T, heads*d]`."""
+    if t.dim() == 4:
+        t = t[0].transpose(0, 1)
+    return t.reshape(t.shape[0], -1)
+
+
+def _reference_output(reference: TraceReader, name: str, index: dict[str, Record]) -> torch.Tensor | None:
+    record = index.get(name)
+    if record is None:
+        return None
+    out = reference.outputs(record)[0]
+    return None if out is None else (out[0] if out.dim() >= 3 and out.shape[0] == 1 else out)
+
+
+def _reference_input(reference: TraceReader, name: str, index: dict[str, Record]) -> torch.Tensor | None:
+    record = index.get(name)
+    if record is None:
+        return None
+    inputs = reference.inputs(record)
+    return inputs.get("0")
+
+
+def reference_inputs(
+    record: Record, module: torch.nn.Module, reference: TraceReader, index: dict[str, Record], rows: int
+) -> tuple[Any, ...] | None:
+    """The arguments to call the target module with, built from the reference's tensors."""
+    cls = type(module).__name__
+    parent = record.name.rsplit(".", 1)[0]
+    if "Rotary" in cls:
+        rot = index.get(f"{parent}.apply_rotary_pos_emb")
+        if rot is None:
+            return None
+        inputs = reference.inputs(rot)
+        q, k = inputs.get("q"), inputs.get("k")
+        if q is None or k is None:
+            return None
+        positions = torch.arange(q.shape[2], dtype=torch.long)
+        return positions, _heads_rows(q).contiguous(), _heads_rows(k).contiguous()
+    if "AndMul" in cls:
+        gate = _reference_output(reference, f"{parent}.gate_proj", index)
+        up = _reference_output(reference, f"{parent}.up_proj", index)
+        if gate is None or up is None:
+            return None
+        return (torch.cat([gate, up], dim=-1).contiguous(),)
+    if "Attention" in cls or "Embedding" in cls:
+        return None
+    own = record.name
+    for candidate in (own, f"{parent}.q_proj", f"{parent}.gate_proj"):
+        x = _reference_input(reference, candidate, index)
+        if x is not None and (candidate == own or own.endswith(("qkv_proj", "gate_up_proj"))):
+            if x.dim() >= 3 and x.shape[0] == 1:
+                x = x[0]
+            return (x.contiguous(),)
+    return None
+
+
+def replay_modules(
+    model: torch.nn.Module,
+    modules_by_name: dict[str, torch.nn.Module],
+    writer: TraceWriter,
+    reference_path: str,
+) -> int:
+    """Replay every replayable leaf module of the first pass; returns how many were replayed."""
+    reference = TraceReader(reference_path)
+    first_pass = reference.passes[0].index if reference.passes else 0
+    index = {r.name: r for r in reference.records if r.pass_index == first_pass}
+    rows = len(reference.passes[0].positions) if reference.passes else 0
+    done: set[str] = set()
+    count = 0
+    target_records = [r for r in writer.records if r.pass_index == 0 and r.leaf and r.kind == "module"]
+    for record in target_records:
+        if record.name in done:
+            continue
+        done.add(record.name)
+        module = modules_by_name.get(record.name)
+        if module is None:
+            continue
+        try:
+            args = reference_inputs(record, module, reference, index, rows)
+            if args is None:
+                continue
+            dtype = next((p.dtype for p in module.parameters()), None)
+            args = tuple(a.to(dtype) if dtype is not None and a.is_floating_point() else a for a in args)
+            with torch.no_grad():
+                output = module(*args)
+        except Exception:  # a module that cannot run alone is simply not replayed
+            continue
+        file, line = source_location(type(module))
+        writer.add(
+            name=record.name,
+            module_class=type(module).__name__,
+            source_file=file,
+            source_line=line,
+            step=0,
+            pass_index=-1,
+            call_index=count,
+            outputs=[None if t is None else t.detach().clone() for t in flatten_tensors(output)],
+            kind=REPLAY_KIND,
+            leaf=True,
+        )
+        count += 1
+    return count
