@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -73,6 +73,7 @@ class Comparison:
     worst_position: int
     rows: int
     kind: str = "output"
+    discounted_tokens: int = 0  # MoE: tokens at a near-tied router choice, left out of the ratio
 
     def passed(self, threshold: float) -> bool:
         return self.ratio <= threshold
@@ -99,6 +100,7 @@ def iter_comparisons(
     passes = {p.index: p for p in target.passes}
     high = reference32 or reference
     dtype = target.dtype
+    routing = RoutingTolerance(target.manifest.get("model_config") or {}, dtype)
     sequence = 0
     for record in target.records:
         if step is not None and record.step != step:
@@ -107,15 +109,59 @@ def iter_comparisons(
         info = passes.get(record.pass_index)
         if plan is None or info is None:
             continue
+        routing.begin(record.pass_index)
         if record.inputs and _input_comparable(plan):
             comparison = _compare_input(aligner, record, plan, info, reference, high, dtype, sequence)
             if comparison is not None:
                 sequence += 1
                 yield comparison
-        comparison = _compare(aligner, record, plan, info, reference, high, dtype, sequence)
+        comparison = _compare(aligner, record, plan, info, reference, high, dtype, sequence, routing)
         if comparison is not None:
             sequence += 1
             yield comparison
+
+
+class RoutingTolerance:
+    """MoE routers at near-tied logits may pick other experts for a token or two in bfloat16.
+
+    At each router (a component whose aligned output is `[tokens, num_experts]`), tokens whose
+    target top-k expert set differs from the float32 reference's *and* whose reference margin
+    between the k-th and (k+1)-th router logit is within the dtype's noise are discounted: left
+    out of the ratio of that router and of every later component of the same pass. A router
+    that is really wrong flips tokens with clear margins, which are not discounted.
+    """
+
+    def __init__(self, config: dict[str, Any], dtype: str) -> None:
+        text = config.get("text_config") or config
+        self.experts = int(text.get("num_local_experts") or text.get("num_experts") or 0)
+        self.top_k = int(text.get("num_experts_per_tok") or 0)
+        self.floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
+        self.pass_index = -1
+        self.rows: set[int] = set()
+
+    def begin(self, pass_index: int) -> None:
+        if pass_index != self.pass_index:
+            self.pass_index = pass_index
+            self.rows = set()
+
+    def observe(self, x: torch.Tensor, x_r: torch.Tensor, y_r: torch.Tensor) -> None:
+        if not self.experts or not self.top_k or x.dim() != 2 or x.shape[-1] != self.experts:
+            return
+        k = min(self.top_k, self.experts - 1)
+        target_sets = x.topk(k, dim=-1).indices.sort(dim=-1).values
+        reference_sets = y_r.topk(k, dim=-1).indices.sort(dim=-1).values
+        ranked = y_r.sort(dim=-1, descending=True).values
+        margin = ranked[:, k - 1] - ranked[:, k]
+        noise = (x_r - y_r).abs().max(dim=-1).values + (x - y_r).abs().median(dim=-1).values
+        scale = y_r.abs().max(dim=-1).values * self.floor
+        near_tie = margin <= 4 * torch.maximum(noise, scale)
+        flipped = (target_sets != reference_sets).any(dim=-1)
+        self.rows |= {int(i) for i in torch.nonzero(flipped & near_tie).flatten()}
+
+    def keep(self, rows: int) -> list[int] | None:
+        if not self.rows:
+            return None
+        return [i for i in range(rows) if i not in self.rows]
 
 
 def _input_comparable(plan: Plan) -> bool:
@@ -160,7 +206,7 @@ def _compare_input(
 
 def _compare(
     aligner: Aligner, record: Any, plan: Plan, info: Any, reference: TraceReader,
-    high: TraceReader, dtype: str, sequence: int,
+    high: TraceReader, dtype: str, sequence: int, routing: RoutingTolerance | None = None,
 ) -> Comparison | None:
     try:
         x = aligner.target_tensor(record, plan, len(info.positions))
@@ -175,7 +221,16 @@ def _compare(
         x = _fit_partial(x, x_r)
         if x is None:
             return None
-    return _comparison(record, plan, x, x_r, y_r, dtype, positions, sequence)
+    discounted = 0
+    if routing is not None:
+        routing.observe(x, x_r, y_r)
+        keep = routing.keep(x.shape[0])
+        if keep is not None and len(keep) < x.shape[0] and keep:
+            discounted = x.shape[0] - len(keep)
+            x, x_r, y_r = x[keep], x_r[keep], y_r[keep]
+            positions = [positions[i] for i in keep]
+    comparison = _comparison(record, plan, x, x_r, y_r, dtype, positions, sequence)
+    return replace(comparison, discounted_tokens=discounted) if discounted else comparison
 
 
 def _comparison(
