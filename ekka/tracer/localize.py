@@ -21,7 +21,7 @@ from typing import Any
 from ekka.tracer.compare import Comparison
 
 DEFAULT_THRESHOLD = 2.0
-PERSISTENCE = 0.5  # "stays up": above the threshold for at least this share of what follows
+PERSISTENCE = 0.5  # "stays up": above the threshold for more than this share of what follows
 MAX_SUSPECTS = 5
 
 
@@ -96,7 +96,7 @@ def localize(comparisons: Iterable[Comparison], threshold: float = DEFAULT_THRES
             jump = c.ratio / base if math.isfinite(c.ratio) else math.inf
             scored.append((0.0, c, jump, persistence))
     result = Localization(threshold=threshold)
-    persistent = [(c, j, p) for _, c, j, p in scored if p >= PERSISTENCE]
+    persistent = [(c, j, p) for _, c, j, p in scored if p > PERSISTENCE]
     if not persistent:
         return result
     change = persistent[0][0]

@@ -1,0 +1,88 @@
+"""Localize mode end to end on real vLLM (CPU) and transformers: no false alarms on the zoo,
+the known Cohere2 disagreement found, a patched vLLM diagnosed, reports and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ekka.bench import apply_patch, copy_sources, find_cases, installed_framework_dir
+from ekka.cli import main
+from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+from ekka.zoo import list_architectures
+from tests.conftest import PROMPT_IDS
+
+pytestmark = pytest.mark.vllm
+CASES = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "bench" / "cases"
+ARCHS = [a.name for a in list_architectures()]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
+    diagnosis = run_diagnosis(
+        DiagnoseConfig(model=str(zoo_model(arch)), prompt_ids=PROMPT_IDS, workdir=str(tmp_path), dtype=dtype, max_tokens=3)
+    )
+    assert len(diagnosis.comparisons) > 20
+    if arch == "Cohere2ForCausalLM":
+        # vLLM widens Cohere2's sliding window by one on purpose; transformers does not.
+        assert diagnosis.diverged
+        assert diagnosis.localization.suspects[0].component == "model.layers.0.self_attn.attn"
+    else:
+        assert not diagnosis.diverged, [(s.component, s.ratio) for s in diagnosis.localization.suspects]
+
+
+def _patched_copy(case_id: str, root):
+    case = find_cases(CASES, [case_id])[0]
+    copy_sources(installed_framework_dir(), root)
+    apply_patch(case.path / "bug.patch", root)
+    return case
+
+
+@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
+def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_model, capsys):
+    case = _patched_copy("llama-rmsnorm-eps-ignored", tmp_path / "src")
+    model = zoo_model("llama", rms_norm_eps=1e-5)
+    out = tmp_path / "report"
+    code = main(["diagnose", "--model", str(model), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
+                 "--max-tokens", "3", "--out", str(out), "--target-path", str(tmp_path / "src")])
+    text = capsys.readouterr().out
+    assert code == 1, text
+    report = json.loads((out / "report.json").read_text())
+    assert report["diverged"] and report["target"]["path"].startswith(str(tmp_path / "src"))
+    top = report["suspects"][0]
+    assert top["component"] in ("model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm")
+    assert top["source_file"] == "vllm/model_executor/layers/layernorm.py" and top["source_line"] > 0
+    assert top["confirmed"] is True  # replay on the reference's input reproduces the error
+    assert any(c["kind"] == "input" for c in report["comparisons"])
+    md = (out / "report.md").read_text()
+    assert "Verdict: divergence" in md and case.truth_components[0].split("*")[0] in md
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+
+
+def test_cli_diagnose_exit_code_zero_without_divergence(tmp_path, zoo_model, capsys):
+    code = main(["diagnose", "--model", str(zoo_model("qwen2")), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
+                 "--max-tokens", "2", "--out", str(tmp_path / "r")])
+    assert code == 0, capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"] == "no divergence"
+
+
+@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
+def test_bench_scores_every_public_case(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(CASES), "--json", str(out), "--no-bisect", "--workdir", str(tmp_path / "w")])
+    assert code == 0, capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert {"cases", "top1", "top5"} <= set(result)
+    for case in result["cases"]:
+        assert {"id", "top1", "top5", "suspects", "seconds"} <= set(case)
+        assert "error" not in case, case
+    assert result["top1"] == 1.0, [(c["id"], c["suspects"][:3]) for c in result["cases"]]
+    assert result["top5"] == 1.0
+
+
+def test_bench_rejects_unknown_case(tmp_path, capsys):
+    code = main(["bench", str(tmp_path), "--no-bisect"])
+    assert code == 2 and "no case folders" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""Change-point localization on synthetic comparison sequences (no framework needed)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ekka.tracer.compare import Comparison, RoutingTolerance, compute_error_ratio
+from ekka.tracer.localize import localize, matches_truth
+
+
+def comp(seq: int, name: str, ratio: float, pass_index: int = 0, kind: str = "output", nonfinite: bool = False) -> Comparison:
+    return Comparison(
+        sequence=seq, target=name, module_class="X", source_file="vllm/x.py", source_line=seq,
+        pass_index=pass_index, step=pass_index, call_index=seq, plan="p", inferred=False,
+        ratio=ratio, error=ratio * 1e-6, noise=1e-6, nonfinite=nonfinite, worst_position=3, rows=4, kind=kind,
+    )
+
+
+def chain(ratios, names=None, pass_index=0, start=0):
+    names = names or [f"m{i}" for i in range(len(ratios))]
+    return [comp(start + i, n, r, pass_index) for i, (n, r) in enumerate(zip(names, ratios))]
+
+
+def test_no_divergence_when_everything_is_noise():
+    result = localize(chain([0.1, 1.2, 0.9, 1.5, 1.1]))
+    assert not result.diverged and result.suspects == [] and bool(result)
+
+
+def test_change_point_is_earliest_persistent_rise_not_the_largest():
+    result = localize(chain([0.5, 0.7, 40, 30, 900, 200, 500]))
+    assert result.diverged
+    assert result.suspects[0].component == "m2"
+    assert result.suspects[0].persistence == 1.0
+    assert result.suspects[0].source_file == "vllm/x.py"
+
+
+def test_transient_spike_is_not_a_change_point():
+    result = localize(chain([0.5, 7.0, 0.6, 0.5, 0.8, 30, 40, 50]))
+    assert result.suspects[0].component == "m5"
+
+
+def test_nonfinite_target_is_a_divergence():
+    seq = chain([0.5, 0.5]) + [comp(2, "logits_processor", math.inf, nonfinite=True)]
+    result = localize(seq)
+    assert result.suspects[0].component == "logits_processor"
+    assert "non-finite" in result.suspects[0].evidence
+    ratio, error, _ = compute_error_ratio(torch.tensor([float("nan"), 1.0]), torch.ones(2), torch.ones(2), "float32")
+    assert math.isinf(ratio) and math.isinf(error)
+
+
+def test_later_pass_divergence_is_found_in_that_pass():
+    seq = chain([0.5, 0.4, 0.6], ["a", "attn", "b"], 0) + chain([0.5, 50, 60], ["a", "attn", "b"], 1, start=3)
+    result = localize(seq)
+    assert result.suspects[0].component == "attn" and result.suspects[0].pass_index == 1
+
+
+def test_suspects_are_unique_and_at_most_five():
+    names = ["a", "b", "c", "d", "e", "f", "g"]
+    seq = chain([10, 20, 30, 40, 50, 60, 70], names, 0) + chain([10, 20, 30, 40, 50, 60, 70], names, 1, start=7)
+    result = localize(seq)
+    comps = [s.component for s in result.suspects]
+    assert len(comps) == 5 and len(set(comps)) == 5 and comps[0] == "a"
+
+
+def test_diverging_input_names_the_parent_module():
+    seq = [comp(0, "model.layers.0.self_attn.o_proj", 0.4), comp(1, "model.layers.0.mlp.down_proj", 30, kind="input"),
+           comp(2, "model.layers.0.mlp.down_proj", 35), comp(3, "model.layers.0", 40)]
+    result = localize(seq)
+    assert result.suspects[0].component == "model.layers.0.mlp"
+    assert "glue" in result.suspects[0].evidence
+
+
+def test_threshold_is_configurable():
+    seq = chain([0.5, 3.0, 3.0, 3.0])
+    assert localize(seq, threshold=2).diverged
+    assert not localize(seq, threshold=5).diverged
+
+
+def test_robust_ratio_uses_dtype_noise():
+    y = torch.randn(8, 16)
+    x_r = y + 1e-2 * torch.randn(8, 16)  # bf16-like noise of the reference
+    x_t = y + 1e-2 * torch.randn(8, 16)  # the target: same amount of noise
+    ratio, _, _ = compute_error_ratio(x_t, x_r, y, "bfloat16")
+    assert 0.5 < ratio < 2
+    bad = y + 1e-1 * torch.randn(8, 16)
+    assert compute_error_ratio(bad, x_r, y, "bfloat16")[0] > 5
+    # float32: the reference is its own float32 run, the floor is float32 noise
+    assert compute_error_ratio(y + 1e-7 * torch.randn(8, 16), y, y, "float32")[0] < 1
+    assert compute_error_ratio(y + 1e-4 * y, y, y, "float32")[0] > 10
+
+
+def test_routing_tolerance_discounts_only_near_ties():
+    tol = RoutingTolerance({"num_local_experts": 4, "num_experts_per_tok": 2}, "bfloat16")
+    tol.begin(0)
+    y = torch.tensor([[3.0, 2.0, 1.0, 0.0], [3.0, 1.001, 1.0, 0.0], [3.0, 2.0, 1.0, 0.0]])
+    x_r = y + 0.004
+    x = y.clone()
+    x[1] = torch.tensor([3.0, 1.0, 1.003, 0.0])  # near tie flipped: discounted
+    x[2] = torch.tensor([3.0, 0.0, 1.0, 2.0])  # clear margin flipped: a real routing bug
+    tol.observe(x, x_r, y)
+    assert tol.keep(3) == [0, 2]
+
+
+def test_matches_truth_globs():
+    assert matches_truth("model.layers.3.self_attn.attn", ["model.layers.*.self_attn.attn"])
+    assert matches_truth("model.layers.0.mlp.act_fn#1", ["model.layers.*.mlp.act_fn"])
+    assert not matches_truth("model.layers.0.mlp", ["model.layers.*.mlp.act_fn"])
