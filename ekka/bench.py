@@ -12,11 +12,12 @@ import os
 import shutil
 import subprocess
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ekka.errors import UsageError
 from ekka.tracer.localize import matches_truth

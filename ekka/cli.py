@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 import typer
@@ -74,8 +73,8 @@ def zoo_build(
 def trace(
     framework: str = typer.Option(..., help="vllm or transformers."),
     model: Path = typer.Option(..., help="Model folder (e.g. from `ekka zoo build`)."),
-    prompt: Optional[str] = typer.Option(None, help="Prompt text (tokenized with the model's tokenizer)."),
-    prompt_ids: Optional[str] = typer.Option(None, help="Prompt token ids, comma-separated."),
+    prompt: str | None = typer.Option(None, help="Prompt text (tokenized with the model's tokenizer)."),
+    prompt_ids: str | None = typer.Option(None, help="Prompt token ids, comma-separated."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
     max_tokens: int = typer.Option(4, help="Greedy tokens to generate."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the trace."),
@@ -110,7 +109,7 @@ def trace(
 def compare(
     target: Path = typer.Argument(..., help="Target trace folder (vLLM)."),
     reference: Path = typer.Argument(..., help="Reference trace folder (transformers)."),
-    step: Optional[int] = typer.Option(None, help="Only this step (0 = prefill)."),
+    step: int | None = typer.Option(None, help="Only this step (0 = prefill)."),
 ) -> None:
     """Print the layer-by-layer relative error of two traces of the same prompt."""
     from ekka.tracer.compare import compare_traces, print_comparison
@@ -157,8 +156,8 @@ def demo(
 @app.command()
 def diagnose(
     model: Path = typer.Option(..., help="Model folder (e.g. from `ekka zoo build`)."),
-    prompt: Optional[str] = typer.Option(None, help="Prompt text (tokenized with the model's tokenizer)."),
-    prompt_ids: Optional[str] = typer.Option(None, help="Prompt token ids, comma-separated."),
+    prompt: str | None = typer.Option(None, help="Prompt text (tokenized with the model's tokenizer)."),
+    prompt_ids: str | None = typer.Option(None, help="Prompt token ids, comma-separated."),
     dtype: str = typer.Option("float32", help="Serving dtype: float32 or bfloat16."),
     max_tokens: int = typer.Option(4, help="Greedy tokens the target generates."),
     threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
@@ -166,7 +165,7 @@ def diagnose(
     target_path: list[Path] = typer.Option([], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."),
 ) -> None:
     """Localize: run target and reference, name the first component that diverges."""
-    from ekka.tracer.capture import resolve_prompt, validate, CaptureSpec
+    from ekka.tracer.capture import CaptureSpec, resolve_prompt, validate
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, suspects_table, write_reports
 
     if threshold <= 0:
@@ -191,7 +190,7 @@ def diagnose(
 def bench(
     cases_dir: Path = typer.Argument(..., help="Folder of bench cases (shared/bench/cases)."),
     case: list[str] = typer.Option([], help="Run only this case id (repeatable)."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_file: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
     no_bisect: bool = typer.Option(False, "--no-bisect", help="Localize only (no bisection)."),
     workdir: Path = typer.Option(Path(".ekka/bench"), help="Where models, traces and reports go."),
 ) -> None:

@@ -7,8 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from ekka.cli import main
 from tests.conftest import PROMPT_IDS
 
@@ -28,7 +26,7 @@ def test_startup_imports_no_framework():
 
 
 def test_console_script_reports_usage_error_without_traceback(tmp_path):
-    ekka = shutil.which("ekka") or str((__import__("pathlib").Path(sys.executable).parent / "ekka"))
+    ekka = shutil.which("ekka") or str(__import__("pathlib").Path(sys.executable).parent / "ekka")
     proc = subprocess.run([ekka, "zoo", "build", "nosucharch", "--out", str(tmp_path / "m")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -71,7 +71,7 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     import transformers
 
     from ekka.tracer.hooks import ModuleRecorder
-    from ekka.tracer.trace import PassInfo, TraceWriter
+    from ekka.tracer.trace import TraceWriter
 
     if model is None:
         model = load_model(spec.model, spec.dtype)

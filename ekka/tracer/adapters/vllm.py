@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def run(spec: CaptureSpec) -> Path:
     try:
         engine = dict(spec.engine)
         engine.setdefault("max_model_len", _max_model_len(spec))
+        t_start = time.perf_counter()
         llm = LLM(
             model=spec.model,
             skip_tokenizer_init=True,
@@ -142,10 +144,14 @@ def run(spec: CaptureSpec) -> Path:
             state["recorder"] = recorder
             return type(model).__name__
 
+        timings = {"engine_start": time.perf_counter() - t_start}
         model_class = llm.apply_model(install)[0]
+        t_run = time.perf_counter()
         params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
         outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], params, use_tqdm=False)
         generated = list(outputs[0].outputs[0].token_ids)
+        timings["traced_generate"] = time.perf_counter() - t_run
+        t_replay = time.perf_counter()
         replayed = 0
         if spec.replay_reference:
             from ekka.tracer.replay import replay_modules
@@ -153,10 +159,11 @@ def run(spec: CaptureSpec) -> Path:
             recorder = state["recorder"]
             recorder.remove()
             replayed = replay_modules(recorder.root, recorder.modules_by_name, writer, spec.replay_reference)
+        timings["replay"] = time.perf_counter() - t_replay
     except BaseException:
         writer.close(complete=False)
         raise
-    writer.close(generated_ids=generated, model_class=model_class, replayed=replayed)
+    writer.close(generated_ids=generated, model_class=model_class, replayed=replayed, timings=timings)
     return writer.path
 
 

@@ -1,0 +1,91 @@
+"""Cost of localization against one untraced vLLM run plus one untraced transformers run.
+
+Target (issue): localization of a bench case costs at most 2x the time of one untraced vLLM run
+plus one transformers run of the same prompt, engine start excluded.
+
+Baseline, measured in one process: start the vLLM engine (excluded), time greedy generation of
+the case's prompt (median of 5); load the transformers model (excluded), time its greedy loop
+(median of 5). Localization: `run_diagnosis` on the same model and prompt; its cost is the
+traced generation + replay (from the target's own timings, engine start excluded) + the
+reference captures + the analysis. Prints a JSON line with the medians and the ratio.
+
+    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASELINE = r'''
+import json, os, statistics, sys, time
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"; os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+import torch
+from vllm import LLM, SamplingParams
+model, ids, n, dtype = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+llm = LLM(model=model, skip_tokenizer_init=True, enforce_eager=True, gpu_memory_utilization=0.3, dtype=dtype, max_model_len=256, seed=0)
+params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+vllm_runs = []
+for _ in range(5):
+    t = time.perf_counter(); llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False); vllm_runs.append(time.perf_counter() - t)
+from transformers import AutoModelForCausalLM
+hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
+hf_runs = []
+for _ in range(5):
+    t = time.perf_counter()
+    with torch.no_grad():
+        seq, past = list(ids), None
+        for step in range(n):
+            feed = seq if step == 0 else seq[-1:]
+            out = hf(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
+            past = out.past_key_values; seq.append(int(out.logits[0, -1].argmax()))
+    hf_runs.append(time.perf_counter() - t)
+print(json.dumps({"vllm": statistics.median(vllm_runs), "transformers": statistics.median(hf_runs)}))
+'''
+
+
+def main() -> None:
+    from ekka.bench import build_case_model, case_prompt_ids, find_cases
+    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+    from ekka.tracer.trace import TraceReader
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "bench" / "cases")
+    parser.add_argument("--case", default="llama-rmsnorm-eps-ignored")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
+    args = parser.parse_args()
+    case = find_cases(args.cases, [args.case])[0]
+    model = build_case_model(case, args.work / "model")
+    ids = case_prompt_ids(case, model)
+    proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype],
+                          capture_output=True, text=True, check=True)
+    baseline = json.loads(proc.stdout.strip().splitlines()[-1])
+    costs, walls = [], []
+    for i in range(args.runs):
+        start = time.perf_counter()
+        diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
+                                                 dtype=case.dtype, max_tokens=case.max_tokens))
+        walls.append(time.perf_counter() - start)
+        timings = TraceReader(args.work / f"run{i}" / "target").manifest.get("timings", {})
+        s = diagnosis.seconds
+        costs.append(timings.get("traced_generate", 0) + timings.get("replay", 0)
+                     + s["reference_prefill"] + s["reference"] + s["analysis"])
+    base = baseline["vllm"] + baseline["transformers"]
+    print(json.dumps({
+        "case": case.id,
+        "untraced_vllm_s": round(baseline["vllm"], 3),
+        "untraced_transformers_s": round(baseline["transformers"], 3),
+        "localization_s_median": round(statistics.median(costs), 3),
+        "ratio": round(statistics.median(costs) / base, 2),
+        "wall_with_process_and_engine_start_s_median": round(statistics.median(walls), 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
