@@ -218,7 +218,7 @@ def _compare(
     if x_r is None or y_r is None:
         return None
     if x.shape != x_r.shape:
-        x = _fit_partial(x, x_r)
+        x = _fit_partial(x, x_r, _qk_heads(aligner.target.manifest.get("model_config") or {}))
         if x is None:
             return None
     discounted = 0
@@ -261,19 +261,28 @@ def _comparison(
     )
 
 
-def _fit_partial(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+def _fit_partial(x: torch.Tensor, y: torch.Tensor, heads: int | None = None) -> torch.Tensor | None:
     """Partial rotary: the target's q|k hold every head dim, the reference only the rotated ones.
 
-    Tries the head counts that divide both widths and keeps the first `rot` dims per head.
+    `heads` (query + key heads, from the model's config) says how to cut the target's rows;
+    without it, head counts that divide both widths are tried.
     """
     if x.shape[0] != y.shape[0] or x.shape[-1] <= y.shape[-1]:
         return None
-    for heads in range(1, 257):
-        if x.shape[-1] % heads == 0 and y.shape[-1] % heads == 0:
-            d, rot = x.shape[-1] // heads, y.shape[-1] // heads
-            if d in (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512) and rot < d:
-                return x.reshape(x.shape[0], heads, d)[..., :rot].reshape(x.shape[0], -1)
+    options = [heads] if heads else list(range(1, 257))
+    for h in options:
+        if h and x.shape[-1] % h == 0 and y.shape[-1] % h == 0:
+            d, rot = x.shape[-1] // h, y.shape[-1] // h
+            if rot < d:
+                return x.reshape(x.shape[0], h, d)[..., :rot].reshape(x.shape[0], -1)
     return None
+
+
+def _qk_heads(config: dict[str, Any]) -> int | None:
+    text = config.get("text_config") or config
+    q = text.get("num_attention_heads")
+    kv = text.get("num_key_value_heads") or q
+    return int(q) + int(kv) if q else None
 
 
 def compare_traces(

@@ -31,6 +31,8 @@ def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
         assert diagnosis.localization.suspects[0].component == "model.layers.0.self_attn.attn"
     else:
         assert not diagnosis.diverged, [(s.component, s.ratio) for s in diagnosis.localization.suspects]
+        worst = max(diagnosis.comparisons, key=lambda c: c.ratio)
+        assert worst.ratio < 4, f"a mapping that does not fit: {worst.target} ratio {worst.ratio:.3g}"
 
 
 def _patched_copy(case_id: str, root):
