@@ -106,8 +106,12 @@ def replay_modules(
                 continue
             dtype = next((p.dtype for p in module.parameters()), None)
             args = tuple(a.to(dtype) if dtype is not None and a.is_floating_point() else a for a in args)
+            # vLLM's custom ops carry a pure-PyTorch reference path: replaying through it runs
+            # the module's own parameters and settings without the CPU kernels' layout demands
+            # (a bf16 rotary kernel fed tensors from outside a forward pass can crash the process).
+            forward = getattr(module, "forward_native", None) or module
             with torch.no_grad():
-                output = module(*args)
+                output = forward(*args)
         except Exception:  # a module that cannot run alone is simply not replayed
             continue
         file, line = source_location(type(module))
