@@ -150,7 +150,9 @@ def plan_component(
 
 
 @dataclass
-class Mapping_:
+class ComponentMap:
+    """The plans of every target component, and those that could not be paired."""
+
     plans: dict[str, Plan] = field(default_factory=dict)
     unmapped: dict[str, Unmapped] = field(default_factory=dict)
 
@@ -160,11 +162,11 @@ def plan_components(
     reference: TraceReader,
     *,
     rules: Sequence[Rule] = RULES,
-) -> Mapping_:
+) -> ComponentMap:
     """Plan every target component (by name) against the reference's component names."""
     family = family_of(target.manifest.get("model_config") or reference.manifest.get("model_config") or {})
     reference_names = {r.name for r in reference.records}
-    mapping = Mapping_()
+    mapping = ComponentMap()
     for record in target.records:
         if record.name in mapping.plans or record.name in mapping.unmapped or record.kind in ("logits", "replay"):
             continue
@@ -277,10 +279,6 @@ def _gather(
     return result
 
 
-def target_rows(record: Record, info: PassInfo) -> int:
-    return len(info.positions)
-
-
 def positions_for(outputs_rows: int, info: PassInfo) -> list[int]:
     """Token positions of a target tensor's rows: all of the pass, or its last (logits)."""
     if outputs_rows == len(info.positions):
@@ -320,7 +318,7 @@ def infer_plan(
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
-def infer_missing(mapping: Mapping_, target: TraceReader, reference: TraceReader) -> Mapping_:
+def infer_missing(mapping: ComponentMap, target: TraceReader, reference: TraceReader) -> ComponentMap:
     """Pair by value the target components no rule mapped; list the rest as unmapped."""
     aligner = Aligner(target, reference)
     passes = {p.index: p for p in target.passes}

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ekka.tracer import transforms
-from ekka.tracer.align import Aligner, Mapping_, Plan, plan_components, positions_for
+from ekka.tracer.align import Aligner, ComponentMap, Plan, plan_components, positions_for
 from ekka.tracer.trace import TraceReader
 
 # Relative noise floors: ~32 float32 ulps; half a bfloat16 ulp.
@@ -91,7 +91,7 @@ def iter_comparisons(
     reference: TraceReader,
     reference32: TraceReader | None = None,
     *,
-    mapping: Mapping_ | None = None,
+    mapping: ComponentMap | None = None,
     step: int | None = None,
 ) -> Iterator[Comparison]:
     """Stream the aligned comparisons, in the target's call order, one record at a time."""

@@ -87,34 +87,28 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    say(f"reference: transformers, {config.dtype}, prompt prefill (inputs for replay)")
-    prefill = capture(
-        CaptureSpec(
-            framework="transformers",
+    def spec(framework: str, name: str, dtype: str, **fields: Any) -> CaptureSpec:
+        return CaptureSpec(
+            framework=framework,
             model=config.model,
             prompt_ids=config.prompt_ids,
-            out=str(work / "reference-prefill"),
-            dtype=config.dtype,
-            max_tokens=1,
-            steps="prefill",
+            out=str(work / name),
+            dtype=dtype,
+            prompt_text=config.prompt_text,
+            **fields,
         )
-    )
+
+    t0 = time.perf_counter()
+    say(f"reference: transformers, {config.dtype}, prompt prefill (inputs for replay)")
+    prefill = capture(spec("transformers", "reference-prefill", config.dtype, max_tokens=1, steps="prefill"))
     seconds["reference_prefill"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("target: vLLM generates, traced")
     target = capture(
-        CaptureSpec(
-            framework="vllm",
-            model=config.model,
-            prompt_ids=config.prompt_ids,
-            out=str(work / "target"),
-            dtype=config.dtype,
-            max_tokens=config.max_tokens,
-            engine=dict(config.engine),
-            prompt_text=config.prompt_text,
-            replay_reference=str(prefill.path),
+        spec(
+            "vllm", "target", config.dtype, max_tokens=config.max_tokens,
+            engine=dict(config.engine), replay_reference=str(prefill.path),
         ),
         pythonpath=config.target_pythonpath,
         timeout=config.timeout,
@@ -128,16 +122,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     for dtype in dtypes:
         say(f"reference: transformers, {dtype}, teacher-forced on the target's tokens")
         references[dtype] = capture(
-            CaptureSpec(
-                framework="transformers",
-                model=config.model,
-                prompt_ids=config.prompt_ids,
-                out=str(work / f"reference-{dtype}"),
-                dtype=dtype,
-                max_tokens=config.max_tokens,
-                forced_ids=forced,
-                prompt_text=config.prompt_text,
-            )
+            spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens, forced_ids=forced)
         )
     seconds["reference"] = time.perf_counter() - t0
 

@@ -98,17 +98,3 @@ REFERENCE_OPS: dict[str, Callable[[Sequence[Tensor], int | None], Tensor]] = {
     "heads_concat": heads_concat,
     "gated_sum": gated_sum,
 }
-
-
-def partial_heads(target: Tensor, reference: Tensor, heads: Sequence[int]) -> Tensor:
-    """Partial rotary: keep the first `rot` dims of each head of the target's `[T, H*d]` q|k.
-
-    `heads` are the head counts of q and k (from the reference's shapes); the reference holds
-    `rot` dims per head.
-    """
-    total_heads = sum(heads)
-    rot = reference.shape[-1] // total_heads
-    d = target.shape[-1] // total_heads
-    if rot == d:
-        return target
-    return target.reshape(target.shape[0], total_heads, d)[..., :rot].reshape(target.shape[0], -1)
