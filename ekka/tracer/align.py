@@ -240,6 +240,10 @@ def _rows_of(tensor: torch.Tensor, pass_len: int) -> torch.Tensor:
     return t
 
 
+def _is_run(rows: Sequence[int]) -> bool:
+    return all(b == a + 1 for a, b in zip(rows, rows[1:]))
+
+
 def _gather(
     trace: TraceReader, index: Mapping[str, Any], name: str, positions: Sequence[int], slot: str
 ) -> list[torch.Tensor] | None:
@@ -272,6 +276,8 @@ def _gather(
             return None
         dest = [i for i, _ in pairs]
         src = [r for _, r in pairs]
+        if len(by_pass) == 1 and _is_run(src):  # the common case: one slice, no copy
+            return [r[src[0] : src[0] + len(src)] for r in rows]
         if result is None:
             result = [torch.empty((len(positions),) + tuple(r.shape[1:]), dtype=r.dtype) for r in rows]
         for out, r in zip(result, rows):

@@ -25,31 +25,53 @@ from ekka.tracer.trace import TraceReader
 NOISE_FLOOR = {"float32": 4e-6, "bfloat16": 2.0**-9, "float16": 2.0**-11}
 
 
+def _row_norms(t: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row (token), accumulated in float32 without a float64 copy."""
+    return torch.linalg.vector_norm(t.float().reshape(t.shape[0] if t.dim() > 1 else 1, -1), dim=-1)
+
+
+def _total(rows: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(rows.double()))
+
+
 def compute_relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
-    """||x - y|| / ||y|| (inf where x is not finite but y is)."""
-    x64, y64 = x.double(), y.double()
-    if not torch.isfinite(x64).all() and torch.isfinite(y64).all():
+    """||x - y|| / ||y||: inf where x holds a NaN or an inf (the norm of the difference is then
+    not finite, so no separate pass over the tensor is needed)."""
+    denom = _total(_row_norms(y))
+    diff = _total(_row_norms(x.float() - y.float()))
+    if not math.isfinite(diff):
         return math.inf
-    denom = float(y64.norm())
-    return float((x64 - y64).norm()) / denom if denom > 0 else float((x64 - y64).norm())
+    return diff / denom if denom > 0 else diff
+
+
+def measure(
+    x_target: torch.Tensor, x_reference: torch.Tensor, y_reference: torch.Tensor, dtype: str
+) -> tuple[float, float, float, torch.Tensor]:
+    """(ratio, target relative error, noise, relative error per token) of one aligned component.
+
+    One pass over each difference: per-row norms, from which the totals follow. A NaN or inf
+    on the target side makes the difference's norm non-finite: error and ratio are then inf.
+    """
+    y_rows = _row_norms(y_reference)
+    y_total = _total(y_rows) or 1e-30
+    t_rows = _row_norms(x_target - y_reference)
+    t_total = _total(t_rows)
+    error = t_total / y_total if math.isfinite(t_total) else math.inf
+    if x_reference is y_reference:
+        noise = 0.0
+    else:
+        noise = _total(_row_norms(x_reference - y_reference)) / y_total
+    floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
+    noise = max(noise, floor) if math.isfinite(noise) else noise
+    ratio = error / noise if noise > 0 else math.inf
+    return ratio, error, noise, t_rows / y_rows.clamp_min(1e-30)
 
 
 def compute_error_ratio(
     x_target: torch.Tensor, x_reference: torch.Tensor, y_reference: torch.Tensor, dtype: str
 ) -> tuple[float, float, float]:
     """(ratio, target relative error, noise) of one aligned component."""
-    error = compute_relative_error(x_target, y_reference)
-    noise = compute_relative_error(x_reference, y_reference)
-    floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
-    noise = max(noise, floor) if math.isfinite(noise) else noise
-    ratio = error / noise if noise > 0 else math.inf
-    return ratio, error, noise
-
-
-def compute_token_errors(x_target: torch.Tensor, y_reference: torch.Tensor) -> torch.Tensor:
-    """Relative error per row (token)."""
-    diff = (x_target.double() - y_reference.double()).norm(dim=-1)
-    return diff / y_reference.double().norm(dim=-1).clamp_min(1e-30)
+    return measure(x_target, x_reference, y_reference, dtype)[:3]
 
 
 @dataclass(frozen=True)
@@ -237,8 +259,7 @@ def _comparison(
     record: Any, plan: Plan, x: torch.Tensor, x_r: torch.Tensor, y_r: torch.Tensor, dtype: str,
     positions: list[int], sequence: int, kind: str = "output",
 ) -> Comparison:
-    ratio, error, noise = compute_error_ratio(x, x_r, y_r, dtype)
-    tokens = compute_token_errors(x, y_r)
+    ratio, error, noise, tokens = measure(x, x_r, y_r, dtype)
     worst = int(torch.nan_to_num(tokens, nan=math.inf).argmax()) if tokens.numel() else 0
     return Comparison(
         sequence=sequence,
@@ -254,7 +275,7 @@ def _comparison(
         ratio=ratio,
         error=error,
         noise=noise,
-        nonfinite=not bool(torch.isfinite(x).all()),
+        nonfinite=not math.isfinite(error),
         worst_position=positions[worst] if positions else 0,
         rows=x.shape[0],
         kind=kind,

@@ -26,6 +26,7 @@ FORMAT = "ekka-trace"
 VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
+OPEN_SHARDS = 1
 
 
 @dataclass(frozen=True)
@@ -181,12 +182,18 @@ class TraceWriter:
         self.passes: list[PassInfo] = []
         self.shards: list[str] = []
         self._buffer: dict[str, Any] = {}
+        self._storages: set[int] = set()
         self._buffered = 0
         self._key_shard: dict[str, int] = {}
         self._closed = False
 
     def _put(self, key: str, tensor: Any) -> TensorMeta:
         tensor = tensor.detach().contiguous().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in self._storages:  # safetensors refuses two keys over one storage
+            tensor = tensor.clone()
+            storage = tensor.untyped_storage().data_ptr()
+        self._storages.add(storage)
         self._buffer[key] = tensor
         self._buffered += tensor.numel() * tensor.element_size()
         if self._buffered >= self.shard_bytes:
@@ -248,6 +255,7 @@ class TraceWriter:
             self._key_shard[key] = len(self.shards)
         self.shards.append(name)
         self._buffer = {}
+        self._storages = set()
         self._buffered = 0
 
     def close(self, *, complete: bool = True, **extra: Any) -> Path:
@@ -290,7 +298,7 @@ class TraceReader:
         self.records = [Record.from_json(r) for r in self.manifest["records"]]
         self.passes = [PassInfo.from_json(p) for p in self.manifest.get("passes", [])]
         self._key_shard: dict[str, int] = self.manifest.get("key_shards", {})
-        self._handles: dict[int, Any] = {}
+        self._handles: dict[int, Any] = {}  # open shards, least recently used first
 
     # header fields
     @property
@@ -330,10 +338,12 @@ class TraceReader:
         shard = self._key_shard.get(meta.key)
         if shard is None:
             raise TraceFormatError(f"{self.path}: tensor {meta.key} is listed but was never written.")
-        handle = self._handles.get(shard)
+        handle = self._handles.pop(shard, None)
         if handle is None:
             handle = safe_open(str(self.path / self.manifest["shards"][shard]), framework="pt")
-            self._handles[shard] = handle
+            if len(self._handles) >= OPEN_SHARDS:  # keep the mapped memory bounded
+                del self._handles[next(iter(self._handles))]
+        self._handles[shard] = handle
         return handle.get_tensor(meta.key)
 
     def outputs(self, record: Record) -> list[Any | None]:

@@ -76,3 +76,15 @@ def test_failed_capture_leaves_incomplete_manifest(tmp_path):
     reader = TraceReader(tmp_path / "t")
     assert not reader.complete
     assert torch.equal(reader.outputs(reader.records[0])[0], torch.ones(1, 2))
+
+
+def test_tensors_sharing_memory_are_stored_separately(tmp_path):
+    writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32", "prompt_ids": [1]})
+    base = torch.arange(6.0).reshape(2, 3)
+    writer.add(name="a", module_class="A", source_file=None, source_line=None, step=0, pass_index=0,
+               call_index=0, outputs=[base, base[0]], inputs={"0": base})
+    writer.close()
+    reader = TraceReader(tmp_path / "t")
+    out = reader.outputs(reader.records[0])
+    assert torch.equal(out[0], base) and torch.equal(out[1], base[0])
+    assert torch.equal(reader.inputs(reader.records[0])["0"], base)
