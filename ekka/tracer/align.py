@@ -115,6 +115,8 @@ RULES: tuple[Rule, ...] = (
 )
 
 SKIP_CLASSES = ("ModuleList", "Dropout", "Identity")
+# A value match farther than this (relative error) is no pairing: nothing computes the same thing.
+INFER_MAX_ERROR = 0.25
 NO_OUTPUT_REASON = "records no tensor output"
 
 
@@ -318,7 +320,9 @@ def infer_plan(
                 err = float((x - y).norm() / (y.norm() + 1e-30))
                 if best is None or err < best[0]:
                     best = (err, plan)
-    return None if best is None else best[1]
+    if best is None or best[0] > INFER_MAX_ERROR:
+        return None
+    return best[1]
 
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
@@ -349,7 +353,9 @@ def infer_missing(mapping: ComponentMap, target: TraceReader, reference: TraceRe
         plan = infer_plan(record, target, reference, aligner, passes[record.pass_index], candidates)
         if plan is None:
             mapping.unmapped[name] = Unmapped(
-                name, "no mapping rule, and no reference component of the same layer has a fitting shape"
+                name,
+                "no mapping rule, and no reference component of the same layer has a fitting shape "
+                f"and values within {INFER_MAX_ERROR:.0%}",
             )
         else:
             mapping.plans[name] = plan

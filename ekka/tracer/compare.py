@@ -47,24 +47,31 @@ def compute_relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
 def measure(
     x_target: torch.Tensor, x_reference: torch.Tensor, y_reference: torch.Tensor, dtype: str
 ) -> tuple[float, float, float, torch.Tensor]:
-    """(ratio, target relative error, noise, relative error per token) of one aligned component.
+    """(ratio, target relative error, noise, ratio per token) of one aligned component.
 
     One pass over each difference: per-row norms, from which the totals follow. A NaN or inf
     on the target side makes the difference's norm non-finite: error and ratio are then inf.
+    The per-token ratio divides each token's error by that token's noise, but never by less
+    than the median token's noise (a token whose reference happens to round exactly would
+    otherwise look like an outlier) nor less than the dtype's floor.
     """
+    floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
     y_rows = _row_norms(y_reference)
     y_total = _total(y_rows) or 1e-30
     t_rows = _row_norms(x_target - y_reference)
     t_total = _total(t_rows)
     error = t_total / y_total if math.isfinite(t_total) else math.inf
     if x_reference is y_reference:
+        noise_rows = torch.zeros_like(y_rows)
         noise = 0.0
     else:
-        noise = _total(_row_norms(x_reference - y_reference)) / y_total
-    floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
+        noise_rows = _row_norms(x_reference - y_reference)
+        noise = _total(noise_rows) / y_total
     noise = max(noise, floor) if math.isfinite(noise) else noise
     ratio = error / noise if noise > 0 else math.inf
-    return ratio, error, noise, t_rows / y_rows.clamp_min(1e-30)
+    token_noise = torch.maximum(noise_rows, floor * y_rows)
+    token_noise = torch.maximum(token_noise, token_noise.median()).clamp_min(1e-30)
+    return ratio, error, noise, torch.nan_to_num(t_rows / token_noise, nan=math.inf)
 
 
 def compute_error_ratio(
@@ -96,13 +103,14 @@ class Comparison:
     rows: int
     kind: str = "output"
     discounted_tokens: int = 0  # MoE: tokens at a near-tied router choice, left out of the ratio
+    token_ratio: float = 0.0  # the largest per-token ratio (at worst_position)
 
     def passed(self, threshold: float) -> bool:
         return self.ratio <= threshold
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("ratio", "error", "noise"):
+        for key in ("ratio", "error", "noise", "token_ratio"):
             if not math.isfinite(data[key]):
                 data[key] = str(data[key])
         return data
@@ -260,7 +268,8 @@ def _comparison(
     positions: list[int], sequence: int, kind: str = "output",
 ) -> Comparison:
     ratio, error, noise, tokens = measure(x, x_r, y_r, dtype)
-    worst = int(torch.nan_to_num(tokens, nan=math.inf).argmax()) if tokens.numel() else 0
+    worst = int(tokens.argmax()) if tokens.numel() else 0
+    token_ratio = float(tokens[worst]) if tokens.numel() else ratio
     return Comparison(
         sequence=sequence,
         target=record.name,
@@ -279,6 +288,7 @@ def _comparison(
         worst_position=positions[worst] if positions else 0,
         rows=x.shape[0],
         kind=kind,
+        token_ratio=token_ratio,
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -50,6 +51,8 @@ def flatten_tensors(value: Any) -> list[torch.Tensor | None]:
 def clone(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().clone()
 
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
 
 _SOURCE_CACHE: dict[Any, tuple[str | None, int | None]] = {}
 
@@ -132,10 +135,12 @@ class ModuleRecorder:
         return not self.patterns or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     def _effective_name(self, name: str) -> str:
+        """A module object shared by the layers (registered once, under layer 0) is named after
+        the layer that called it; any other module keeps its registered name."""
         if self._stack:
-            caller = self._stack[-1][0]
-            if not name.startswith(caller + "."):
-                name = caller + "." + name.rsplit(".", 1)[-1]
+            own, caller = _LAYER.search(name), _LAYER.search(self._stack[-1][0])
+            if own and caller and own.group(1) != caller.group(1):
+                name = name[: own.start(1)] + caller.group(1) + name[own.end(1) :]
         return name
 
     def _unique(self, name: str) -> str:

@@ -23,6 +23,9 @@ from ekka.tracer.compare import Comparison
 DEFAULT_THRESHOLD = 2.0
 PERSISTENCE = 0.5  # "stays up": above the threshold for more than this share of what follows
 MAX_SUSPECTS = 5
+# A divergence confined to a few tokens is diluted in the pass's ratio; one token alone counts
+# when its own ratio is this many times the threshold (a stricter bar: one token is noisier).
+TOKEN_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,12 @@ class Localization:
 
 
 def _above(c: Comparison, threshold: float) -> bool:
-    return c.nonfinite or not math.isfinite(c.ratio) or c.ratio > threshold
+    return (
+        c.nonfinite
+        or not math.isfinite(c.ratio)
+        or c.ratio > threshold
+        or c.token_ratio > TOKEN_FACTOR * threshold
+    )
 
 
 def _component_of(c: Comparison) -> str:
@@ -129,6 +137,8 @@ def _suspect(rank: int, c: Comparison, jump: float, persistence: float, threshol
         how = "non-finite values (NaN/inf) where the reference is finite"
     else:
         how = f"error ratio {c.ratio:.3g} (relative error {c.error:.2e} against noise {c.noise:.1e})"
+        if c.ratio <= threshold:
+            how += f", confined to few tokens: {c.token_ratio:.3g} at token position {c.worst_position}"
     if c.kind == "input":
         evidence = (
             f"the input of {c.target} diverges ({how}) while the outputs before it match: "

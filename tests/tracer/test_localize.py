@@ -107,3 +107,16 @@ def test_matches_truth_globs():
     assert matches_truth("model.layers.3.self_attn.attn", ["model.layers.*.self_attn.attn"])
     assert matches_truth("model.layers.0.mlp.act_fn#1", ["model.layers.*.mlp.act_fn"])
     assert not matches_truth("model.layers.0.mlp", ["model.layers.*.mlp.act_fn"])
+
+
+def test_single_token_divergence_is_not_diluted():
+    from ekka.tracer.compare import measure
+
+    y = torch.randn(512, 64)
+    x_r = y + 4e-3 * torch.randn(512, 64)
+    x_t = y + 4e-3 * torch.randn(512, 64)
+    clean_ratio, _, _, clean_tokens = measure(x_t, x_r, y, "bfloat16")
+    x_t[300] += 0.1 * y[300]  # one token off by 10 %
+    ratio, _, _, tokens = measure(x_t, x_r, y, "bfloat16")
+    assert ratio < 2  # the pass-level ratio hides it
+    assert float(clean_tokens.max()) < 8 < float(tokens.max()) and int(tokens.argmax()) == 300
