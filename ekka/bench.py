@@ -159,7 +159,19 @@ def case_prompt_ids(case: Case, model_dir: Path) -> list[int]:
     return tokenize(model_dir, case.prompt)
 
 
-def run_case(case: Case, workdir: Path, *, say: Callable[[str], None] = lambda _m: None) -> CaseResult:
+def base_repository(workdir: Path, framework: str = "vllm") -> Path:
+    """One repository of the installed release's Python sources per bench folder (reused)."""
+    from ekka.bisect.framework_repo import make_base_repo
+
+    base = workdir / f"_{framework}-release"
+    if not (base / ".git").is_dir():
+        make_base_repo(base, installed_framework_dir(framework))
+    return base
+
+
+def run_case(
+    case: Case, workdir: Path, *, bisect: bool = False, say: Callable[[str], None] = lambda _m: None, db_url: str | None = None
+) -> CaseResult:
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, write_reports
 
     start = time.perf_counter()
@@ -167,47 +179,77 @@ def run_case(case: Case, workdir: Path, *, say: Callable[[str], None] = lambda _
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    extra: dict[str, Any] = {}
     try:
         say("building the model")
         model_dir = build_case_model(case, work / "model")
-        say("copying and patching the framework's sources")
-        src_root = work / "src"
-        src_root.mkdir()
-        copy_sources(installed_framework_dir(case.framework), src_root)
-        apply_patch(case.path / "bug.patch", src_root)
         ids = case_prompt_ids(case, model_dir)
-        config = DiagnoseConfig(
-            model=str(model_dir),
-            prompt_ids=tuple(ids),
-            workdir=str(work / "traces"),
-            dtype=case.dtype,
-            max_tokens=case.max_tokens,
-            engine=case.engine,
-            prompt_text=case.prompt,
-            target_pythonpath=(str(src_root),),
-        )
-        diagnosis = run_diagnosis(config, progress=say)
+        if bisect:
+            from ekka.bisect.framework_repo import make_bug_history
+            from ekka.bisect.full import FullConfig, run_full_diagnosis
+
+            say("making the history: harmless commits around the bug commit")
+            history = make_bug_history(base_repository(workdir, case.framework), work / "repo", case.path / "bug.patch", case.summary[:60])
+            diagnosis, result = run_full_diagnosis(
+                FullConfig(
+                    repo=str(history.repo), good=history.good, bad=history.bad, model=str(model_dir),
+                    prompt_ids=tuple(ids), workdir=str(work / "traces"),
+                    package_dir=str(installed_framework_dir(case.framework)), dtype=case.dtype,
+                    max_tokens=case.max_tokens, engine=case.engine, prompt_text=case.prompt,
+                    db_url=db_url or f"sqlite:///{(work / 'verdicts.db').resolve()}",
+                ),
+                progress=say,
+            )
+            first_bad = result.first_bad.sha if result.first_bad else None
+            extra = {
+                "bisect": first_bad == history.bug,
+                "probes": result.probes,
+                "first_bad": first_bad,
+                "bug_commit": history.bug,
+                "commits": len(history.commits),
+                "root_cause": (diagnosis.root_cause or {}).get("statement"),
+            }
+        else:
+            say("copying and patching the framework's sources")
+            src_root = work / "src"
+            src_root.mkdir()
+            copy_sources(installed_framework_dir(case.framework), src_root)
+            apply_patch(case.path / "bug.patch", src_root)
+            diagnosis = run_diagnosis(
+                DiagnoseConfig(
+                    model=str(model_dir), prompt_ids=tuple(ids), workdir=str(work / "traces"), dtype=case.dtype,
+                    max_tokens=case.max_tokens, engine=case.engine, prompt_text=case.prompt,
+                    target_pythonpath=(str(src_root),),
+                ),
+                progress=say,
+            )
         write_reports(diagnosis, work / "report")
     except Exception as exc:  # a broken case is scored as a miss, and the run goes on
-        return CaseResult(case.id, False, False, [], time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+        failed = {"bisect": False, "probes": 0, "first_bad": None} if bisect else {}
+        return CaseResult(case.id, False, False, [], time.perf_counter() - start,
+                          error=f"{type(exc).__name__}: {exc}"[:2000], extra=failed)
     finally:
         shutil.rmtree(work / "src", ignore_errors=True)
     suspects = [s.component for s in diagnosis.localization.suspects]
     hits = [matches_truth(s, case.truth_components) for s in suspects]
+    extra["verdict"] = diagnosis.verdict
     return CaseResult(
         case.id,
         top1=bool(hits[:1] and hits[0]),
         top5=any(hits[:5]),
         suspects=suspects,
         seconds=time.perf_counter() - start,
-        extra={"verdict": diagnosis.verdict},
+        extra=extra,
     )
 
 
 def summarize(results: Sequence[CaseResult]) -> dict[str, Any]:
     n = len(results) or 1
-    return {
+    summary: dict[str, Any] = {
         "cases": [r.to_json() for r in results],
         "top1": sum(r.top1 for r in results) / n,
         "top5": sum(r.top5 for r in results) / n,
     }
+    if any("bisect" in r.extra for r in results):
+        summary["bisect"] = sum(bool(r.extra.get("bisect")) for r in results) / n
+    return summary

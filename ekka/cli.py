@@ -121,36 +121,75 @@ def compare(
 
 @app.command()
 def demo(
-    arch: str = typer.Option("llama", help="Zoo architecture to run."),
-    workdir: Path = typer.Option(Path(".ekka/demo"), help="Where the model and traces go."),
-    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
-    max_tokens: int = typer.Option(4, help="Greedy tokens to generate."),
+    workdir: Path = typer.Option(Path(".ekka/demo"), help="Where the repository, model, traces and reports go."),
+    db: str | None = typer.Option(None, help="Verdict cache URL (default: a SQLite file in --workdir)."),
 ) -> None:
-    """The main job on embedded defaults: zoo model, vLLM and transformers traces, comparison."""
-    from ekka.tracer.capture import CaptureSpec, capture, resolve_prompt
-    from ekka.tracer.compare import compare_traces, print_comparison
+    """The main job on embedded defaults: a local history of the installed vLLM release's Python
+    sources with a regression among harmless commits, a zoo model, the local executor; prints the
+    root-cause report (which commit, which component)."""
+    from importlib.resources import files
+
+    from ekka.bench import base_repository
+    from ekka.bisect.framework_repo import make_bug_history
+    from ekka.tracer.capture import resolve_prompt
     from ekka.zoo import build_model
 
-    model_dir = workdir / "model"
-    with console.status(f"building zoo model {arch} ..."):
-        build_model(arch, model_dir)
-    ids = resolve_prompt(model_dir, DEMO_PROMPT, None)
-    readers = {}
-    for framework in ("vllm", "transformers"):
-        spec = CaptureSpec(
-            framework=framework,
-            model=str(model_dir),
-            prompt_ids=tuple(ids),
-            out=str(workdir / f"trace-{framework}"),
-            dtype=dtype,
-            max_tokens=max_tokens,
-            prompt_text=DEMO_PROMPT,
+    workdir.mkdir(parents=True, exist_ok=True)
+    patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
+    with console.status("making a vLLM history: harmless commits around a regression ..."):
+        history = make_bug_history(
+            base_repository(workdir), workdir / "vllm-repo", patch,
+            "[Model] Llama: build the decoder norms with RMSNorm defaults",
         )
-        with console.status(f"capturing {framework} ..."):
-            readers[framework] = capture(spec)
-        console.print(f"captured {framework}: {len(readers[framework])} records")
-    rows = compare_traces(readers["vllm"], readers["transformers"])
-    print_comparison(rows, out)
+    console.print(f"history: {len(history.commits)} commits after the release in {history.repo}")
+    with console.status("building zoo model llama ..."):
+        model_dir = build_model("llama", workdir / "model", overrides={"rms_norm_eps": 1e-5})
+    ids = resolve_prompt(model_dir, DEMO_PROMPT, None)
+    found = _full_diagnosis(
+        repo=history.repo, good=history.good, bad=history.bad, model=model_dir, ids=ids, prompt=DEMO_PROMPT,
+        dtype="float32", max_tokens=4, threshold=2.0, out_dir=workdir / "diagnosis", workers=1, repeats=1,
+        db=db or f"sqlite:///{(workdir / 'verdicts.db').resolve()}",
+    )
+    ok = found == history.bug
+    out.print(f"demo: the planted regression is {history.bug[:10]} (PR #{history.bug_pr}); "
+              + ("Ekka found it." if ok else "Ekka did NOT find it."))
+    raise typer.Exit(0 if ok else 1)
+
+
+def _full_diagnosis(
+    *, repo: Path, good: str, bad: str, model: Path, ids: list[int], prompt: str | None, dtype: str,
+    max_tokens: int, threshold: float, out_dir: Path, workers: int, repeats: int, db: str | None,
+) -> str | None:
+    """Run the full diagnosis with progress, print the root cause, write the reports; returns
+    the first bad commit's sha (None when none was found)."""
+    from ekka.bench import installed_framework_dir
+    from ekka.bisect.full import FullConfig, run_full_diagnosis
+    from ekka.bisect.search import PrintObserver
+    from ekka.tracer.diagnose import suspects_table, write_reports
+
+    config = FullConfig(
+        repo=str(repo), good=good, bad=bad, model=str(model), prompt_ids=tuple(ids), workdir=str(out_dir / "traces"),
+        package_dir=str(installed_framework_dir("vllm")), dtype=dtype, max_tokens=max_tokens, threshold=threshold,
+        workers=workers, repeats=repeats, db_url=db, prompt_text=prompt,
+    )
+    with console.status("diagnosing ...") as status:
+        diagnosis, result = run_full_diagnosis(
+            config, progress=lambda msg: status.update(msg), observer=PrintObserver(lambda line: console.print(line, highlight=False)),
+        )
+    paths = write_reports(diagnosis, out_dir)
+    suspects_table(diagnosis, out)
+    if diagnosis.root_cause:
+        out.print(f"[bold]root cause:[/] {escape_markup(diagnosis.root_cause['statement'])}")
+    else:
+        out.print(f"bisection: {result.status.value}; candidates: {', '.join(c.short for c in result.candidates)}")
+    out.print(f"reports: {paths['md']}, {paths['json']}, {paths['html']}")
+    return result.first_bad.sha if result.first_bad else None
+
+
+def escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 @app.command()
@@ -163,16 +202,34 @@ def diagnose(
     threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
     out_dir: Path = typer.Option(Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."),
     target_path: list[Path] = typer.Option([], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."),
+    repo: Path | None = typer.Option(None, help="Full mode: the framework's git repository (vllm/ at its top)."),
+    good: str | None = typer.Option(None, help="Full mode: a commit known good."),
+    bad: str | None = typer.Option(None, help="Full mode: a commit known bad."),
+    workers: int = typer.Option(1, help="Full mode: probes per round (multisection)."),
+    repeats: int = typer.Option(1, help="Full mode: probes per commit, decided by majority (flaky oracles)."),
+    db: str | None = typer.Option(None, help="Full mode: verdict cache URL (default ~/.cache/ekka/ekka.db)."),
 ) -> None:
-    """Localize: run target and reference, name the first component that diverges."""
+    """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     from ekka.tracer.capture import CaptureSpec, resolve_prompt, validate
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, suspects_table, write_reports
 
     if threshold <= 0:
         raise UsageError("--threshold must be positive (default 2).")
+    full = [x is not None for x in (repo, good, bad)]
+    if any(full) and not all(full):
+        raise UsageError("full mode needs all of --repo, --good and --bad (or none of them for localize mode).")
+    if all(full) and target_path:
+        raise UsageError("--target-path is for localize mode; full mode runs the target from the repository's commits.")
     ids = resolve_prompt(model, prompt, prompt_ids)
     validate(CaptureSpec(framework="vllm", model=str(model), prompt_ids=tuple(ids), out=str(out_dir / "traces" / "target"),
                          dtype=dtype, max_tokens=max_tokens))
+    if all(full):
+        assert repo is not None and good is not None and bad is not None
+        found = _full_diagnosis(
+            repo=repo, good=good, bad=bad, model=model, ids=ids, prompt=prompt, dtype=dtype, max_tokens=max_tokens,
+            threshold=threshold, out_dir=out_dir, workers=workers, repeats=repeats, db=db,
+        )
+        raise typer.Exit(1 if found else 0)
     config = DiagnoseConfig(
         model=str(model), prompt_ids=tuple(ids), workdir=str(out_dir / "traces"), dtype=dtype,
         max_tokens=max_tokens, threshold=threshold, prompt_text=prompt,
@@ -208,22 +265,86 @@ def bench(
         task = progress.add_task("bench", total=len(cases))
         for c in cases:
             progress.update(task, description=f"{c.id}")
-            result = run_case(c, workdir, say=lambda m, c=c: progress.update(task, description=f"{c.id}: {m}"))
+            result = run_case(
+                c, workdir, bisect=not no_bisect, say=lambda m, c=c: progress.update(task, description=f"{c.id}: {m}")
+            )
             results.append(result)
             progress.advance(task)
             mark = "ok" if result.top1 else ("top-5" if result.top5 else "MISS")
+            if not no_bisect:
+                mark += f", bisect {'ok' if result.extra.get('bisect') else 'MISS'} in {result.extra.get('probes')} probes"
             console.print(f"{c.id}: {mark} ({result.seconds:.0f} s) {result.error or ''}")
     summary = summarize(results)
-    table = Table(title=f"ekka bench: top-1 {summary['top1']:.0%}, top-5 {summary['top5']:.0%} ({len(results)} cases)")
-    for col in ("case", "top-1", "top-5", "first suspects", "seconds"):
+    title = f"ekka bench: top-1 {summary['top1']:.0%}, top-5 {summary['top5']:.0%}"
+    if "bisect" in summary:
+        title += f", bisection {summary['bisect']:.0%}"
+    table = Table(title=f"{title} ({len(results)} cases)")
+    columns = ["case", "top-1", "top-5", "first suspects", "seconds"] + ([] if no_bisect else ["bisect", "probes"])
+    for col in columns:
         table.add_column(col, overflow="fold")
     for r in results:
-        table.add_row(r.id, "yes" if r.top1 else "no", "yes" if r.top5 else "no",
-                      ", ".join(r.suspects[:3]) or (r.error or "-"), f"{r.seconds:.0f}")
+        row = [r.id, "yes" if r.top1 else "no", "yes" if r.top5 else "no",
+               ", ".join(r.suspects[:3]) or (r.error or "-"), f"{r.seconds:.0f}"]
+        if not no_bisect:
+            row += ["yes" if r.extra.get("bisect") else "no", str(r.extra.get("probes", "-"))]
+        table.add_row(*row)
     out.print(table)
     if json_file:
         json_file.write_text(json.dumps(summary, indent=1))
         out.print(f"results: {json_file}")
+
+
+@app.command()
+def bisect(
+    repo: Path = typer.Option(Path("."), "--repo", help="The git repository's top folder."),
+    good: str = typer.Option(..., help="A commit, branch or tag where the output is right (older)."),
+    bad: str = typer.Option(..., help="A commit, branch or tag where it is wrong (newer)."),
+    cmd: str | None = typer.Option(
+        None, "--cmd", help="Oracle: a shell command run in a worktree of each commit (EKKA_COMMIT "
+        "is set); exit 0 good, 125 skip, 1-127 bad."),
+    # The tracer-based oracle's options (model, prompt, dtype, threshold) go here; exactly one
+    # oracle is given, and each builds a probe (commit -> ProbeResult) and its config dict below.
+    workers: int = typer.Option(1, help="Commits probed at once (k-way multisection)."),
+    repeats: int = typer.Option(1, help="Probes per commit, decided by strict majority (flaky oracles)."),
+    timeout: float | None = typer.Option(None, help="Seconds per probe; a probe that runs longer is a skip."),
+    db: str | None = typer.Option(
+        None, "--db", help="Cache verdicts in this database (sqlite:///path/ekka.db or postgresql://...). "
+        "Off by default for --cmd, whose outcome may depend on files outside the repository."),
+    json_file: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
+) -> None:
+    """Find the first bad commit between --good and --bad (first-parent history) with an oracle."""
+    import json
+
+    from ekka.bisect import (
+        Bisector,
+        CommandOracle,
+        PrintObserver,
+        VerdictCache,
+        commit_range,
+        config_hash,
+    )
+
+    if cmd is None:
+        raise UsageError("give an oracle: --cmd 'shell command' (exit 0 good, 125 skip, 1-127 bad).")
+    commits = commit_range(repo, good, bad)
+    probe = CommandOracle(repo, cmd, timeout)
+    config = {"oracle": "command", "cmd": cmd, "repeats": repeats}
+    observer = PrintObserver(
+        lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        lambda text: out.print(text, markup=False, highlight=False, soft_wrap=True),
+    )
+    cache = VerdictCache(db) if db else None
+    try:
+        bisector = Bisector(probe, workers=workers, repeats=repeats, observer=observer, cache=cache,
+                            repo_key=str(repo.resolve()), config_hash=config_hash(config))
+        result = bisector.run(commits)
+    finally:
+        if cache is not None:
+            cache.close()
+    if json_file:
+        json_file.write_text(json.dumps(result.to_json(), indent=1))
+        out.print(f"result: {json_file}", markup=False, highlight=False)
+    raise typer.Exit(0 if result else 1)
 
 
 DEMO_PROMPT = (
@@ -235,14 +356,20 @@ DEMO_PROMPT = (
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns Ekka's errors into messages and exit codes."""
     command = typer.main.get_command(app)
+    # typer vendors its own click; catch both its exceptions and those of the click package.
+    from typer._click import exceptions as typer_click
+
+    exits = tuple({click.exceptions.Exit, typer.Exit})
+    usage = tuple({click.ClickException, typer_click.ClickException})
+    aborts = tuple({click.exceptions.Abort, typer.Abort})
     try:
         result = command.main(args=argv, prog_name="ekka", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.ClickException as exc:
+    except exits as exc:
+        return int(getattr(exc, "exit_code", 0))
+    except usage as exc:
         exc.show()
         return 2
-    except click.exceptions.Abort:
+    except aborts:
         console.print("aborted")
         return 130
     except EkkaError as exc:

@@ -7,8 +7,16 @@
     │   ├── UnsupportedShapeError
     │   ├── PromptTooLongError
     │   ├── OutputFolderError
-    │   └── TraceFormatError
-    └── CaptureError                a framework failed while capturing (exit code 1)
+    │   ├── TraceFormatError
+    │   ├── NotARepositoryError
+    │   ├── UnknownRefError
+    │   ├── CommitRangeError
+    │   ├── DirtyRepositoryError
+    │   ├── EndpointError           a bisection endpoint does not probe as claimed
+    │   ├── OracleStartError
+    │   └── VerdictCacheError
+    ├── CaptureError                a framework failed while capturing (exit code 1)
+    └── WorktreeError               git could not make a worktree for a commit (exit code 1)
 
 Every class says when it is raised. The CLI catches EkkaError once, prints the message
 (never a traceback) and exits with `exit_code`.
@@ -55,3 +63,44 @@ class TraceFormatError(UsageError):
 
 class CaptureError(EkkaError):
     """Raised when a framework fails while capturing a trace (the message carries its stderr tail)."""
+
+
+class NotARepositoryError(UsageError):
+    """Raised when a path given as a repository is not the top folder of a git repository."""
+
+
+class UnknownRefError(UsageError):
+    """Raised when a good or bad ref (commit, branch, tag) does not name a commit in the repository."""
+
+
+class CommitRangeError(UsageError):
+    """Raised when good and bad do not bound a range: equal, not an ancestor, or off bad's first-parent chain."""
+
+
+class DirtyRepositoryError(UsageError):
+    """Raised when the repository has uncommitted changes to tracked files and a clean one is required."""
+
+
+class EndpointError(UsageError):
+    """Raised when the good endpoint does not probe good or the bad one does not probe bad.
+
+    Carries the endpoints' step records (`good_step`, `bad_step`; None when that endpoint
+    behaved) so a caller can show every probe's reason.
+    """
+
+    def __init__(self, message: str, *, good_step: object = None, bad_step: object = None) -> None:
+        super().__init__(message)
+        self.good_step = good_step
+        self.bad_step = bad_step
+
+
+class OracleStartError(UsageError):
+    """Raised when the oracle command could not start at all (its program or the shell is missing)."""
+
+
+class VerdictCacheError(UsageError):
+    """Raised when the verdict cache's database URL is malformed or its database cannot be opened."""
+
+
+class WorktreeError(EkkaError):
+    """Raised when `git worktree add` fails for a commit (the message carries git's stderr)."""

@@ -50,6 +50,9 @@ class Diagnosis:
     reference_tokens: list[int]
     target_framework: dict[str, Any]
     seconds: dict[str, float]
+    # full mode (ekka.bisect.full): the root cause statement, and the bisection with its probe log
+    root_cause: dict[str, Any] | None = None
+    bisection: dict[str, Any] | None = None
 
     @property
     def diverged(self) -> bool:
@@ -57,6 +60,8 @@ class Diagnosis:
 
     @property
     def verdict(self) -> str:
+        if self.root_cause:
+            return str(self.root_cause["statement"])
         if not self.diverged:
             return "no divergence"
         top = self.localization.suspects[0]
@@ -78,6 +83,8 @@ class Diagnosis:
             "unmapped": self.unmapped,
             "comparisons": [c.to_json() for c in self.comparisons],
             "seconds": self.seconds,
+            "root_cause": self.root_cause,
+            "bisection": self.bisection,
         }
 
 
@@ -241,6 +248,8 @@ def render_markdown(diagnosis: Diagnosis) -> str:
         f"{len(diagnosis.unmapped)} unmapped components",
         "",
     ]
+    if diagnosis.bisection:
+        lines += _bisection_markdown(diagnosis.bisection, diagnosis.root_cause)
     if loc.suspects:
         lines += ["## Suspects", "", "| rank | component | class | source | ratio | evidence |", "|---|---|---|---|---|---|"]
         for s in loc.suspects:
@@ -258,6 +267,29 @@ def render_markdown(diagnosis: Diagnosis) -> str:
         lines += [f"- `{name}`: {reason}" for name, reason in sorted(diagnosis.unmapped.items())]
     lines += ["", f"Seconds: {', '.join(f'{k} {v:.1f}' for k, v in diagnosis.seconds.items())}", ""]
     return "\n".join(lines)
+
+
+def _bisection_markdown(bisection: dict[str, Any], root_cause: dict[str, Any] | None) -> list[str]:
+    first = bisection.get("first_bad") or {}
+    lines = ["## Root cause", ""]
+    if root_cause:
+        lines += [root_cause["statement"], ""]
+    lines += [
+        f"- bisection: {bisection['status']}, first bad commit `{str(first.get('sha', '-'))[:12]}` "
+        f"{first.get('summary', '')} (PR #{first.get('pr') or '-'}), {bisection['probes']} probes, "
+        f"{bisection.get('cached', 0)} verdicts from the cache",
+    ]
+    touched = (root_cause or {}).get("touched") or []
+    if touched:
+        lines.append("- the commit changes: " + ", ".join(f"`{t['qualname']}` in `{t['file']}`" for t in touched[:8]))
+    lines += ["", "### Probe log", "", "| round | commit | verdict | reason | seconds |", "|---|---|---|---|---|"]
+    for step in bisection.get("steps", []):
+        cached = " (cached)" if step.get("cached") else ""
+        lines.append(
+            f"| {step['round']} | `{step['commit'][:10]}` {step['summary']} | {step['verdict']}{cached} | "
+            f"{step['reason']} | {step['seconds']:.1f} |"
+        )
+    return lines + [""]
 
 
 def plot_ratios(diagnosis: Diagnosis, path: Path) -> None:

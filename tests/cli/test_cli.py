@@ -116,3 +116,10 @@ def test_trace_and_compare_commands(capsys, tmp_path, zoo_model):
     assert all(r["name"].startswith("model.layers.0") or r["kind"] == "logits" for r in manifest["records"])
     code, text = run(capsys, "compare", str(tmp_path / "a"), str(tmp_path / "a"))
     assert code == 0 and "lm_head" in text and "sum_pair" in text
+
+
+def test_malformed_option_values_are_usage_errors(capsys):
+    code, text = run(capsys, "trace", "--max-tokens", "abc")
+    assert code == 2 and "Traceback" not in text and "--max-tokens" in text
+    code, text = run(capsys, "bisect", "--repo", ".", "--bad", "HEAD", "--cmd", "true")
+    assert code == 2 and "--good" in text

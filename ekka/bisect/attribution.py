@@ -1,0 +1,174 @@
+"""Attribution: join the first bad commit's diff with the suspect components.
+
+The diff (first parent) is parsed down to the classes and functions whose lines it changes
+(Python's `ast` on the file before and after). A suspect carries its module class and source
+file, and the trace knows the classes of the modules that own it (a decoder layer builds its
+norms, an attention block calls its rotary). The root cause is the first suspect whose own
+class, or an owner's, the commit changed; a change in the same file only is weaker evidence,
+and when nothing intersects the report says so and lists both sides.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ekka.bisect.framework_repo import git
+
+HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+@dataclass(frozen=True)
+class Touched:
+    """One class or function (qualified name) of a file whose lines the commit changed."""
+
+    file: str
+    qualname: str
+    lines_added: int
+    lines_removed: int
+
+    @property
+    def classname(self) -> str | None:
+        first = self.qualname.split(".")[0]
+        return first if first[:1].isupper() else None
+
+
+@dataclass(frozen=True)
+class Attribution:
+    commit: str
+    pr: int | None
+    statement: str
+    matched: bool
+    level: str  # "class", "owner", "file" or "none"
+    component: str | None
+    touched: tuple[Touched, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["touched"] = [asdict(t) for t in self.touched]
+        return data
+
+
+def _symbols(source: str) -> list[tuple[int, int, str]]:
+    """(first line, last line, qualified name) of every class and function, outermost first."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    out: list[tuple[int, int, str]] = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{prefix}{child.name}"
+                start = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                out.append((start, child.end_lineno or child.lineno, name))
+                walk(child, name + ".")
+
+    walk(tree, "")
+    return out
+
+
+def _innermost(symbols: list[tuple[int, int, str]], line: int) -> str:
+    best = "<module>"
+    width = None
+    for start, end, name in symbols:
+        if start <= line <= end and (width is None or end - start < width):
+            best, width = name, end - start
+    return best
+
+
+def touched_symbols(repo: str | Path, commit: str) -> list[Touched]:
+    """Classes and functions whose lines `commit` changes against its first parent."""
+    repo = Path(repo)
+    diff = git(repo, "diff", "-U0", "--no-color", f"{commit}^1", commit)
+    counts: dict[tuple[str, str], list[int]] = {}
+    old_file = new_file = None
+    old_syms: list[tuple[int, int, str]] = []
+    new_syms: list[tuple[int, int, str]] = []
+    for line in diff.splitlines():
+        if line.startswith("--- "):
+            old_file = None if line[4:] == "/dev/null" else line[6:]
+        elif line.startswith("+++ "):
+            new_file = None if line[4:] == "/dev/null" else line[6:]
+            old_syms = _symbols(git(repo, "show", f"{commit}^1:{old_file}", check=False, strip=False)) if old_file and old_file.endswith(".py") else []
+            new_syms = _symbols(git(repo, "show", f"{commit}:{new_file}", check=False, strip=False)) if new_file and new_file.endswith(".py") else []
+        elif (m := HUNK.match(line)) and (new_file or old_file):
+            a, b = int(m.group(1)), int(m.group(2) or 1)
+            c, d = int(m.group(3)), int(m.group(4) or 1)
+            for ln in range(c, c + d):
+                key = (new_file or old_file or "", _innermost(new_syms, ln))
+                counts.setdefault(key, [0, 0])[0] += 1
+            for ln in range(a, a + b):
+                key = (new_file or old_file or "", _innermost(old_syms, ln))
+                counts.setdefault(key, [0, 0])[1] += 1
+    return [Touched(f, q, added, removed) for (f, q), (added, removed) in counts.items()]
+
+
+def owners(trace: Any, component: str) -> list[tuple[str, str, str | None]]:
+    """(name, class, source file) of the component and of the modules that own it, innermost first."""
+    by_name: dict[str, tuple[str, str | None]] = {}
+    for r in trace.records:
+        by_name.setdefault(r.name, (r.module_class, r.source_file))
+    parts = component.split(".")
+    out = []
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        if name in by_name:
+            cls, file = by_name[name]
+            out.append((name, cls, file))
+    return out
+
+
+def attribute(
+    repo: str | Path,
+    commit: str,
+    pr: int | None,
+    suspects: Sequence[Any],
+    trace: Any,
+) -> Attribution:
+    """State the root cause: which changed class or function is (or owns) which suspect."""
+    touched = touched_symbols(repo, commit)
+    short = commit[:10]
+    pr_text = f" (PR #{pr})" if pr else ""
+    for level in ("class", "owner", "file"):
+        for suspect in suspects:
+            chain = owners(trace, suspect.component)
+            for depth, (name, cls, file) in enumerate(chain):
+                for t in touched:
+                    same_file = file is not None and t.file == file
+                    if level == "class" and depth == 0 and same_file and t.classname == cls:
+                        why = "the first component that diverges" if suspect.rank == 1 else f"suspect #{suspect.rank}"
+                        return Attribution(
+                            commit, pr,
+                            f"commit {short}{pr_text} changed {t.qualname} in {t.file}, which is {why}: "
+                            f"{suspect.component} (ratio {suspect.ratio:.3g})",
+                            True, level, suspect.component, tuple(touched),
+                        )
+                    if level == "owner" and depth > 0 and same_file and t.classname == cls:
+                        return Attribution(
+                            commit, pr,
+                            f"commit {short}{pr_text} changed {t.qualname} in {t.file}; {cls} ({name}) owns "
+                            f"{suspect.component}, the {'first component that diverges' if suspect.rank == 1 else f'suspect #{suspect.rank}'} "
+                            f"(ratio {suspect.ratio:.3g})",
+                            True, level, suspect.component, tuple(touched),
+                        )
+                    if level == "file" and same_file:
+                        return Attribution(
+                            commit, pr,
+                            f"commit {short}{pr_text} changed {t.qualname} in {t.file}, the file of {cls} ({name}), "
+                            f"which holds suspect #{suspect.rank} {suspect.component} (ratio {suspect.ratio:.3g})",
+                            True, level, suspect.component, tuple(touched),
+                        )
+    changed = ", ".join(f"{t.qualname} in {t.file}" for t in touched[:6]) or "no Python code"
+    listed = ", ".join(f"{s.component} ({s.module_class}, {s.source_file})" for s in suspects[:5]) or "none"
+    return Attribution(
+        commit, pr,
+        f"commit {short}{pr_text} changed {changed}; no suspect component's class, owner or file is among them. "
+        f"Suspects: {listed}",
+        False, "none", None, tuple(touched),
+    )

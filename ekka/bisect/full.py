@@ -1,0 +1,126 @@
+"""The full diagnosis: reproduce at bad and localize, bisect, attribute.
+
+1. The range (first-parent chain good..bad) is checked first: refs, ancestry, a clean tree.
+2. Localize at `bad`: the localize-mode diagnosis with the target run from a worktree of `bad`
+   (its Python sources overlaid on the installed release's compiled extensions).
+3. Bisect with the tracer's oracle (reference computed once, cached verdicts reused), the
+   local executor probing each commit.
+4. Attribute: the first bad commit's diff joined with the suspects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekka.bisect.attribution import attribute
+from ekka.bisect.cache import VerdictCache, default_url
+from ekka.bisect.history import commit_range
+from ekka.bisect.oracle import OracleConfig, TracerOracle
+from ekka.bisect.search import Bisector, NullObserver, Observer
+from ekka.bisect.worktree import worktree
+from ekka.containers.local import LocalExecutor, overlay_compiled
+from ekka.tracer.diagnose import DiagnoseConfig, Diagnosis, run_diagnosis
+from ekka.tracer.trace import TraceReader
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    repo: str
+    good: str
+    bad: str
+    model: str
+    prompt_ids: tuple[int, ...]
+    workdir: str
+    package_dir: str
+    dtype: str = "float32"
+    max_tokens: int = 4
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    threshold: float = 2.0
+    workers: int = 1
+    repeats: int = 1
+    db_url: str | None = None
+    timeout: float = 600
+    prompt_text: str | None = None
+
+
+def run_full_diagnosis(
+    config: FullConfig,
+    *,
+    progress: Callable[[str], None] | None = None,
+    observer: Observer | None = None,
+) -> tuple[Diagnosis, Any]:
+    """Returns the diagnosis (with root cause and bisection filled in) and the BisectResult."""
+    say = progress or (lambda _m: None)
+    work = Path(config.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    package_dir = Path(config.package_dir)
+
+    say("checking the commit range")
+    commits = commit_range(config.repo, config.good, config.bad)
+
+    t0 = time.perf_counter()
+    say(f"localizing at bad ({commits.bad.short})")
+    with worktree(config.repo, commits.bad.sha) as tree:
+        overlay_compiled(tree, package_dir)
+        diagnosis = run_diagnosis(
+            DiagnoseConfig(
+                model=config.model,
+                prompt_ids=config.prompt_ids,
+                workdir=str(work / "localize"),
+                dtype=config.dtype,
+                max_tokens=config.max_tokens,
+                threshold=config.threshold,
+                engine=config.engine,
+                prompt_text=config.prompt_text,
+                target_pythonpath=(str(tree),),
+                timeout=config.timeout,
+            ),
+            progress=say,
+        )
+    localize_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("bisecting: reference logits (once per job)")
+    oracle = TracerOracle(
+        OracleConfig(
+            model=config.model,
+            prompt_ids=config.prompt_ids,
+            dtype=config.dtype,
+            max_tokens=config.max_tokens,
+            engine=config.engine,
+            logits_threshold=config.threshold,
+        ),
+        work / "bisect",
+    )
+    oracle.prepare()
+    executor = LocalExecutor(
+        config.repo, oracle, package_dir=package_dir, base=commits.good.sha, workdir=work / "bisect", timeout=config.timeout
+    )
+    cache = VerdictCache(config.db_url or default_url())
+    try:
+        result = Bisector(
+            executor.probe,
+            workers=config.workers,
+            repeats=config.repeats,
+            observer=observer or NullObserver(),
+            cache=cache,
+            repo_key=str(Path(config.repo).resolve()),
+            config_hash=oracle.config.digest(),
+        ).run(commits)
+    finally:
+        cache.close()
+    bisect_seconds = time.perf_counter() - t0
+
+    root_cause = None
+    if result.first_bad is not None:
+        target = TraceReader(work / "localize" / "target")
+        attribution = attribute(config.repo, result.first_bad.sha, result.first_bad.pr, diagnosis.localization.suspects, target)
+        root_cause = attribution.to_json()
+    diagnosis.root_cause = root_cause
+    diagnosis.bisection = result.to_json()
+    diagnosis.seconds.update({"localize_at_bad": localize_seconds, "bisect": bisect_seconds})
+    return diagnosis, result

@@ -1,0 +1,146 @@
+"""The tracer's end-to-end oracle for bisection: good, bad or skip for one target trace.
+
+The reference does not change from commit to commit: `TracerOracle.prepare()` runs it once per
+job (transformers, greedy, in the serving dtype and in float32) and keeps the logits of every
+step. A probe captures only the target's logits (`logits_processor`) and greedy tokens; the
+oracle then compares, step by step while the target's tokens still equal the reference's:
+
+- the robust error ratio of the logits (as in localization): above `logits_threshold` is bad;
+- the greedy token: a different token where the float32 reference is decisive (its top-1 /
+  top-2 margin is more than `margin_factor` times the dtype's noise in the logits) is bad;
+  a different token at a near tie is not evidence, and the comparison stops there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekka.bisect.verdict import ProbeResult, Verdict
+from ekka.tracer.capture import CaptureSpec, capture
+from ekka.tracer.compare import compute_error_ratio
+from ekka.tracer.trace import TraceReader
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """Everything that decides a verdict; its hash keys the verdict cache."""
+
+    model: str
+    prompt_ids: tuple[int, ...]
+    dtype: str = "float32"
+    max_tokens: int = 4
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    logits_threshold: float = 2.0
+    margin_factor: float = 4.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["prompt_ids"] = list(self.prompt_ids)
+        data["engine"] = dict(self.engine)
+        return data
+
+    def digest(self) -> str:
+        """Hash of the configuration and of the model's files (not of its path)."""
+        data = self.to_json()
+        data["model"] = _model_digest(Path(self.model))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _model_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        path = folder / name
+        if path.is_file():
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _step_logits(trace: TraceReader) -> list[Any]:
+    """The last-position logits of each step, in step order."""
+    out: dict[int, Any] = {}
+    for record in trace.records:
+        if record.kind == "logits":
+            t = trace.outputs(record)[0]
+            out[record.step] = (t[-1] if t.dim() > 1 else t).float()
+    return [out[s] for s in sorted(out)]
+
+
+class TracerOracle:
+    """Judges target traces against a reference computed once."""
+
+    def __init__(self, config: OracleConfig, workdir: str | Path) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self.reference: list[Any] = []
+        self.reference32: list[Any] = []
+        self.reference_tokens: list[int] = []
+
+    def prepare(self) -> None:
+        for dtype in dict.fromkeys([self.config.dtype, "float32"]):
+            trace = capture(
+                CaptureSpec(
+                    framework="transformers",
+                    model=self.config.model,
+                    prompt_ids=self.config.prompt_ids,
+                    out=str(self.workdir / f"oracle-reference-{dtype}"),
+                    dtype=dtype,
+                    max_tokens=self.config.max_tokens,
+                    modules=("lm_head",),
+                )
+            )
+            if dtype == self.config.dtype:
+                self.reference = _step_logits(trace)
+                self.reference_tokens = trace.generated_ids
+            if dtype == "float32":
+                self.reference32 = _step_logits(trace)
+
+    def spec(self, out: str | Path) -> CaptureSpec:
+        """What a probe captures: the target's logits only (cheap), greedy tokens."""
+        return CaptureSpec(
+            framework="vllm",
+            model=self.config.model,
+            prompt_ids=self.config.prompt_ids,
+            out=str(out),
+            dtype=self.config.dtype,
+            max_tokens=self.config.max_tokens,
+            modules=("logits_processor",),
+            engine=dict(self.config.engine),
+        )
+
+    def judge(self, target: TraceReader, seconds: float = 0.0) -> ProbeResult:
+        if not self.reference:
+            self.prepare()
+        logits = _step_logits(target)
+        tokens = target.generated_ids
+        worst = 0.0
+        details: dict[str, Any] = {"tokens": tokens, "reference_tokens": self.reference_tokens, "ratios": []}
+        for step, (x, x_r, y_r) in enumerate(zip(logits, self.reference, self.reference32)):
+            ratio = compute_error_ratio(x, x_r, y_r, self.config.dtype)[0]
+            details["ratios"].append(ratio if math.isfinite(ratio) else "inf")
+            worst = max(worst, ratio)
+            if ratio > self.config.logits_threshold:
+                return ProbeResult(
+                    Verdict.BAD, f"logits of step {step} diverge: error ratio {ratio:.3g}", seconds, details
+                )
+            if step < len(tokens) and step < len(self.reference_tokens) and tokens[step] != self.reference_tokens[step]:
+                top2 = y_r.topk(2).values
+                margin = float(top2[0] - top2[1])
+                noise = float((x_r - y_r).abs().max()) if self.config.dtype != "float32" else 1e-5 * float(y_r.abs().max())
+                if margin > self.config.margin_factor * noise:
+                    return ProbeResult(
+                        Verdict.BAD,
+                        f"greedy token of step {step} is {tokens[step]}, the reference's {self.reference_tokens[step]} "
+                        f"(reference margin {margin:.3g} against noise {noise:.2g})",
+                        seconds,
+                        details,
+                    )
+                break  # a near tie: the sequences part here, later steps are not comparable
+        return ProbeResult(Verdict.GOOD, f"logits match the reference (largest error ratio {worst:.3g})", seconds, details)

@@ -1,0 +1,98 @@
+"""The local executor (embedded default): a git worktree per commit, the framework's Python
+sources from that commit overlaid on the installed release's compiled extensions, and the
+probe in a subprocess with a time limit. This is what vLLM calls building with precompiled
+binaries: only valid while the commit changes no compiled source, so a commit that does
+(csrc/, CUDA/C++ files, CMake files, relative to the release) is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ekka.bisect.framework_repo import git
+from ekka.bisect.history import CommitInfo
+from ekka.bisect.oracle import TracerOracle
+from ekka.bisect.verdict import ProbeResult, Verdict
+from ekka.bisect.worktree import worktree
+from ekka.errors import CaptureError, UsageError
+from ekka.tracer.capture import capture
+
+COMPILED_PATTERNS = ("csrc/*", "*.cu", "*.cuh", "*.cpp", "*.cc", "*.c", "*.h", "*.hpp", "CMakeLists.txt", "*.cmake")
+
+
+def compiled_changes(repo: Path, base: str, commit: str) -> list[str]:
+    """Files matching COMPILED_PATTERNS that differ between `base` and `commit`."""
+    names = git(repo, "diff", "--name-only", base, commit).splitlines()
+    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in COMPILED_PATTERNS)]
+
+
+def overlay_compiled(tree: Path, package_dir: Path) -> int:
+    """Link the installed release's compiled extensions into the worktree's package folder."""
+    target_root = tree / package_dir.name
+    if not target_root.is_dir():
+        raise UsageError(
+            f"the repository has no {package_dir.name}/ folder at its top level: it is not the "
+            f"{package_dir.name} repository (or not its Python sources)."
+        )
+    count = 0
+    for so in package_dir.rglob("*.so"):
+        dest = target_root / so.relative_to(package_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            os.symlink(so, dest)
+            count += 1
+    return count
+
+
+class LocalExecutor:
+    """Probes commits of `repo` with the tracer's oracle, one worktree and subprocess each."""
+
+    def __init__(
+        self,
+        repo: str | Path,
+        oracle: TracerOracle,
+        *,
+        package_dir: str | Path,
+        base: str,
+        workdir: str | Path,
+        timeout: float = 600,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.repo = Path(repo)
+        self.oracle = oracle
+        self.package_dir = Path(package_dir)
+        self.base = base
+        self.workdir = Path(workdir)
+        self.timeout = timeout
+        self.log = log or (lambda _m: None)
+
+    def probe(self, commit: CommitInfo) -> ProbeResult:
+        start = time.perf_counter()
+        changed = compiled_changes(self.repo, self.base, commit.sha)
+        if changed:
+            return ProbeResult(
+                Verdict.SKIP,
+                f"changes compiled sources ({', '.join(changed[:3])}); the local executor only "
+                "overlays Python sources on the release's extensions (use the docker executor)",
+                time.perf_counter() - start,
+                {"compiled_changes": changed},
+            )
+        with worktree(self.repo, commit.sha) as tree:
+            overlay_compiled(tree, self.package_dir)
+            out = self.workdir / f"probe-{commit.sha[:12]}"
+            try:
+                trace = capture(self.oracle.spec(out), pythonpath=[tree], timeout=self.timeout)
+            except CaptureError as exc:
+                # An import or start-up failure is an infrastructure problem for this commit:
+                # skip, never bad.
+                first = str(exc).splitlines()[0]
+                return ProbeResult(Verdict.SKIP, f"the target did not run: {first}", time.perf_counter() - start, {})
+            seconds = time.perf_counter() - start
+            result = self.oracle.judge(trace, seconds)
+            timings = trace.manifest.get("timings", {})
+            result.details["timings"] = timings
+            return result

@@ -1,0 +1,102 @@
+"""Attribution on a real git repository: the diff's classes and functions against the suspects."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ekka.bisect.attribution import attribute, touched_symbols
+from ekka.bisect.framework_repo import git
+from ekka.tracer.localize import Suspect
+from ekka.tracer.trace import Record
+
+LAYERS = '''
+class RMSNorm:
+    def __init__(self, size, eps=1e-6):
+        self.eps = eps
+
+
+class DecoderLayer:
+    def __init__(self, config):
+        self.input_layernorm = RMSNorm(config.hidden, eps=config.eps)
+
+    def forward(self, x):
+        return x
+'''
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "layers.py").write_text(LAYERS)
+    (repo / "pkg" / "other.py").write_text("def helper():\n    return 1\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    return repo
+
+
+def _commit(repo: Path, path: str, old: str, new: str, message: str) -> str:
+    file = repo / path
+    file.write_text(file.read_text().replace(old, new))
+    git(repo, "commit", "-q", "-am", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@dataclass
+class FakeTrace:
+    records: list
+
+
+def _record(name: str, cls: str, file: str) -> Record:
+    return Record(index=0, name=name, module_class=cls, source_file=file, source_line=1, step=0, pass_index=0,
+                  call_index=0, outputs=())
+
+
+TRACE = FakeTrace([
+    _record("model.layers.0", "DecoderLayer", "pkg/layers.py"),
+    _record("model.layers.0.input_layernorm", "RMSNorm", "pkg/layers.py"),
+])
+
+
+def _suspect(component: str, cls: str, rank: int = 1) -> Suspect:
+    return Suspect(rank=rank, component=component, module_class=cls, source_file="pkg/layers.py", source_line=2,
+                   ratio=123.0, jump=100.0, persistence=1.0, pass_index=0, step=0, position=3, evidence="")
+
+
+def test_touched_symbols_names_the_changed_method(tmp_path):
+    repo = _repo(tmp_path)
+    sha = _commit(repo, "pkg/layers.py", "eps=config.eps)", ")", "drop eps (#12)")
+    touched = touched_symbols(repo, sha)
+    assert [(t.file, t.qualname) for t in touched] == [("pkg/layers.py", "DecoderLayer.__init__")]
+
+
+def test_owner_level_attribution(tmp_path):
+    repo = _repo(tmp_path)
+    sha = _commit(repo, "pkg/layers.py", "eps=config.eps)", ")", "drop eps (#12)")
+    result = attribute(repo, sha, 12, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE)
+    assert result.matched and result.level == "owner"
+    assert "DecoderLayer.__init__" in result.statement and "PR #12" in result.statement
+    assert "model.layers.0.input_layernorm, the first component that diverges" in result.statement
+
+
+def test_class_level_attribution(tmp_path):
+    repo = _repo(tmp_path)
+    sha = _commit(repo, "pkg/layers.py", "self.eps = eps", "self.eps = 1e-6", "hard-code eps")
+    result = attribute(repo, sha, None, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE)
+    assert result.level == "class" and "changed RMSNorm.__init__ in pkg/layers.py, which is the first" in result.statement
+
+
+def test_nothing_intersects_lists_both(tmp_path):
+    repo = _repo(tmp_path)
+    sha = _commit(repo, "pkg/other.py", "return 1", "return 2", "tweak helper (#7)")
+    result = attribute(repo, sha, 7, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE)
+    assert not result.matched and result.level == "none"
+    assert "helper in pkg/other.py" in result.statement and "model.layers.0.input_layernorm" in result.statement
+
+
+def test_git_is_real(tmp_path):
+    repo = _repo(tmp_path)
+    out = subprocess.run(["git", "log", "--oneline"], cwd=repo, capture_output=True, text=True, check=True)
+    assert "base" in out.stdout
