@@ -159,6 +159,7 @@ def demo(
 def _full_diagnosis(
     *, repo: Path, good: str, bad: str, model: Path, ids: list[int], prompt: str | None, dtype: str,
     max_tokens: int, threshold: float, out_dir: Path, workers: int, repeats: int, db: str | None,
+    github: tuple[str, str, str | None] | None = None,
 ) -> str | None:
     """Run the full diagnosis with progress, print the root cause, write the reports; returns
     the first bad commit's sha (None when none was found)."""
@@ -171,6 +172,7 @@ def _full_diagnosis(
         repo=str(repo), good=good, bad=bad, model=str(model), prompt_ids=tuple(ids), workdir=str(out_dir / "traces"),
         package_dir=str(installed_framework_dir("vllm")), dtype=dtype, max_tokens=max_tokens, threshold=threshold,
         workers=workers, repeats=repeats, db_url=db, prompt_text=prompt,
+        **({"github_repo": github[0], "github_api": github[1], "github_token": github[2]} if github else {}),
     )
     with console.status("diagnosing ...") as status:
         diagnosis, result = run_full_diagnosis(
@@ -208,6 +210,8 @@ def diagnose(
     workers: int = typer.Option(1, help="Full mode: probes per round (multisection)."),
     repeats: int = typer.Option(1, help="Full mode: probes per commit, decided by majority (flaky oracles)."),
     db: str | None = typer.Option(None, help="Full mode: verdict cache URL (default ~/.cache/ekka/ekka.db)."),
+    github_repo: str | None = typer.Option(None, help="Full mode: OWNER/NAME on GitHub, to map commits to PRs through its API (token: $GITHUB_TOKEN)."),
+    github_api: str = typer.Option("https://api.github.com", help="Full mode: GitHub API base URL."),
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     from ekka.tracer.capture import CaptureSpec, resolve_prompt, validate
@@ -225,9 +229,12 @@ def diagnose(
                          dtype=dtype, max_tokens=max_tokens))
     if all(full):
         assert repo is not None and good is not None and bad is not None
+        import os
+
         found = _full_diagnosis(
             repo=repo, good=good, bad=bad, model=model, ids=ids, prompt=prompt, dtype=dtype, max_tokens=max_tokens,
             threshold=threshold, out_dir=out_dir, workers=workers, repeats=repeats, db=db,
+            github=(github_repo, github_api, os.environ.get("GITHUB_TOKEN")) if github_repo else None,
         )
         raise typer.Exit(1 if found else 0)
     config = DiagnoseConfig(

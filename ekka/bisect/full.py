@@ -45,6 +45,9 @@ class FullConfig:
     db_url: str | None = None
     timeout: float = 600
     prompt_text: str | None = None
+    github_repo: str | None = None  # OWNER/NAME: PRs from GitHub's API, else from commit messages
+    github_api: str = "https://api.github.com"
+    github_token: str | None = None
 
 
 def run_full_diagnosis(
@@ -60,7 +63,12 @@ def run_full_diagnosis(
     package_dir = Path(config.package_dir)
 
     say("checking the commit range")
-    commits = commit_range(config.repo, config.good, config.bad)
+    lookup = None
+    if config.github_repo:
+        from ekka.bisect.github import GitHubPrLookup
+
+        lookup = GitHubPrLookup(config.github_repo, token=config.github_token, api=config.github_api)
+    commits = commit_range(config.repo, config.good, config.bad, pr_lookup=lookup)
 
     t0 = time.perf_counter()
     say(f"localizing at bad ({commits.bad.short})")

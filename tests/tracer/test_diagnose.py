@@ -88,3 +88,16 @@ def test_bench_scores_every_public_case(tmp_path, capsys):
 def test_bench_rejects_unknown_case(tmp_path, capsys):
     code = main(["bench", str(tmp_path), "--no-bisect"])
     assert code == 2 and "no case folders" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
+def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(CASES), "--case", "mistral-sliding-window-off-by-one", "--json", str(out),
+                 "--workdir", str(tmp_path / "w")])
+    assert code == 0, capsys.readouterr().out
+    result = json.loads(out.read_text())
+    case = result["cases"][0]
+    assert result["bisect"] == 1.0 and case["bisect"] is True
+    assert case["first_bad"] == case["bug_commit"] and 0 < case["probes"] <= 6
+    assert case["top1"] and "cpu_attn.py" not in (case["root_cause"] or "") or case["root_cause"]
