@@ -100,4 +100,7 @@ def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
     case = result["cases"][0]
     assert result["bisect"] == 1.0 and case["bisect"] is True
     assert case["first_bad"] == case["bug_commit"] and 0 < case["probes"] <= 6
-    assert case["top1"] and "cpu_attn.py" not in (case["root_cause"] or "") or case["root_cause"]
+    assert case["top1"]
+    # the patch is in the CPU attention backend, the suspect is the model's Attention module:
+    # the root cause names the commit either way
+    assert case["root_cause"] and case["bug_commit"][:10] in case["root_cause"]
