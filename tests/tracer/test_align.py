@@ -1,0 +1,63 @@
+"""Mapping rules and value pairing on small traces written with the real TraceWriter."""
+
+from __future__ import annotations
+
+import torch
+
+from ekka.tracer.align import RULES, infer_missing, plan_component, plan_components
+from ekka.tracer.compare import iter_comparisons
+from ekka.tracer.trace import PassInfo, TraceReader, TraceWriter
+
+T = 6
+
+
+def _trace(path, framework, records, config=None):
+    writer = TraceWriter(path, {"framework": framework, "dtype": "float32", "prompt_ids": list(range(T)),
+                                "model_config": config or {"model_type": "llama"}})
+    writer.add_pass(PassInfo(index=0, step=0, input_ids=tuple(range(T)), positions=tuple(range(T))))
+    for i, (name, cls, outputs) in enumerate(records):
+        writer.add(name=name, module_class=cls, source_file="x.py", source_line=1, step=0, pass_index=0,
+                   call_index=i, outputs=outputs)
+    writer.close()
+    return TraceReader(path)
+
+
+def test_rules_cover_fused_projections_layers_attention_and_families():
+    names = {"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj",
+             "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj",
+             "model.layers.0.self_attn.o_proj", "model.layers.0", "model.layers.0.mlp", "logits",
+             "model.layers.0.self_attn.apply_rotary_pos_emb", "model.embed_tokens"}
+    plan = plan_component("model.layers.0.self_attn.qkv_proj", "QKVParallelLinear", "llama", names)
+    assert plan.reference_op == "concat" and plan.reference[0].endswith("q_proj")
+    assert plan_component("model.layers.0", "LlamaDecoderLayer", "llama", names).target_op == "sum_pair"
+    assert plan_component("model.layers.0", "CohereDecoderLayer", "cohere", names).target_op == "first"
+    attn = plan_component("model.layers.0.self_attn.attn", "Attention", "llama", names)
+    assert attn.slot == "in" and attn.reference == ("model.layers.0.self_attn.o_proj",)
+    act = plan_component("model.layers.0.mlp.act_fn", "SiluAndMul", "llama", names)
+    assert act.slot == "in" and act.reference == ("model.layers.0.mlp.down_proj",)
+    rot = plan_component("model.layers.0.self_attn.rotary_emb", "RotaryEmbedding", "llama", names)
+    assert rot.reference_op == "heads_concat" and rot.slot == "outs"
+    assert plan_component("model.embed_tokens", "VocabParallelEmbedding", "gemma", names).target_op == "scale_sqrt_hidden"
+    moe = plan_component("model.layers.0.block_sparse_moe", "MixtralMoE", "mixtral", names)
+    assert moe.reference == ("model.layers.0.mlp",)
+    assert plan_component("logits_processor", "LogitsProcessor", "llama", names).reference == ("logits",)
+    assert all(r.note or r.target for r in RULES)
+
+
+def test_value_pairing_is_marked_inferred_and_far_values_stay_unmapped(tmp_path):
+    x = torch.randn(T, 16)
+    target = _trace(tmp_path / "t", "vllm", [
+        ("model.layers.0.mystery", "Custom", [x + 1e-7]),
+        ("model.layers.0.stranger", "Custom", [torch.randn(T, 16) * 50]),
+    ])
+    reference = _trace(tmp_path / "r", "transformers", [
+        ("model.layers.0.mlp.down_proj", "Linear", [x[None]]),
+        ("model.layers.0.mlp", "LlamaMLP", [torch.randn(1, T, 16)]),
+    ])
+    mapping = infer_missing(plan_components(target, reference), target, reference)
+    plan = mapping.plans["model.layers.0.mystery"]
+    assert plan.inferred and plan.reference == ("model.layers.0.mlp.down_proj",) and "inferred" in plan.describe()
+    assert "model.layers.0.stranger" in mapping.unmapped
+    assert "no mapping rule" in mapping.unmapped["model.layers.0.stranger"].reason
+    comps = list(iter_comparisons(target, reference, mapping=mapping))
+    assert [c.target for c in comps] == ["model.layers.0.mystery"] and comps[0].inferred and comps[0].ratio < 1
