@@ -43,7 +43,7 @@ class Attribution:
     pr: int | None
     statement: str
     matched: bool
-    level: str  # "class", "owner", "file" or "none"
+    level: str  # "class", "owner", "file", "machinery" or "none"
     component: str | None
     touched: tuple[Touched, ...]
 
@@ -109,19 +109,54 @@ def touched_symbols(repo: str | Path, commit: str) -> list[Touched]:
     return [Touched(f, q, added, removed) for (f, q), (added, removed) in counts.items()]
 
 
-def owners(trace: Any, component: str) -> list[tuple[str, str, str | None]]:
-    """(name, class, source file) of the component and of the modules that own it, innermost first."""
+# Serving machinery that decides what a module computes without being part of it, by the
+# module's class: attention reads the KV cache through metadata (sequence lengths, slot
+# mapping, block tables) that the model runner, the scheduler's KV-cache manager and the
+# backend's metadata builder prepare before the forward pass.
+MACHINERY: dict[str, tuple[str, ...]] = {
+    "Attention": ("vllm/v1/worker/", "vllm/v1/attention/", "vllm/v1/core/", "vllm/attention/", "vllm/forward_context.py"),
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Code that computes a component: the module itself, an object it delegates to, an owner."""
+
+    role: str  # "module", "delegate", "owner" or "model"
+    name: str
+    cls: str
+    file: str | None
+
+
+def locations(trace: Any, component: str) -> list[Location]:
+    """The component's module, its delegates, then the modules that own it, innermost first."""
     by_name: dict[str, tuple[str, str | None]] = {}
     for r in trace.records:
         by_name.setdefault(r.name, (r.module_class, r.source_file))
+    manifest = getattr(trace, "manifest", {}) or {}
+    delegates = manifest.get("delegates", {})
     parts = component.split(".")
-    out = []
+    out: list[Location] = []
     for i in range(len(parts), 0, -1):
         name = ".".join(parts[:i])
+        registered = _registered_name(name, delegates)
         if name in by_name:
             cls, file = by_name[name]
-            out.append((name, cls, file))
+            out.append(Location("module" if i == len(parts) else "owner", name, cls, file))
+        for cls, file, _line in delegates.get(registered, []):
+            out.append(Location("delegate", name, cls, file))
+    model_class = manifest.get("model_class")
+    if model_class:
+        source = manifest.get("model_source") or [None, None]
+        out.append(Location("model", "the model", model_class, source[0]))
     return out
+
+
+def _registered_name(name: str, delegates: dict[str, Any]) -> str:
+    """Trace names attribute shared modules to the calling layer; delegates use registered names."""
+    if name in delegates:
+        return name
+    return re.sub(r"layers\.\d+\.", "layers.0.", name, count=1)
 
 
 def attribute(
@@ -135,35 +170,36 @@ def attribute(
     touched = touched_symbols(repo, commit)
     short = commit[:10]
     pr_text = f" (PR #{pr})" if pr else ""
-    for level in ("class", "owner", "file"):
-        for suspect in suspects:
-            chain = owners(trace, suspect.component)
-            for depth, (name, cls, file) in enumerate(chain):
+
+    def found(level: str, suspect: Any, text: str) -> Attribution:
+        which = "the first component that diverges" if suspect.rank == 1 else f"suspect #{suspect.rank}"
+        return Attribution(
+            commit, pr, f"commit {short}{pr_text} {text} {which}: {suspect.component} (ratio {suspect.ratio:.3g})",
+            True, level, suspect.component, tuple(touched),
+        )
+
+    chains = [(s, locations(trace, s.component)) for s in suspects]
+    for level in ("class", "owner", "file", "machinery"):
+        for suspect, chain in chains:
+            for loc in chain:
                 for t in touched:
-                    same_file = file is not None and t.file == file
-                    if level == "class" and depth == 0 and same_file and t.classname == cls:
-                        why = "the first component that diverges" if suspect.rank == 1 else f"suspect #{suspect.rank}"
-                        return Attribution(
-                            commit, pr,
-                            f"commit {short}{pr_text} changed {t.qualname} in {t.file}, which is {why}: "
-                            f"{suspect.component} (ratio {suspect.ratio:.3g})",
-                            True, level, suspect.component, tuple(touched),
-                        )
-                    if level == "owner" and depth > 0 and same_file and t.classname == cls:
-                        return Attribution(
-                            commit, pr,
-                            f"commit {short}{pr_text} changed {t.qualname} in {t.file}; {cls} ({name}) owns "
-                            f"{suspect.component}, the {'first component that diverges' if suspect.rank == 1 else f'suspect #{suspect.rank}'} "
-                            f"(ratio {suspect.ratio:.3g})",
-                            True, level, suspect.component, tuple(touched),
-                        )
+                    same_file = loc.file is not None and t.file == loc.file
+                    what = f"changed {t.qualname} in {t.file}"
+                    if level == "class" and loc.role in ("module", "delegate") and same_file and t.classname == loc.cls:
+                        role = "which is" if loc.role == "module" else f"the {loc.cls} that {loc.name} delegates to, for"
+                        return found(level, suspect, f"{what}, {role}")
+                    if level == "owner" and loc.role in ("owner", "model") and same_file and t.classname == loc.cls:
+                        return found(level, suspect, f"{what}; {loc.cls} ({loc.name}) builds and owns")
                     if level == "file" and same_file:
-                        return Attribution(
-                            commit, pr,
-                            f"commit {short}{pr_text} changed {t.qualname} in {t.file}, the file of {cls} ({name}), "
-                            f"which holds suspect #{suspect.rank} {suspect.component} (ratio {suspect.ratio:.3g})",
-                            True, level, suspect.component, tuple(touched),
-                        )
+                        return found(level, suspect, f"{what}, the file of {loc.cls} ({loc.role} of {suspect.component}), for")
+                    if level == "machinery" and loc.role == "module":
+                        prefixes = MACHINERY.get(loc.cls, ())
+                        if any(t.file.startswith(p) for p in prefixes):
+                            return found(
+                                level, suspect,
+                                f"{what}, serving machinery that prepares what {loc.cls} reads (attention metadata, "
+                                "KV-cache blocks), for",
+                            )
     changed = ", ".join(f"{t.qualname} in {t.file}" for t in touched[:6]) or "no Python code"
     listed = ", ".join(f"{s.component} ({s.module_class}, {s.source_file})" for s in suspects[:5]) or "none"
     return Attribution(

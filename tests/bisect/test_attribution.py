@@ -47,6 +47,7 @@ def _commit(repo: Path, path: str, old: str, new: str, message: str) -> str:
 @dataclass
 class FakeTrace:
     records: list
+    manifest: dict | None = None
 
 
 def _record(name: str, cls: str, file: str) -> Record:
@@ -78,7 +79,7 @@ def test_owner_level_attribution(tmp_path):
     result = attribute(repo, sha, 12, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE)
     assert result.matched and result.level == "owner"
     assert "DecoderLayer.__init__" in result.statement and "PR #12" in result.statement
-    assert "model.layers.0.input_layernorm, the first component that diverges" in result.statement
+    assert "builds and owns the first component that diverges: model.layers.0.input_layernorm" in result.statement
 
 
 def test_class_level_attribution(tmp_path):
@@ -100,3 +101,33 @@ def test_git_is_real(tmp_path):
     repo = _repo(tmp_path)
     out = subprocess.run(["git", "log", "--oneline"], cwd=repo, capture_output=True, text=True, check=True)
     assert "base" in out.stdout
+
+
+def test_delegate_model_and_machinery_attribution(tmp_path):
+    repo = _repo(tmp_path)
+    (repo / "pkg" / "backend.py").write_text("class Impl:\n    def __init__(self, w):\n        self.w = w\n")
+    (repo / "pkg" / "runner.py").write_text("class Runner:\n    def update(self):\n        return 1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "add backend")
+    trace = FakeTrace(
+        [_record(f"model.layers.{i}.self_attn.attn", "Attention", "pkg/attention.py") for i in (0, 1)],
+        {"delegates": {"model.layers.0.self_attn.attn": [["Impl", "pkg/backend.py", 1]]},
+         "model_class": "DecoderLayer", "model_source": ["pkg/layers.py", 7]},
+    )
+    attn = [_suspect("model.layers.1.self_attn.attn", "Attention")]
+    sha = _commit(repo, "pkg/backend.py", "self.w = w", "self.w = w - 1", "window off by one (#3)")
+    result = attribute(repo, sha, 3, attn, trace)
+    assert result.level == "class" and "Impl that model.layers.1.self_attn.attn delegates to" in result.statement
+    sha = _commit(repo, "pkg/layers.py", "return x", "return -x", "flip (#4)")
+    result = attribute(repo, sha, 4, attn, trace)
+    assert result.level == "owner" and "DecoderLayer (the model) builds and owns" in result.statement
+    from ekka.bisect import attribution
+
+    saved = attribution.MACHINERY["Attention"]
+    attribution.MACHINERY["Attention"] = ("pkg/runner.py",)
+    try:
+        sha = _commit(repo, "pkg/runner.py", "return 1", "return 2", "rows (#5)")
+        result = attribute(repo, sha, 5, attn, trace)
+        assert result.level == "machinery" and "Runner.update" in result.statement
+    finally:
+        attribution.MACHINERY["Attention"] = saved

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ekka.tracer.capture import CaptureSpec, read_config
+from ekka.tracer.hooks import source_location
 
 
 def _framework_commit(package_dir: Path) -> str | None:
@@ -142,6 +143,8 @@ def run(spec: CaptureSpec) -> Path:
                 if name.endswith("logits_processor"):
                     module.register_forward_hook(logits)
             state["recorder"] = recorder
+            state["delegates"] = module_delegates(model)
+            state["root_source"] = source_location(type(model))
             return type(model).__name__
 
         timings = {"engine_start": time.perf_counter() - t_start}
@@ -163,8 +166,40 @@ def run(spec: CaptureSpec) -> Path:
     except BaseException:
         writer.close(complete=False)
         raise
-    writer.close(generated_ids=generated, model_class=model_class, replayed=replayed, timings=timings)
+    writer.close(
+        generated_ids=generated,
+        model_class=model_class,
+        model_source=list(state.get("root_source") or (None, None)),
+        delegates=state.get("delegates", {}),
+        replayed=replayed,
+        timings=timings,
+    )
     return writer.path
+
+
+def module_delegates(model: Any) -> dict[str, list[list[Any]]]:
+    """Per module, the framework objects it holds that are not modules (an attention layer's
+    backend implementation, say): class name, source file, line. Attribution uses them to see
+    that a commit changing the backend changed what the module computes."""
+    import torch
+
+    from ekka.tracer.hooks import source_location
+
+    top = type(model).__module__.split(".")[0]
+    out: dict[str, list[list[Any]]] = {}
+    for name, module in model.named_modules():
+        found = []
+        for value in vars(module).values():
+            cls = type(value)
+            if isinstance(value, (torch.nn.Module, torch.Tensor)) or not cls.__module__.startswith(top + "."):
+                continue
+            if not callable(getattr(value, "forward", None)):
+                continue
+            file, line = source_location(cls)
+            found.append([cls.__name__, file, line])
+        if found:
+            out[name] = found
+    return out
 
 
 def _max_model_len(spec: CaptureSpec) -> int:
