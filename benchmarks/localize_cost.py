@@ -59,23 +59,40 @@ def main() -> None:
     parser.add_argument("--case", default="llama-rmsnorm-eps-ignored")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
+    parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
     args = parser.parse_args()
     case = find_cases(args.cases, [args.case])[0]
+    if args.set:
+        from dataclasses import replace
+
+        from ekka.zoo import parse_set_values
+
+        case = replace(case, config={**case.config, **parse_set_values(args.set)})
     model = build_case_model(case, args.work / "model")
     ids = case_prompt_ids(case, model)
     proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype],
                           capture_output=True, text=True, check=True)
     baseline = json.loads(proc.stdout.strip().splitlines()[-1])
-    costs, walls = [], []
+    costs, walls, parts = [], [], []
     for i in range(args.runs):
         start = time.perf_counter()
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
                                                  dtype=case.dtype, max_tokens=case.max_tokens))
         walls.append(time.perf_counter() - start)
-        timings = TraceReader(args.work / f"run{i}" / "target").manifest.get("timings", {})
+        run = args.work / f"run{i}"
+        timings = TraceReader(run / "target").manifest.get("timings", {})
         s = diagnosis.seconds
-        costs.append(timings.get("traced_generate", 0) + timings.get("replay", 0)
-                     + s["reference_prefill"] + s["reference"] + s["analysis"])
+        # model loading is excluded on the reference side as the engine start is on the target side
+        loads = sum(TraceReader(p).manifest.get("timings", {}).get("load", 0)
+                    for p in run.iterdir() if p.name.startswith("reference"))
+        part = {
+            "target_traced_generate": timings.get("traced_generate", 0),
+            "target_replay": timings.get("replay", 0),
+            "references_without_load": s["reference_prefill"] + s["reference"] - loads,
+            "analysis": s["analysis"],
+        }
+        parts.append(part)
+        costs.append(sum(part.values()))
     base = baseline["vllm"] + baseline["transformers"]
     print(json.dumps({
         "case": case.id,
@@ -84,6 +101,7 @@ def main() -> None:
         "localization_s_median": round(statistics.median(costs), 3),
         "ratio": round(statistics.median(costs) / base, 2),
         "wall_with_process_and_engine_start_s_median": round(statistics.median(walls), 1),
+        "parts_of_median_run": {k: round(v, 3) for k, v in sorted(zip(costs, parts), key=lambda x: x[0])[len(costs) // 2][1].items()},
     }))
 
 

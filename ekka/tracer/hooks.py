@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import linecache
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -58,19 +59,25 @@ _SOURCE_CACHE: dict[Any, tuple[str | None, int | None]] = {}
 
 
 def source_location(obj: Any) -> tuple[str | None, int | None]:
-    """(file relative to its top-level package's parent, first line) of a class or function."""
+    """(file relative to its top-level package's parent, first line) of a class or function.
+
+    The line is found by scanning the (cached) file for the definition, which is much cheaper
+    than `inspect.getsourcelines` (it parses the whole file) on the first call of every class.
+    """
     if obj in _SOURCE_CACHE:
         return _SOURCE_CACHE[obj]
     try:
         path = inspect.getsourcefile(obj)
-        line = inspect.getsourcelines(obj)[1]
-    except (TypeError, OSError):
+    except TypeError:
+        path = None
+    if path is None:
         _SOURCE_CACHE[obj] = (None, None)
         return None, None
+    line = _definition_line(path, obj)
     rel = path
     top = sys.modules.get(getattr(obj, "__module__", "").split(".")[0])
     top_file = getattr(top, "__file__", None)
-    if path and top_file:
+    if top_file:
         root = Path(top_file).resolve().parent.parent
         try:
             rel = str(Path(path).resolve().relative_to(root))
@@ -78,6 +85,20 @@ def source_location(obj: Any) -> tuple[str | None, int | None]:
             rel = path
     _SOURCE_CACHE[obj] = (rel, line)
     return rel, line
+
+
+def _definition_line(path: str, obj: Any) -> int | None:
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        return int(code.co_firstlineno)
+    pattern = re.compile(rf"^\s*class\s+{re.escape(obj.__name__)}\b")
+    for number, text in enumerate(linecache.getlines(path), start=1):
+        if pattern.match(text):
+            return number
+    try:
+        return int(inspect.getsourcelines(obj)[1])
+    except (OSError, TypeError):
+        return None
 
 
 def parse_steps(spec: str | None) -> Callable[[int], bool]:
@@ -118,6 +139,7 @@ class ModuleRecorder:
         self._seen: dict[str, int] = {}
         self._handles: list[Any] = []
         self.modules_by_name: dict[str, torch.nn.Module] = {}  # effective name -> module (replay)
+        self._input_candidates: dict[int, bool] = {}  # module id -> may be a leaf of the execution
 
     # pass bookkeeping (called by the framework adapter)
     def begin_pass(self, step: int) -> None:
@@ -166,8 +188,10 @@ class ModuleRecorder:
         name = self._effective_name(self.names[id(module)])
         if self._stack:
             self._stack[-1][1] = True
-        selected = self._selected(name)
-        inputs = _clone_inputs(args, kwargs) if selected and _no_param_children(module) else None
+        candidate = self._input_candidates.get(id(module))
+        if candidate is None:
+            candidate = self._input_candidates[id(module)] = _no_param_children(module)
+        inputs = _clone_inputs(args, kwargs) if candidate and self._selected(name) else None
         self._stack.append([name, False, inputs])
 
     def _post(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,24 @@ class Record:
     leaf: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["outputs"] = [None if o is None else asdict(o) for o in self.outputs]
-        data["inputs"] = [[k, asdict(m)] for k, m in self.inputs]
-        return data
+        # by hand: dataclasses.asdict deep-copies, which dominated the cost of a small capture
+        def meta(m: TensorMeta) -> dict[str, Any]:
+            return {"key": m.key, "shape": list(m.shape), "dtype": m.dtype}
+
+        return {
+            "index": self.index,
+            "name": self.name,
+            "module_class": self.module_class,
+            "source_file": self.source_file,
+            "source_line": self.source_line,
+            "step": self.step,
+            "pass_index": self.pass_index,
+            "call_index": self.call_index,
+            "outputs": [None if o is None else meta(o) for o in self.outputs],
+            "inputs": [[k, meta(m)] for k, m in self.inputs],
+            "kind": self.kind,
+            "leaf": self.leaf,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
@@ -275,7 +289,7 @@ class TraceWriter:
             "records": [r.to_json() for r in self.records],
         }
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        tmp.write_text(json.dumps(manifest, separators=(",", ":"), default=str))
         tmp.replace(self.path / MANIFEST)
         self._closed = True
         return self.path

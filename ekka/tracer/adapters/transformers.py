@@ -9,6 +9,7 @@ last position of each step.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,8 +74,10 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     from ekka.tracer.hooks import ModuleRecorder
     from ekka.tracer.trace import TraceWriter
 
+    t_load = time.perf_counter()
     if model is None:
         model = load_model(spec.model, spec.dtype)
+    timings = {"load": time.perf_counter() - t_load}
     header = {
         "framework": "transformers",
         "framework_version": transformers.__version__,
@@ -93,6 +96,7 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     recorder = ModuleRecorder(writer, model, modules=spec.modules, steps=spec.steps)
     recorder.install()
     generated: list[int] = []
+    t_run = time.perf_counter()
     try:
         with torch.no_grad(), wrap_rotary(model, recorder):
             if spec.forced_ids:
@@ -104,7 +108,11 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
         writer.close(complete=False)
         raise
     recorder.remove()
-    writer.close(generated_ids=generated)
+    timings["traced_run"] = time.perf_counter() - t_run
+    t_write = time.perf_counter()
+    writer.flush()
+    timings["write"] = time.perf_counter() - t_write
+    writer.close(generated_ids=generated, timings=timings)
     return writer.path
 
 
