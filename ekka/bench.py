@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import tomllib
 
+from ekka.bisect.framework_repo import apply_patch
 from ekka.errors import UsageError
 from ekka.tracer.localize import matches_truth
 
@@ -130,18 +130,6 @@ def copy_sources(package_dir: Path, dest_root: Path) -> Path:
 
     shutil.copytree(package_dir, dest, copy_function=copy, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
-
-
-def apply_patch(patch: Path, root: Path) -> None:
-    # Outside any repository: inside one, `git apply` takes paths relative to its top level and
-    # silently skips what lies outside the current folder.
-    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(root.resolve().parent))
-    for args in (["--check"], []):
-        proc = subprocess.run(
-            ["git", "apply", "-p1", *args, str(patch.resolve())], cwd=root, capture_output=True, text=True, env=env
-        )
-        if proc.returncode != 0:
-            raise UsageError(f"{patch} does not apply to the installed sources: {proc.stderr.strip()}")
 
 
 def build_case_model(case: Case, out: Path) -> Path:

@@ -96,13 +96,23 @@ def harmless_commit(repo: Path, path: str, index: int, pr: int) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def apply_patch_commit(repo: Path, patch: Path, summary: str, pr: int) -> str:
+def apply_patch(patch: Path, root: Path) -> None:
+    """`git apply -p1` (checked first) in `root`, which holds the package folder.
+
+    Run as outside any repository that merely contains `root`: inside one, `git apply` takes
+    paths relative to that repository's top level and silently skips what lies outside.
+    """
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(Path(root).resolve().parent))
     for args in (["--check"], []):
         proc = subprocess.run(
-            ["git", "apply", "-p1", *args, str(patch.resolve())], cwd=repo, capture_output=True, text=True
+            ["git", "apply", "-p1", *args, str(patch.resolve())], cwd=root, capture_output=True, text=True, env=env
         )
         if proc.returncode != 0:
             raise UsageError(f"{patch} does not apply to the framework's sources: {proc.stderr.strip()}")
+
+
+def apply_patch_commit(repo: Path, patch: Path, summary: str, pr: int) -> str:
+    apply_patch(patch, repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", f"{summary} (#{pr})")
     return git(repo, "rev-parse", "HEAD")

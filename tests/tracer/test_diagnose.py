@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from ekka.bench import apply_patch, copy_sources, find_cases, installed_framework_dir
+from ekka.bench import copy_sources, find_cases, installed_framework_dir
+from ekka.bisect.framework_repo import apply_patch
 from ekka.cli import main
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.zoo import list_architectures
