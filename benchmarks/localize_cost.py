@@ -4,10 +4,17 @@ Target (issue): localization of a bench case costs at most 2x the time of one un
 plus one transformers run of the same prompt, engine start excluded.
 
 Baseline, measured in one process: start the vLLM engine (excluded), time greedy generation of
-the case's prompt (median of 5); load the transformers model (excluded), time its greedy loop
-(median of 5). Localization: `run_diagnosis` on the same model and prompt; its cost is the
-traced generation + replay (from the target's own timings, engine start excluded) + the
-reference captures + the analysis. Prints a JSON line with the medians and the ratio.
+the case's prompt six times (the first request, then the median of five warm ones, each with
+its tokens shifted so that vLLM's prefix cache cannot serve it); load the transformers model
+(excluded), time its greedy loop the same way.
+
+Localization: `run_diagnosis` on the same model and prompt, `--runs` times in this process. Its
+cost, from the captures' own timings: the target's traced generation + replay + trace writing,
+the teacher-forced reference captures without their model loading, and the analysis. Excluded,
+as the issue says: the engine start, which in a capture includes one untraced two-token
+warm-up request (so the traced request is a warm one, like the baseline's median), and the
+process start. The ratio is localization (median) / (warm vLLM + warm transformers); the
+first-request baseline is printed too. Prints one JSON line.
 
     .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 3]
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,13 +38,17 @@ from vllm import LLM, SamplingParams
 model, ids, n, dtype = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 llm = LLM(model=model, skip_tokenizer_init=True, enforce_eager=True, gpu_memory_utilization=0.3, dtype=dtype, max_model_len=256, seed=0)
 params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+vocab = json.load(open(os.path.join(model, "config.json")))["vocab_size"]
 vllm_runs = []
-for _ in range(5):
-    t = time.perf_counter(); llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False); vllm_runs.append(time.perf_counter() - t)
+for k in range(6):
+    # every run a prompt of its own (same length, every token shifted): vLLM's prefix cache
+    # would otherwise serve the repeated prompt's prefill from the first run's blocks
+    prompt = [(t + 7 * k) % vocab for t in ids]
+    t = time.perf_counter(); llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False); vllm_runs.append(time.perf_counter() - t)
 from transformers import AutoModelForCausalLM
 hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
 hf_runs = []
-for _ in range(5):
+for _ in range(6):
     t = time.perf_counter()
     with torch.no_grad():
         seq, past = list(ids), None
@@ -45,7 +57,8 @@ for _ in range(5):
             out = hf(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
             past = out.past_key_values; seq.append(int(out.logits[0, -1].argmax()))
     hf_runs.append(time.perf_counter() - t)
-print(json.dumps({"vllm": statistics.median(vllm_runs), "transformers": statistics.median(hf_runs)}))
+print(json.dumps({"vllm": statistics.median(vllm_runs[1:]), "transformers": statistics.median(hf_runs[1:]),
+                  "vllm_first": vllm_runs[0], "transformers_first": hf_runs[0]}))
 '''
 
 
@@ -57,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "bench" / "cases")
     parser.add_argument("--case", default="llama-rmsnorm-eps-ignored")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
     parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
     args = parser.parse_args()
@@ -75,20 +88,25 @@ def main() -> None:
     baseline = json.loads(proc.stdout.strip().splitlines()[-1])
     costs, walls, parts = [], [], []
     for i in range(args.runs):
+        shutil.rmtree(args.work / f"run{i}", ignore_errors=True)
         start = time.perf_counter()
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
                                                  dtype=case.dtype, max_tokens=case.max_tokens))
         walls.append(time.perf_counter() - start)
         run = args.work / f"run{i}"
-        timings = TraceReader(run / "target").manifest.get("timings", {})
+        target_manifest = TraceReader(run / "target").manifest
+        timings = target_manifest.get("timings", {})
         s = diagnosis.seconds
         # model loading is excluded on the reference side as the engine start is on the target side
         loads = sum(TraceReader(p).manifest.get("timings", {}).get("load", 0)
                     for p in run.iterdir() if p.name.startswith("reference"))
+        replay = run / "target" / "replay"
+        replay_manifest = TraceReader(replay).manifest if (replay / "manifest.json").exists() else {}
         part = {
             "target_traced_generate": timings.get("traced_generate", 0),
-            "target_replay": timings.get("replay", 0),
-            "references_without_load": s["reference_prefill"] + s["reference"] - loads,
+            "target_replay": replay_manifest.get("timings", {}).get("replay", 0),
+            "target_write": target_manifest.get("write_seconds", 0) + replay_manifest.get("write_seconds", 0),
+            "references_without_load": s["reference"] - loads,
             "analysis": s["analysis"],
         }
         parts.append(part)
@@ -98,7 +116,10 @@ def main() -> None:
         "case": case.id,
         "untraced_vllm_s": round(baseline["vllm"], 3),
         "untraced_transformers_s": round(baseline["transformers"], 3),
+        "first_request_vllm_s": round(baseline["vllm_first"], 3),
+        "first_request_transformers_s": round(baseline["transformers_first"], 3),
         "localization_s_median": round(statistics.median(costs), 3),
+        "localization_s_all": [round(c, 3) for c in costs],
         "ratio": round(statistics.median(costs) / base, 2),
         "wall_with_process_and_engine_start_s_median": round(statistics.median(walls), 1),
         "parts_of_median_run": {k: round(v, 3) for k, v in sorted(zip(costs, parts), key=lambda x: x[0])[len(costs) // 2][1].items()},

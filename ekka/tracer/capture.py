@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,8 @@ class CaptureSpec:
     # transformers only: teacher forcing. One forward pass over prompt + forced_ids (the tokens
     # the target generated), so that every target pass can be compared at the same positions.
     forced_ids: tuple[int, ...] = ()
-    # vLLM only: a reference trace of the prompt's prefill; leaf modules are replayed on its inputs.
+    # vLLM only: a reference trace covering the prompt (a prefill, or a teacher-forced pass);
+    # leaf modules are replayed on its inputs.
     replay_reference: str | None = None
 
     def to_json(self) -> str:
@@ -97,12 +100,12 @@ def read_config(model: str | Path) -> dict[str, Any]:
     return dict(config)
 
 
-def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config.get("text_config") or config
 
 
 def head_size(config: Mapping[str, Any]) -> int:
-    cfg = _text_config(config)
+    cfg = text_config(config)
     if cfg.get("head_dim"):
         return int(cfg["head_dim"])
     return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
@@ -121,7 +124,7 @@ def check_cpu_shapes(config: Mapping[str, Any]) -> None:
 
 
 def context_length(config: Mapping[str, Any]) -> int | None:
-    cfg = _text_config(config)
+    cfg = text_config(config)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if cfg.get(key):
             return int(cfg[key])
@@ -141,7 +144,7 @@ def check_prompt_length(config: Mapping[str, Any], prompt_len: int, max_tokens: 
 
 
 def check_vocab(config: Mapping[str, Any], ids: Sequence[int]) -> None:
-    vocab = _text_config(config).get("vocab_size")
+    vocab = text_config(config).get("vocab_size")
     bad = [i for i in ids if i < 0 or (vocab is not None and i >= int(vocab))]
     if bad:
         raise UsageError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab}).")
@@ -215,54 +218,98 @@ def _subprocess_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
     return env
 
 
+# Called by a vLLM capture once its trace is written, with the generated token ids; returns
+# what to replay: {"replay_reference": trace path, "modules": names or None for every leaf},
+# a bare path (every leaf), or None (no replay).
+ReplayRequest = "dict[str, Any] | str | None"
+AfterGenerate = Callable[[list[int]], ReplayRequest]
+CONTROL_ENV = "EKKA_CAPTURE_CONTROL"  # "WRITE_FD,READ_FD" of the pipes to the parent
+
+
 def capture(
     spec: CaptureSpec,
     *,
     pythonpath: Sequence[str | Path] = (),
     timeout: float | None = None,
     in_process: bool | None = None,
+    after_generate: AfterGenerate | None = None,
 ) -> TraceReader:
     """Capture `spec` and return a reader on the written trace.
 
     vLLM runs in a subprocess (with `pythonpath` first on its path: a patched copy of the
     framework's sources); transformers runs here unless `in_process` is False.
+
+    `after_generate` (vLLM only) runs here while the target's process waits, its trace written:
+    it gets the generated ids (to teacher-force references on them, and to analyse the trace)
+    and returns what to replay, on which reference; the target's process then replays those
+    modules into `<out>/replay`. `timeout` bounds the target's own time, not the time spent in
+    `after_generate`.
     """
     validate(spec)
     spec = replace(spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve()))
+    if after_generate is not None and spec.framework != "vllm":
+        raise ValueError("after_generate is for vLLM captures only.")
     if in_process is None:
         in_process = spec.framework == "transformers" and not pythonpath
     if in_process:
         if spec.framework == "vllm":
             from ekka.tracer.adapters import vllm as adapter
+
+            adapter.run(spec, after_generate=after_generate)
         else:
             from ekka.tracer.adapters import transformers as adapter  # type: ignore[no-redef]
-        adapter.run(spec)
+
+            adapter.run(spec)
         return TraceReader(spec.out)
-    return _capture_subprocess(spec, pythonpath=pythonpath, timeout=timeout)
+    return _capture_subprocess(spec, pythonpath=pythonpath, timeout=timeout, after_generate=after_generate)
 
 
 def _capture_subprocess(
-    spec: CaptureSpec, *, pythonpath: Sequence[str | Path], timeout: float | None
+    spec: CaptureSpec,
+    *,
+    pythonpath: Sequence[str | Path],
+    timeout: float | None,
+    after_generate: AfterGenerate | None = None,
 ) -> TraceReader:
     module = f"ekka.tracer.adapters.{spec.framework}"
     with tempfile.TemporaryDirectory(prefix="ekka-capture-") as tmp:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(spec.to_json())
         log_file = Path(tmp) / "log.txt"
+        env = _subprocess_env(pythonpath)
+        fds: tuple[int, ...] = ()
+        if after_generate is not None:
+            from_child, child_out = os.pipe()
+            child_in, to_child = os.pipe()
+            fds = (child_out, child_in)
+            env[CONTROL_ENV] = f"{child_out},{child_in}"
         with open(log_file, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, str(spec_file)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, pass_fds=fds,
+            )
+            for fd in fds:
+                os.close(fd)
             try:
-                proc = subprocess.run(
-                    [sys.executable, "-m", module, str(spec_file)],
-                    env=_subprocess_env(pythonpath),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    cwd=tmp,
-                )
+                waited = 0.0
+                if after_generate is not None:
+                    waited = _serve_child(proc, from_child, to_child, after_generate, timeout)
+                proc.wait(timeout=None if timeout is None else max(timeout - waited, 1.0))
             except subprocess.TimeoutExpired:
-                raise CaptureError(
-                    f"{spec.framework} capture did not finish within {timeout:.0f} s."
-                ) from None
+                proc.kill()
+                proc.wait()
+                raise CaptureError(f"{spec.framework} capture did not finish within {timeout:.0f} s.") from None
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                if after_generate is not None:
+                    for fd in (from_child, to_child):
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
         if proc.returncode != 0:
             tail = log_file.read_text(errors="replace")[-4000:]
             error_line = _last_error_line(tail)
@@ -271,6 +318,51 @@ def _capture_subprocess(
                 f"--- last lines of its log ---\n{tail}"
             )
     return TraceReader(spec.out)
+
+
+def _serve_child(
+    proc: subprocess.Popen[Any], from_child: int, to_child: int, after_generate: AfterGenerate, timeout: float | None
+) -> float:
+    """Wait for the child's generated ids, answer with `after_generate`'s reference path.
+
+    Returns the seconds the child had used by then (its time budget continues after). A child
+    that exits without asking (it failed) is left for the caller to report.
+    """
+    start = time.monotonic()
+    data = b""
+    while not data.endswith(b"\n"):
+        left = None if timeout is None else timeout - (time.monotonic() - start)
+        if left is not None and left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+        ready, _, _ = select.select([from_child], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(from_child, 65536)
+        if not chunk:  # the child is gone before asking: its exit code and log tell why
+            return time.monotonic() - start
+        data += chunk
+    used = time.monotonic() - start
+    generated = [int(i) for i in json.loads(data.decode())["generated_ids"]]
+    request = after_generate(generated)
+    os.write(to_child, (json.dumps({"request": request}) + "\n").encode())
+    return used
+
+
+def ask_parent(generated: list[int]) -> Any:
+    """In a capture subprocess started with `after_generate`: send the generated ids to the
+    parent and wait for its answer (what to replay). None when not started so."""
+    control = os.environ.get(CONTROL_ENV)
+    if not control:
+        return None
+    write_fd, read_fd = (int(x) for x in control.split(","))
+    os.write(write_fd, (json.dumps({"generated_ids": generated}) + "\n").encode())
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            raise CaptureError("the capturing process stopped answering (it failed or was interrupted).")
+        data += chunk
+    return json.loads(data.decode()).get("request")
 
 
 def _last_error_line(log: str) -> str:

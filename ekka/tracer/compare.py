@@ -11,8 +11,8 @@ the reference is finite is an infinite ratio.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -49,29 +49,46 @@ def measure(
 ) -> tuple[float, float, float, torch.Tensor]:
     """(ratio, target relative error, noise, ratio per token) of one aligned component.
 
-    One pass over each difference: per-row norms, from which the totals follow. A NaN or inf
-    on the target side makes the difference's norm non-finite: error and ratio are then inf.
+    One pass over each difference: per-row norms, from which the totals follow (`figures`). A
+    NaN or inf on the target side makes the difference's norm non-finite: error and ratio are
+    then inf.
+    """
+    y_rows = _row_norms(y_reference).tolist()
+    t_rows = _row_norms(x_target - y_reference).tolist()
+    n_rows = None if x_reference is y_reference else _row_norms(x_reference - y_reference).tolist()
+    ratio, error, noise, tokens = figures(y_rows, t_rows, n_rows, NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"]))
+    return ratio, error, noise, torch.tensor(tokens, dtype=torch.float64)
+
+
+def _norm(values: Sequence[float]) -> float:
+    return math.sqrt(math.fsum(v * v for v in values))
+
+
+def figures(
+    y_rows: Sequence[float], t_rows: Sequence[float], n_rows: Sequence[float] | None, floor: float
+) -> tuple[float, float, float, list[float]]:
+    """(ratio, error, noise, per-token ratios) from the per-row norms of the reference `y`, of
+    the target's difference `t` and of the serving-dtype reference's difference `n` (None: the
+    reference is its own float32 run, no noise beyond the floor).
+
     The per-token ratio divides each token's error by that token's noise, but never by less
     than the median token's noise (a token whose reference happens to round exactly would
-    otherwise look like an outlier) nor less than the dtype's floor.
+    otherwise look like an outlier) nor less than the dtype's floor. Plain floats: a component
+    has a few hundred rows at most per pass, and one tensor op costs more than that loop.
     """
-    floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
-    y_rows = _row_norms(y_reference)
-    y_total = _total(y_rows) or 1e-30
-    t_rows = _row_norms(x_target - y_reference)
-    t_total = _total(t_rows)
+    y_total = _norm(y_rows) or 1e-30
+    t_total = _norm(t_rows)
     error = t_total / y_total if math.isfinite(t_total) else math.inf
-    if x_reference is y_reference:
-        noise_rows = torch.zeros_like(y_rows)
-        noise = 0.0
-    else:
-        noise_rows = _row_norms(x_reference - y_reference)
-        noise = _total(noise_rows) / y_total
+    noise = 0.0 if n_rows is None else _norm(n_rows) / y_total
     noise = max(noise, floor) if math.isfinite(noise) else noise
     ratio = error / noise if noise > 0 else math.inf
-    token_noise = torch.maximum(noise_rows, floor * y_rows)
-    token_noise = torch.maximum(token_noise, token_noise.median()).clamp_min(1e-30)
-    return ratio, error, noise, torch.nan_to_num(t_rows / token_noise, nan=math.inf)
+    token_noise = [floor * y for y in y_rows] if n_rows is None else [max(n, floor * y) for n, y in zip(n_rows, y_rows)]
+    median = sorted(token_noise)[(len(token_noise) - 1) // 2] if token_noise else 0.0  # torch's (lower) median
+    tokens = []
+    for t, n in zip(t_rows, token_noise):
+        value = t / max(n, median, 1e-30)
+        tokens.append(math.inf if value != value else value)  # NaN -> inf
+    return ratio, error, noise, tokens
 
 
 def compute_error_ratio(
@@ -124,31 +141,35 @@ def iter_comparisons(
     mapping: ComponentMap | None = None,
     step: int | None = None,
 ) -> Iterator[Comparison]:
-    """Stream the aligned comparisons, in the target's call order, one record at a time."""
+    """The aligned comparisons, in the target's call order (a module's input before its output).
+
+    Worked out component by component: every pass (step) of a component is measured against
+    one gather of the reference rows at all of their positions, since a teacher-forced
+    reference computes the whole sequence in one pass. Only one component's tensors are held
+    at a time.
+    """
     mapping = mapping or plan_components(target, reference)
     aligner = Aligner(target, reference, reference32)
     passes = {p.index: p for p in target.passes}
     high = reference32 or reference
     dtype = target.dtype
     routing = RoutingTolerance(target.manifest.get("model_config") or {}, dtype)
-    sequence = 0
+    components: dict[str, list[Any]] = {}  # name -> its records, in order of first call
     for record in target.records:
         if step is not None and record.step != step:
             continue
-        plan = mapping.plans.get(record.name)
-        info = passes.get(record.pass_index)
-        if plan is None or info is None:
-            continue
-        routing.begin(record.pass_index)
-        if record.inputs and _input_comparable(plan):
-            comparison = _compare_input(aligner, record, plan, info, reference, high, dtype, sequence)
-            if comparison is not None:
-                sequence += 1
-                yield comparison
-        comparison = _compare(aligner, record, plan, info, reference, high, dtype, sequence, routing)
-        if comparison is not None:
-            sequence += 1
-            yield comparison
+        if record.name in mapping.plans and record.pass_index in passes:
+            components.setdefault(record.name, []).append(record)
+    found: list[tuple[tuple[int, int], dict[str, Any]]] = []  # the fields of each comparison
+    for name, records in components.items():
+        plan = mapping.plans[name]
+        batch = _Batch(aligner, plan, records, passes, reference, high, dtype)
+        if _input_comparable(plan):
+            found.extend(((c_record.index, 0), c) for c_record, c in batch.inputs())
+        found.extend(((c_record.index, 1), c) for c_record, c in batch.outputs(routing))
+    found.sort(key=lambda item: item[0])
+    for sequence, (_, fields) in enumerate(found):
+        yield Comparison(sequence=sequence, **fields)
 
 
 class RoutingTolerance:
@@ -167,12 +188,15 @@ class RoutingTolerance:
         self.top_k = int(text.get("num_experts_per_tok") or 0)
         self.floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
         self.pass_index = -1
-        self.rows: set[int] = set()
+        self._rows: dict[int, set[int]] = {}  # pass -> discounted rows
+
+    @property
+    def rows(self) -> set[int]:
+        return self._rows.setdefault(self.pass_index, set())
 
     def begin(self, pass_index: int) -> None:
-        if pass_index != self.pass_index:
-            self.pass_index = pass_index
-            self.rows = set()
+        """Later calls of observe and keep are about this pass."""
+        self.pass_index = pass_index
 
     def observe(self, x: torch.Tensor, x_r: torch.Tensor, y_r: torch.Tensor) -> None:
         if not self.experts or not self.top_k or x.dim() != 2 or x.shape[-1] != self.experts:
@@ -186,12 +210,13 @@ class RoutingTolerance:
         scale = y_r.abs().max(dim=-1).values * self.floor
         near_tie = margin <= 4 * torch.maximum(noise, scale)
         flipped = (target_sets != reference_sets).any(dim=-1)
-        self.rows |= {int(i) for i in torch.nonzero(flipped & near_tie).flatten()}
+        self.rows.update(int(i) for i in torch.nonzero(flipped & near_tie).flatten())
 
     def keep(self, rows: int) -> list[int] | None:
-        if not self.rows:
+        discounted = self._rows.get(self.pass_index)
+        if not discounted:
             return None
-        return [i for i in range(rows) if i not in self.rows]
+        return [i for i in range(rows) if i not in discounted]
 
 
 def _input_comparable(plan: Plan) -> bool:
@@ -199,97 +224,193 @@ def _input_comparable(plan: Plan) -> bool:
     return plan.slot == "out" and plan.target_op == "first" and plan.reference_op in (None, "concat")
 
 
-def _compare_input(
-    aligner: Aligner, record: Any, plan: Plan, info: Any, reference: TraceReader,
-    high: TraceReader, dtype: str, sequence: int,
-) -> Comparison | None:
-    """Compare what the target module received with what the reference module received.
+Segment = tuple[Any, list[torch.Tensor], list[int]]  # (record, candidate target tensors, positions)
 
-    A fused add-norm receives `(x, residual)` where the reference receives their sum: both
-    readings are tried and the closer one is kept.
+
+class _Batch:
+    """Every pass of one target component, measured against one gather of the reference.
+
+    The row norms of all passes are taken in one operation per tensor, then split per pass:
+    per-pass work is plain arithmetic on floats.
     """
-    inputs = aligner.target.inputs(record)
-    first_in = inputs.get("0")
-    if first_in is None or not first_in.is_floating_point():
-        return None
-    candidates = [first_in]
-    second = inputs.get("1")
-    if second is not None and second.shape == first_in.shape and second.is_floating_point():
-        candidates.append(first_in + second)
-    in_plan = Plan(plan.target, "first", plan.reference[:1], None, slot="in", rule="input")
-    rows = len(info.positions)
-    try:
-        xs = [transforms.to_rows(c, rows).float() for c in candidates]
-    except RuntimeError:
-        return None
-    positions = positions_for(xs[0].shape[0], info)
-    x_r = aligner.reference_tensor(reference, in_plan, positions)
-    y_r = x_r if high is reference else aligner.reference_tensor(high, in_plan, positions)
-    if x_r is None or y_r is None:
-        return None
-    xs = [x for x in xs if x.shape == x_r.shape]
-    if not xs:
-        return None
-    x = min(xs, key=lambda t: compute_relative_error(t, y_r))
-    return _comparison(record, in_plan, x, x_r, y_r, dtype, positions, sequence, kind="input")
 
+    def __init__(
+        self, aligner: Aligner, plan: Plan, records: list[Any], passes: dict[int, Any],
+        reference: TraceReader, high: TraceReader, dtype: str,
+    ) -> None:
+        self.aligner, self.plan, self.records, self.passes = aligner, plan, records, passes
+        self.reference, self.high, self.dtype = reference, high, dtype
+        self.floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
 
-def _compare(
-    aligner: Aligner, record: Any, plan: Plan, info: Any, reference: TraceReader,
-    high: TraceReader, dtype: str, sequence: int, routing: RoutingTolerance | None = None,
-) -> Comparison | None:
-    try:
-        x = aligner.target_tensor(record, plan, len(info.positions))
-    except (RuntimeError, AssertionError, IndexError):
-        return None
-    positions = positions_for(x.shape[0], info)
-    x_r = aligner.reference_tensor(reference, plan, positions)
-    y_r = x_r if high is reference else aligner.reference_tensor(high, plan, positions)
-    if x_r is None or y_r is None:
-        return None
-    if x.shape != x_r.shape:
-        x = _fit_partial(x, x_r, _qk_heads(aligner.target.manifest.get("model_config") or {}))
-        if x is None:
+    def _gather(self, plan: Plan, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        x_r = self.aligner.reference_tensor(self.reference, plan, positions)
+        if x_r is None:
             return None
-    discounted = 0
-    if routing is not None:
-        routing.observe(x, x_r, y_r)
-        keep = routing.keep(x.shape[0])
-        if keep is not None and len(keep) < x.shape[0] and keep:
-            discounted = x.shape[0] - len(keep)
-            x, x_r, y_r = x[keep], x_r[keep], y_r[keep]
-            positions = [positions[i] for i in keep]
-    comparison = _comparison(record, plan, x, x_r, y_r, dtype, positions, sequence)
-    return replace(comparison, discounted_tokens=discounted) if discounted else comparison
+        y_r = x_r if self.high is self.reference else self.aligner.reference_tensor(self.high, plan, positions)
+        return None if y_r is None else (x_r, y_r)
+
+    def _rows(
+        self, plan: Plan, segments: list[Segment], whole: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> list[tuple[Segment, list[float], list[list[float]], list[float] | None]]:
+        """Per segment: the reference's row norms, each candidate's error row norms, and the
+        serving-dtype reference's noise row norms (None in float32).
+
+        One gather and one norm per tensor for all segments when every position is in the
+        reference and every shape fits; else segment by segment, dropping those that do not fit.
+        """
+        if not segments:
+            return []
+        if whole is None:
+            whole = self._gather(plan, [p for _, _, positions in segments for p in positions])
+        count = len(segments[0][1])
+        if whole is not None and all(
+            len(xs) == count and all(x.shape[1:] == whole[0].shape[1:] and x.shape[0] == len(ps) for x in xs)
+            for _, xs, ps in segments
+        ):
+            x_r, y_r = whole
+            y = _row_norms(y_r).tolist()
+            n = None if x_r is y_r else _row_norms(x_r - y_r).tolist()
+            ts = [_row_norms(_cat([xs[c] for _, xs, _ in segments]) - y_r).tolist() for c in range(count)]
+            out, start = [], 0
+            for segment in segments:
+                end = start + len(segment[2])
+                out.append((segment, y[start:end], [t[start:end] for t in ts], None if n is None else n[start:end]))
+                start = end
+            return out
+        out = []
+        for record, xs, positions in segments:
+            pair = self._gather(plan, positions)
+            if pair is None:
+                continue
+            x_r, y_r = pair
+            fits = [x for x in xs if x.shape == x_r.shape]
+            if fits:
+                n = None if x_r is y_r else _row_norms(x_r - y_r).tolist()
+                ts = [_row_norms(x - y_r).tolist() for x in fits]
+                out.append(((record, fits, positions), _row_norms(y_r).tolist(), ts, n))
+        return out
+
+    def inputs(self) -> list[tuple[Any, dict[str, Any]]]:
+        """What the target module received against what the reference module received.
+
+        A fused add-norm receives `(x, residual)` where the reference receives their sum: both
+        readings are tried and the closer one is kept.
+        """
+        in_plan = Plan(self.plan.target, "first", self.plan.reference[:1], None, slot="in", rule="input")
+        segments: list[Segment] = []
+        for record in self.records:
+            if not record.inputs:
+                continue
+            inputs = self.aligner.target.inputs(record)
+            first_in = inputs.get("0")
+            if first_in is None or not first_in.is_floating_point():
+                continue
+            candidates = [first_in]
+            second = inputs.get("1")
+            if second is not None and second.shape == first_in.shape and second.is_floating_point():
+                candidates.append(first_in + second)
+            rows = len(self.passes[record.pass_index].positions)
+            try:
+                xs = [transforms.to_rows(c, rows).float() for c in candidates]
+            except RuntimeError:
+                continue
+            segments.append((record, xs, positions_for(xs[0].shape[0], self.passes[record.pass_index])))
+        found = []
+        for (record, _, positions), y_rows, candidates, n_rows in self._rows(in_plan, segments):
+            best = min(candidates, key=_norm)
+            found.append((record, self._comparison(record, in_plan, y_rows, best, n_rows, positions, "input")))
+        return found
+
+    def outputs(self, routing: RoutingTolerance | None = None) -> list[tuple[Any, dict[str, Any]]]:
+        segments: list[Segment] = []
+        for record in self.records:
+            try:
+                x = self.aligner.target_tensor(record, self.plan, len(self.passes[record.pass_index].positions))
+            except (RuntimeError, AssertionError, IndexError):
+                continue
+            segments.append((record, [x], positions_for(x.shape[0], self.passes[record.pass_index])))
+        if routing is not None and routing.experts:
+            return self._routed(segments, routing)
+        whole = self._gather(self.plan, [p for _, _, positions in segments for p in positions]) if segments else None
+        if whole is not None and any(x.shape[-1] != whole[0].shape[-1] for _, (x,), _ in segments):
+            fitted = self._fit(segments, whole[0].shape[-1])
+            whole = whole if len(fitted) == len(segments) else None  # rows no longer line up
+            segments = fitted
+        return [
+            (record, self._comparison(record, self.plan, y_rows, t_rows, n_rows, positions, "output"))
+            for (record, _, positions), y_rows, (t_rows,), n_rows in self._rows(self.plan, segments, whole)
+        ]
+
+    def _fit(self, segments: list[Segment], width: int) -> list[Segment]:
+        """Partial rotary: cut the target's q|k to the rotated dims the reference records."""
+        heads = _qk_heads(self.aligner.target.manifest.get("model_config") or {})
+        fitted = []
+        for record, (x,), positions in segments:
+            cut = _fit_partial(x, torch.empty(x.shape[0], width), heads) if x.shape[-1] != width else x
+            if cut is not None:
+                fitted.append((record, [cut], positions))
+        return fitted
+
+    def _routed(self, segments: list[Segment], routing: RoutingTolerance) -> list[tuple[Any, dict[str, Any]]]:
+        """MoE models: pass by pass, so that tokens a router discounted leave the later ratios."""
+        found = []
+        for record, (x,), positions in segments:
+            pair = self._gather(self.plan, positions)
+            if pair is None:
+                continue
+            x_r, y_r = pair
+            if x.shape != x_r.shape:
+                fitted = self._fit([(record, [x], positions)], x_r.shape[-1])
+                if not fitted or fitted[0][1][0].shape != x_r.shape:
+                    continue
+                x = fitted[0][1][0]
+            routing.begin(record.pass_index)
+            routing.observe(x, x_r, y_r)
+            keep = routing.keep(x.shape[0])
+            discounted = 0
+            if keep is not None and len(keep) < x.shape[0] and keep:
+                discounted = x.shape[0] - len(keep)
+                x, x_r, y_r = x[keep], (y_r[keep] if x_r is y_r else x_r[keep]), y_r[keep]
+                if self.high is self.reference:
+                    x_r = y_r
+                positions = [positions[i] for i in keep]
+            n_rows = None if x_r is y_r else _row_norms(x_r - y_r).tolist()
+            fields = self._comparison(
+                record, self.plan, _row_norms(y_r).tolist(), _row_norms(x - y_r).tolist(), n_rows, positions, "output"
+            )
+            found.append((record, {**fields, "discounted_tokens": discounted}))
+        return found
+
+    def _comparison(
+        self, record: Any, plan: Plan, y_rows: list[float], t_rows: list[float], n_rows: list[float] | None,
+        positions: list[int], kind: str,
+    ) -> dict[str, Any]:
+        """The fields of the comparison (all but its sequence number, given once sorted)."""
+        ratio, error, noise, tokens = figures(y_rows, t_rows, n_rows, self.floor)
+        worst = max(range(len(tokens)), key=tokens.__getitem__) if tokens else 0
+        return {
+            "target": record.name,
+            "module_class": record.module_class,
+            "source_file": record.source_file,
+            "source_line": record.source_line,
+            "pass_index": record.pass_index,
+            "step": record.step,
+            "call_index": record.call_index,
+            "plan": plan.describe(),
+            "inferred": plan.inferred,
+            "ratio": ratio,
+            "error": error,
+            "noise": noise,
+            "nonfinite": not math.isfinite(error),
+            "worst_position": positions[worst] if positions else 0,
+            "rows": len(t_rows),
+            "kind": kind,
+            "token_ratio": tokens[worst] if tokens else ratio,
+        }
 
 
-def _comparison(
-    record: Any, plan: Plan, x: torch.Tensor, x_r: torch.Tensor, y_r: torch.Tensor, dtype: str,
-    positions: list[int], sequence: int, kind: str = "output",
-) -> Comparison:
-    ratio, error, noise, tokens = measure(x, x_r, y_r, dtype)
-    worst = int(tokens.argmax()) if tokens.numel() else 0
-    token_ratio = float(tokens[worst]) if tokens.numel() else ratio
-    return Comparison(
-        sequence=sequence,
-        target=record.name,
-        module_class=record.module_class,
-        source_file=record.source_file,
-        source_line=record.source_line,
-        pass_index=record.pass_index,
-        step=record.step,
-        call_index=record.call_index,
-        plan=plan.describe(),
-        inferred=plan.inferred,
-        ratio=ratio,
-        error=error,
-        noise=noise,
-        nonfinite=not math.isfinite(error),
-        worst_position=positions[worst] if positions else 0,
-        rows=x.shape[0],
-        kind=kind,
-        token_ratio=token_ratio,
-    )
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _fit_partial(x: torch.Tensor, y: torch.Tensor, heads: int | None = None) -> torch.Tensor | None:

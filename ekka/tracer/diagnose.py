@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ekka.errors import CaptureError
 from ekka.tracer.align import infer_missing, plan_components
 from ekka.tracer.capture import CaptureSpec, capture
 from ekka.tracer.compare import Comparison, iter_comparisons
 from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
-from ekka.tracer.trace import TraceReader
+from ekka.tracer.trace import REPLAY_FOLDER, TraceReader, is_trace
 
 Progress = Callable[[str], None]
 
@@ -105,43 +106,51 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             **fields,
         )
 
-    t0 = time.perf_counter()
-    say(f"reference: transformers, {config.dtype}, prompt prefill (inputs for replay)")
-    prefill = capture(spec("transformers", "reference-prefill", config.dtype, max_tokens=1, steps="prefill"))
-    seconds["reference_prefill"] = time.perf_counter() - t0
+    # The target generates and writes its trace; while its process waits (engine up), the
+    # references are teacher-forced on its tokens (one pass each over prompt + generated), the
+    # trace is analysed, and the target's process replays only the suspects found, on the
+    # serving-dtype reference's inputs.
+    dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
+    references: dict[str, TraceReader] = {}
+    found: dict[str, Any] = {}
+
+    def references_and_analysis(generated: list[int]) -> dict[str, Any]:
+        t_ref = time.perf_counter()
+        forced = tuple(generated[:-1])
+        for dtype in dtypes:
+            say(f"reference: transformers, {dtype}, teacher-forced on the target's tokens")
+            references[dtype] = capture(
+                spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens, forced_ids=forced)
+            )
+        seconds["reference"] = time.perf_counter() - t_ref
+        t_analysis = time.perf_counter()
+        say("aligning and measuring")
+        found.update(analyse(TraceReader(work / "target"), references, config.dtype, config.threshold))
+        seconds["analysis"] = time.perf_counter() - t_analysis
+        suspects = [s.component for s in found["localization"].suspects]
+        if suspects:
+            say(f"target: replaying {len(suspects)} suspect(s) on the reference's inputs")
+        return {"replay_reference": str(references[config.dtype].path), "modules": suspects}
 
     t0 = time.perf_counter()
     say("target: vLLM generates, traced")
     target = capture(
-        spec(
-            "vllm", "target", config.dtype, max_tokens=config.max_tokens,
-            engine=dict(config.engine), replay_reference=str(prefill.path),
-        ),
+        spec("vllm", "target", config.dtype, max_tokens=config.max_tokens, engine=dict(config.engine)),
         pythonpath=config.target_pythonpath,
         timeout=config.timeout,
+        after_generate=references_and_analysis,
     )
-    seconds["target"] = time.perf_counter() - t0
-    forced = tuple(target.generated_ids[:-1])
-
+    seconds["target"] = time.perf_counter() - t0 - seconds.get("reference", 0.0) - seconds.get("analysis", 0.0)
+    if "localization" not in found:  # the target's process ended without asking
+        raise CaptureError("the target's capture ended before the references could be made.")
     t0 = time.perf_counter()
-    dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
-    references: dict[str, TraceReader] = {}
-    for dtype in dtypes:
-        say(f"reference: transformers, {dtype}, teacher-forced on the target's tokens")
-        references[dtype] = capture(
-            spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens, forced_ids=forced)
-        )
-    seconds["reference"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    say("aligning and measuring")
     reference = references[config.dtype]
     reference32 = references.get("float32") if config.dtype != "float32" else None
-    mapping = infer_missing(plan_components(target, reference), target, reference)
-    comparisons = list(iter_comparisons(target, reference, reference32, mapping=mapping))
-    localization = localize(comparisons, config.threshold)
-    confirm_by_replay(localization, target, reference, reference32, mapping, config.dtype)
-    seconds["analysis"] = time.perf_counter() - t0
+    mapping, comparisons, localization = found["mapping"], found["comparisons"], found["localization"]
+    replays = target.path / REPLAY_FOLDER
+    if is_trace(replays):
+        confirm_by_replay(localization, TraceReader(replays), reference, reference32, mapping, config.dtype)
+    seconds["analysis"] += time.perf_counter() - t0
     compared = {c.target for c in comparisons}
     unmapped = {name: u.reason for name, u in mapping.unmapped.items()}
     for record in target.records:
@@ -166,24 +175,36 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     )
 
 
+def analyse(
+    target: TraceReader, references: Mapping[str, TraceReader], dtype: str, threshold: float
+) -> dict[str, Any]:
+    """Alignment, ratios and the change point: the mapping, the comparisons, the localization."""
+    reference = references[dtype]
+    reference32 = references.get("float32") if dtype != "float32" else None
+    mapping = infer_missing(plan_components(target, reference), target, reference)
+    comparisons = list(iter_comparisons(target, reference, reference32, mapping=mapping))
+    return {"mapping": mapping, "comparisons": comparisons, "localization": localize(comparisons, threshold)}
+
+
 def confirm_by_replay(
     localization: Localization,
-    target: TraceReader,
+    replays: TraceReader,
     reference: TraceReader,
     reference32: TraceReader | None,
     mapping: Any,
     dtype: str,
 ) -> None:
-    """Attach the replay verdict to each suspect that was replayed in the target's process."""
+    """Attach the replay verdict to each suspect that was replayed in the target's process
+    (`replays`: the target's replay trace)."""
     from dataclasses import replace
 
     from ekka.tracer.align import Aligner
     from ekka.tracer.compare import compute_error_ratio
 
-    replays = {r.name: r for r in target.records if r.kind == "replay"}
-    aligner = Aligner(target, reference, reference32)
+    replayed = {r.name: r for r in replays.records if r.kind == "replay"}
+    aligner = Aligner(replays, reference, reference32)
     for i, suspect in enumerate(localization.suspects):
-        record = replays.get(suspect.component)
+        record = replayed.get(suspect.component)
         plan = mapping.plans.get(suspect.component)
         if record is None or plan is None:
             continue

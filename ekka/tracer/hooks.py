@@ -6,9 +6,12 @@ ekka.tracer.trace, nothing else of Ekka.
 What it records, per forward pass and in call order:
 - each module's outputs (flattened: a tuple `(hidden, residual)` becomes two tensors), cloned
   at once because frameworks reuse and modify buffers in place;
-- for modules that call no other module while they run (the leaves of the execution: linear
-  layers, norms, activations, rotary, attention), their inputs too, cloned *before* the module
-  runs (vLLM's fused norms add the residual in place).
+- for modules that hold parameters and call no other module while they run (the leaves of the
+  execution that compute with weights: linear layers, norms, embeddings, MoE experts), their
+  inputs too, cloned *before* the module runs (vLLM's fused norms add the residual in place).
+  What such a module receives is what the code around it (its parent's forward) produced, so
+  comparing it finds a bug in that glue. Parameter-free leaves (activations, rotary, attention)
+  receive the outputs of the module before them, already recorded; their inputs are not.
 
 Names: a call is named after the module that made it when the module object is shared (vLLM
 registers one rotary embedding under layer 0 and calls it from every layer): the call is
@@ -139,7 +142,9 @@ class ModuleRecorder:
         self._seen: dict[str, int] = {}
         self._handles: list[Any] = []
         self.modules_by_name: dict[str, torch.nn.Module] = {}  # effective name -> module (replay)
-        self._input_candidates: dict[int, bool] = {}  # module id -> may be a leaf of the execution
+        self._input_candidates: dict[int, bool] = {}  # module id -> holds weights, may be a leaf
+        self._classes: dict[int, tuple[str, str | None, int | None]] = {}  # module id -> class, file, line
+        self._renamed: dict[tuple[str, str], str] = {}  # (registered name, caller) -> effective name
 
     # pass bookkeeping (called by the framework adapter)
     def begin_pass(self, step: int) -> None:
@@ -159,11 +164,17 @@ class ModuleRecorder:
     def _effective_name(self, name: str) -> str:
         """A module object shared by the layers (registered once, under layer 0) is named after
         the layer that called it; any other module keeps its registered name."""
-        if self._stack:
-            own, caller = _LAYER.search(name), _LAYER.search(self._stack[-1][0])
+        if not self._stack:
+            return name
+        key = (name, self._stack[-1][0])
+        found = self._renamed.get(key)
+        if found is None:
+            found = name
+            own, caller = _LAYER.search(name), _LAYER.search(key[1])
             if own and caller and own.group(1) != caller.group(1):
-                name = name[: own.start(1)] + caller.group(1) + name[own.end(1) :]
-        return name
+                found = name[: own.start(1)] + caller.group(1) + name[own.end(1) :]
+            self._renamed[key] = found
+        return found
 
     def _unique(self, name: str) -> str:
         count = self._seen.get(name, 0)
@@ -171,9 +182,14 @@ class ModuleRecorder:
         return name if count == 0 else f"{name}#{count}"
 
     def install(self) -> None:
+        """Hook every module; what the hooks need per module (class, source line, whether it can
+        be a leaf) is worked out here, once, rather than on the first call of each module."""
         for name, module in self.root.named_modules():
             if not name:
                 continue
+            cls = type(module)
+            self._classes[id(module)] = (cls.__name__, *source_location(cls))
+            self._input_candidates[id(module)] = _records_inputs(module)
             self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
 
@@ -190,8 +206,8 @@ class ModuleRecorder:
             self._stack[-1][1] = True
         candidate = self._input_candidates.get(id(module))
         if candidate is None:
-            candidate = self._input_candidates[id(module)] = _no_param_children(module)
-        inputs = _clone_inputs(args, kwargs) if candidate and self._selected(name) else None
+            candidate = self._input_candidates[id(module)] = _records_inputs(module)
+        inputs = _clone_inputs(args, kwargs) if candidate and (not self.patterns or self._selected(name)) else None
         self._stack.append([name, False, inputs])
 
     def _post(
@@ -200,14 +216,17 @@ class ModuleRecorder:
         if not self.recording or not self._stack:
             return
         name, had_child, inputs = self._stack.pop()
-        if not self._selected(name):
+        if self.patterns and not self._selected(name):
             return
-        cls = type(module)
-        file, line = source_location(cls)
-        self.modules_by_name.setdefault(name, module)
+        known = self._classes.get(id(module))
+        if known is None:
+            known = self._classes[id(module)] = (type(module).__name__, *source_location(type(module)))
+        cls_name, file, line = known
+        if name not in self.modules_by_name:
+            self.modules_by_name[name] = module
         self.writer.add(
             name=self._unique(name),
-            module_class=cls.__name__,
+            module_class=cls_name,
             source_file=file,
             source_line=line,
             step=self.step,
@@ -271,8 +290,11 @@ class ModuleRecorder:
         self.call_index += 1
 
 
-def _no_param_children(module: torch.nn.Module) -> bool:
-    return all(not any(True for _ in child.parameters()) for child in module.children())
+def _records_inputs(module: torch.nn.Module) -> bool:
+    """Holds parameters of its own, and no child holds any (so it may be a leaf of the run)."""
+    return any(True for _ in module.parameters(recurse=False)) and all(
+        not any(True for _ in child.parameters()) for child in module.children()
+    )
 
 
 def _clone_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, torch.Tensor | None]:

@@ -5,9 +5,11 @@ upstream. Replayed here: norms, linear layers (fused projections too), fused act
 (`act(gate) * up`), rotary embeddings. Attention needs the engine's per-pass metadata and is
 not replayed.
 
-The target process calls `replay_modules` after generation, with a reference trace of the
-prompt's prefill in the serving dtype; outputs are written as records of kind "replay" under
-the module's name, with the prompt's positions as rows.
+The target process calls `replay_modules` after generation and after writing its trace, with a
+reference trace that covers the prompt (the teacher-forced reference in the serving dtype) and,
+usually, the names of the suspects the caller's analysis found: outputs are written to a trace
+of their own (`<target>/replay`) as records of kind "replay" under the module's name, one row
+per position of the reference's first pass.
 """
 
 from __future__ import annotations
@@ -80,21 +82,24 @@ def reference_inputs(
 
 
 def replay_modules(
-    model: torch.nn.Module,
     modules_by_name: dict[str, torch.nn.Module],
+    records: list[Record],
     writer: TraceWriter,
     reference_path: str,
+    only: list[str] | None = None,
 ) -> int:
-    """Replay every replayable leaf module of the first pass; returns how many were replayed."""
+    """Replay the replayable leaf modules of the target's first pass (`records`, the target's),
+    or those named in `only`; writes one record per module to `writer`, returns how many."""
     reference = TraceReader(reference_path)
     first_pass = reference.passes[0].index if reference.passes else 0
     index = {r.name: r for r in reference.records if r.pass_index == first_pass}
     rows = len(reference.passes[0].positions) if reference.passes else 0
+    wanted = None if only is None else set(only)
     done: set[str] = set()
     count = 0
-    target_records = [r for r in writer.records if r.pass_index == 0 and r.leaf and r.kind == "module"]
+    target_records = [r for r in records if r.pass_index == 0 and r.leaf and r.kind == "module"]
     for record in target_records:
-        if record.name in done:
+        if record.name in done or (wanted is not None and record.name not in wanted):
             continue
         done.add(record.name)
         module = modules_by_name.get(record.name)
@@ -105,7 +110,11 @@ def replay_modules(
             if args is None:
                 continue
             dtype = next((p.dtype for p in module.parameters()), None)
-            args = tuple(a.to(dtype) if dtype is not None and a.is_floating_point() else a for a in args)
+            # fresh copies: the reference's tensors are views of its trace, and a module may
+            # write to its input
+            args = tuple(
+                (a.to(dtype) if dtype is not None and a.is_floating_point() else a).clone() for a in args
+            )
             # vLLM's custom ops carry a pure-PyTorch reference path: replaying through it runs
             # the module's own parameters and settings without the CPU kernels' layout demands
             # (a bf16 rotary kernel fed tensors from outside a forward pass can crash the process).

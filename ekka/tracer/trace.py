@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ekka.errors import OutputFolderError, TraceFormatError
+from ekka.tracer.shards import ShardFile, write_shard
 
 FORMAT = "ekka-trace"
 VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
+REPLAY_FOLDER = "replay"  # a target trace's replays: a trace of their own, inside its folder
 OPEN_SHARDS = 1
 
 
@@ -196,18 +199,12 @@ class TraceWriter:
         self.passes: list[PassInfo] = []
         self.shards: list[str] = []
         self._buffer: dict[str, Any] = {}
-        self._storages: set[int] = set()
         self._buffered = 0
         self._key_shard: dict[str, int] = {}
         self._closed = False
 
     def _put(self, key: str, tensor: Any) -> TensorMeta:
         tensor = tensor.detach().contiguous().cpu()
-        storage = tensor.untyped_storage().data_ptr()
-        if storage in self._storages:  # safetensors refuses two keys over one storage
-            tensor = tensor.clone()
-            storage = tensor.untyped_storage().data_ptr()
-        self._storages.add(storage)
         self._buffer[key] = tensor
         self._buffered += tensor.numel() * tensor.element_size()
         if self._buffered >= self.shard_bytes:
@@ -261,23 +258,28 @@ class TraceWriter:
         """Write the buffered tensors to the next shard and free them."""
         if not self._buffer:
             return
-        from safetensors.torch import save_file
-
         name = f"tensors-{len(self.shards):05d}.safetensors"
-        save_file(self._buffer, str(self.path / name), metadata={"format": "pt"})
+        write_shard(self.path / name, self._buffer)
         for key in self._buffer:
             self._key_shard[key] = len(self.shards)
         self.shards.append(name)
         self._buffer = {}
-        self._storages = set()
         self._buffered = 0
 
     def close(self, *, complete: bool = True, **extra: Any) -> Path:
-        """Flush the last shard and write the manifest (`complete` False after a failure)."""
+        """Flush the last shard and write the manifest (`complete` False after a failure).
+
+        The manifest's `write_seconds` is what closing cost (the last shard and the records'
+        serialization), so that a capture's cost can be told in full.
+        """
         if self._closed:
             return self.path
+        start = time.perf_counter()
         self.flush()
-        manifest = {
+        compact = (",", ":")
+        passes = json.dumps([p.to_json() for p in self.passes], separators=compact, default=str)
+        records = json.dumps([r.to_json() for r in self.records], separators=compact, default=str)
+        head = {
             "format": FORMAT,
             "version": VERSION,
             **self.header,
@@ -285,11 +287,11 @@ class TraceWriter:
             "complete": complete,
             "shards": self.shards,
             "key_shards": self._key_shard,
-            "passes": [p.to_json() for p in self.passes],
-            "records": [r.to_json() for r in self.records],
+            "write_seconds": time.perf_counter() - start,
         }
+        text = json.dumps(head, separators=compact, default=str)[:-1] + f',"passes":{passes},"records":{records}}}'
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, separators=(",", ":"), default=str))
+        tmp.write_text(text)
         tmp.replace(self.path / MANIFEST)
         self._closed = True
         return self.path
@@ -347,18 +349,16 @@ class TraceReader:
         ]
 
     def _tensor(self, meta: TensorMeta) -> Any:
-        from safetensors import safe_open
-
         shard = self._key_shard.get(meta.key)
         if shard is None:
             raise TraceFormatError(f"{self.path}: tensor {meta.key} is listed but was never written.")
         handle = self._handles.pop(shard, None)
         if handle is None:
-            handle = safe_open(str(self.path / self.manifest["shards"][shard]), framework="pt")
+            handle = ShardFile(self.path / self.manifest["shards"][shard])
             if len(self._handles) >= OPEN_SHARDS:  # keep the mapped memory bounded
                 del self._handles[next(iter(self._handles))]
         self._handles[shard] = handle
-        return handle.get_tensor(meta.key)
+        return handle.get(meta.key)
 
     def outputs(self, record: Record) -> list[Any | None]:
         """The record's output tensors (None where the output was not a tensor)."""

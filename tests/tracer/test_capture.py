@@ -114,3 +114,73 @@ def test_vllm_bfloat16_capture_stores_bfloat16(captured):
     reader = captured("vllm", "llama", dtype="bfloat16", max_tokens=1)
     record = reader.select(step=0, name="model.layers.0")[0]
     assert reader.outputs(record)[0].dtype == torch.bfloat16
+
+
+def test_inputs_are_recorded_for_weighted_leaves_only(captured):
+    reader = captured("transformers", "llama")
+    first = {r.name: r for r in reader.select(step=0)}
+    for weighted in ("model.layers.0.input_layernorm", "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        assert first[weighted].inputs, weighted
+    # parameter-free leaves receive what the module before them returned, recorded already
+    for free in ("model.layers.0.mlp.act_fn", "model.rotary_emb"):
+        assert first[free].leaf and not first[free].inputs, free
+
+
+def _spec(model, out, **kw):
+    from ekka.tracer.capture import CaptureSpec
+
+    return CaptureSpec(framework="vllm", model=str(model), prompt_ids=PROMPT_IDS, out=str(out), max_tokens=3, **kw)
+
+
+@pytest.mark.vllm
+def test_after_generate_gets_the_tokens_and_replays_only_what_it_asks(zoo_model, captured, tmp_path):
+    from ekka.tracer.capture import capture
+    from ekka.tracer.trace import TraceReader
+
+    asked: dict[str, object] = {}
+    wanted = ["model.layers.0.input_layernorm", "model.layers.1.mlp.gate_up_proj"]
+
+    def answer(generated):
+        asked["ids"] = generated
+        asked["complete"] = TraceReader(tmp_path / "t").complete  # the trace is written before asking
+        forced = captured("transformers", "llama", forced_ids=tuple(generated[:-1]))
+        asked["reference"] = forced
+        return {"replay_reference": str(forced.path), "modules": wanted}
+
+    target = capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer)
+    assert asked["ids"] == target.generated_ids and asked["complete"] is True
+    replays = TraceReader(target.path / "replay")
+    assert sorted(r.name for r in replays.records) == sorted(wanted)
+    # replayed on the reference's input, correct vLLM modules give the reference's output
+    reference = asked["reference"]
+    for record in replays.records:
+        ref = next(r for r in reference.records if r.name == record.name.replace("gate_up_proj", "gate_proj"))
+        out = replays.outputs(record)[0]
+        expected = reference.outputs(ref)[0][0]
+        if record.name.endswith("gate_up_proj"):
+            out = out[:, : expected.shape[-1]]
+        assert out.shape == expected.shape
+        assert compute_relative_error(out, expected) < 1e-5
+
+
+@pytest.mark.vllm
+def test_a_failing_answer_stops_the_target_and_surfaces(zoo_model, tmp_path):
+    from ekka.tracer.capture import capture
+
+    def answer(generated):
+        raise RuntimeError("the reference could not be made")
+
+    with pytest.raises(RuntimeError, match="could not be made"):
+        capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer, timeout=300)
+
+
+@pytest.mark.vllm
+def test_a_target_that_fails_before_asking_is_a_capture_error(zoo_model, tmp_path):
+    from ekka.errors import CaptureError
+    from ekka.tracer.capture import capture
+
+    called = []
+    with pytest.raises(CaptureError, match="exit code"):
+        capture(_spec(zoo_model("llama"), tmp_path / "t", engine={"no_such_engine_setting": 1}),
+                after_generate=called.append, timeout=300)
+    assert called == []

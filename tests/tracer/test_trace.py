@@ -88,3 +88,51 @@ def test_tensors_sharing_memory_are_stored_separately(tmp_path):
     out = reader.outputs(reader.records[0])
     assert torch.equal(out[0], base) and torch.equal(out[1], base[0])
     assert torch.equal(reader.inputs(reader.records[0])["0"], base)
+
+
+def test_shards_round_trip_every_dtype_and_stay_plain_safetensors(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ekka.tracer.shards import ShardFile, write_shard
+
+    tensors = {
+        "odd_bf16": torch.randn(3, 5).to(torch.bfloat16),  # 15 x 2 bytes: the next tensor is misaligned
+        "f32": torch.randn(4, 7),
+        "i64": torch.arange(6).reshape(2, 3),
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.empty(0, 4),
+        "scalar": torch.tensor(2.5),
+        "strided": torch.randn(6, 4).t(),  # not contiguous
+    }
+    write_shard(tmp_path / "a.safetensors", tensors)
+    shard = ShardFile(tmp_path / "a.safetensors")
+    assert set(shard.keys()) == set(tensors)
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as reference:
+        for key, tensor in tensors.items():
+            got = shard.get(key)
+            assert got.dtype == tensor.dtype and got.shape == tensor.shape
+            assert torch.equal(got, tensor) and torch.equal(reference.get_tensor(key), tensor)
+    # writing to a tensor read back never reaches the file
+    shard.get("f32").zero_()
+    assert torch.equal(ShardFile(tmp_path / "a.safetensors").get("f32"), tensors["f32"])
+    # and a file written by the safetensors library reads back the same
+    save_file({"w": tensors["f32"], "h": tensors["odd_bf16"]}, str(tmp_path / "b.safetensors"))
+    assert torch.equal(ShardFile(tmp_path / "b.safetensors").get("h"), tensors["odd_bf16"])
+
+
+def test_truncated_shard_is_a_trace_format_error(tmp_path):
+    from ekka.tracer.shards import ShardFile
+
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(TraceFormatError, match="not a readable tensor shard"):
+        ShardFile(tmp_path / "bad.safetensors")
+
+
+def test_manifest_tells_what_closing_cost(tmp_path):
+    writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32"})
+    writer.add(name="m", module_class="M", source_file=None, source_line=None, step=0, pass_index=0,
+               call_index=0, outputs=[torch.ones(2)])
+    writer.close()
+    seconds = TraceReader(tmp_path / "t").manifest["write_seconds"]
+    assert 0 < seconds < 5

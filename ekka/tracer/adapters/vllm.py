@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.capture import CaptureSpec, read_config
+from ekka.tracer.capture import CONTROL_ENV, CaptureSpec, ask_parent, read_config, text_config
 from ekka.tracer.hooks import source_location
 
 
@@ -71,7 +71,10 @@ def _attention_metadata() -> dict[str, Any]:
     return extra
 
 
-def run(spec: CaptureSpec) -> Path:
+def run(spec: CaptureSpec, after_generate: Any = None) -> Path:
+    """Capture `spec`. `after_generate(generated_ids) -> reference path | None` (in this process,
+    or the parent's through `ask_parent` when started by `capture(..., after_generate=...)`)
+    names the reference to replay on; without it, `spec.replay_reference` does."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
@@ -79,7 +82,7 @@ def run(spec: CaptureSpec) -> Path:
     from vllm import LLM, SamplingParams
 
     from ekka.tracer.hooks import ModuleRecorder
-    from ekka.tracer.trace import PassInfo, TraceWriter
+    from ekka.tracer.trace import REPLAY_FOLDER, PassInfo, TraceWriter
 
     package_dir = Path(vllm.__file__).resolve().parent
     header = {
@@ -148,21 +151,26 @@ def run(spec: CaptureSpec) -> Path:
             return type(model).__name__
 
         timings = {"engine_start": time.perf_counter() - t_start}
+        # One untraced request first, so that the traced request does not also pay the engine's
+        # first-request costs (oneDNN builds its kernels per matrix shape on first use): as long
+        # as the prompt, two steps (a prefill and a decode). Every token differs from the
+        # prompt's, so no block of it can be a cached prefix of the traced request.
+        t_warm = time.perf_counter()
+        vocab = int(text_config(header["model_config"]).get("vocab_size") or 2)
+        llm.generate(
+            [{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}],
+            SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True),
+            use_tqdm=False,
+        )
+        timings["warmup"] = time.perf_counter() - t_warm
         model_class = llm.apply_model(install)[0]
         t_run = time.perf_counter()
         params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
         outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], params, use_tqdm=False)
         generated = list(outputs[0].outputs[0].token_ids)
         timings["traced_generate"] = time.perf_counter() - t_run
-        t_replay = time.perf_counter()
-        replayed = 0
-        if spec.replay_reference:
-            from ekka.tracer.replay import replay_modules
-
-            recorder = state["recorder"]
-            recorder.remove()
-            replayed = replay_modules(recorder.root, recorder.modules_by_name, writer, spec.replay_reference)
-        timings["replay"] = time.perf_counter() - t_replay
+        recorder = state["recorder"]
+        recorder.remove()
     except BaseException:
         writer.close(complete=False)
         raise
@@ -171,9 +179,28 @@ def run(spec: CaptureSpec) -> Path:
         model_class=model_class,
         model_source=list(state.get("root_source") or (None, None)),
         delegates=state.get("delegates", {}),
-        replayed=replayed,
         timings=timings,
     )
+    # The trace is complete; replay is a second, small trace in `<out>/replay`. Which reference
+    # and which modules: the caller's answer (it may first analyse the trace just written and
+    # ask for its suspects only), or every leaf of the first pass on `spec.replay_reference`.
+    if after_generate is not None:
+        request = after_generate(generated)
+    elif os.environ.get(CONTROL_ENV):
+        request = ask_parent(generated)
+    else:
+        request = spec.replay_reference
+    if isinstance(request, str):
+        request = {"replay_reference": request, "modules": None}
+    if request and request.get("replay_reference"):
+        from ekka.tracer.replay import replay_modules
+
+        t_replay = time.perf_counter()
+        replays = TraceWriter(Path(spec.out) / REPLAY_FOLDER, {**header, "replay_of": str(writer.path)})
+        count = replay_modules(
+            recorder.modules_by_name, writer.records, replays, request["replay_reference"], request.get("modules")
+        )
+        replays.close(replayed=count, timings={"replay": time.perf_counter() - t_replay})
     return writer.path
 
 

@@ -1,0 +1,95 @@
+"""Trace shards: plain safetensors files, written and read without per-tensor library overhead.
+
+A capture records hundreds of small tensors per step. `safetensors.torch.save_file` spends
+most of its time per tensor in Python (a shared-storage search and a NumPy round trip), and
+`safe_open(...).get_tensor` copies each tensor out of the file. Here a shard is written as the
+format says (8-byte little-endian header length, the JSON header, the bytes of each tensor
+back to back) and read through one copy-on-write memory map, each tensor a view of it. The
+files stay ordinary safetensors: `safe_open` reads them, and these functions read any
+safetensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ekka.errors import TraceFormatError
+
+DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+TORCH_DTYPES = {name: dtype for dtype, name in DTYPES.items()}
+
+
+def write_shard(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> int:
+    """Write `tensors` (CPU) to `path` as one safetensors file; returns the bytes of data."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    parts: list[torch.Tensor] = []
+    offset = 0
+    for key, tensor in tensors.items():
+        t = tensor.detach().contiguous()
+        if t.dtype not in DTYPES:
+            raise TypeError(f"tensor {key}: dtype {t.dtype} cannot be stored in a trace shard")
+        size = t.numel() * t.element_size()
+        header[key] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        if size:
+            parts.append(t.reshape(-1).view(torch.uint8))
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for part in parts:
+            f.write(memoryview(part.numpy()))
+    return offset
+
+
+class ShardFile:
+    """One shard, memory-mapped copy-on-write: tensors are views of the map (writing to one
+    never reaches the file), loaded by the operating system as they are touched."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                self.header: dict[str, Any] = json.loads(f.read(length))
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, struct.error) as exc:
+            raise TraceFormatError(f"{self.path} is not a readable tensor shard ({exc}).") from None
+        self._start = 8 + length
+        self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
+
+    def keys(self) -> list[str]:
+        return [k for k in self.header if k != "__metadata__"]
+
+    def get(self, key: str) -> torch.Tensor:
+        entry = self.header.get(key)
+        if entry is None:
+            raise TraceFormatError(f"{self.path}: no tensor {key}.")
+        dtype = TORCH_DTYPES[entry["dtype"]]
+        shape = entry["shape"]
+        begin, end = entry["data_offsets"]
+        if begin == end:
+            return torch.empty(shape, dtype=dtype)
+        raw = self._bytes[self._start + begin : self._start + end]
+        if (self._start + begin) % dtype.itemsize:  # a view of another width needs alignment
+            raw = raw.clone()
+        return raw.view(dtype).reshape(shape)
