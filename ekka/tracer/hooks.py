@@ -13,6 +13,11 @@ What it records, per forward pass and in call order:
   comparing it finds a bug in that glue. Parameter-free leaves (activations, rotary, attention)
   receive the outputs of the module before them, already recorded; their inputs are not.
 
+A tensor a module returns or receives that was recorded earlier in the same pass with the same
+contents (a layer returns its MLP's output; a projection receives the norm's output) is stored
+once: the later record refers to the stored copy (checked by value, so a tensor changed in
+place in between is stored again).
+
 Names: a call is named after the module that made it when the module object is shared (vLLM
 registers one rotary embedding under layer 0 and calls it from every layer): the call is
 attributed to the layer it ran in. A module called more than once in a pass gets `#k` on its
@@ -32,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ekka.tracer.trace import TraceWriter
+from ekka.tracer.trace import TensorMeta, TraceWriter
 
 
 def flatten_tensors(value: Any) -> list[torch.Tensor | None]:
@@ -145,6 +150,11 @@ class ModuleRecorder:
         self._input_candidates: dict[int, bool] = {}  # module id -> holds weights, may be a leaf
         self._classes: dict[int, tuple[str, str | None, int | None]] = {}  # module id -> class, file, line
         self._renamed: dict[tuple[str, str], str] = {}  # (registered name, caller) -> effective name
+        # Tensors recorded in this pass, by where they live: (copy, its stored meta). A module
+        # that returns, or receives, a tensor already recorded with the same contents (a layer
+        # returning its MLP's output, a projection receiving the norm's output) refers to the
+        # stored copy instead of storing another.
+        self._kept: dict[tuple[Any, ...], tuple[torch.Tensor, TensorMeta]] = {}
 
     # pass bookkeeping (called by the framework adapter)
     def begin_pass(self, step: int) -> None:
@@ -153,6 +163,7 @@ class ModuleRecorder:
         self.call_index = 0
         self._seen = {}
         self._stack = []
+        self._kept = {}
 
     @property
     def recording(self) -> bool:
@@ -207,8 +218,33 @@ class ModuleRecorder:
         candidate = self._input_candidates.get(id(module))
         if candidate is None:
             candidate = self._input_candidates[id(module)] = _records_inputs(module)
-        inputs = _clone_inputs(args, kwargs) if candidate and (not self.patterns or self._selected(name)) else None
+        inputs = self._copy_inputs(args, kwargs) if candidate and (not self.patterns or self._selected(name)) else None
         self._stack.append([name, False, inputs])
+
+    def _copy(self, t: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
+        """(what to store: a fresh copy, or the meta of an equal copy stored this pass; the
+        original, to remember the copy by)."""
+        if t is None:
+            return None, None
+        kept = self._kept.get((t.data_ptr(), t.shape, t.stride(), t.dtype))
+        if kept is not None and torch.equal(kept[0], t):
+            return kept[1], None
+        return t.detach().clone(), t
+
+    def _copy_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, tuple[Any, torch.Tensor | None]]:
+        inputs = {}
+        for i, arg in enumerate(args):
+            if isinstance(arg, torch.Tensor):
+                inputs[str(i)] = self._copy(arg)
+        for key, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                inputs[key] = self._copy(value)
+        return inputs
+
+    def _keep(self, originals: Iterable[torch.Tensor | None], copies: Iterable[Any], metas: Iterable[TensorMeta | None]) -> None:
+        for original, copy, meta in zip(originals, copies, metas):
+            if original is not None and meta is not None:
+                self._kept[(original.data_ptr(), original.shape, original.stride(), original.dtype)] = (copy, meta)
 
     def _post(
         self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
@@ -224,7 +260,9 @@ class ModuleRecorder:
         cls_name, file, line = known
         if name not in self.modules_by_name:
             self.modules_by_name[name] = module
-        self.writer.add(
+        outputs = [self._copy(t) for t in flatten_tensors(output)]
+        inputs = None if had_child else inputs
+        record = self.writer.add(
             name=self._unique(name),
             module_class=cls_name,
             source_file=file,
@@ -232,10 +270,14 @@ class ModuleRecorder:
             step=self.step,
             pass_index=self.pass_index,
             call_index=self.call_index,
-            outputs=[clone(t) for t in flatten_tensors(output)],
-            inputs=None if had_child else inputs,
+            outputs=[c for c, _ in outputs],
+            inputs=None if inputs is None else {k: c for k, (c, _) in inputs.items()},
             leaf=not had_child,
         )
+        if inputs:
+            stored = dict(record.inputs)
+            self._keep((o for _, o in inputs.values()), (c for c, _ in inputs.values()), (stored.get(k) for k in inputs))
+        self._keep((o for _, o in outputs), (c for c, _ in outputs), record.outputs)
         self.call_index += 1
 
     def record_function(
@@ -295,14 +337,3 @@ def _records_inputs(module: torch.nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False)) and all(
         not any(True for _ in child.parameters()) for child in module.children()
     )
-
-
-def _clone_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, torch.Tensor | None]:
-    inputs: dict[str, torch.Tensor | None] = {}
-    for i, arg in enumerate(args):
-        if isinstance(arg, torch.Tensor):
-            inputs[str(i)] = clone(arg)
-    for key, value in kwargs.items():
-        if isinstance(value, torch.Tensor):
-            inputs[key] = clone(value)
-    return inputs

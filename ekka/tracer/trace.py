@@ -204,6 +204,8 @@ class TraceWriter:
         self._closed = False
 
     def _put(self, key: str, tensor: Any) -> TensorMeta:
+        if isinstance(tensor, TensorMeta):  # a tensor stored already: the record refers to it
+            return tensor
         tensor = tensor.detach().contiguous().cpu()
         self._buffer[key] = tensor
         self._buffered += tensor.numel() * tensor.element_size()
@@ -226,7 +228,10 @@ class TraceWriter:
         kind: str = "module",
         leaf: bool = False,
     ) -> Record:
-        """Append one record; tensors must already be copies the framework will not reuse."""
+        """Append one record; tensors must already be copies the framework will not reuse.
+
+        An item may be the TensorMeta of a tensor stored before: the record then refers to it.
+        """
         index = len(self.records)
         out_meta = tuple(
             None if t is None else self._put(f"{index:07d}.out.{i}", t) for i, t in enumerate(outputs)

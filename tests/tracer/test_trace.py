@@ -136,3 +136,56 @@ def test_manifest_tells_what_closing_cost(tmp_path):
     writer.close()
     seconds = TraceReader(tmp_path / "t").manifest["write_seconds"]
     assert 0 < seconds < 5
+
+
+class _Inner(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class _Outer(torch.nn.Module):
+    """`same` returns its child's output untouched; `scaled` changes it in place first."""
+
+    def __init__(self):
+        super().__init__()
+        self.same = _Inner()
+        self.scaled = _Inner()
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        a = self.same(x)
+        b = self.scaled.proj(a)
+        b.mul_(3.0)  # glue that changes a recorded tensor in place
+        return self.head(b)
+
+
+def test_a_tensor_recorded_twice_is_stored_once_unless_it_changed(tmp_path):
+    from ekka.tracer.hooks import ModuleRecorder
+
+    torch.manual_seed(0)
+    model = _Outer()
+    writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32"})
+    recorder = ModuleRecorder(writer, model)
+    recorder.install()
+    recorder.begin_pass(0)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        model(x)
+    recorder.remove()
+    writer.close()
+    reader = TraceReader(tmp_path / "t")
+    by = {r.name: r for r in reader.records}
+    inner, outer = by["same.proj"].outputs[0], by["same"].outputs[0]
+    assert inner.key == outer.key, "the parent's untouched output refers to the child's copy"
+    assert by["scaled.proj"].inputs[0][1].key == inner.key, "a projection receiving it refers to it too"
+    # the in-place change is seen: the head receives 3x the projection's output, stored anew
+    head_in = by["head"].inputs[0][1]
+    assert head_in.key != by["scaled.proj"].outputs[0].key
+    with torch.no_grad():
+        expected = model.scaled.proj(model.same(x))
+    assert torch.allclose(reader.outputs(by["scaled.proj"])[0], expected)
+    assert torch.allclose(reader.inputs(by["head"])["0"], 3 * expected)
