@@ -229,7 +229,7 @@ class ModuleRecorder:
         kept = self._kept.get((t.data_ptr(), t.shape, t.stride(), t.dtype))
         if kept is not None and torch.equal(kept[0], t):
             return kept[1], None
-        return t.detach().clone(), t
+        return t.detach().clone(memory_format=torch.contiguous_format), t
 
     def _copy_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, tuple[Any, torch.Tensor | None]]:
         inputs = {}

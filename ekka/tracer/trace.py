@@ -179,7 +179,12 @@ def prepare_output(path: str | Path) -> Path:
 
 
 def _dtype_name(tensor: Any) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
+    name = str(tensor.dtype).removeprefix("torch.")
+    _DTYPE_NAMES[tensor.dtype] = name
+    return name
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
 
 
 class TraceWriter:
@@ -206,12 +211,14 @@ class TraceWriter:
     def _put(self, key: str, tensor: Any) -> TensorMeta:
         if isinstance(tensor, TensorMeta):  # a tensor stored already: the record refers to it
             return tensor
-        tensor = tensor.detach().contiguous().cpu()
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
+            tensor = tensor.detach().contiguous().cpu()
         self._buffer[key] = tensor
-        self._buffered += tensor.numel() * tensor.element_size()
+        self._buffered += tensor.nbytes
         if self._buffered >= self.shard_bytes:
             self.flush()
-        return TensorMeta(key=key, shape=tuple(tensor.shape), dtype=_dtype_name(tensor))
+        dtype = _DTYPE_NAMES.get(tensor.dtype) or _dtype_name(tensor)
+        return TensorMeta(key, tuple(tensor.shape), dtype)
 
     def add(
         self,
@@ -233,25 +240,11 @@ class TraceWriter:
         An item may be the TensorMeta of a tensor stored before: the record then refers to it.
         """
         index = len(self.records)
-        out_meta = tuple(
-            None if t is None else self._put(f"{index:07d}.out.{i}", t) for i, t in enumerate(outputs)
-        )
-        in_meta = tuple(
-            (k, self._put(f"{index:07d}.in.{k}", t)) for k, t in (inputs or {}).items() if t is not None
-        )
+        prefix = f"{index:07d}."
+        out_meta = tuple([None if t is None else self._put(f"{prefix}out.{i}", t) for i, t in enumerate(outputs)])
+        in_meta = tuple([(k, self._put(f"{prefix}in.{k}", t)) for k, t in inputs.items() if t is not None]) if inputs else ()
         record = Record(
-            index=index,
-            name=name,
-            module_class=module_class,
-            source_file=source_file,
-            source_line=source_line,
-            step=step,
-            pass_index=pass_index,
-            call_index=call_index,
-            outputs=out_meta,
-            inputs=in_meta,
-            kind=kind,
-            leaf=leaf,
+            index, name, module_class, source_file, source_line, step, pass_index, call_index, out_meta, in_meta, kind, leaf
         )
         self.records.append(record)
         return record
