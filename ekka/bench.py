@@ -117,7 +117,12 @@ def installed_framework_dir(framework: str = "vllm") -> Path:
 
 
 def copy_sources(package_dir: Path, dest_root: Path) -> Path:
-    """Copy a package's sources into `dest_root/<name>`; compiled `.so` files become symlinks."""
+    """Copy a package's sources into `dest_root/<name>`; compiled `.so` files become symlinks.
+
+    Byte-code caches are copied too (with the sources' times, so they stay valid for every file
+    a patch does not touch): importing the copy then costs what importing the release does,
+    not a compilation of every module. Python points the code at the copy's files on import.
+    """
     dest = dest_root / package_dir.name
     if dest.exists():
         shutil.rmtree(dest)
@@ -128,7 +133,7 @@ def copy_sources(package_dir: Path, dest_root: Path) -> Path:
         else:
             shutil.copy2(src, dst)
 
-    shutil.copytree(package_dir, dest, copy_function=copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(package_dir, dest, copy_function=copy)
     return dest
 
 

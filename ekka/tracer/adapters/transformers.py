@@ -60,7 +60,9 @@ def _config_dict(model_dir: str) -> dict[str, Any]:
 def load_model(model_dir: str, dtype: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # Ekka reports its own progress; no bar per reference load
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="eager")
     model.eval()
