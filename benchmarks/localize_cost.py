@@ -13,10 +13,11 @@ cost, from the captures' own timings: the target's traced generation + replay + 
 the teacher-forced reference captures without their model loading, and the analysis. Excluded,
 as the issue says: the engine start, which in a capture includes one untraced two-token
 warm-up request (so the traced request is a warm one, like the baseline's median), and the
-process start. The ratio is localization (median) / (warm vLLM + warm transformers); the
-first-request baseline is printed too. Prints one JSON line.
+process start. Each round measures a fresh baseline, then one localization; the figure is the
+median over rounds of localization / (warm vLLM + warm transformers). First-request baselines
+are printed too. Prints one line per round, then one JSON line.
 
-    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 3]
+    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7]
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "bench" / "cases")
     parser.add_argument("--case", default="llama-rmsnorm-eps-ignored")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7, help="rounds (baseline + localization each)")
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
     parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
     args = parser.parse_args()
@@ -83,11 +84,14 @@ def main() -> None:
         case = replace(case, config={**case.config, **parse_set_values(args.set)})
     model = build_case_model(case, args.work / "model")
     ids = case_prompt_ids(case, model)
-    proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype],
-                          capture_output=True, text=True, check=True)
-    baseline = json.loads(proc.stdout.strip().splitlines()[-1])
-    costs, walls, parts = [], [], []
+    costs, walls, parts, baselines, ratios = [], [], [], [], []
     for i in range(args.runs):
+        # each round measures its own baseline right before its localization: this machine's
+        # speed drifts over minutes, and a ratio of figures taken apart would carry the drift
+        proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype],
+                              capture_output=True, text=True, check=True)
+        baseline = json.loads(proc.stdout.strip().splitlines()[-1])
+        baselines.append(baseline)
         shutil.rmtree(args.work / f"run{i}", ignore_errors=True)
         start = time.perf_counter()
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
@@ -111,18 +115,27 @@ def main() -> None:
         }
         parts.append(part)
         costs.append(sum(part.values()))
-    base = baseline["vllm"] + baseline["transformers"]
+        ratios.append(costs[-1] / (baseline["vllm"] + baseline["transformers"]))
+        print(f"round {i + 1}/{args.runs}: localization {costs[-1]:.3f} s, untraced vLLM {baseline['vllm']:.3f} s "
+              f"+ transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f} "
+              f"({', '.join(f'{k} {v:.3f}' for k, v in part.items())})", file=sys.stderr)
+
+    def median(key: str) -> float:
+        return round(statistics.median(b[key] for b in baselines), 3)
+
+    middle = sorted(range(len(costs)), key=costs.__getitem__)[len(costs) // 2]
     print(json.dumps({
         "case": case.id,
-        "untraced_vllm_s": round(baseline["vllm"], 3),
-        "untraced_transformers_s": round(baseline["transformers"], 3),
-        "first_request_vllm_s": round(baseline["vllm_first"], 3),
-        "first_request_transformers_s": round(baseline["transformers_first"], 3),
+        "rounds": args.runs,
+        "ratio_median": round(statistics.median(ratios), 2),
+        "ratios": [round(r, 2) for r in ratios],
         "localization_s_median": round(statistics.median(costs), 3),
-        "localization_s_all": [round(c, 3) for c in costs],
-        "ratio": round(statistics.median(costs) / base, 2),
+        "untraced_vllm_s_median": median("vllm"),
+        "untraced_transformers_s_median": median("transformers"),
+        "first_request_vllm_s_median": median("vllm_first"),
+        "first_request_transformers_s_median": median("transformers_first"),
         "wall_with_process_and_engine_start_s_median": round(statistics.median(walls), 1),
-        "parts_of_median_run": {k: round(v, 3) for k, v in sorted(zip(costs, parts), key=lambda x: x[0])[len(costs) // 2][1].items()},
+        "parts_of_median_run": {k: round(v, 3) for k, v in parts[middle].items()},
     }))
 
 
