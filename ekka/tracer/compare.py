@@ -53,11 +53,18 @@ def measure(
     NaN or inf on the target side makes the difference's norm non-finite: error and ratio are
     then inf.
     """
-    y_rows = _row_norms(y_reference).tolist()
-    t_rows = _row_norms(x_target - y_reference).tolist()
-    n_rows = None if x_reference is y_reference else _row_norms(x_reference - y_reference).tolist()
+    y_rows, (t_rows,), n_rows = row_norms(x_reference, y_reference, [x_target])
     ratio, error, noise, tokens = figures(y_rows, t_rows, n_rows, NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"]))
     return ratio, error, noise, torch.tensor(tokens, dtype=torch.float64)
+
+
+def row_norms(
+    x_reference: torch.Tensor, y_reference: torch.Tensor, targets: Sequence[torch.Tensor]
+) -> tuple[list[float], list[list[float]], list[float] | None]:
+    """The per-row norms `figures` takes: of the reference, of each target's difference from it,
+    and of the serving-dtype reference's difference (None when it is the float32 one)."""
+    noise = None if x_reference is y_reference else _row_norms(x_reference - y_reference).tolist()
+    return _row_norms(y_reference).tolist(), [_row_norms(x - y_reference).tolist() for x in targets], noise
 
 
 def _norm(values: Sequence[float]) -> float:
@@ -268,9 +275,7 @@ class _Batch:
             for _, xs, ps in segments
         ):
             x_r, y_r = whole
-            y = _row_norms(y_r).tolist()
-            n = None if x_r is y_r else _row_norms(x_r - y_r).tolist()
-            ts = [_row_norms(_cat([xs[c] for _, xs, _ in segments]) - y_r).tolist() for c in range(count)]
+            y, ts, n = row_norms(x_r, y_r, [_cat([xs[c] for _, xs, _ in segments]) for c in range(count)])
             out, start = [], 0
             for segment in segments:
                 end = start + len(segment[2])
@@ -285,9 +290,8 @@ class _Batch:
             x_r, y_r = pair
             fits = [x for x in xs if x.shape == x_r.shape]
             if fits:
-                n = None if x_r is y_r else _row_norms(x_r - y_r).tolist()
-                ts = [_row_norms(x - y_r).tolist() for x in fits]
-                out.append(((record, fits, positions), _row_norms(y_r).tolist(), ts, n))
+                y, ts, n = row_norms(x_r, y_r, fits)
+                out.append(((record, fits, positions), y, ts, n))
         return out
 
     def inputs(self) -> list[tuple[Any, dict[str, Any]]]:
@@ -374,10 +378,8 @@ class _Batch:
                 if self.high is self.reference:
                     x_r = y_r
                 positions = [positions[i] for i in keep]
-            n_rows = None if x_r is y_r else _row_norms(x_r - y_r).tolist()
-            fields = self._comparison(
-                record, self.plan, _row_norms(y_r).tolist(), _row_norms(x - y_r).tolist(), n_rows, positions, "output"
-            )
+            y_rows, (t_rows,), n_rows = row_norms(x_r, y_r, [x])
+            fields = self._comparison(record, self.plan, y_rows, t_rows, n_rows, positions, "output")
             found.append((record, {**fields, "discounted_tokens": discounted}))
         return found
 
