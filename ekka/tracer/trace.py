@@ -206,6 +206,7 @@ class TraceWriter:
         self._buffer: dict[str, Any] = {}
         self._buffered = 0
         self._key_shard: dict[str, int] = {}
+        self._serial = 0  # tensor keys: never reused, even after `discard_passes`
         self._closed = False
 
     def _put(self, key: str, tensor: Any) -> TensorMeta:
@@ -240,7 +241,8 @@ class TraceWriter:
         An item may be the TensorMeta of a tensor stored before: the record then refers to it.
         """
         index = len(self.records)
-        prefix = f"{index:07d}."
+        prefix = f"{self._serial:07d}."
+        self._serial += 1
         out_meta = tuple([None if t is None else self._put(f"{prefix}out.{i}", t) for i, t in enumerate(outputs)])
         in_meta = tuple([(k, self._put(f"{prefix}in.{k}", t)) for k, t in inputs.items() if t is not None]) if inputs else ()
         record = Record(
@@ -251,6 +253,24 @@ class TraceWriter:
 
     def add_pass(self, info: PassInfo) -> None:
         self.passes.append(info)
+
+    def discard_passes(self, first: int) -> None:
+        """Forget passes `first`, `first + 1`, ... and their records (a reference that computed
+        ahead on tokens the target did not choose). Their tensors still buffered are freed; any
+        already flushed stay in their shard, unreferenced. A record refers only to tensors of
+        its own pass, so the records kept are intact."""
+        dropped = [r for r in self.records if r.pass_index >= first]
+        if not dropped:
+            self.passes = [p for p in self.passes if p.index < first]
+            return
+        for record in dropped:
+            for meta in [*record.outputs, *(m for _, m in record.inputs)]:
+                if meta is not None:
+                    tensor = self._buffer.pop(meta.key, None)
+                    if tensor is not None:
+                        self._buffered -= tensor.nbytes
+        self.records = [r for r in self.records if r.pass_index < first]
+        self.passes = [p for p in self.passes if p.index < first]
 
     def flush(self) -> None:
         """Write the buffered tensors to the next shard and free them."""
@@ -286,6 +306,7 @@ class TraceWriter:
             "shards": self.shards,
             "key_shards": self._key_shard,
             "write_seconds": time.perf_counter() - start,
+            "closed_at": time.monotonic(),  # comparable with other processes' monotonic clocks
         }
         text = json.dumps(head, separators=compact, default=str)[:-1] + f',"passes":{passes},"records":{records}}}'
         tmp = self.path / (MANIFEST + ".tmp")

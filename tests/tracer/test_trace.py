@@ -189,3 +189,35 @@ def test_a_tensor_recorded_twice_is_stored_once_unless_it_changed(tmp_path):
         expected = model.scaled.proj(model.same(x))
     assert torch.allclose(reader.outputs(by["scaled.proj"])[0], expected)
     assert torch.allclose(reader.inputs(by["head"])["0"], 3 * expected)
+
+
+def test_discarded_passes_leave_the_trace_and_their_keys_are_never_reused(tmp_path):
+    writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32", "prompt_ids": [1]}, shard_bytes=1 << 30)
+    kept, dropped, again = torch.randn(2, 8), torch.randn(1, 8), torch.randn(1, 8)
+    writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
+    writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=0, pass_index=0,
+               call_index=0, outputs=[kept])
+    writer.flush()  # pass 0 is in a shard; the dropped pass's tensor is still buffered
+    writer.add_pass(PassInfo(index=1, step=1, input_ids=(3,), positions=(2,)))
+    first = writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=1, pass_index=1,
+                       call_index=0, outputs=[dropped], inputs={"0": dropped + 1})
+    writer.discard_passes(1)
+    assert writer._buffered == 0 and not writer._buffer
+    writer.add_pass(PassInfo(index=1, step=1, input_ids=(4,), positions=(2,)))
+    second = writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=1, pass_index=1,
+                        call_index=0, outputs=[again])
+    assert second.index == first.index and second.outputs[0].key != first.outputs[0].key
+    writer.close(generated_ids=[4])
+    reader = TraceReader(tmp_path / "t")
+    assert [(r.pass_index, r.index) for r in reader.records] == [(0, 0), (1, 1)]
+    assert [p.input_ids for p in reader.passes] == [(1, 2), (4,)]
+    assert torch.equal(reader.outputs(reader.records[0])[0], kept)
+    assert torch.equal(reader.outputs(reader.records[1])[0], again)
+
+
+def test_manifest_has_a_monotonic_closing_time_for_cross_process_timing(tmp_path):
+    import time
+
+    before = time.monotonic()
+    _write(tmp_path / "t", n=2)
+    assert before <= TraceReader(tmp_path / "t").manifest["closed_at"] <= time.monotonic()
