@@ -215,13 +215,29 @@ class Aligner:
 def _index(trace: TraceReader) -> dict[str, Any]:
     """Per reference trace: position -> (pass, row) and (pass, name) -> record."""
     position_of: dict[int, tuple[int, int]] = {}
+    contiguous: set[int] = set()  # passes whose positions are one ascending run
     for p in trace.passes:
         for row, pos in enumerate(p.positions):
             position_of[pos] = (p.index, row)
+        if p.positions and list(p.positions) == list(range(p.positions[0], p.positions[0] + len(p.positions))):
+            contiguous.add(p.index)
+    for p in trace.passes:  # a pass some of whose rows a later pass superseded is not one run
+        if p.index in contiguous and any(position_of[pos][0] != p.index for pos in p.positions):
+            contiguous.discard(p.index)
     records: dict[tuple[int, str], Record] = {}
     for r in trace.records:
         records.setdefault((r.pass_index, r.name), r)
-    return {"position_of": position_of, "records": records, "passes": {p.index: p for p in trace.passes}}
+    # runs of consecutive positions held by consecutive rows of one pass: (first position,
+    # last position + 1, pass, first row), in position order
+    runs: list[tuple[int, int, int, int]] = []
+    for pos in sorted(position_of):
+        pass_index, row = position_of[pos]
+        if runs and runs[-1][1] == pos and runs[-1][2] == pass_index and runs[-1][3] + pos - runs[-1][0] == row:
+            runs[-1] = (runs[-1][0], pos + 1, pass_index, runs[-1][3])
+        else:
+            runs.append((pos, pos + 1, pass_index, row))
+    return {"position_of": position_of, "records": records, "passes": {p.index: p for p in trace.passes},
+            "contiguous": contiguous, "runs": runs}
 
 
 def _rows_of(tensor: torch.Tensor, pass_len: int) -> torch.Tensor:
@@ -246,6 +262,67 @@ def _is_run(rows: Sequence[int]) -> bool:
     return all(b == a + 1 for a, b in zip(rows, rows[1:]))
 
 
+def _pass_tensors(
+    trace: TraceReader, index: Mapping[str, Any], name: str, pass_index: int, slot: str
+) -> list[torch.Tensor] | None:
+    """Component `name`'s tensors of one reference pass, `[rows, ...]`, one row per token."""
+    record = index["records"].get((pass_index, name))
+    if record is None:
+        return None
+    if slot == "in":
+        inputs = trace.inputs(record)
+        tensors = [inputs.get("0", next(iter(inputs.values()), None))]
+    else:
+        outputs = [t for t in trace.outputs(record) if t is not None]
+        tensors = outputs if slot == "outs" else outputs[:1]
+    if not tensors or any(t is None for t in tensors):
+        return None
+    pass_len = len(index["passes"][pass_index].positions)
+    rows = [_rows_of(t, pass_len) for t in tensors]
+    if any(r.shape[0] != pass_len for r in rows):
+        return None
+    return rows
+
+
+def _runs_covering(index: Mapping[str, Any], positions: Sequence[int]) -> list[tuple[int, int, int]] | None:
+    """(pass, first row, rows) pieces that hold `positions` in order, when these are ascending
+    consecutive positions and every one of them was computed; else None."""
+    if not positions:
+        return None
+    start, end = positions[0], positions[0] + len(positions)
+    if list(positions) != list(range(start, end)):
+        return None
+    pieces = []
+    covered = start
+    for first, stop, pass_index, row in index["runs"]:
+        if stop <= covered or first >= end:
+            continue
+        if first > covered:  # a position no pass computed
+            return None
+        take = min(stop, end) - covered
+        pieces.append((pass_index, row + covered - first, take))
+        covered += take
+        if covered == end:
+            return pieces
+    return None
+
+
+def _one_run(index: Mapping[str, Any], positions: Sequence[int]) -> tuple[int, int] | None:
+    """(pass, first row) when `positions` are ascending consecutive positions that one
+    contiguous pass computed, all of them in that pass (later passes did not supersede any)."""
+    if not positions:
+        return None
+    first = index["position_of"].get(positions[0])
+    last = index["position_of"].get(positions[-1])
+    n = len(positions)
+    if (
+        first is None or last is None or first[0] != last[0] or first[0] not in index["contiguous"]
+        or last[1] - first[1] != n - 1 or list(positions) != list(range(positions[0], positions[0] + n))
+    ):
+        return None
+    return first
+
+
 def _gather(
     trace: TraceReader, index: Mapping[str, Any], name: str, positions: Sequence[int], slot: str
 ) -> list[torch.Tensor] | None:
@@ -253,6 +330,19 @@ def _gather(
 
     `slot`: "out" the first output, "outs" every output, "in" the first input.
     """
+    run = _one_run(index, positions)
+    if run is not None:  # every position in one pass, rows in order: one slice, no lookups
+        found = _pass_tensors(trace, index, name, run[0], slot)
+        return None if found is None else [r[run[1] : run[1] + len(positions)] for r in found]
+    pieces = _runs_covering(index, positions)
+    if pieces is not None:  # consecutive positions over a few passes: a slice of each, joined
+        parts: list[list[torch.Tensor]] = []
+        for pass_index, row, count in pieces:
+            found = _pass_tensors(trace, index, name, pass_index, slot)
+            if found is None:
+                return None
+            parts.append([r[row : row + count] for r in found])
+        return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
     by_pass: dict[int, list[tuple[int, int]]] = {}
     for i, pos in enumerate(positions):
         where = index["position_of"].get(pos)
@@ -261,20 +351,8 @@ def _gather(
         by_pass.setdefault(where[0], []).append((i, where[1]))
     result: list[torch.Tensor] | None = None
     for pass_index, pairs in by_pass.items():
-        record = index["records"].get((pass_index, name))
-        if record is None:
-            return None
-        if slot == "in":
-            inputs = trace.inputs(record)
-            tensors = [inputs.get("0", next(iter(inputs.values()), None))]
-        else:
-            outputs = [t for t in trace.outputs(record) if t is not None]
-            tensors = outputs if slot == "outs" else outputs[:1]
-        if not tensors or any(t is None for t in tensors):
-            return None
-        pass_len = len(index["passes"][pass_index].positions)
-        rows = [_rows_of(t, pass_len) for t in tensors]
-        if any(r.shape[0] != pass_len for r in rows):
+        rows = _pass_tensors(trace, index, name, pass_index, slot)
+        if rows is None:
             return None
         dest = [i for i, _ in pairs]
         src = [r for _, r in pairs]
