@@ -58,6 +58,10 @@ class CaptureSpec:
     # vLLM only: a reference trace covering the prompt (a prefill, or a teacher-forced pass);
     # leaf modules are replayed on its inputs.
     replay_reference: str | None = None
+    # vLLM in a subprocess only: the caller computes alongside the traced request (the
+    # reference, guessing the target's tokens): the target's process gets half the cores
+    # (OMP_NUM_THREADS), the caller keeps the other half while it works alongside
+    share_cores: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -223,6 +227,10 @@ def _subprocess_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
 # a bare path (every leaf), or None (no replay).
 ReplayRequest = "dict[str, Any] | str | None"
 AfterGenerate = Callable[[list[int]], ReplayRequest]
+# Called here with no argument: right after the target's process starts (while its engine
+# starts), and when it announces the traced request (while it generates).
+Hook = Callable[[], None]
+TRACING_EVENT = "tracing"
 CONTROL_ENV = "EKKA_CAPTURE_CONTROL"  # "WRITE_FD,READ_FD" of the pipes to the parent
 
 
@@ -233,6 +241,8 @@ def capture(
     timeout: float | None = None,
     in_process: bool | None = None,
     after_generate: AfterGenerate | None = None,
+    while_starting: Hook | None = None,
+    when_tracing: Hook | None = None,
 ) -> TraceReader:
     """Capture `spec` and return a reader on the written trace.
 
@@ -243,25 +253,33 @@ def capture(
     it gets the generated ids (to teacher-force references on them, and to analyse the trace)
     and returns what to replay, on which reference; the target's process then replays those
     modules into `<out>/replay`. `timeout` bounds the target's own time, not the time spent in
-    `after_generate`.
+    `after_generate`. `while_starting` runs here as soon as the target's process has started
+    (its engine is starting); `when_tracing` when it begins the traced request: work that does
+    not need the target's tokens (loading the reference, guessing its tokens) runs there,
+    alongside the target. They too are vLLM only.
     """
     validate(spec)
     spec = replace(spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve()))
-    if after_generate is not None and spec.framework != "vllm":
-        raise ValueError("after_generate is for vLLM captures only.")
+    if (after_generate or while_starting or when_tracing) is not None and spec.framework != "vllm":
+        raise ValueError("after_generate, while_starting and when_tracing are for vLLM captures only.")
     if in_process is None:
         in_process = spec.framework == "transformers" and not pythonpath
     if in_process:
         if spec.framework == "vllm":
             from ekka.tracer.adapters import vllm as adapter
 
-            adapter.run(spec, after_generate=after_generate)
+            if while_starting is not None:
+                while_starting()
+            adapter.run(spec, after_generate=after_generate, when_tracing=when_tracing)
         else:
             from ekka.tracer.adapters import transformers as adapter  # type: ignore[no-redef]
 
             adapter.run(spec)
         return TraceReader(spec.out)
-    return _capture_subprocess(spec, pythonpath=pythonpath, timeout=timeout, after_generate=after_generate)
+    return _capture_subprocess(
+        spec, pythonpath=pythonpath, timeout=timeout, after_generate=after_generate,
+        while_starting=while_starting, when_tracing=when_tracing,
+    )
 
 
 def _capture_subprocess(
@@ -270,6 +288,8 @@ def _capture_subprocess(
     pythonpath: Sequence[str | Path],
     timeout: float | None,
     after_generate: AfterGenerate | None = None,
+    while_starting: Hook | None = None,
+    when_tracing: Hook | None = None,
 ) -> TraceReader:
     module = f"ekka.tracer.adapters.{spec.framework}"
     with tempfile.TemporaryDirectory(prefix="ekka-capture-") as tmp:
@@ -277,7 +297,15 @@ def _capture_subprocess(
         spec_file.write_text(spec.to_json())
         log_file = Path(tmp) / "log.txt"
         env = _subprocess_env(pythonpath)
+        if spec.share_cores and "OMP_NUM_THREADS" not in os.environ:
+            # half the cores to the target for its whole life: lowering the thread count at
+            # run time (torch.set_num_threads before the traced request) did not stop it from
+            # slowing down next to the caller's work (60-120 ms instead of 30 on two cores)
+            cores = os.cpu_count() or 2
+            env["OMP_NUM_THREADS"] = str(max(1, cores - cores // 2))
         fds: tuple[int, ...] = ()
+        if after_generate is None and when_tracing is not None:
+            after_generate = _no_replay
         if after_generate is not None:
             from_child, child_out = os.pipe()
             child_in, to_child = os.pipe()
@@ -292,8 +320,10 @@ def _capture_subprocess(
                 os.close(fd)
             try:
                 waited = 0.0
+                if while_starting is not None:
+                    while_starting()
                 if after_generate is not None:
-                    waited = _serve_child(proc, from_child, to_child, after_generate, timeout)
+                    waited = _serve_child(proc, from_child, to_child, after_generate, timeout, when_tracing)
                 proc.wait(timeout=None if timeout is None else max(timeout - waited, 1.0))
             except subprocess.TimeoutExpired:
                 proc.kill()
@@ -320,32 +350,56 @@ def _capture_subprocess(
     return TraceReader(spec.out)
 
 
+def _no_replay(_generated: list[int]) -> None:
+    return None
+
+
 def _serve_child(
-    proc: subprocess.Popen[Any], from_child: int, to_child: int, after_generate: AfterGenerate, timeout: float | None
+    proc: subprocess.Popen[Any], from_child: int, to_child: int, after_generate: AfterGenerate,
+    timeout: float | None, when_tracing: Hook | None = None,
 ) -> float:
-    """Wait for the child's generated ids, answer with `after_generate`'s reference path.
+    """Serve the child's messages (one JSON line each) until it sends its generated ids, and
+    answer those with `after_generate`'s request; its "tracing" event runs `when_tracing`.
 
     Returns the seconds the child had used by then (its time budget continues after). A child
     that exits without asking (it failed) is left for the caller to report.
     """
     start = time.monotonic()
+    busy = 0.0  # time spent here in `when_tracing`, not the child's
     data = b""
-    while not data.endswith(b"\n"):
-        left = None if timeout is None else timeout - (time.monotonic() - start)
-        if left is not None and left <= 0:
-            raise subprocess.TimeoutExpired(proc.args, timeout or 0)
-        ready, _, _ = select.select([from_child], [], [], left)
-        if not ready:
+    while True:
+        while b"\n" not in data:
+            left = None if timeout is None else timeout - (time.monotonic() - start - busy)
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+            ready, _, _ = select.select([from_child], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(from_child, 65536)
+            if not chunk:  # the child is gone before asking: its exit code and log tell why
+                return time.monotonic() - start - busy
+            data += chunk
+        line, data = data.split(b"\n", 1)
+        message = json.loads(line.decode())
+        if message.get("event") == TRACING_EVENT:
+            if when_tracing is not None:
+                t = time.monotonic()
+                when_tracing()
+                busy += time.monotonic() - t
             continue
-        chunk = os.read(from_child, 65536)
-        if not chunk:  # the child is gone before asking: its exit code and log tell why
-            return time.monotonic() - start
-        data += chunk
-    used = time.monotonic() - start
-    generated = [int(i) for i in json.loads(data.decode())["generated_ids"]]
+        break
+    used = time.monotonic() - start - busy
+    generated = [int(i) for i in message["generated_ids"]]
     request = after_generate(generated)
     os.write(to_child, (json.dumps({"request": request}) + "\n").encode())
     return used
+
+
+def tell_parent(event: str) -> None:
+    """In a capture subprocess started with `after_generate`: tell the parent `event`."""
+    control = os.environ.get(CONTROL_ENV)
+    if control:
+        os.write(int(control.split(",")[0]), (json.dumps({"event": event}) + "\n").encode())
 
 
 def ask_parent(generated: list[int]) -> Any:

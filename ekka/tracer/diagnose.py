@@ -3,7 +3,13 @@
 1. The target (vLLM, possibly a patched copy of its sources) generates greedily, traced.
 2. The reference (transformers) runs teacher-forced on the prompt plus the tokens the target
    generated, in the serving dtype and in float32, so that every target pass (prefill chunk or
-   decode step) is compared at the same token positions with the same inputs.
+   decode step) is compared at the same token positions with the same inputs. It is loaded
+   while the target's engine starts. On a machine of four cores or more it is also traced
+   alongside the target, each on half the cores: while the target generates, one traced pass
+   over the prompt, then one over the reference's own greedy guess of the target's tokens;
+   after the target, only a wrong guess costs anything (one traced pass over the target's
+   tokens, from the prompt's KV cache). With fewer cores, one traced pass over the prompt and
+   the target's tokens follows the target.
 3. Each aligned component gets its robust error ratio; the change point names the suspects.
 """
 
@@ -27,6 +33,7 @@ from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
 from ekka.tracer.trace import REPLAY_FOLDER, TraceReader, is_trace
 
 Progress = Callable[[str], None]
+ALONGSIDE_MIN_CORES = 4
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,22 @@ class DiagnoseConfig:
     prompt_text: str | None = None
     target_pythonpath: tuple[str, ...] = ()
     timeout: float | None = 900
+    # the reference's work alongside the target's generation, on half the cores each: None
+    # follows EKKA_ALONGSIDE (on/off) if set, else the machine (4 cores or more). On two cores
+    # it measured no gain (the split slows both sides as much as it overlaps them), so they
+    # take turns there.
+    alongside: bool | None = None
+
+    @property
+    def work_alongside(self) -> bool:
+        import os
+
+        if self.alongside is not None:
+            return self.alongside
+        setting = os.environ.get("EKKA_ALONGSIDE", "").strip().lower()
+        if setting in ("on", "off"):
+            return setting == "on"
+        return (os.cpu_count() or 1) >= ALONGSIDE_MIN_CORES
 
 
 @dataclass
@@ -108,26 +131,57 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             **fields,
         )
 
-    # The target generates and writes its trace; while its process waits (engine up), the
-    # references are teacher-forced on its tokens (one pass each over prompt + generated), the
-    # trace is analysed, and the target's process replays only the suspects found, on the
-    # serving-dtype reference's inputs.
+    # Three phases, each overlapping the target's process where it can (see the module doc):
+    # while the engine starts, the references are loaded; while the target generates (when
+    # `alongside`), each reference traces the prompt and a continuation on a guess of the
+    # target's tokens; once the target's trace is written (its process waits), the references
+    # are traced on its tokens (only where the guess was wrong, if there was one), the traces
+    # are analysed, and the target's process replays only the suspects found, on the
+    # serving-dtype reference's inputs (the rows of its first pass).
+    from ekka.tracer.adapters.transformers import ForcedReference
+
     dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
+    alongside = config.work_alongside
+    pending: dict[str, ForcedReference] = {}
     references: dict[str, TraceReader] = {}
     found: dict[str, Any] = {}
+    parent = {"busy": 0.0}  # seconds this process spent inside the target's capture
+
+    def timed(phase: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                with _collector_paused():
+                    return phase(*args)
+            finally:
+                parent["busy"] += time.perf_counter() - t
+
+        return run
+
+    def load_references() -> None:
+        for dtype in dtypes:
+            say(f"reference: loading the transformers model in {dtype}")
+            pending[dtype] = ForcedReference(
+                spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens)
+            )
+        seconds["reference_load"] = sum(r.timings["load"] for r in pending.values())
+
+    def ahead() -> None:
+        t = time.perf_counter()
+        say("reference: tracing the prompt and a guess of the target's tokens, while it generates")
+        with _threads_shared():
+            # the serving-dtype reference guesses best what the target will choose
+            guess = pending[config.dtype].ahead()
+            for dtype in dtypes[1:]:
+                pending[dtype].ahead(guess)
+        seconds["reference_alongside"] = time.perf_counter() - t
 
     def references_and_analysis(generated: list[int]) -> dict[str, Any]:
-        with _collector_paused():
-            return _references_and_analysis(generated)
-
-    def _references_and_analysis(generated: list[int]) -> dict[str, Any]:
         t_ref = time.perf_counter()
-        forced = tuple(generated[:-1])
         for dtype in dtypes:
-            say(f"reference: transformers, {dtype}, teacher-forced on the target's tokens")
-            references[dtype] = capture(
-                spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens, forced_ids=forced)
-            )
+            if pending[dtype].follow(generated) is False:
+                say(f"reference {dtype}: the target's tokens are not its guess; traced on the target's")
+            references[dtype] = TraceReader(pending.pop(dtype).close())
         seconds["reference"] = time.perf_counter() - t_ref
         t_analysis = time.perf_counter()
         say("aligning and measuring")
@@ -140,13 +194,20 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
 
     t0 = time.perf_counter()
     say("target: vLLM generates, traced")
-    target = capture(
-        spec("vllm", "target", config.dtype, max_tokens=config.max_tokens, engine=dict(config.engine)),
-        pythonpath=config.target_pythonpath,
-        timeout=config.timeout,
-        after_generate=references_and_analysis,
-    )
-    seconds["target"] = time.perf_counter() - t0 - seconds.get("reference", 0.0) - seconds.get("analysis", 0.0)
+    try:
+        target = capture(
+            spec("vllm", "target", config.dtype, max_tokens=config.max_tokens, engine=dict(config.engine),
+                 share_cores=alongside),
+            pythonpath=config.target_pythonpath,
+            timeout=config.timeout,
+            after_generate=timed(references_and_analysis),
+            while_starting=timed(load_references),
+            when_tracing=timed(ahead) if alongside else None,
+        )
+    finally:
+        for reference in pending.values():  # the target failed before its tokens came
+            reference.abandon()
+    seconds["target"] = time.perf_counter() - t0 - parent["busy"]
     if "localization" not in found:  # the target's process ended without asking
         raise CaptureError("the target's capture ended before the references could be made.")
     t0 = time.perf_counter()
@@ -156,7 +217,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     replays = target.path / REPLAY_FOLDER
     if is_trace(replays):
         confirm_by_replay(localization, TraceReader(replays), reference, reference32, mapping, config.dtype)
-    seconds["analysis"] += time.perf_counter() - t0
+    seconds["confirm"] = time.perf_counter() - t0
     compared = {c.target for c in comparisons}
     unmapped = {name: u.reason for name, u in mapping.unmapped.items()}
     for record in target.records:
@@ -194,6 +255,25 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextmanager
+def _threads_shared() -> Iterator[None]:
+    """Half the cores for this process's torch while the target's process computes on the
+    other half (`CaptureSpec.share_cores`). Both running thread pools over every core slowed
+    the target's traced generation from 30 ms to 60-120 ms on two cores; split, it does not
+    slow down on a small model, and on a large one the split costs about what running one
+    after the other would (matrix products rarely scale linearly with threads)."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def analyse(

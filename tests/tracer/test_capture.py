@@ -184,3 +184,23 @@ def test_a_target_that_fails_before_asking_is_a_capture_error(zoo_model, tmp_pat
         capture(_spec(zoo_model("llama"), tmp_path / "t", engine={"no_such_engine_setting": 1}),
                 after_generate=called.append, timeout=300)
     assert called == []
+
+
+@pytest.mark.vllm
+def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates(zoo_model, tmp_path):
+    import os
+
+    from ekka.tracer.capture import capture
+
+    events = []
+    target = capture(
+        _spec(zoo_model("llama"), tmp_path / "t", share_cores=True),
+        while_starting=lambda: events.append("starting"),
+        when_tracing=lambda: events.append("tracing"),
+        after_generate=lambda generated: events.append("answer"),
+    )
+    assert events == ["starting", "tracing", "answer"]
+    cores = os.cpu_count() or 2
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores - cores // 2))
+    assert target.manifest["threads"] == threads  # the other half is the caller's
+    assert target.manifest["timings"]["traced_started_at"] < target.manifest["closed_at"]

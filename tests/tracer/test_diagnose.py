@@ -105,3 +105,44 @@ def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
     # the patch is in the CPU attention backend, the suspect is the model's Attention module:
     # the root cause names the commit either way
     assert case["root_cause"] and case["bug_commit"][:10] in case["root_cause"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_reference_made_alongside_the_target_gives_the_same_diagnosis(tmp_path, zoo_model, dtype):
+    """The reference's work alongside the target's generation (on by itself on four cores or
+    more) must not change the diagnosis: the same suspects, ratios within rounding. The patched
+    vLLM's tokens differ from the reference's guess here, so the follow-up pass runs too."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    from ekka.tracer.trace import TraceReader
+
+    copy_sources(installed_framework_dir(), tmp_path / "src")
+    apply_patch(Path(str(files("ekka") / "data" / "demo-regression.patch")), tmp_path / "src")
+    model = zoo_model("llama", rms_norm_eps=1e-2)  # the patched layers use 1e-6 instead
+    found = {}
+    for alongside in (False, True):
+        config = DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(tmp_path / str(alongside)),
+                                dtype=dtype, max_tokens=4, target_pythonpath=(str(tmp_path / "src"),),
+                                alongside=alongside)
+        found[alongside] = run_diagnosis(config)
+        references = [TraceReader(p) for p in sorted((tmp_path / str(alongside)).glob("reference-*"))]
+        assert len(references) == (1 if dtype == "float32" else 2)
+        for reference in references:
+            assert sorted(p for info in reference.passes for p in info.positions) == list(range(len(PROMPT_IDS) + 3))
+        serving = TraceReader(tmp_path / str(alongside) / f"reference-{dtype}")
+        # the guess is the reference's own greedy run: right exactly when, forced on the
+        # target's tokens, the reference would have chosen them itself
+        chose_the_same = serving.generated_ids[:-1] == found[alongside].target_tokens[:-1]
+        assert serving.manifest.get("guess_right") is (chose_the_same if alongside else None)
+        print(dtype, alongside, "guess right:", serving.manifest.get("guess_right"))
+        if alongside:
+            assert "reference_alongside" in found[alongside].seconds
+    plain, overlapped = found[False], found[True]
+    assert plain.diverged and overlapped.diverged
+    assert plain.target_tokens == overlapped.target_tokens
+    assert [s.component for s in plain.localization.suspects] == [s.component for s in overlapped.localization.suspects]
+    assert plain.localization.suspects[0].component.endswith("layernorm")
+    for a, b in zip(plain.comparisons, overlapped.comparisons):
+        assert (a.target, a.pass_index, a.kind) == (b.target, b.pass_index, b.kind)
+        assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (a.target, a.ratio, b.ratio)

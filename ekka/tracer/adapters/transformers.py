@@ -118,7 +118,10 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     return writer.path
 
 
-def _forward(model: Any, recorder: Any, writer: Any, feed: list[int], positions: list[int], step: int, past: Any) -> Any:
+def _forward(
+    model: Any, recorder: Any, writer: Any, feed: list[int], positions: list[int], step: int, past: Any,
+    *, cache: bool = False,
+) -> Any:
     import torch
 
     from ekka.tracer.trace import PassInfo
@@ -131,7 +134,7 @@ def _forward(model: Any, recorder: Any, writer: Any, feed: list[int], positions:
         input_ids=torch.tensor([feed]),
         position_ids=torch.tensor([positions]),
         past_key_values=past,
-        use_cache=past is not None or step == 0,
+        use_cache=cache or past is not None or step == 0,
     )
     recorder.record_tensor("logits", out.logits[0], kind="logits")
     return out
@@ -161,6 +164,156 @@ def _forced_pass(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> l
     out = _forward(model, recorder, writer, feed, list(range(len(feed))), 0, None)
     start = len(spec.prompt_ids) - 1
     return [int(t) for t in out.logits[0, start:].float().argmax(dim=-1).tolist()]
+
+
+class ForcedReference:
+    """A teacher-forced reference made in two phases around the target's generation.
+
+    `ahead()` runs while the target generates (in another process): one traced pass over the
+    prompt, whose KV cache is kept; untraced greedy steps on a copy of that cache guess the
+    target's tokens; one traced pass continues over the guess. `follow(generated)` runs once
+    the target's tokens are known: a right guess leaves nothing to do; otherwise the guessed
+    pass is dropped and one traced pass continues from the prompt's cache over the target's
+    tokens. `close()` writes the trace: pass 0 the prompt, pass 1 the target's generated
+    tokens but the last, every position computed on the target's tokens, as teacher forcing
+    needs. `follow` alone, without `ahead`, makes one pass over all of them (what `run` with
+    `forced_ids` does).
+    """
+
+    def __init__(self, spec: CaptureSpec, *, model: Any = None) -> None:
+        from dataclasses import replace
+
+        import transformers
+
+        from ekka.tracer.capture import validate
+        from ekka.tracer.trace import TraceWriter
+
+        validate(spec)
+        spec = replace(spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve()))
+        t_load = time.perf_counter()
+        self.model = model if model is not None else load_model(spec.model, spec.dtype)
+        self.spec = spec
+        self.timings: dict[str, float] = {"load": time.perf_counter() - t_load}
+        header = {
+            "framework": "transformers",
+            "framework_version": transformers.__version__,
+            "framework_commit": None,
+            "framework_path": str(Path(transformers.__file__).resolve().parent),
+            "model": str(Path(spec.model).resolve()),
+            "dtype": spec.dtype,
+            "prompt": spec.prompt_text,
+            "prompt_ids": list(spec.prompt_ids),
+            "max_tokens": spec.max_tokens,
+            "engine": {},
+            "model_class": type(self.model).__name__,
+            "model_config": _config_dict(spec.model),
+        }
+        self.writer = TraceWriter(spec.out, header, shard_bytes=spec.shard_bytes)
+        self.prompt_cache: Any = None  # the KV cache after the prompt, never extended
+        self.first_choice: int | None = None  # the greedy choice after the prompt
+        self.forced: list[int] | None = None  # what the continuation pass was fed
+        self.choices: list[int] = []  # the greedy choices at the continuation's positions
+        self.guess_right: bool | None = None
+
+    def ahead(self, guess: list[int] | None = None) -> list[int]:
+        """Trace the prompt, guess the target's tokens (unless given `guess`, another reference's
+        guess), trace on the guess; returns the guess."""
+        import copy
+
+        import torch
+
+        t = time.perf_counter()
+        self._prompt_pass()
+        if guess is not None:
+            self._continuation(list(guess[: self.spec.max_tokens - 1]), copy_cache=True)
+            self.writer.flush()
+            self.timings["ahead"] = time.perf_counter() - t
+            return list(guess)
+        guess = [self.first_choice]
+        with torch.no_grad():
+            cache = copy.deepcopy(self.prompt_cache)
+            position = len(self.spec.prompt_ids)
+            while len(guess) < self.spec.max_tokens - 1:
+                out = self.model(
+                    input_ids=torch.tensor([[guess[-1]]]), position_ids=torch.tensor([[position]]),
+                    past_key_values=cache, use_cache=True,
+                )
+                cache = out.past_key_values
+                guess.append(int(out.logits[0, -1].float().argmax()))
+                position += 1
+        self.timings["guess"] = time.perf_counter() - t
+        self._continuation(guess[: self.spec.max_tokens - 1], copy_cache=True)
+        # written now, alongside the target; a wrong guess leaves its pass's tensors in the
+        # shard, unreferenced once the pass is discarded
+        self.writer.flush()
+        self.timings["ahead"] = time.perf_counter() - t
+        return list(guess)
+
+    def follow(self, generated: list[int]) -> bool | None:
+        """Make the trace cover the target's tokens; True when the guess was right (None: no
+        `ahead` before it, so one traced pass over the prompt and the target's tokens)."""
+        t = time.perf_counter()
+        wanted = list(generated[:-1])
+        if self.prompt_cache is None:
+            feed = list(self.spec.prompt_ids) + wanted
+            out = self._traced_pass(feed, 0, 0, None)
+            rows = out.logits[0, len(self.spec.prompt_ids) - 1 :].float().argmax(dim=-1).tolist()
+            self.first_choice, self.choices = int(rows[0]), [int(r) for r in rows[1:]]
+            self.forced = wanted
+            self.timings["follow"] = time.perf_counter() - t
+            return None
+        self.guess_right = self.forced == wanted
+        if not self.guess_right:
+            if self.forced is not None:
+                self.writer.discard_passes(1)
+            self._continuation(wanted, copy_cache=False)
+        self.timings["follow"] = time.perf_counter() - t
+        return self.guess_right
+
+    def _prompt_pass(self) -> None:
+        out = self._traced_pass(list(self.spec.prompt_ids), 0, 0, None)
+        self.prompt_cache = out.past_key_values
+        self.first_choice = int(out.logits[0, -1].float().argmax())
+
+    def _continuation(self, feed: list[int], *, copy_cache: bool) -> None:
+        import copy
+
+        self.forced = list(feed)
+        self.choices = []
+        if not feed:
+            return
+        cache = copy.deepcopy(self.prompt_cache) if copy_cache else self.prompt_cache
+        out = self._traced_pass(feed, 1, len(self.spec.prompt_ids), cache)
+        self.choices = [int(t) for t in out.logits[0].float().argmax(dim=-1).tolist()]
+
+    def _traced_pass(self, feed: list[int], pass_index: int, start: int, cache: Any) -> Any:
+        import torch
+
+        from ekka.tracer.hooks import ModuleRecorder
+
+        recorder = ModuleRecorder(self.writer, self.model, modules=self.spec.modules, steps=self.spec.steps)
+        recorder.pass_index = pass_index - 1
+        recorder.install()
+        try:
+            with torch.no_grad(), wrap_rotary(self.model, recorder):
+                return _forward(
+                    self.model, recorder, self.writer, feed, list(range(start, start + len(feed))),
+                    0 if start == 0 else 1, cache, cache=True,
+                )
+        finally:
+            recorder.remove()
+
+    def close(self) -> Path:
+        t = time.perf_counter()
+        self.writer.flush()
+        self.timings["write"] = time.perf_counter() - t
+        choices = ([] if self.first_choice is None else [self.first_choice]) + self.choices
+        return self.writer.close(
+            generated_ids=choices[: self.spec.max_tokens], timings=self.timings, guess_right=self.guess_right
+        )
+
+    def abandon(self) -> None:
+        self.writer.close(complete=False)
 
 
 def main(argv: list[str]) -> int:

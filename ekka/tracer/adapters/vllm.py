@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.capture import CONTROL_ENV, CaptureSpec, ask_parent, read_config, text_config
+from ekka.tracer.capture import (
+    CONTROL_ENV,
+    TRACING_EVENT,
+    CaptureSpec,
+    ask_parent,
+    read_config,
+    tell_parent,
+    text_config,
+)
 from ekka.tracer.hooks import source_location
 
 
@@ -71,10 +79,13 @@ def _attention_metadata() -> dict[str, Any]:
     return extra
 
 
-def run(spec: CaptureSpec, after_generate: Any = None) -> Path:
+def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None) -> Path:
     """Capture `spec`. `after_generate(generated_ids) -> reference path | None` (in this process,
     or the parent's through `ask_parent` when started by `capture(..., after_generate=...)`)
-    names the reference to replay on; without it, `spec.replay_reference` does."""
+    names the reference to replay on; without it, `spec.replay_reference` does.
+    `when_tracing()` (or the parent, told through the pipe) learns that the traced request
+    starts; the timings' `traced_started_at` and a manifest's `closed_at` are `time.monotonic()`
+    readings, comparable across the processes of one machine."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
@@ -151,6 +162,7 @@ def run(spec: CaptureSpec, after_generate: Any = None) -> Path:
             return type(model).__name__
 
         timings = {"engine_start": time.perf_counter() - t_start}
+        writer.header["threads"] = torch.get_num_threads()  # the traced request's torch threads
         # One untraced request first, so that the traced request does not also pay the engine's
         # first-request costs (oneDNN builds its kernels per matrix shape on first use): as long
         # as the prompt, two steps (a prefill and a decode). Every token differs from the
@@ -164,6 +176,11 @@ def run(spec: CaptureSpec, after_generate: Any = None) -> Path:
         )
         timings["warmup"] = time.perf_counter() - t_warm
         model_class = llm.apply_model(install)[0]
+        if when_tracing is not None:
+            when_tracing()
+        elif os.environ.get(CONTROL_ENV):
+            tell_parent(TRACING_EVENT)
+        timings["traced_started_at"] = time.monotonic()
         t_run = time.perf_counter()
         params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
         outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], params, use_tqdm=False)
