@@ -9,15 +9,23 @@ its tokens shifted so that vLLM's prefix cache cannot serve it); load the transf
 (excluded), time its greedy loop the same way.
 
 Localization: `run_diagnosis` on the same model and prompt, `--runs` times in this process. Its
-cost, from the captures' own timings: the target's traced generation + replay + trace writing,
-the teacher-forced reference captures without their model loading, and the analysis. Excluded,
-as the issue says: the engine start, which in a capture includes one untraced two-token
-warm-up request (so the traced request is a warm one, like the baseline's median), and the
-process start. Each round measures a fresh baseline, then one localization; the figure is the
-median over rounds of localization / (warm vLLM + warm transformers). First-request baselines
-are printed too. Prints one line per round, then one JSON line.
+cost is wall time: from the moment the target's process starts its traced request to the moment
+it has written its replays (both `time.monotonic()` readings, one clock for every process of
+the machine), plus the replay verdicts worked out here after that. In that window: the traced
+generation, the trace's writing, the reference's work that could not be done alongside the
+target (following the target's tokens where the reference's guess was wrong), the analysis and
+the replay. Excluded, as the issue says: the engine start, which in a capture includes one
+untraced two-token warm-up request (so the traced request is a warm one, like the baseline's
+median), the reference models' loading (done while the engine starts) and the processes' start
+and exit. With `--alongside on` (the default on four cores or more), the reference's work
+alongside the target (its prompt pass, its guess and the pass on it) lies inside the window, on
+the other half of the cores. `work` adds up every part's own time instead, as if nothing ran
+alongside: it is printed too. Each round measures a fresh baseline, then one
+localization; the figure is the median over rounds of localization / (warm vLLM + warm
+transformers). First-request baselines are printed too. Prints one line per round, then one
+JSON line.
 
-    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7]
+    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--alongside on|off]
 """
 
 from __future__ import annotations
@@ -74,6 +82,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="rounds (baseline + localization each)")
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
     parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
+    parser.add_argument("--alongside", choices=("auto", "on", "off"), default="auto",
+                        help="the reference's work alongside the target's generation (auto: 4 cores or more)")
     args = parser.parse_args()
     case = find_cases(args.cases, [args.case])[0]
     if args.set:
@@ -84,7 +94,7 @@ def main() -> None:
         case = replace(case, config={**case.config, **parse_set_values(args.set)})
     model = build_case_model(case, args.work / "model")
     ids = case_prompt_ids(case, model)
-    costs, walls, parts, baselines, ratios = [], [], [], [], []
+    costs, works, walls, parts, baselines, ratios = [], [], [], [], [], []
     for i in range(args.runs):
         # each round measures its own baseline right before its localization: this machine's
         # speed drifts over minutes, and a ratio of figures taken apart would carry the drift
@@ -95,28 +105,30 @@ def main() -> None:
         shutil.rmtree(args.work / f"run{i}", ignore_errors=True)
         start = time.perf_counter()
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
-                                                 dtype=case.dtype, max_tokens=case.max_tokens))
+                                                 dtype=case.dtype, max_tokens=case.max_tokens,
+                                                 alongside={"auto": None, "on": True, "off": False}[args.alongside]))
         walls.append(time.perf_counter() - start)
         run = args.work / f"run{i}"
         target_manifest = TraceReader(run / "target").manifest
         timings = target_manifest.get("timings", {})
         s = diagnosis.seconds
-        # model loading is excluded on the reference side as the engine start is on the target side
-        loads = sum(TraceReader(p).manifest.get("timings", {}).get("load", 0)
-                    for p in run.iterdir() if p.name.startswith("reference"))
         replay = run / "target" / "replay"
-        replay_manifest = TraceReader(replay).manifest if (replay / "manifest.json").exists() else {}
+        replay_manifest = TraceReader(replay).manifest
+        window = replay_manifest["closed_at"] - timings["traced_started_at"] + s["confirm"]
         part = {
             "target_traced_generate": timings.get("traced_generate", 0),
-            "target_replay": replay_manifest.get("timings", {}).get("replay", 0),
-            "target_write": target_manifest.get("write_seconds", 0) + replay_manifest.get("write_seconds", 0),
-            "references_without_load": s["reference"] - loads,
+            "target_write": target_manifest.get("write_seconds", 0),
+            "reference_alongside": s.get("reference_alongside", 0),
+            "reference_after": s["reference"],
             "analysis": s["analysis"],
+            "target_replay": replay_manifest.get("timings", {}).get("replay", 0) + replay_manifest.get("write_seconds", 0),
+            "confirm": s["confirm"],
         }
         parts.append(part)
-        costs.append(sum(part.values()))
+        costs.append(window)
+        works.append(sum(part.values()))
         ratios.append(costs[-1] / (baseline["vllm"] + baseline["transformers"]))
-        print(f"round {i + 1}/{args.runs}: localization {costs[-1]:.3f} s, untraced vLLM {baseline['vllm']:.3f} s "
+        print(f"round {i + 1}/{args.runs}: localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {baseline['vllm']:.3f} s "
               f"+ transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f} "
               f"({', '.join(f'{k} {v:.3f}' for k, v in part.items())})", file=sys.stderr)
 
@@ -130,6 +142,8 @@ def main() -> None:
         "ratio_median": round(statistics.median(ratios), 2),
         "ratios": [round(r, 2) for r in ratios],
         "localization_s_median": round(statistics.median(costs), 3),
+        "work_s_median": round(statistics.median(works), 3),
+        "work_ratio_median": round(statistics.median(w / (b["vllm"] + b["transformers"]) for w, b in zip(works, baselines)), 2),
         "untraced_vllm_s_median": median("vllm"),
         "untraced_transformers_s_median": median("transformers"),
         "first_request_vllm_s_median": median("vllm_first"),
