@@ -142,6 +142,7 @@ class ModuleRecorder:
         self.names: dict[int, str] = {id(m): n for n, m in root.named_modules() if n}
         self.step = 0
         self.pass_index = -1
+        self._recording = False  # set per pass by begin_pass
         self.call_index = 0
         self._stack: list[list[Any]] = []  # [name, had_child_call, cloned_inputs]
         self._seen: dict[str, int] = {}
@@ -164,10 +165,11 @@ class ModuleRecorder:
         self._seen = {}
         self._stack = []
         self._kept = {}
+        self._recording = self.want_step(step)
 
     @property
     def recording(self) -> bool:
-        return self.pass_index >= 0 and self.want_step(self.step)
+        return self._recording
 
     def _selected(self, name: str) -> bool:
         return not self.patterns or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
@@ -210,7 +212,7 @@ class ModuleRecorder:
         self._handles = []
 
     def _pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not self.recording:
+        if not self._recording:
             return
         name = self._effective_name(self.names[id(module)])
         if self._stack:
@@ -221,17 +223,18 @@ class ModuleRecorder:
         inputs = self._copy_inputs(args, kwargs) if candidate and (not self.patterns or self._selected(name)) else None
         self._stack.append([name, False, inputs])
 
-    def _copy(self, t: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
-        """(what to store: a fresh copy, or the meta of an equal copy stored this pass; the
-        original, to remember the copy by)."""
+    def _copy(self, t: torch.Tensor | None) -> tuple[Any, Any]:
+        """(what to store: a fresh copy, or the meta of an equal copy stored this pass; the key
+        to remember a fresh copy by, None otherwise)."""
         if t is None:
             return None, None
-        kept = self._kept.get((t.data_ptr(), t.shape, t.stride(), t.dtype))
+        key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
+        kept = self._kept.get(key)
         if kept is not None and torch.equal(kept[0], t):
             return kept[1], None
-        return t.detach().clone(memory_format=torch.contiguous_format), t
+        return t.detach().clone(memory_format=torch.contiguous_format), key
 
-    def _copy_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, tuple[Any, torch.Tensor | None]]:
+    def _copy_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         inputs = {}
         for i, arg in enumerate(args):
             if isinstance(arg, torch.Tensor):
@@ -241,15 +244,10 @@ class ModuleRecorder:
                 inputs[key] = self._copy(value)
         return inputs
 
-    def _keep(self, originals: Iterable[torch.Tensor | None], copies: Iterable[Any], metas: Iterable[TensorMeta | None]) -> None:
-        for original, copy, meta in zip(originals, copies, metas):
-            if original is not None and meta is not None:
-                self._kept[(original.data_ptr(), original.shape, original.stride(), original.dtype)] = (copy, meta)
-
     def _post(
         self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        if not self.recording or not self._stack:
+        if not self._recording or not self._stack:
             return
         name, had_child, inputs = self._stack.pop()
         if self.patterns and not self._selected(name):
@@ -274,10 +272,17 @@ class ModuleRecorder:
             inputs=None if inputs is None else {k: c for k, (c, _) in inputs.items()},
             leaf=not had_child,
         )
+        # fresh copies are remembered by where their original lives, for the next record that
+        # returns or receives the same tensor
+        kept = self._kept
         if inputs:
             stored = dict(record.inputs)
-            self._keep((o for _, o in inputs.values()), (c for c, _ in inputs.values()), (stored.get(k) for k in inputs))
-        self._keep((o for _, o in outputs), (c for c, _ in outputs), record.outputs)
+            for k, (copy, key) in inputs.items():
+                if key is not None and k in stored:
+                    kept[key] = (copy, stored[k])
+        for (copy, key), meta in zip(outputs, record.outputs):
+            if key is not None and meta is not None:
+                kept[key] = (copy, meta)
         self.call_index += 1
 
     def record_function(
