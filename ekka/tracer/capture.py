@@ -230,7 +230,10 @@ AfterGenerate = Callable[[list[int]], ReplayRequest]
 # Called here with no argument: right after the target's process starts (while its engine
 # starts), and when it announces the traced request (while it generates).
 Hook = Callable[[], None]
+# Called here with the generated ids as soon as the target has them, before its trace is written.
+TokensHook = Callable[[list[int]], None]
 TRACING_EVENT = "tracing"
+TOKENS_EVENT = "tokens"
 CONTROL_ENV = "EKKA_CAPTURE_CONTROL"  # "WRITE_FD,READ_FD" of the pipes to the parent
 
 
@@ -243,6 +246,7 @@ def capture(
     after_generate: AfterGenerate | None = None,
     while_starting: Hook | None = None,
     when_tracing: Hook | None = None,
+    when_tokens: TokensHook | None = None,
 ) -> TraceReader:
     """Capture `spec` and return a reader on the written trace.
 
@@ -256,12 +260,14 @@ def capture(
     `after_generate`. `while_starting` runs here as soon as the target's process has started
     (its engine is starting); `when_tracing` when it begins the traced request: work that does
     not need the target's tokens (loading the reference, guessing its tokens) runs there,
-    alongside the target. They too are vLLM only.
+    alongside the target. `when_tokens(generated)` runs as soon as the target has its tokens,
+    while its process still writes the trace (teacher forcing can start there);
+    `after_generate` follows once the trace is written. They too are vLLM only.
     """
     validate(spec)
     spec = replace(spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve()))
-    if (after_generate or while_starting or when_tracing) is not None and spec.framework != "vllm":
-        raise ValueError("after_generate, while_starting and when_tracing are for vLLM captures only.")
+    if (after_generate or while_starting or when_tracing or when_tokens) is not None and spec.framework != "vllm":
+        raise ValueError("after_generate, while_starting, when_tracing and when_tokens are for vLLM captures only.")
     if in_process is None:
         in_process = spec.framework == "transformers" and not pythonpath
     if in_process:
@@ -270,6 +276,8 @@ def capture(
 
             if while_starting is not None:
                 while_starting()
+            if when_tokens is not None:  # in one process the trace is written before either runs
+                after_generate = _tokens_then(when_tokens, after_generate or _no_replay)
             adapter.run(spec, after_generate=after_generate, when_tracing=when_tracing)
         else:
             from ekka.tracer.adapters import transformers as adapter  # type: ignore[no-redef]
@@ -278,7 +286,7 @@ def capture(
         return TraceReader(spec.out)
     return _capture_subprocess(
         spec, pythonpath=pythonpath, timeout=timeout, after_generate=after_generate,
-        while_starting=while_starting, when_tracing=when_tracing,
+        while_starting=while_starting, when_tracing=when_tracing, when_tokens=when_tokens,
     )
 
 
@@ -290,6 +298,7 @@ def _capture_subprocess(
     after_generate: AfterGenerate | None = None,
     while_starting: Hook | None = None,
     when_tracing: Hook | None = None,
+    when_tokens: TokensHook | None = None,
 ) -> TraceReader:
     module = f"ekka.tracer.adapters.{spec.framework}"
     with tempfile.TemporaryDirectory(prefix="ekka-capture-") as tmp:
@@ -304,7 +313,7 @@ def _capture_subprocess(
             cores = os.cpu_count() or 2
             env["OMP_NUM_THREADS"] = str(max(1, cores - cores // 2))
         fds: tuple[int, ...] = ()
-        if after_generate is None and when_tracing is not None:
+        if after_generate is None and (when_tracing or when_tokens) is not None:
             after_generate = _no_replay
         if after_generate is not None:
             from_child, child_out = os.pipe()
@@ -323,7 +332,9 @@ def _capture_subprocess(
                 if while_starting is not None:
                     while_starting()
                 if after_generate is not None:
-                    waited = _serve_child(proc, from_child, to_child, after_generate, timeout, when_tracing)
+                    waited = _serve_child(
+                        proc, from_child, to_child, after_generate, timeout, when_tracing, when_tokens
+                    )
                 proc.wait(timeout=None if timeout is None else max(timeout - waited, 1.0))
             except subprocess.TimeoutExpired:
                 proc.kill()
@@ -354,12 +365,21 @@ def _no_replay(_generated: list[int]) -> None:
     return None
 
 
+def _tokens_then(when_tokens: TokensHook, after_generate: AfterGenerate) -> AfterGenerate:
+    def both(generated: list[int]) -> Any:
+        when_tokens(generated)
+        return after_generate(generated)
+
+    return both
+
+
 def _serve_child(
     proc: subprocess.Popen[Any], from_child: int, to_child: int, after_generate: AfterGenerate,
-    timeout: float | None, when_tracing: Hook | None = None,
+    timeout: float | None, when_tracing: Hook | None = None, when_tokens: TokensHook | None = None,
 ) -> float:
-    """Serve the child's messages (one JSON line each) until it sends its generated ids, and
-    answer those with `after_generate`'s request; its "tracing" event runs `when_tracing`.
+    """Serve the child's messages (one JSON line each) until it asks with its generated ids (its
+    trace written), and answer with `after_generate`'s request. Its "tracing" event runs
+    `when_tracing`; its "tokens" event (the ids, before the trace is written) `when_tokens`.
 
     Returns the seconds the child had used by then (its time budget continues after). A child
     that exits without asking (it failed) is left for the caller to report.
@@ -381,11 +401,15 @@ def _serve_child(
             data += chunk
         line, data = data.split(b"\n", 1)
         message = json.loads(line.decode())
-        if message.get("event") == TRACING_EVENT:
-            if when_tracing is not None:
-                t = time.monotonic()
+        event = message.get("event")
+        if event in (TRACING_EVENT, TOKENS_EVENT):
+            t = time.monotonic()
+            if event == TRACING_EVENT and when_tracing is not None:
                 when_tracing()
-                busy += time.monotonic() - t
+            elif event == TOKENS_EVENT and when_tokens is not None:
+                told = [int(i) for i in message["generated_ids"]]
+                when_tokens(told)
+            busy += time.monotonic() - t
             continue
         break
     used = time.monotonic() - start - busy
@@ -395,11 +419,11 @@ def _serve_child(
     return used
 
 
-def tell_parent(event: str) -> None:
+def tell_parent(event: str, **fields: Any) -> None:
     """In a capture subprocess started with `after_generate`: tell the parent `event`."""
     control = os.environ.get(CONTROL_ENV)
     if control:
-        os.write(int(control.split(",")[0]), (json.dumps({"event": event}) + "\n").encode())
+        os.write(int(control.split(",")[0]), (json.dumps({"event": event, **fields}) + "\n").encode())
 
 
 def ask_parent(generated: list[int]) -> Any:

@@ -131,13 +131,14 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             **fields,
         )
 
-    # Three phases, each overlapping the target's process where it can (see the module doc):
-    # while the engine starts, the references are loaded; while the target generates (when
+    # Phases, each overlapping the target's process where it can (see the module doc): while
+    # the engine starts, the references are loaded; while the target generates (when
     # `alongside`), each reference traces the prompt and a continuation on a guess of the
-    # target's tokens; once the target's trace is written (its process waits), the references
-    # are traced on its tokens (only where the guess was wrong, if there was one), the traces
-    # are analysed, and the target's process replays only the suspects found, on the
-    # serving-dtype reference's inputs (the rows of its first pass).
+    # target's tokens; while the target writes its trace, its tokens known, the references are
+    # traced on them (only where the guess was wrong, if there was one); once the trace is
+    # written (the target's process waits), the traces are analysed, and the target's process
+    # replays only the suspects found, on the serving-dtype reference's inputs (the rows of
+    # its first pass).
     from ekka.tracer.adapters.transformers import ForcedReference
 
     dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
@@ -176,13 +177,17 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
                 pending[dtype].ahead(guess)
         seconds["reference_alongside"] = time.perf_counter() - t
 
-    def references_and_analysis(generated: list[int]) -> dict[str, Any]:
+    def follow(generated: list[int]) -> None:
         t_ref = time.perf_counter()
         for dtype in dtypes:
             if pending[dtype].follow(generated) is False:
                 say(f"reference {dtype}: the target's tokens are not its guess; traced on the target's")
             references[dtype] = TraceReader(pending.pop(dtype).close())
         seconds["reference"] = time.perf_counter() - t_ref
+
+    def analysis(generated: list[int]) -> dict[str, Any]:
+        if pending:  # the target did not tell its tokens before writing its trace
+            follow(generated)
         t_analysis = time.perf_counter()
         say("aligning and measuring")
         found.update(analyse(TraceReader(work / "target"), references, config.dtype, config.threshold))
@@ -200,9 +205,10 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
                  share_cores=alongside),
             pythonpath=config.target_pythonpath,
             timeout=config.timeout,
-            after_generate=timed(references_and_analysis),
+            after_generate=timed(analysis),
             while_starting=timed(load_references),
             when_tracing=timed(ahead) if alongside else None,
+            when_tokens=timed(follow),
         )
     finally:
         for reference in pending.values():  # the target failed before its tokens came

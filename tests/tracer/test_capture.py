@@ -192,14 +192,16 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
 
     from ekka.tracer.capture import capture
 
-    events = []
+    events, told = [], []
     target = capture(
         _spec(zoo_model("llama"), tmp_path / "t", share_cores=True),
         while_starting=lambda: events.append("starting"),
         when_tracing=lambda: events.append("tracing"),
+        when_tokens=lambda generated: (events.append("tokens"), told.append(generated)),
         after_generate=lambda generated: events.append("answer"),
     )
-    assert events == ["starting", "tracing", "answer"]
+    assert events == ["starting", "tracing", "tokens", "answer"]
+    assert told == [target.generated_ids]  # told before its trace was written
     cores = os.cpu_count() or 2
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores - cores // 2))
     assert target.manifest["threads"] == threads  # the other half is the caller's

@@ -21,6 +21,7 @@ from typing import Any
 
 from ekka.tracer.capture import (
     CONTROL_ENV,
+    TOKENS_EVENT,
     TRACING_EVENT,
     CaptureSpec,
     ask_parent,
@@ -188,6 +189,9 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         timings["traced_generate"] = time.perf_counter() - t_run
         recorder = state["recorder"]
         recorder.remove()
+        if after_generate is None and os.environ.get(CONTROL_ENV):
+            # the parent can teacher-force its references while this process writes the trace
+            tell_parent(TOKENS_EVENT, generated_ids=generated)
     except BaseException:
         writer.close(complete=False)
         raise
