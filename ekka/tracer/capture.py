@@ -385,7 +385,7 @@ def _serve_child(
     that exits without asking (it failed) is left for the caller to report.
     """
     start = time.monotonic()
-    busy = 0.0  # time spent here in `when_tracing`, not the child's
+    busy = 0.0  # time spent here in `when_tracing` and `when_tokens`, not the child's
     data = b""
     while True:
         while b"\n" not in data:
