@@ -215,15 +215,9 @@ class Aligner:
 def _index(trace: TraceReader) -> dict[str, Any]:
     """Per reference trace: position -> (pass, row) and (pass, name) -> record."""
     position_of: dict[int, tuple[int, int]] = {}
-    contiguous: set[int] = set()  # passes whose positions are one ascending run
     for p in trace.passes:
         for row, pos in enumerate(p.positions):
             position_of[pos] = (p.index, row)
-        if p.positions and list(p.positions) == list(range(p.positions[0], p.positions[0] + len(p.positions))):
-            contiguous.add(p.index)
-    for p in trace.passes:  # a pass some of whose rows a later pass superseded is not one run
-        if p.index in contiguous and any(position_of[pos][0] != p.index for pos in p.positions):
-            contiguous.discard(p.index)
     records: dict[tuple[int, str], Record] = {}
     for r in trace.records:
         records.setdefault((r.pass_index, r.name), r)
@@ -236,8 +230,7 @@ def _index(trace: TraceReader) -> dict[str, Any]:
             runs[-1] = (runs[-1][0], pos + 1, pass_index, runs[-1][3])
         else:
             runs.append((pos, pos + 1, pass_index, row))
-    return {"position_of": position_of, "records": records, "passes": {p.index: p for p in trace.passes},
-            "contiguous": contiguous, "runs": runs}
+    return {"position_of": position_of, "records": records, "passes": {p.index: p for p in trace.passes}, "runs": runs}
 
 
 def _rows_of(tensor: torch.Tensor, pass_len: int) -> torch.Tensor:
@@ -307,22 +300,6 @@ def _runs_covering(index: Mapping[str, Any], positions: Sequence[int]) -> list[t
     return None
 
 
-def _one_run(index: Mapping[str, Any], positions: Sequence[int]) -> tuple[int, int] | None:
-    """(pass, first row) when `positions` are ascending consecutive positions that one
-    contiguous pass computed, all of them in that pass (later passes did not supersede any)."""
-    if not positions:
-        return None
-    first = index["position_of"].get(positions[0])
-    last = index["position_of"].get(positions[-1])
-    n = len(positions)
-    if (
-        first is None or last is None or first[0] != last[0] or first[0] not in index["contiguous"]
-        or last[1] - first[1] != n - 1 or list(positions) != list(range(positions[0], positions[0] + n))
-    ):
-        return None
-    return first
-
-
 def _gather(
     trace: TraceReader, index: Mapping[str, Any], name: str, positions: Sequence[int], slot: str
 ) -> list[torch.Tensor] | None:
@@ -330,18 +307,16 @@ def _gather(
 
     `slot`: "out" the first output, "outs" every output, "in" the first input.
     """
-    run = _one_run(index, positions)
-    if run is not None:  # every position in one pass, rows in order: one slice, no lookups
-        found = _pass_tensors(trace, index, name, run[0], slot)
-        return None if found is None else [r[run[1] : run[1] + len(positions)] for r in found]
     pieces = _runs_covering(index, positions)
-    if pieces is not None:  # consecutive positions over a few passes: a slice of each, joined
+    if pieces is not None:  # consecutive positions: a slice of each pass that holds them
         parts: list[list[torch.Tensor]] = []
         for pass_index, row, count in pieces:
             found = _pass_tensors(trace, index, name, pass_index, slot)
             if found is None:
                 return None
             parts.append([r[row : row + count] for r in found])
+        if len(parts) == 1:  # the common case: one slice, no copy
+            return parts[0]
         return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
     by_pass: dict[int, list[tuple[int, int]]] = {}
     for i, pos in enumerate(positions):

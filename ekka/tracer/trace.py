@@ -259,11 +259,7 @@ class TraceWriter:
         ahead on tokens the target did not choose). Their tensors still buffered are freed; any
         already flushed stay in their shard, unreferenced. A record refers only to tensors of
         its own pass, so the records kept are intact."""
-        dropped = [r for r in self.records if r.pass_index >= first]
-        if not dropped:
-            self.passes = [p for p in self.passes if p.index < first]
-            return
-        for record in dropped:
+        for record in (r for r in self.records if r.pass_index >= first):
             for meta in [*record.outputs, *(m for _, m in record.inputs)]:
                 if meta is not None:
                     tensor = self._buffer.pop(meta.key, None)

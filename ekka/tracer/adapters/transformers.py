@@ -57,6 +57,26 @@ def _config_dict(model_dir: str) -> dict[str, Any]:
     return dict(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
+def _header(spec: CaptureSpec, model: Any) -> dict[str, Any]:
+    """The trace header of a transformers capture of `spec` with `model`."""
+    import transformers
+
+    return {
+        "framework": "transformers",
+        "framework_version": transformers.__version__,
+        "framework_commit": None,
+        "framework_path": str(Path(transformers.__file__).resolve().parent),
+        "model": str(Path(spec.model).resolve()),
+        "dtype": spec.dtype,
+        "prompt": spec.prompt_text,
+        "prompt_ids": list(spec.prompt_ids),
+        "max_tokens": spec.max_tokens,
+        "engine": {},
+        "model_class": type(model).__name__,
+        "model_config": _config_dict(spec.model),
+    }
+
+
 def load_model(model_dir: str, dtype: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -71,7 +91,6 @@ def load_model(model_dir: str, dtype: str) -> Any:
 
 def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     import torch
-    import transformers
 
     from ekka.tracer.hooks import ModuleRecorder
     from ekka.tracer.trace import TraceWriter
@@ -80,21 +99,7 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     if model is None:
         model = load_model(spec.model, spec.dtype)
     timings = {"load": time.perf_counter() - t_load}
-    header = {
-        "framework": "transformers",
-        "framework_version": transformers.__version__,
-        "framework_commit": None,
-        "framework_path": str(Path(transformers.__file__).resolve().parent),
-        "model": str(Path(spec.model).resolve()),
-        "dtype": spec.dtype,
-        "prompt": spec.prompt_text,
-        "prompt_ids": list(spec.prompt_ids),
-        "max_tokens": spec.max_tokens,
-        "engine": {},
-        "model_class": type(model).__name__,
-        "model_config": _config_dict(spec.model),
-    }
-    writer = TraceWriter(spec.out, header, shard_bytes=spec.shard_bytes)
+    writer = TraceWriter(spec.out, _header(spec, model), shard_bytes=spec.shard_bytes)
     recorder = ModuleRecorder(writer, model, modules=spec.modules, steps=spec.steps)
     recorder.install()
     generated: list[int] = []
@@ -183,8 +188,6 @@ class ForcedReference:
     def __init__(self, spec: CaptureSpec, *, model: Any = None) -> None:
         from dataclasses import replace
 
-        import transformers
-
         from ekka.tracer.capture import validate
         from ekka.tracer.trace import TraceWriter
 
@@ -194,21 +197,7 @@ class ForcedReference:
         self.model = model if model is not None else load_model(spec.model, spec.dtype)
         self.spec = spec
         self.timings: dict[str, float] = {"load": time.perf_counter() - t_load}
-        header = {
-            "framework": "transformers",
-            "framework_version": transformers.__version__,
-            "framework_commit": None,
-            "framework_path": str(Path(transformers.__file__).resolve().parent),
-            "model": str(Path(spec.model).resolve()),
-            "dtype": spec.dtype,
-            "prompt": spec.prompt_text,
-            "prompt_ids": list(spec.prompt_ids),
-            "max_tokens": spec.max_tokens,
-            "engine": {},
-            "model_class": type(self.model).__name__,
-            "model_config": _config_dict(spec.model),
-        }
-        self.writer = TraceWriter(spec.out, header, shard_bytes=spec.shard_bytes)
+        self.writer = TraceWriter(spec.out, _header(spec, self.model), shard_bytes=spec.shard_bytes)
         self.prompt_cache: Any = None  # the KV cache after the prompt, never extended
         self.first_choice: int | None = None  # the greedy choice after the prompt
         self.forced: list[int] | None = None  # what the continuation pass was fed
