@@ -8,6 +8,10 @@ the case's prompt six times (the first request, then the median of five warm one
 its tokens shifted so that vLLM's prefix cache cannot serve it); load the transformers model
 (excluded), time its greedy loop the same way.
 
+The target is the case's bug: the installed release's Python sources copied and `bug.patch`
+applied (as `ekka bench` does), first on PYTHONPATH for the baseline's vLLM and the diagnosis'
+target alike, so that the suspects found are the case's and their replay is measured too.
+
 Localization: `run_diagnosis` on the same model and prompt, `--runs` times in this process. Its
 cost is wall time: from the moment the target's process starts its traced request to the moment
 it has written its replays (both `time.monotonic()` readings, one clock for every process of
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -72,8 +77,16 @@ print(json.dumps({"vllm": statistics.median(vllm_runs[1:]), "transformers": stat
 
 
 def main() -> None:
-    from ekka.bench import build_case_model, case_prompt_ids, find_cases
+    from ekka.bench import (
+        build_case_model,
+        case_prompt_ids,
+        copy_sources,
+        find_cases,
+        installed_framework_dir,
+    )
+    from ekka.bisect.framework_repo import apply_patch
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+    from ekka.tracer.localize import matches_truth
     from ekka.tracer.trace import TraceReader
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,18 +107,25 @@ def main() -> None:
         case = replace(case, config={**case.config, **parse_set_values(args.set)})
     model = build_case_model(case, args.work / "model")
     ids = case_prompt_ids(case, model)
-    costs, works, walls, parts, baselines, ratios = [], [], [], [], [], []
+    src_root = args.work / "src"
+    shutil.rmtree(src_root, ignore_errors=True)
+    src_root.mkdir(parents=True)
+    copy_sources(installed_framework_dir(case.framework), src_root)
+    apply_patch(case.path / "bug.patch", src_root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src_root.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    costs, works, walls, parts, baselines, ratios, found = [], [], [], [], [], [], []
     for i in range(args.runs):
         # each round measures its own baseline right before its localization: this machine's
         # speed drifts over minutes, and a ratio of figures taken apart would carry the drift
         proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env=env)
         baseline = json.loads(proc.stdout.strip().splitlines()[-1])
         baselines.append(baseline)
         shutil.rmtree(args.work / f"run{i}", ignore_errors=True)
         start = time.perf_counter()
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
                                                  dtype=case.dtype, max_tokens=case.max_tokens,
+                                                 target_pythonpath=(str(src_root.resolve()),),
                                                  alongside={"auto": None, "on": True, "off": False}[args.alongside]))
         walls.append(time.perf_counter() - start)
         run = args.work / f"run{i}"
@@ -128,7 +148,9 @@ def main() -> None:
         costs.append(window)
         works.append(sum(part.values()))
         ratios.append(costs[-1] / (baseline["vllm"] + baseline["transformers"]))
-        print(f"round {i + 1}/{args.runs}: localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {baseline['vllm']:.3f} s "
+        suspects = [sus.component for sus in diagnosis.localization.suspects]
+        found.append(bool(suspects) and matches_truth(suspects[0], case.truth_components))
+        print(f"round {i + 1}/{args.runs}: top suspect {suspects[0] if suspects else None}, localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {baseline['vllm']:.3f} s "
               f"+ transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f} "
               f"({', '.join(f'{k} {v:.3f}' for k, v in part.items())})", file=sys.stderr)
 
@@ -141,6 +163,7 @@ def main() -> None:
         "rounds": args.runs,
         "ratio_median": round(statistics.median(ratios), 2),
         "ratios": [round(r, 2) for r in ratios],
+        "top1_found": sum(found),
         "localization_s_median": round(statistics.median(costs), 3),
         "work_s_median": round(statistics.median(works), 3),
         "work_ratio_median": round(statistics.median(w / (b["vllm"] + b["transformers"]) for w, b in zip(works, baselines)), 2),

@@ -83,6 +83,14 @@ def figures(
     otherwise look like an outlier) nor less than the dtype's floor. Plain floats: a component
     has a few hundred rows at most per pass, and one tensor op costs more than that loop.
     """
+    if len(y_rows) == 1:  # a decode step's one token: the totals are the rows themselves
+        return _figures_of_one(y_rows[0], t_rows[0], None if n_rows is None else n_rows[0], floor)
+    return _figures_of_rows(y_rows, t_rows, n_rows, floor)
+
+
+def _figures_of_rows(
+    y_rows: Sequence[float], t_rows: Sequence[float], n_rows: Sequence[float] | None, floor: float
+) -> tuple[float, float, float, list[float]]:
     y_total = _norm(y_rows) or 1e-30
     t_total = _norm(t_rows)
     error = t_total / y_total if math.isfinite(t_total) else math.inf
@@ -96,6 +104,18 @@ def figures(
         value = t / max(n, median, 1e-30)
         tokens.append(math.inf if value != value else value)  # NaN -> inf
     return ratio, error, noise, tokens
+
+
+def _figures_of_one(y: float, t: float, n: float | None, floor: float) -> tuple[float, float, float, list[float]]:
+    """`figures` of one row, without the sums and the median (the same values)."""
+    y_total = y or 1e-30
+    error = t / y_total if math.isfinite(t) else math.inf
+    noise = 0.0 if n is None else n / y_total
+    noise = max(noise, floor) if math.isfinite(noise) else noise
+    ratio = error / noise if noise > 0 else math.inf
+    token_noise = floor * y if n is None else max(n, floor * y)
+    value = t / max(token_noise, 1e-30)
+    return ratio, error, noise, [math.inf if value != value else value]
 
 
 def compute_error_ratio(

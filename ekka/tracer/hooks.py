@@ -18,6 +18,10 @@ contents (a layer returns its MLP's output; a projection receives the norm's out
 once: the later record refers to the stored copy (checked by value, so a tensor changed in
 place in between is stored again).
 
+The hooks themselves only copy: the records are built and handed to the writer later (when the
+hooks are removed, or when the copies waiting pass `PENDING_BYTES`), so that what the capture
+adds to the traced run itself stays small; the order of the records is the order of the calls.
+
 Names: a call is named after the module that made it when the module object is shared (vLLM
 registers one rotary embedding under layer 0 and calls it from every layer): the call is
 attributed to the layer it ran in. A module called more than once in a pass gets `#k` on its
@@ -60,6 +64,8 @@ def flatten_tensors(value: Any) -> list[torch.Tensor | None]:
 def clone(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().clone()
 
+
+PENDING_BYTES = 64 * 1024 * 1024  # copies waiting for their records before they are handed over
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
@@ -155,10 +161,19 @@ class ModuleRecorder:
         # that returns, or receives, a tensor already recorded with the same contents (a layer
         # returning its MLP's output, a projection receiving the norm's output) refers to the
         # stored copy instead of storing another.
-        self._kept: dict[tuple[Any, ...], tuple[torch.Tensor, TensorMeta]] = {}
+        self._kept: dict[tuple[Any, ...], torch.Tensor] = {}
+        # Records not yet handed to the writer: (fields, output copies, input copies), in call
+        # order. A copy shared by two records is the same object in both; `_stored` maps the
+        # id of a copy handed over to its stored meta (the copy is held, so the id stays its).
+        self._pending: list[tuple[tuple[Any, ...], list[Any], dict[str, Any] | None]] = []
+        self._pending_bytes = 0
+        self._stored: dict[int, tuple[torch.Tensor, TensorMeta]] = {}
 
     # pass bookkeeping (called by the framework adapter)
     def begin_pass(self, step: int) -> None:
+        if self._stored:  # records were handed over in the middle of the last pass
+            self.finish()
+            self._stored = {}
         self.pass_index += 1
         self.step = step
         self.call_index = 0
@@ -166,6 +181,15 @@ class ModuleRecorder:
         self._stack = []
         self._kept = {}
         self._recording = self.want_step(step)
+
+    def restart(self, writer: TraceWriter) -> None:
+        """Hand what was recorded to the current writer, and record from the start into
+        `writer` (a warm-up request traced into a scratch writer, then the real one)."""
+        self.finish()
+        self._stored = {}
+        self.writer = writer
+        self.pass_index = -1
+        self.modules_by_name = {}
 
     @property
     def recording(self) -> bool:
@@ -207,9 +231,37 @@ class ModuleRecorder:
             self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
 
     def remove(self) -> None:
+        """Unhook, and hand every record still waiting to the writer."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.finish()
+        self._stored = {}
+
+    def _emit(self, fields: tuple[Any, ...], outputs: list[Any], inputs: dict[str, Any] | None) -> None:
+        self._pending.append((fields, outputs, inputs))
+        if self._pending_bytes >= PENDING_BYTES:
+            self.finish()
+
+    def finish(self) -> None:
+        """Hand the waiting records to the writer, in call order."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        stored, add = self._stored, self.writer.add
+        for (name, cls_name, file, line, step, pass_index, call_index, kind, leaf), outputs, inputs in pending:
+            outs = [None if t is None else (stored[id(t)][1] if id(t) in stored else t) for t in outputs]
+            ins = None if inputs is None else {k: (stored[id(t)][1] if id(t) in stored else t) for k, t in inputs.items()}
+            record = add(
+                name=name, module_class=cls_name, source_file=file, source_line=line, step=step,
+                pass_index=pass_index, call_index=call_index, outputs=outs, inputs=ins, kind=kind, leaf=leaf,
+            )
+            for t, meta in zip(outputs, record.outputs):
+                if t is not None and meta is not None:
+                    stored[id(t)] = (t, meta)
+            if inputs:
+                for k, meta in record.inputs:
+                    t = inputs.get(k)
+                    if t is not None:
+                        stored[id(t)] = (t, meta)
 
     def _pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._recording:
@@ -223,18 +275,20 @@ class ModuleRecorder:
         inputs = self._copy_inputs(args, kwargs) if candidate and (not self.patterns or self._selected(name)) else None
         self._stack.append([name, False, inputs])
 
-    def _copy(self, t: torch.Tensor | None) -> tuple[Any, Any]:
-        """(what to store: a fresh copy, or the meta of an equal copy stored this pass; the key
-        to remember a fresh copy by, None otherwise)."""
+    def _copy(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """A copy of `t`: an equal copy made this pass of the tensor at the same place, or a
+        fresh one, remembered by where `t` lives."""
         if t is None:
-            return None, None
+            return None
         key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
         kept = self._kept.get(key)
-        if kept is not None and torch.equal(kept[0], t):
-            return kept[1], None
-        return t.detach().clone(memory_format=torch.contiguous_format), key
+        if kept is not None and torch.equal(kept, t):
+            return kept
+        copy = self._kept[key] = t.detach().clone(memory_format=torch.contiguous_format)
+        self._pending_bytes += copy.nbytes
+        return copy
 
-    def _copy_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    def _copy_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, torch.Tensor | None]:
         inputs = {}
         for i, arg in enumerate(args):
             if isinstance(arg, torch.Tensor):
@@ -259,30 +313,8 @@ class ModuleRecorder:
         if name not in self.modules_by_name:
             self.modules_by_name[name] = module
         outputs = [self._copy(t) for t in flatten_tensors(output)]
-        inputs = None if had_child else inputs
-        record = self.writer.add(
-            name=self._unique(name),
-            module_class=cls_name,
-            source_file=file,
-            source_line=line,
-            step=self.step,
-            pass_index=self.pass_index,
-            call_index=self.call_index,
-            outputs=[c for c, _ in outputs],
-            inputs=None if inputs is None else {k: c for k, (c, _) in inputs.items()},
-            leaf=not had_child,
-        )
-        # fresh copies are remembered by where their original lives, for the next record that
-        # returns or receives the same tensor
-        kept = self._kept
-        if inputs:
-            stored = dict(record.inputs)
-            for k, (copy, key) in inputs.items():
-                if key is not None and k in stored:
-                    kept[key] = (copy, stored[k])
-        for (copy, key), meta in zip(outputs, record.outputs):
-            if key is not None and meta is not None:
-                kept[key] = (copy, meta)
+        fields = (self._unique(name), cls_name, file, line, self.step, self.pass_index, self.call_index, "module", not had_child)
+        self._emit(fields, outputs, None if had_child else inputs)
         self.call_index += 1
 
     def record_function(
@@ -304,36 +336,16 @@ class ModuleRecorder:
         if self._stack:
             self._stack[-1][1] = True
         file, line = source_location(func)
-        self.writer.add(
-            name=self._unique(name),
-            module_class=getattr(func, "__name__", suffix),
-            source_file=file,
-            source_line=line,
-            step=self.step,
-            pass_index=self.pass_index,
-            call_index=self.call_index,
-            outputs=[clone(t) for t in outputs],
-            inputs={k: clone(v) for k, v in inputs.items()},
-            kind=kind,
-            leaf=True,
-        )
+        fields = (self._unique(name), getattr(func, "__name__", suffix), file, line, self.step, self.pass_index, self.call_index, kind, True)
+        self._emit(fields, [clone(t) for t in outputs], {k: clone(v) for k, v in inputs.items()})
         self.call_index += 1
 
     def record_tensor(self, name: str, tensor: torch.Tensor, *, kind: str) -> None:
         """Record a tensor that no module returns (the logits of a step)."""
         if not self.recording:
             return
-        self.writer.add(
-            name=name,
-            module_class=kind,
-            source_file=None,
-            source_line=None,
-            step=self.step,
-            pass_index=self.pass_index,
-            call_index=self.call_index,
-            outputs=[clone(tensor)],
-            kind=kind,
-        )
+        fields = (name, kind, None, None, self.step, self.pass_index, self.call_index, kind, False)
+        self._emit(fields, [clone(tensor)], None)
         self.call_index += 1
 
 

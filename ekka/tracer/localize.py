@@ -94,11 +94,15 @@ def localize(comparisons: Iterable[Comparison], threshold: float = DEFAULT_THRES
     scored: list[tuple[float, Comparison, float, float]] = []  # (score, comparison, jump, persistence)
     for pass_index in sorted(by_pass):
         seq = by_pass[pass_index]
+        above = [_above(c, threshold) for c in seq]
+        later = [0] * (len(seq) + 1)  # later[i]: how many of seq[i:] are above the threshold
+        for i in range(len(seq) - 1, -1, -1):
+            later[i] = later[i + 1] + above[i]
         for i, c in enumerate(seq):
-            if not _above(c, threshold):
+            if not above[i]:
                 continue
-            after = seq[i + 1 :]
-            persistence = 1.0 if not after else sum(_above(a, threshold) for a in after) / len(after)
+            after = len(seq) - i - 1
+            persistence = 1.0 if not after else later[i + 1] / after
             before = [b.ratio for b in seq[max(0, i - 8) : i] if math.isfinite(b.ratio)]
             base = max([1.0] + before)
             jump = c.ratio / base if math.isfinite(c.ratio) else math.inf

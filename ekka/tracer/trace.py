@@ -319,9 +319,13 @@ class TraceReader:
         self.path = Path(path)
         if not self.path.is_dir():
             raise TraceFormatError(f"{self.path} is not a folder; give the --out folder of `ekka trace`.")
-        if not is_trace(self.path):
+        try:  # read once: the manifest of a long capture is megabytes of JSON
+            manifest = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise TraceFormatError(f"{self.path} holds no Ekka trace ({MANIFEST} missing or not ours).")
-        self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text())
+        self.manifest: dict[str, Any] = manifest
         if self.manifest.get("version", 0) > VERSION:
             raise TraceFormatError(
                 f"{self.path} was written by a newer Ekka (trace version {self.manifest['version']})."

@@ -206,3 +206,15 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores - cores // 2))
     assert target.manifest["threads"] == threads  # the other half is the caller's
     assert target.manifest["timings"]["traced_started_at"] < target.manifest["closed_at"]
+
+
+def test_the_target_process_spins_briefly_unless_the_user_said_otherwise(monkeypatch):
+    """OpenMP threads of the target that spin idle for long would take the core the caller's
+    references work on while the target writes its trace."""
+    from ekka.tracer.capture import SHORT_SPIN, _subprocess_env
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setenv("KMP_BLOCKTIME", "50")
+    env = _subprocess_env()
+    assert env["GOMP_SPINCOUNT"] == SHORT_SPIN["GOMP_SPINCOUNT"]
+    assert env["KMP_BLOCKTIME"] == "50"

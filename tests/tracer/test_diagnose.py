@@ -146,3 +146,21 @@ def test_reference_made_alongside_the_target_gives_the_same_diagnosis(tmp_path, 
     for a, b in zip(plain.comparisons, overlapped.comparisons):
         assert (a.target, a.pass_index, a.kind) == (b.target, b.pass_index, b.kind)
         assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (a.target, a.ratio, b.ratio)
+
+
+def test_the_references_leave_one_core_to_the_target_writing_its_trace(monkeypatch):
+    import os
+
+    import torch
+
+    from ekka.tracer.diagnose import _threads_beside_writer
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with _threads_beside_writer():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    with _threads_beside_writer():
+        assert torch.get_num_threads() == min(before, 63)
+    assert torch.get_num_threads() == before

@@ -120,3 +120,37 @@ def test_single_token_divergence_is_not_diluted():
     ratio, _, _, tokens = measure(x_t, x_r, y, "bfloat16")
     assert ratio < 2  # the pass-level ratio hides it
     assert float(clean_tokens.max()) < 8 < float(tokens.max()) and int(tokens.argmax()) == 300
+
+
+def test_persistence_is_the_share_of_later_components_above_the_threshold():
+    """Counted once per pass from the end (not re-counted per crossing): the same figures as
+    counting what follows each crossing."""
+    import random
+
+    rng = random.Random(3)
+    for _ in range(50):
+        ratios = [rng.choice([0.5, 1.0, 3.0, 10.0, math.inf]) for _ in range(rng.randint(1, 30))]
+        result = localize(chain(ratios), threshold=2.0)
+        for suspect in result.suspects:
+            i = int(suspect.component[1:])
+            after = ratios[i + 1 :]
+            expected = 1.0 if not after else sum(r > 2.0 for r in after) / len(after)
+            assert suspect.persistence == expected
+
+
+def test_one_row_figures_are_the_general_figures():
+    """A decode step's one token takes a shortcut past the sums and the median: same figures."""
+    import random
+
+    from ekka.tracer.compare import _figures_of_rows, figures
+
+    rng = random.Random(5)
+    for _ in range(5000):
+        y = rng.choice([0.0, rng.random() * 10])
+        t = rng.choice([0.0, rng.random(), 1e-7, math.inf, math.nan])
+        n = rng.choice([None, 0.0, rng.random() * 1e-3, math.inf])
+        floor = rng.choice([4e-6, 2.0**-9])
+        rows = None if n is None else [n]
+        short, general = figures([y], [t], rows, floor), _figures_of_rows([y], [t], rows, floor)
+        for a, b in zip([*short[:3], *short[3]], [*general[:3], *general[3]]):
+            assert (a != a and b != b) or a == b

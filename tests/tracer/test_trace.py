@@ -221,3 +221,68 @@ def test_manifest_has_a_monotonic_closing_time_for_cross_process_timing(tmp_path
     before = time.monotonic()
     _write(tmp_path / "t", n=2)
     assert before <= TraceReader(tmp_path / "t").manifest["closed_at"] <= time.monotonic()
+
+
+def _record_outer(tmp_path, name, *, pending_bytes=None, monkeypatch=None):
+    from ekka.tracer import hooks
+    from ekka.tracer.hooks import ModuleRecorder
+
+    if pending_bytes is not None:
+        monkeypatch.setattr(hooks, "PENDING_BYTES", pending_bytes)
+    torch.manual_seed(0)
+    model = _Outer()
+    writer = TraceWriter(tmp_path / name, {"framework": "test", "dtype": "float32"})
+    recorder = ModuleRecorder(writer, model)
+    recorder.install()
+    with torch.no_grad():
+        for step in range(2):
+            recorder.begin_pass(step)
+            model(torch.randn(3, 4))
+    recorder.remove()
+    writer.close()
+    return TraceReader(tmp_path / name)
+
+
+def test_records_handed_over_mid_pass_are_the_same_as_handed_over_at_the_end(tmp_path, monkeypatch):
+    """The hooks only copy; records reach the writer at the end, or whenever the copies waiting
+    pass PENDING_BYTES (here: after every call), with the same names, order and sharing."""
+    at_end = _record_outer(tmp_path, "end")
+    eager = _record_outer(tmp_path, "eager", pending_bytes=1, monkeypatch=monkeypatch)
+    assert [r.name for r in at_end.records] == ["same.proj", "same", "scaled.proj", "head"] * 2
+    assert at_end.records == eager.records  # names, call order, keys (shared copies) alike
+    for a, b in zip(at_end.records, eager.records):
+        assert all(torch.equal(x, y) for x, y in zip(at_end.outputs(a), eager.outputs(b)))
+        assert all(torch.equal(x, y) for x, y in zip(at_end.inputs(a).values(), eager.inputs(b).values()))
+    by = {(r.pass_index, r.name): r for r in eager.records}
+    assert by[(1, "same")].outputs[0].key == by[(1, "same.proj")].outputs[0].key
+
+
+def test_a_recorder_restarted_on_a_new_writer_records_from_its_first_pass(tmp_path):
+    """A warm-up request is traced into a scratch writer; the real trace starts at pass 0."""
+    from ekka.tracer.hooks import ModuleRecorder
+
+    model = _Outer()
+    scratch = TraceWriter(tmp_path / "scratch", {"framework": "test", "dtype": "float32"})
+    recorder = ModuleRecorder(scratch, model)
+    recorder.install()
+    with torch.no_grad():
+        recorder.begin_pass(0)
+        model(torch.randn(1, 4))
+        writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32"})
+        recorder.restart(writer)
+        recorder.begin_pass(0)
+        model(torch.randn(5, 4))
+    recorder.remove()
+    scratch.close(complete=False)
+    writer.close()
+    assert len(scratch.records) == 4
+    reader = TraceReader(tmp_path / "t")
+    assert [(r.index, r.pass_index) for r in reader.records] == [(i, 0) for i in range(4)]
+    assert reader.outputs(reader.records[0])[0].shape == (5, 4)
+
+
+def test_a_manifest_that_is_not_json_is_no_trace(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "manifest.json").write_text("{not json")
+    with pytest.raises(TraceFormatError, match="holds no Ekka trace"):
+        TraceReader(tmp_path / "t")

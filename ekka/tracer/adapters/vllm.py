@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         state: dict[str, Any] = {}
 
         def install(model: torch.nn.Module) -> str:
-            recorder = ModuleRecorder(writer, model, modules=spec.modules, steps=spec.steps)
+            recorder = ModuleRecorder(state["writer"], model, modules=spec.modules, steps=spec.steps)
 
             def begin(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -138,7 +139,7 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
                 last = max(pos) if pos else 0
                 step = 0 if last < prompt_len else last - prompt_len + 1
                 recorder.begin_pass(step)
-                writer.add_pass(
+                recorder.writer.add_pass(
                     PassInfo(
                         index=recorder.pass_index,
                         step=step,
@@ -164,19 +165,24 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
 
         timings = {"engine_start": time.perf_counter() - t_start}
         writer.header["threads"] = torch.get_num_threads()  # the traced request's torch threads
-        # One untraced request first, so that the traced request does not also pay the engine's
-        # first-request costs (oneDNN builds its kernels per matrix shape on first use): as long
-        # as the prompt, two steps (a prefill and a decode). Every token differs from the
-        # prompt's, so no block of it can be a cached prefix of the traced request.
+        # Warm-up requests first, so that the traced request does not also pay first-request
+        # costs: one untraced, as long as the prompt, two steps (a prefill and a decode), since
+        # oneDNN builds its kernels per matrix shape on first use; then one traced into a
+        # scratch trace, short (its copies are thrown away), since the hooks' first calls cost
+        # more too (caches, the interpreter's specialization, fresh memory for the copies).
+        # Every token differs from the prompt's, so no block of them can be a cached prefix of
+        # the traced request.
         t_warm = time.perf_counter()
         vocab = int(text_config(header["model_config"]).get("vocab_size") or 2)
-        llm.generate(
-            [{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}],
-            SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True),
-            use_tqdm=False,
-        )
+        warm = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+        llm.generate([{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}], warm, use_tqdm=False)
+        with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
+            state["writer"] = TraceWriter(scratch, {}, shard_bytes=spec.shard_bytes)
+            model_class = llm.apply_model(install)[0]
+            llm.generate([{"prompt_token_ids": [(t + 2) % vocab for t in spec.prompt_ids[:16]]}], warm, use_tqdm=False)
+            state["recorder"].restart(writer)
+            state["writer"].close(complete=False)
         timings["warmup"] = time.perf_counter() - t_warm
-        model_class = llm.apply_model(install)[0]
         if when_tracing is not None:
             when_tracing()
         elif os.environ.get(CONTROL_ENV):
@@ -188,11 +194,13 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         generated = list(outputs[0].outputs[0].token_ids)
         timings["traced_generate"] = time.perf_counter() - t_run
         recorder = state["recorder"]
-        recorder.remove()
         if after_generate is None and os.environ.get(CONTROL_ENV):
             # the parent can teacher-force its references while this process writes the trace
             tell_parent(TOKENS_EVENT, generated_ids=generated)
+        recorder.remove()  # hands the records made during the request to the writer
     except BaseException:
+        if "recorder" in state:  # keep what was recorded before the failure
+            state["recorder"].remove()
         writer.close(complete=False)
         raise
     writer.close(
