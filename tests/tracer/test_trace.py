@@ -286,3 +286,17 @@ def test_a_manifest_that_is_not_json_is_no_trace(tmp_path):
     (tmp_path / "t" / "manifest.json").write_text("{not json")
     with pytest.raises(TraceFormatError, match="holds no Ekka trace"):
         TraceReader(tmp_path / "t")
+
+
+def test_reading_two_shards_in_turn_opens_each_once(tmp_path, monkeypatch):
+    from ekka.tracer import trace
+
+    _write(tmp_path / "t", n=4, shard_bytes=1)  # one shard per record
+    opened = []
+    real = trace.ShardFile
+    monkeypatch.setattr(trace, "ShardFile", lambda path: opened.append(path.name) or real(path))
+    reader = TraceReader(tmp_path / "t")
+    for _ in range(3):
+        for record in reader.records[:2]:
+            reader.outputs(record)
+    assert len(opened) == len(set(opened)) == 2
