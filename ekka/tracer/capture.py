@@ -240,8 +240,9 @@ AfterGenerate = Callable[[list[int]], ReplayRequest]
 # Called here with no argument: right after the target's process starts (while its engine
 # starts), and when it announces the traced request (while it generates).
 Hook = Callable[[], None]
-# Called here with the generated ids as soon as the target has them, before its trace is written.
-TokensHook = Callable[[list[int]], None]
+# Called here with the generated ids as soon as the target has them, before its trace is
+# written, and a function that says whether the target has finished writing it (it waits).
+TokensHook = Callable[[list[int], Callable[[], bool]], None]
 TRACING_EVENT = "tracing"
 TOKENS_EVENT = "tokens"
 CONTROL_ENV = "EKKA_CAPTURE_CONTROL"  # "WRITE_FD,READ_FD" of the pipes to the parent
@@ -270,8 +271,9 @@ def capture(
     `after_generate`. `while_starting` runs here as soon as the target's process has started
     (its engine is starting); `when_tracing` when it begins the traced request: work that does
     not need the target's tokens (loading the reference, guessing its tokens) runs there,
-    alongside the target. `when_tokens(generated)` runs as soon as the target has its tokens,
-    while its process still writes the trace (teacher forcing can start there);
+    alongside the target. `when_tokens(generated, written)` runs as soon as the target has its
+    tokens, while its process still writes the trace (teacher forcing can start there);
+    `written()` tells, without waiting, whether the target has finished writing;
     `after_generate` follows once the trace is written. They too are vLLM only.
     """
     validate(spec)
@@ -377,7 +379,7 @@ def _no_replay(_generated: list[int]) -> None:
 
 def _tokens_then(when_tokens: TokensHook, after_generate: AfterGenerate) -> AfterGenerate:
     def both(generated: list[int]) -> Any:
-        when_tokens(generated)
+        when_tokens(generated, lambda: True)
         return after_generate(generated)
 
     return both
@@ -418,7 +420,7 @@ def _serve_child(
                 when_tracing()
             elif event == TOKENS_EVENT and when_tokens is not None:
                 told = [int(i) for i in message["generated_ids"]]
-                when_tokens(told)
+                when_tokens(told, lambda: bool(select.select([from_child], [], [], 0)[0]))
             busy += time.monotonic() - t
             continue
         break

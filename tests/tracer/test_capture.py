@@ -197,7 +197,7 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
         _spec(zoo_model("llama"), tmp_path / "t", share_cores=True),
         while_starting=lambda: events.append("starting"),
         when_tracing=lambda: events.append("tracing"),
-        when_tokens=lambda generated: (events.append("tokens"), told.append(generated)),
+        when_tokens=lambda generated, written: (events.append("tokens"), told.append(generated)),
         after_generate=lambda generated: events.append("answer"),
     )
     assert events == ["starting", "tracing", "tokens", "answer"]

@@ -148,19 +148,43 @@ def test_reference_made_alongside_the_target_gives_the_same_diagnosis(tmp_path, 
         assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (a.target, a.ratio, b.ratio)
 
 
-def test_the_references_leave_one_core_to_the_target_writing_its_trace(monkeypatch):
+def test_the_references_leave_one_core_to_the_target_until_it_has_written_its_trace(monkeypatch):
     import os
 
     import torch
 
     from ekka.tracer.diagnose import _threads_beside_writer
 
-    before = torch.get_num_threads()
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    with _threads_beside_writer():
-        assert torch.get_num_threads() == 1
+    class Layer(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Layer() for _ in range(4)])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    model, before = Model(), torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: before)  # a pool over every core
+    if before < 2:
+        pytest.skip("needs torch to use two threads or more")
+    seen: list[int] = []
+    with _threads_beside_writer([model], lambda: False):  # still writing throughout
+        model(torch.zeros(1))
+    assert seen == [before - 1] * 4
     assert torch.get_num_threads() == before
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    with _threads_beside_writer():
-        assert torch.get_num_threads() == min(before, 63)
+    seen.clear()
+    with _threads_beside_writer([model], lambda: len(seen) >= 2):  # written once two layers ran
+        model(torch.zeros(1))
+    assert seen == [before - 1, before - 1, before, before]
     assert torch.get_num_threads() == before
+    seen.clear()
+    with _threads_beside_writer([model], lambda: True):  # written already: every core at once
+        model(torch.zeros(1))
+    assert seen == [before] * 4
