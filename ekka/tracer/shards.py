@@ -76,6 +76,7 @@ class ShardFile:
             raise TraceFormatError(f"{self.path} is not a readable tensor shard ({exc}).") from None
         self._start = 8 + length
         self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
+        self._typed: dict[torch.dtype, torch.Tensor] = {}  # the data as one tensor of each dtype
 
     def keys(self) -> list[str]:
         return [k for k in self.header if k != "__metadata__"]
@@ -89,7 +90,13 @@ class ShardFile:
         begin, end = entry["data_offsets"]
         if begin == end:
             return torch.empty(shape, dtype=dtype)
-        raw = self._bytes[self._start + begin : self._start + end]
-        if (self._start + begin) % dtype.itemsize:  # a view of another width needs alignment
-            raw = raw.clone()
-        return raw.view(dtype).reshape(shape)
+        size = dtype.itemsize
+        if (self._start + begin) % size:  # a view of another width needs alignment: a copy
+            return self._bytes[self._start + begin : self._start + end].clone().view(dtype).reshape(shape)
+        if self._start % size == 0:  # one slice of the data seen as `dtype`
+            typed = self._typed.get(dtype)
+            if typed is None:
+                whole = self._bytes[self._start :]
+                typed = self._typed[dtype] = whole[: len(whole) - len(whole) % size].view(dtype)
+            return typed[begin // size : end // size].view(shape)
+        return self._bytes[self._start + begin : self._start + end].view(dtype).reshape(shape)

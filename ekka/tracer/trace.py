@@ -92,19 +92,21 @@ class Record:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
+        # positional, metas built in place: a long trace has hundreds of thousands of records
+        meta = TensorMeta
         return cls(
-            index=data["index"],
-            name=data["name"],
-            module_class=data["module_class"],
-            source_file=data.get("source_file"),
-            source_line=data.get("source_line"),
-            step=data["step"],
-            pass_index=data["pass_index"],
-            call_index=data["call_index"],
-            outputs=tuple(None if o is None else TensorMeta.from_json(o) for o in data["outputs"]),
-            inputs=tuple((k, TensorMeta.from_json(m)) for k, m in data.get("inputs", [])),
-            kind=data.get("kind", "module"),
-            leaf=data.get("leaf", False),
+            data["index"],
+            data["name"],
+            data["module_class"],
+            data.get("source_file"),
+            data.get("source_line"),
+            data["step"],
+            data["pass_index"],
+            data["call_index"],
+            tuple([None if o is None else meta(o["key"], tuple(o["shape"]), o["dtype"]) for o in data["outputs"]]),
+            tuple([(k, meta(m["key"], tuple(m["shape"]), m["dtype"])) for k, m in data.get("inputs", ())]),
+            data.get("kind", "module"),
+            data.get("leaf", False),
         )
 
 
