@@ -165,6 +165,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             pending[dtype] = ForcedReference(
                 spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens)
             )
+            pending[dtype].warm_up()
         seconds["reference_load"] = sum(r.timings["load"] for r in pending.values())
 
     def ahead() -> None:

@@ -85,11 +85,15 @@ def test_a_wrong_guess_is_traced_again_on_the_targets_tokens(zoo_model, captured
     _assert_same_rows(made, expected, 1e-5)
 
 
-def test_following_without_a_guess_is_the_one_pass_teacher_forced_capture(zoo_model, captured, tmp_path):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warmed-up"])
+def test_following_without_a_guess_is_the_one_pass_teacher_forced_capture(zoo_model, captured, tmp_path, warm):
     from ekka.tracer.trace import TraceReader
 
     generated = [9, 8, 7, 6, 5]
     reference = _reference(zoo_model, tmp_path)
+    if warm:  # its passes go to a scratch trace: nothing of them is left in the reference's
+        reference.warm_up()
+        assert "warm_up" in reference.timings and not reference.writer.records
     assert reference.follow(generated) is None
     made = TraceReader(reference.close())
     expected = _one_pass(captured, "llama", generated)
