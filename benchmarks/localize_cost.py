@@ -18,10 +18,12 @@ it has written its replays (both `time.monotonic()` readings, one clock for ever
 the machine), plus the replay verdicts worked out here after that. In that window: the traced
 generation, the trace's writing, the reference's work that could not be done alongside the
 target (following the target's tokens where the reference's guess was wrong), the analysis and
-the replay. Excluded, as the issue says: the engine start, which in a capture includes one
-untraced two-token warm-up request (so the traced request is a warm one, like the baseline's
-median), the reference models' loading (done while the engine starts) and the processes' start
-and exit. With `--alongside on` (the default on four cores or more), the reference's work
+the replay. Excluded, as the issue says: the engine start, which in a capture includes two
+two-token warm-up requests, one untraced and one traced into a scratch trace (so the traced
+request is a warm one, like the baseline's median), the reference models' loading and warm-up
+(done while the engine starts) and the processes' start and exit. `ekka diagnose` makes one
+localization per process: the first round is the one a user gets, later rounds run in a warm
+process (both are in the rounds' figures). With `--alongside on` (the default on four cores or more), the reference's work
 alongside the target (its prompt pass, its guess and the pass on it) lies inside the window, on
 the other half of the cores. `work` adds up every part's own time instead, as if nothing ran
 alongside: it is printed too. Each round measures a fresh baseline, then one
