@@ -8,6 +8,7 @@ engine's global state never leaks into the caller).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -207,11 +209,27 @@ def validate(spec: CaptureSpec) -> dict[str, Any]:
 
 
 # OpenMP's idle threads spin before they sleep: GNU libgomp for 300,000 rounds by default (about
-# 10 ms of a core after each operation here), Intel's for 200 ms. After the traced request the target's threads spun on a core
-# that the caller's references needed while the target wrote its trace: on two cores the
-# references' pass took 20 ms instead of 9. Shorter spins still span the gaps between the
-# operations of a forward pass. A value the user has set is kept.
+# 10 ms of a core after each operation here), Intel's for 200 ms. After the traced request the
+# target's threads spun on a core that the caller's references needed while the target wrote
+# its trace: on two cores the references' pass took 20 ms instead of 9. Shorter spins still
+# span the gaps between the operations of a forward pass. A value the user has set is kept.
 SHORT_SPIN = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for a short phase that makes almost no cycles but many
+    objects: a full collection in a process that has imported torch and transformers (or
+    vLLM) walks millions of objects (a quarter of a second, measured here), and the hooks'
+    allocations set off younger ones. Freed memory is still freed at once (reference counts);
+    the collector runs again afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _subprocess_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:

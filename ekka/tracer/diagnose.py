@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 from ekka.errors import CaptureError
 from ekka.tracer.align import infer_missing, plan_components
-from ekka.tracer.capture import CaptureSpec, capture
+from ekka.tracer.capture import CaptureSpec, capture, collector_paused
 from ekka.tracer.compare import Comparison, iter_comparisons
 from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
 from ekka.tracer.trace import REPLAY_FOLDER, TraceReader, is_trace
@@ -152,7 +151,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         def run(*args: Any) -> Any:
             t = time.perf_counter()
             try:
-                with _collector_paused():
+                with collector_paused():  # while the target's process waits
                     return phase(*args)
             finally:
                 parent["busy"] += time.perf_counter() - t
@@ -248,21 +247,6 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         },
         seconds=seconds,
     )
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off while the target's process waits: a full collection in a
-    process that has imported torch and transformers walks millions of objects (a quarter of a
-    second, measured here), and this phase makes almost no cycles. Freed memory is still freed
-    at once (reference counts); the collector runs again afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @contextmanager

@@ -172,8 +172,7 @@ class ModuleRecorder:
     # pass bookkeeping (called by the framework adapter)
     def begin_pass(self, step: int) -> None:
         if self._stored:  # records were handed over in the middle of the last pass
-            self.finish()
-            self._stored = {}
+            self._hand_over_all()
         self.pass_index += 1
         self.step = step
         self.call_index = 0
@@ -185,8 +184,7 @@ class ModuleRecorder:
     def restart(self, writer: TraceWriter) -> None:
         """Hand what was recorded to the current writer, and record from the start into
         `writer` (a warm-up request traced into a scratch writer, then the real one)."""
-        self.finish()
-        self._stored = {}
+        self._hand_over_all()
         self.writer = writer
         self.pass_index = -1
         self.modules_by_name = {}
@@ -235,6 +233,10 @@ class ModuleRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._hand_over_all()
+
+    def _hand_over_all(self) -> None:
+        """Hand every waiting record over; no later record can share a copy with them."""
         self.finish()
         self._stored = {}
 

@@ -217,22 +217,20 @@ class ForcedReference:
 
         from ekka.tracer.trace import TraceWriter
 
-        t = time.perf_counter()
+        started = time.perf_counter()
         vocab = self.model.get_input_embeddings().num_embeddings
         prompt = list(self.spec.prompt_ids)
         length = len(prompt) + max(self.spec.max_tokens - 1, 0)
         feed = [(t + 1) % vocab for t in (prompt * (length // len(prompt) + 1))[:length]]
         with torch.no_grad():
             self.model(input_ids=torch.tensor([feed]), use_cache=False)
-        writer = self.writer
         with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
-            self.writer = TraceWriter(scratch, {})
+            writer = TraceWriter(scratch, {})
             try:
-                self._traced_pass(feed[:16], 0, 0, None)
+                self._traced_pass(feed[:16], 0, 0, None, writer=writer)
             finally:
-                self.writer.close(complete=False)
-                self.writer = writer
-        self.timings["warm_up"] = time.perf_counter() - t
+                writer.close(complete=False)
+        self.timings["warm_up"] = time.perf_counter() - started
 
     def ahead(self, guess: list[int] | None = None) -> list[int]:
         """Trace the prompt, guess the target's tokens (unless given `guess`, another reference's
@@ -305,18 +303,21 @@ class ForcedReference:
         out = self._traced_pass(feed, 1, len(self.spec.prompt_ids), cache)
         self.choices = [int(t) for t in out.logits[0].float().argmax(dim=-1).tolist()]
 
-    def _traced_pass(self, feed: list[int], pass_index: int, start: int, cache: Any) -> Any:
+    def _traced_pass(self, feed: list[int], pass_index: int, start: int, cache: Any, *, writer: Any = None) -> Any:
+        """One traced pass over `feed` from position `start`, into this reference's trace (or
+        into `writer`)."""
         import torch
 
         from ekka.tracer.hooks import ModuleRecorder
 
-        recorder = ModuleRecorder(self.writer, self.model, modules=self.spec.modules, steps=self.spec.steps)
+        writer = writer or self.writer
+        recorder = ModuleRecorder(writer, self.model, modules=self.spec.modules, steps=self.spec.steps)
         recorder.pass_index = pass_index - 1
         recorder.install()
         try:
             with torch.no_grad(), wrap_rotary(self.model, recorder):
                 return _forward(
-                    self.model, recorder, self.writer, feed, list(range(start, start + len(feed))),
+                    self.model, recorder, writer, feed, list(range(start, start + len(feed))),
                     0 if start == 0 else 1, cache, cache=True,
                 )
         finally:

@@ -12,7 +12,6 @@ prefill (step 0, possibly in several chunks), a row at position P + k - 1 is dec
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from ekka.tracer.capture import (
     TRACING_EVENT,
     CaptureSpec,
     ask_parent,
+    collector_paused,
     read_config,
     tell_parent,
     text_config,
@@ -191,16 +191,8 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         timings["traced_started_at"] = time.monotonic()
         t_run = time.perf_counter()
         params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
-        # The cycle collector off during the traced request: the hooks allocate thousands of
-        # small objects, each collection they set off is time the request does not otherwise
-        # take, and they make no cycles (what is freed is still freed at once).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_paused():  # the hooks' thousands of small objects set off no collection
             outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], params, use_tqdm=False)
-        finally:
-            if collecting:
-                gc.enable()
         generated = list(outputs[0].outputs[0].token_ids)
         timings["traced_generate"] = time.perf_counter() - t_run
         recorder = state["recorder"]
