@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ekka.tracer import transforms
@@ -187,16 +188,14 @@ def iter_comparisons(
             continue
         if record.name in mapping.plans and record.pass_index in passes:
             components.setdefault(record.name, []).append(record)
-    found: list[tuple[tuple[int, int], dict[str, Any]]] = []  # the fields of each comparison
+    sink = _Figures(NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"]))
     for name, records in components.items():
         plan = mapping.plans[name]
-        batch = _Batch(aligner, plan, records, passes, reference, high, dtype)
+        batch = _Batch(aligner, plan, records, passes, reference, high, sink)
         if _input_comparable(plan):
-            found.extend(((c_record.index, 0), c) for c_record, c in batch.inputs())
-        found.extend(((c_record.index, 1), c) for c_record, c in batch.outputs(routing))
-    found.sort(key=lambda item: item[0])
-    for sequence, (_, fields) in enumerate(found):
-        yield Comparison(sequence=sequence, **fields)
+            batch.inputs()
+        batch.outputs(routing)
+    yield from sink.comparisons()
 
 
 class RoutingTolerance:
@@ -252,22 +251,24 @@ def _input_comparable(plan: Plan) -> bool:
 
 
 Segment = tuple[Any, list[torch.Tensor], list[int]]  # (record, candidate target tensors, positions)
+# Segments back to back with their row norms: the reference's, each candidate's error, and the
+# serving-dtype reference's noise (None in float32).
+Group = tuple[list[Segment], torch.Tensor, list[torch.Tensor], "torch.Tensor | None"]
 
 
 class _Batch:
     """Every pass of one target component, measured against one gather of the reference.
 
-    The row norms of all passes are taken in one operation per tensor, then split per pass:
-    per-pass work is plain arithmetic on floats.
+    The row norms of all passes are taken in one operation per tensor and handed to the sink,
+    which works out every comparison's figures at once.
     """
 
     def __init__(
         self, aligner: Aligner, plan: Plan, records: list[Any], passes: dict[int, Any],
-        reference: TraceReader, high: TraceReader, dtype: str,
+        reference: TraceReader, high: TraceReader, sink: _Figures,
     ) -> None:
         self.aligner, self.plan, self.records, self.passes = aligner, plan, records, passes
-        self.reference, self.high, self.dtype = reference, high, dtype
-        self.floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
+        self.reference, self.high, self.sink = reference, high, sink
 
     def _gather(self, plan: Plan, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         x_r = self.aligner.reference_tensor(self.reference, plan, positions)
@@ -277,13 +278,14 @@ class _Batch:
         return None if y_r is None else (x_r, y_r)
 
     def _rows(
-        self, plan: Plan, segments: list[Segment], whole: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> list[tuple[Segment, list[float], list[list[float]], list[float] | None]]:
-        """Per segment: the reference's row norms, each candidate's error row norms, and the
-        serving-dtype reference's noise row norms (None in float32).
+        self, plan: Plan, segments: list[Segment], whole: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joined: list[torch.Tensor] | None = None,
+    ) -> list[Group]:
+        """The segments in groups, each with its row norms (`joined`: each candidate of every
+        segment already one under the other, as the segments hold them).
 
-        One gather and one norm per tensor for all segments when every position is in the
-        reference and every shape fits; else segment by segment, dropping those that do not fit.
+        One group, one gather and one norm per tensor, when every position is in the reference
+        and every shape fits; else a group per segment, dropping those that do not fit.
         """
         if not segments:
             return []
@@ -295,14 +297,11 @@ class _Batch:
             for _, xs, ps in segments
         ):
             x_r, y_r = whole
-            y, ts, n = row_norms(x_r, y_r, [_cat([xs[c] for _, xs, _ in segments]) for c in range(count)])
-            out, start = [], 0
-            for segment in segments:
-                end = start + len(segment[2])
-                out.append((segment, y[start:end], [t[start:end] for t in ts], None if n is None else n[start:end]))
-                start = end
-            return out
-        out = []
+            if joined is None:
+                joined = [_cat([xs[c] for _, xs, _ in segments]) for c in range(count)]
+            y, ts, n = _norm_tensors(x_r, y_r, joined)
+            return [(segments, y, ts, n)]
+        groups: list[Group] = []
         for record, xs, positions in segments:
             pair = self._gather(plan, positions)
             if pair is None:
@@ -310,18 +309,25 @@ class _Batch:
             x_r, y_r = pair
             fits = [x for x in xs if x.shape == x_r.shape]
             if fits:
-                y, ts, n = row_norms(x_r, y_r, fits)
-                out.append(((record, fits, positions), y, ts, n))
-        return out
+                y, ts, n = _norm_tensors(x_r, y_r, fits)
+                groups.append(([(record, fits, positions)], y, ts, n))
+        return groups
 
-    def inputs(self) -> list[tuple[Any, dict[str, Any]]]:
+    def inputs(self) -> None:
         """What the target module received against what the reference module received.
 
         A fused add-norm receives `(x, residual)` where the reference receives their sum: both
         readings are tried and the closer one is kept.
         """
         in_plan = Plan(self.plan.target, "first", self.plan.reference[:1], None, slot="in", rule="input")
-        segments: list[Segment] = []
+        stacked = self._stacked_inputs()
+        if stacked is not None:
+            joined, lengths = stacked
+            segments = self._split(joined, lengths)
+            for group in self._rows(in_plan, segments, joined=joined):
+                self.sink.add(group, in_plan, "input")
+            return
+        segments = []
         for record in self.records:
             if not record.inputs:
                 continue
@@ -339,31 +345,105 @@ class _Batch:
             except RuntimeError:
                 continue
             segments.append((record, xs, positions_for(xs[0].shape[0], self.passes[record.pass_index])))
-        found = []
-        for (record, _, positions), y_rows, candidates, n_rows in self._rows(in_plan, segments):
-            best = min(candidates, key=_norm)
-            found.append((record, self._comparison(record, in_plan, y_rows, best, n_rows, positions, "input")))
-        return found
+        for group in self._rows(in_plan, segments):
+            self.sink.add(group, in_plan, "input")
 
-    def outputs(self, routing: RoutingTolerance | None = None) -> list[tuple[Any, dict[str, Any]]]:
-        segments: list[Segment] = []
-        for record in self.records:
-            try:
-                x = self.aligner.target_tensor(record, self.plan, len(self.passes[record.pass_index].positions))
-            except (RuntimeError, AssertionError, IndexError):
-                continue
-            segments.append((record, [x], positions_for(x.shape[0], self.passes[record.pass_index])))
+    def outputs(self, routing: RoutingTolerance | None = None) -> None:
+        stacked = self._stacked_outputs()
+        joined = None
+        if stacked is not None:
+            joined, lengths = stacked
+            segments = self._split(joined, lengths)
+        else:
+            segments = []
+            for record in self.records:
+                try:
+                    x = self.aligner.target_tensor(record, self.plan, len(self.passes[record.pass_index].positions))
+                except (RuntimeError, AssertionError, IndexError):
+                    continue
+                segments.append((record, [x], positions_for(x.shape[0], self.passes[record.pass_index])))
         if routing is not None and routing.experts:
-            return self._routed(segments, routing)
+            self._routed(segments, routing)
+            return
         whole = self._gather(self.plan, [p for _, _, positions in segments for p in positions]) if segments else None
         if whole is not None and any(x.shape[-1] != whole[0].shape[-1] for _, (x,), _ in segments):
             fitted = self._fit(segments, whole[0].shape[-1])
             whole = whole if len(fitted) == len(segments) else None  # rows no longer line up
-            segments = fitted
+            segments, joined = fitted, None
+        for group in self._rows(self.plan, segments, whole, joined=None if joined is None else [joined]):
+            self.sink.add(group, self.plan, "output")
+
+    def _split(self, joined: torch.Tensor | list[torch.Tensor], lengths: list[int]) -> list[Segment]:
+        """Segments of the records' rows, one under the other in `joined` (each candidate)."""
+        candidates = [joined] if isinstance(joined, torch.Tensor) else joined
+        pieces = [c.split(lengths) for c in candidates]
         return [
-            (record, self._comparison(record, self.plan, y_rows, t_rows, n_rows, positions, "output"))
-            for (record, _, positions), y_rows, (t_rows,), n_rows in self._rows(self.plan, segments, whole)
+            (record, [p[k] for p in pieces], positions_for(lengths[k], self.passes[record.pass_index]))
+            for k, record in enumerate(self.records)
         ]
+
+    def _stacked_outputs(self) -> tuple[torch.Tensor, list[int]] | None:
+        """Every record's target tensor one under the other, read with one gather per output
+        the plan uses, and each record's rows; None where that does not apply (read record by
+        record).
+
+        It applies where those outputs are 2-D, rows first, in every record alike: the target
+        ops work row by row, so applied once to the stack they give the stack of their
+        per-record results.
+        """
+        op = self.plan.target_op
+        used = _OP_OUTPUTS.get(op)
+        if used is None:
+            return None
+        first = self.records[0].outputs
+        used = range(len(first)) if used == "all" else used
+        lengths = []
+        for record in self.records:
+            outputs = record.outputs
+            if len(outputs) != len(first) or record.pass_index not in self.passes:
+                return None
+            metas = [outputs[i] if i < len(outputs) else None for i in used]
+            present = [m for m in metas if m is not None]
+            if not present or any(len(m.shape) != 2 or m.shape[0] != present[0].shape[0] for m in present):
+                return None
+            if [m is None for m in metas] != [(first[i] if i < len(first) else None) is None for i in used]:
+                return None
+            lengths.append(present[0].shape[0])
+        columns: list[torch.Tensor | None] = [None] * len(first)
+        for i in used:
+            if i < len(first) and first[i] is not None:
+                columns[i] = self.aligner.target.stacked_rows([r.outputs[i] for r in self.records])
+                if columns[i] is None:
+                    return None
+        try:
+            return transforms.TARGET_OPS[op](columns, None).float(), lengths
+        except (RuntimeError, AssertionError, IndexError):
+            return None
+
+    def _stacked_inputs(self) -> tuple[list[torch.Tensor], list[int]] | None:
+        """`inputs`' candidates for every record, one under the other, read with one gather
+        per argument; None where the records' inputs are not all alike and 2-D."""
+        keys = [dict(record.inputs) for record in self.records]
+        if not keys or any(record.pass_index not in self.passes for record in self.records):
+            return None
+        firsts = [k.get("0") for k in keys]
+        if any(m is None or len(m.shape) != 2 for m in firsts):
+            return None
+        seconds = [k.get("1") for k in keys]
+        pair = all(m is not None and m.shape == f.shape for m, f in zip(seconds, firsts))
+        if not pair and any(m is not None and m.shape == f.shape for m, f in zip(seconds, firsts)):
+            return None  # some records have a second reading, others not
+        first_in = self.aligner.target.stacked_rows(firsts)
+        if first_in is None or not first_in.is_floating_point():
+            return None
+        candidates = [first_in]
+        if pair:
+            second = self.aligner.target.stacked_rows(seconds)
+            if second is None:
+                return None
+            if second.is_floating_point():
+                candidates.append(first_in + second)
+        return [c.float() for c in candidates], [m.shape[0] for m in firsts]
 
     def _fit(self, segments: list[Segment], width: int) -> list[Segment]:
         """Partial rotary: cut the target's q|k to the rotated dims the reference records."""
@@ -375,9 +455,8 @@ class _Batch:
                 fitted.append((record, [cut], positions))
         return fitted
 
-    def _routed(self, segments: list[Segment], routing: RoutingTolerance) -> list[tuple[Any, dict[str, Any]]]:
+    def _routed(self, segments: list[Segment], routing: RoutingTolerance) -> None:
         """MoE models: pass by pass, so that tokens a router discounted leave the later ratios."""
-        found = []
         for record, (x,), positions in segments:
             pair = self._gather(self.plan, positions)
             if pair is None:
@@ -398,37 +477,138 @@ class _Batch:
                 if self.high is self.reference:
                     x_r = y_r
                 positions = [positions[i] for i in keep]
-            y_rows, (t_rows,), n_rows = row_norms(x_r, y_r, [x])
-            fields = self._comparison(record, self.plan, y_rows, t_rows, n_rows, positions, "output")
-            found.append((record, {**fields, "discounted_tokens": discounted}))
-        return found
+            y, ts, n = _norm_tensors(x_r, y_r, [x])
+            self.sink.add(([(record, [x], positions)], y, ts, n), self.plan, "output", discounted)
 
-    def _comparison(
-        self, record: Any, plan: Plan, y_rows: list[float], t_rows: list[float], n_rows: list[float] | None,
-        positions: list[int], kind: str,
-    ) -> dict[str, Any]:
-        """The fields of the comparison (all but its sequence number, given once sorted)."""
-        ratio, error, noise, tokens = figures(y_rows, t_rows, n_rows, self.floor)
-        worst = max(range(len(tokens)), key=tokens.__getitem__) if tokens else 0
-        return {
-            "target": record.name,
-            "module_class": record.module_class,
-            "source_file": record.source_file,
-            "source_line": record.source_line,
-            "pass_index": record.pass_index,
-            "step": record.step,
-            "call_index": record.call_index,
-            "plan": plan.describe(),
-            "inferred": plan.inferred,
-            "ratio": ratio,
-            "error": error,
-            "noise": noise,
-            "nonfinite": not math.isfinite(error),
-            "worst_position": positions[worst] if positions else 0,
-            "rows": len(t_rows),
-            "kind": kind,
-            "token_ratio": tokens[worst] if tokens else ratio,
-        }
+
+class _Figures:
+    """Every comparison's figures, worked out at once from the row norms the batches hand in.
+
+    What `figures` does for one comparison, done with one NumPy operation per step over the
+    rows of all of them (segments back to back): per-comparison Python arithmetic on floats
+    was a third of the analysis of a small model. A row without noise (the reference is its
+    own float32 run) carries -1 there, since a norm is never negative.
+    """
+
+    def __init__(self, floor: float) -> None:
+        self.floor = floor
+        self.y: list[np.ndarray] = []
+        self.t: list[np.ndarray] = []
+        self.n: list[np.ndarray] = []
+        # (order, record, plan, kind, discounted, positions): one per comparison, rows in order
+        self.items: list[tuple[tuple[int, int], Any, Plan, str, int, list[int]]] = []
+        self.lengths: list[int] = []
+
+    def add(self, group: Group, plan: Plan, kind: str, discounted: int = 0) -> None:
+        """One group's comparisons; of several candidates, each segment takes the one whose
+        error is smallest (the first of equals)."""
+        segments, y, ts, n = group
+        # a segment of no rows holds none of the tensors' rows, and has nothing to measure
+        segments = [segment for segment in segments if segment[2]]
+        if not segments:
+            return
+        lengths = [len(positions) for _, _, positions in segments]
+        t = ts[0].numpy()
+        if len(ts) > 1:
+            starts = np.cumsum([0] + lengths[:-1])
+            totals = np.stack([np.add.reduceat(c.numpy().astype(np.float64) ** 2, starts) for c in ts])
+            best = np.repeat(_first_min(totals), lengths)
+            t = np.stack([c.numpy() for c in ts])[best, np.arange(len(best))]
+        self.y.append(y.numpy())
+        self.t.append(t)
+        self.n.append(np.full(len(t), -1.0, dtype=np.float32) if n is None else n.numpy())
+        order = 0 if kind == "input" else 1
+        for record, _, positions in segments:
+            self.items.append(((record.index, order), record, plan, kind, discounted, positions))
+        self.lengths.extend(lengths)
+
+    def comparisons(self) -> Iterator[Comparison]:
+        if not self.items:
+            return
+        figures = self._figures()
+        order = sorted(range(len(self.items)), key=lambda i: self.items[i][0])
+        described: dict[Plan, str] = {}
+        for sequence, i in enumerate(order):
+            _, record, plan, kind, discounted, positions = self.items[i]
+            ratio, error, noise, worst, token_ratio = figures[i]
+            text = described.get(plan)
+            if text is None:
+                text = described[plan] = plan.describe()
+            yield Comparison(
+                sequence=sequence,
+                target=record.name,
+                module_class=record.module_class,
+                source_file=record.source_file,
+                source_line=record.source_line,
+                pass_index=record.pass_index,
+                step=record.step,
+                call_index=record.call_index,
+                plan=text,
+                inferred=plan.inferred,
+                ratio=ratio,
+                error=error,
+                noise=noise,
+                nonfinite=not math.isfinite(error),
+                worst_position=positions[worst],
+                rows=len(positions),
+                kind=kind,
+                discounted_tokens=discounted,
+                token_ratio=token_ratio,
+            )
+
+    def _figures(self) -> list[tuple[float, float, float, int, float]]:
+        """(ratio, error, noise, worst row, its token ratio) of each comparison: `figures`."""
+        y = np.concatenate(self.y).astype(np.float64)
+        t = np.concatenate(self.t).astype(np.float64)
+        n = np.concatenate(self.n).astype(np.float64)
+        lengths = np.array(self.lengths)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        segment = np.repeat(np.arange(len(lengths)), lengths)
+        floor = self.floor
+        with np.errstate(all="ignore"):
+            y_total = np.sqrt(np.add.reduceat(y * y, starts))
+            y_total[y_total == 0] = 1e-30
+            t_total = np.sqrt(np.add.reduceat(t * t, starts))
+            error = np.where(np.isfinite(t_total), t_total / y_total, np.inf)
+            quiet = n < 0  # no noise beyond the floor
+            noise = np.where(quiet[starts], 0.0, np.sqrt(np.add.reduceat(np.where(quiet, 0.0, n) ** 2, starts)) / y_total)
+            noise = np.where(np.isfinite(noise), np.maximum(noise, floor), noise)
+            ratio = np.where(noise > 0, error / noise, np.inf)
+            scaled = floor * y
+            token_noise = np.where(quiet, scaled, np.where(scaled > n, scaled, n))
+            # the lower median of each segment's token noise
+            ranked = token_noise[np.lexsort((token_noise, segment))]
+            median = ranked[starts + (lengths - 1) // 2][segment]
+            denominator = np.where(median > token_noise, median, token_noise)
+            denominator = np.where(1e-30 > denominator, 1e-30, denominator)
+            tokens = t / denominator
+            tokens[np.isnan(tokens)] = np.inf
+        top = np.maximum.reduceat(tokens, starts)
+        rows = np.arange(len(tokens))
+        first = np.minimum.reduceat(np.where(tokens == top[segment], rows, len(tokens)), starts)
+        return list(zip(ratio.tolist(), error.tolist(), noise.tolist(), (first - starts).tolist(), tokens[first].tolist()))
+
+
+def _first_min(totals: np.ndarray) -> np.ndarray:
+    """Per column, the row `min` picks: a later row only where it is smaller than the best so
+    far (never where either is NaN)."""
+    best = np.zeros(totals.shape[1], dtype=np.int64)
+    for row in range(1, totals.shape[0]):
+        best = np.where(totals[row] < totals[best, np.arange(totals.shape[1])], row, best)
+    return best
+
+
+def _norm_tensors(
+    x_reference: torch.Tensor, y_reference: torch.Tensor, targets: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    """`row_norms` as float32 tensors."""
+    noise = None if x_reference is y_reference else _row_norms(x_reference - y_reference)
+    return _row_norms(y_reference), [_row_norms(x - y_reference) for x in targets], noise
+
+
+# The outputs each row-by-row target op reads ("all": every one); ops not listed are read record
+# by record.
+_OP_OUTPUTS: dict[str, Any] = {"first": (0,), "scale_sqrt_hidden": (0,), "sum_pair": (0, 1), "cat_outputs": "all"}
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +94,48 @@ class ShardFile:
         if (self._start + begin) % size:  # a view of another width needs alignment: a copy
             return self._bytes[self._start + begin : self._start + end].clone().view(dtype).reshape(shape)
         if self._start % size == 0:  # one slice of the data seen as `dtype`
-            typed = self._typed.get(dtype)
-            if typed is None:
-                whole = self._bytes[self._start :]
-                typed = self._typed[dtype] = whole[: len(whole) - len(whole) % size].view(dtype)
-            return typed[begin // size : end // size].view(shape)
+            return self._typed_view(dtype)[begin // size : end // size].view(shape)
         return self._bytes[self._start + begin : self._start + end].view(dtype).reshape(shape)
+
+    def _typed_view(self, dtype: torch.dtype) -> torch.Tensor:
+        typed = self._typed.get(dtype)
+        if typed is None:
+            whole = self._bytes[self._start :]
+            typed = self._typed[dtype] = whole[: len(whole) - len(whole) % dtype.itemsize].view(dtype)
+        return typed
+
+    def stacked_rows(self, keys: Sequence[str]) -> torch.Tensor | None:
+        """The 2-D tensors `keys` one under the other, as one `[rows, width]` tensor, made with
+        a few views of the map and one copy rather than a view per tensor. A capture writes
+        each step's tensors in the same order and sizes, so one component's tensors of
+        successive steps lie at a fixed distance: one strided view takes them all. None where
+        they are not all 2-D tensors of one dtype and width, aligned for a typed view."""
+        entries = [self.header.get(key) for key in keys]
+        if not entries or any(e is None or len(e["shape"]) != 2 for e in entries):
+            return None
+        name, width = entries[0]["dtype"], entries[0]["shape"][1]
+        if width == 0 or any(e["dtype"] != name or e["shape"][1] != width for e in entries):
+            return None
+        dtype = TORCH_DTYPES[name]
+        size = dtype.itemsize
+        if self._start % size or any(e["data_offsets"][0] % size for e in entries):
+            return None
+        typed = self._typed_view(dtype)
+        base = typed.storage_offset()
+        begins = [e["data_offsets"][0] // size for e in entries]
+        counts = [e["data_offsets"][1] // size - b for e, b in zip(entries, begins)]
+        pieces = []
+        i = 0
+        while i < len(begins):
+            count, j = counts[i], i + 1
+            step = begins[j] - begins[i] if j < len(begins) else 0
+            while j < len(begins) and step >= count > 0 and counts[j] == count and begins[j] - begins[j - 1] == step:
+                j += 1
+            rows = count // width
+            if j - i == 1:
+                pieces.append(typed[begins[i] : begins[i] + count].view(rows, width))
+            else:  # evenly spaced tensors of one size: one view of them all
+                view = typed.as_strided((j - i, rows, width), (step, width, 1), base + begins[i])
+                pieces.append(view.reshape((j - i) * rows, width))
+            i = j
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)

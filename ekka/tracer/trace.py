@@ -376,13 +376,25 @@ class TraceReader:
         shard = self._key_shard.get(meta.key)
         if shard is None:
             raise TraceFormatError(f"{self.path}: tensor {meta.key} is listed but was never written.")
+        return self._shard(shard).get(meta.key)
+
+    def stacked_rows(self, metas: Sequence[TensorMeta]) -> Any | None:
+        """The 2-D tensors `metas` one under the other (`[rows, width]`), read in one gather
+        when they lie in one shard with one dtype and width; None otherwise (read them one by
+        one)."""
+        shards = {self._key_shard.get(m.key) for m in metas}
+        if len(shards) != 1 or None in shards:
+            return None
+        return self._shard(shards.pop()).stacked_rows([m.key for m in metas])
+
+    def _shard(self, shard: int) -> ShardFile:
         handle = self._handles.pop(shard, None)
         if handle is None:
             handle = ShardFile(self.path / self.manifest["shards"][shard])
             if len(self._handles) >= OPEN_SHARDS:  # keep the mapped memory bounded
                 del self._handles[next(iter(self._handles))]
         self._handles[shard] = handle
-        return handle.get(meta.key)
+        return handle
 
     def outputs(self, record: Record) -> list[Any | None]:
         """The record's output tensors (None where the output was not a tensor)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ekka.tracer.compare import Comparison, RoutingTolerance, compute_error_ratio
@@ -154,3 +155,60 @@ def test_one_row_figures_are_the_general_figures():
         short, general = figures([y], [t], rows, floor), _figures_of_rows([y], [t], rows, floor)
         for a, b in zip([*short[:3], *short[3]], [*general[:3], *general[3]]):
             assert (a != a and b != b) or a == b
+
+
+def test_figures_of_many_comparisons_at_once_are_each_ones_figures():
+    """The sink works out every comparison's figures with one vectorized pass: the same as
+    `figures` on each, the candidate `min` picks, and the first worst token."""
+    import random
+    from types import SimpleNamespace
+
+    from ekka.tracer.align import Plan
+    from ekka.tracer.compare import _Figures, _norm, figures
+
+    rng = random.Random(11)
+
+    def single(values: list[float]) -> list[float]:
+        return torch.tensor(values, dtype=torch.float32).tolist()
+
+    special = [0.0, math.inf, math.nan, 1e-9]
+
+    def value(scale: float) -> float:
+        return rng.choice(special) if rng.random() < 0.08 else rng.random() * scale
+
+    for trial in range(40):
+        floor = rng.choice([4e-6, 2.0**-9])
+        noisy = rng.random() < 0.5
+        sink = _Figures(floor)
+        expected = {}
+        index = 0
+        for _ in range(rng.randint(1, 6)):  # groups: one component's segments each
+            count = rng.choice([1, 1, 2])
+            lengths = [rng.choice([1, 1, 1, 2, 4, 17]) for _ in range(rng.randint(1, 5))]
+            rows = sum(lengths)
+            # float32 values, as `_row_norms` gives the sink
+            y = single([value(10.0) for _ in range(rows)])
+            ts = [single([value(1e-3) for _ in range(rows)]) for _ in range(count)]
+            n = single([value(1e-3) for _ in range(rows)]) if noisy else None
+            segments, start = [], 0
+            for length in lengths:
+                record = SimpleNamespace(index=index, name=f"m{index}", module_class="X", source_file=None,
+                                         source_line=None, pass_index=0, step=0, call_index=index)
+                index += 1
+                positions = list(range(100 + start, 100 + start + length))
+                segments.append((record, [None] * count, positions))
+                end = start + length
+                best = min([t[start:end] for t in ts], key=_norm)
+                expected[record.index] = (figures(y[start:end], best, None if n is None else n[start:end], floor), positions)
+                start = end
+            tensor = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+            group = (segments, tensor(y), [tensor(t) for t in ts], None if n is None else tensor(n))
+            sink.add(group, Plan("m", "first", ("m",), None), "output")
+        got = {c.call_index: c for c in sink.comparisons()}
+        assert sorted(got) == sorted(expected)
+        for key, ((ratio, error, noise, tokens), positions) in expected.items():
+            c = got[key]
+            worst = max(range(len(tokens)), key=tokens.__getitem__)
+            for a, b in ((c.ratio, ratio), (c.error, error), (c.noise, noise), (c.token_ratio, tokens[worst])):
+                assert (a != a and b != b) or a == pytest.approx(b, rel=1e-5), (trial, key)
+            assert c.worst_position == positions[worst] and c.rows == len(positions)

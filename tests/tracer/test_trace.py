@@ -300,3 +300,50 @@ def test_reading_two_shards_in_turn_opens_each_once(tmp_path, monkeypatch):
         for record in reader.records[:2]:
             reader.outputs(record)
     assert len(opened) == len(set(opened)) == 2
+
+
+def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path):
+    """One component's tensors of successive steps, read with a few views and one copy: the
+    same rows as reading them one by one, wherever they lie in the shard."""
+    from ekka.tracer.shards import ShardFile, write_shard
+
+    torch.manual_seed(0)
+    tensors = {"prefill": torch.randn(5, 8), "other0": torch.randn(5, 3)}
+    for step in range(1, 6):  # decode steps: the same sizes at a fixed distance
+        tensors[f"step{step}"] = torch.randn(1, 8)
+        tensors[f"other{step}"] = torch.randn(1, 3)
+    tensors["odd"] = torch.randn(2, 8)
+    tensors["gap"] = torch.randn(7)
+    tensors["late"] = torch.randn(1, 8)  # past the steps' spacing
+    tensors["half"] = torch.randn(2, 8).to(torch.bfloat16)
+    tensors["cube"] = torch.randn(1, 2, 8)
+    write_shard(tmp_path / "s.safetensors", tensors)
+    shard = ShardFile(tmp_path / "s.safetensors")
+    for keys in (
+        ["prefill"] + [f"step{s}" for s in range(1, 6)],
+        [f"step{s}" for s in range(1, 6)] + ["odd", "late"],
+        ["step3", "step1", "prefill"],  # out of file order
+        ["step2"],
+        [f"other{s}" for s in range(6)],
+    ):
+        got = shard.stacked_rows(keys)
+        assert torch.equal(got, torch.cat([tensors[k] for k in keys])), keys
+    assert shard.stacked_rows(["prefill", "other0"]) is None  # widths differ
+    assert shard.stacked_rows(["prefill", "half"]) is None  # dtypes differ
+    assert shard.stacked_rows(["cube"]) is None  # not 2-D
+    assert shard.stacked_rows([]) is None
+
+
+def test_reader_stacks_rows_of_one_shard_only(tmp_path):
+    from ekka.tracer.trace import TensorMeta
+
+    tensors = _write(tmp_path / "t", n=20, shard_bytes=4096)
+    reader = TraceReader(tmp_path / "t")
+    shards = reader.manifest["key_shards"]
+    metas = [r.outputs[0] for r in reader.records]
+    same = [m for m in metas if shards[m.key] == shards[metas[0].key]]
+    assert len(same) > 1 and len(same) < len(metas)
+    got = reader.stacked_rows(same)
+    assert torch.equal(got, torch.cat([tensors[int(r.name[1:])] for r in reader.records[: len(same)]]))
+    assert reader.stacked_rows(metas) is None  # across shards: read one by one
+    assert reader.stacked_rows([TensorMeta("missing", (1, 64), "float32")]) is None
