@@ -16,22 +16,24 @@ Localization: `run_diagnosis` on the same model and prompt, `--runs` times in th
 cost is wall time: from the moment the target's process starts its traced request to the moment
 it has written its replays (both `time.monotonic()` readings, one clock for every process of
 the machine), plus the replay verdicts worked out here after that. In that window: the traced
-generation, the trace's writing, the reference's work that could not be done alongside the
-target (following the target's tokens where the reference's guess was wrong), the analysis and
+generation, the trace's writing, the reference's work that needed the target's tokens (a
+traced pass over them, only where the reference's guess of them was wrong), the analysis and
 the replay. Excluded, as the issue says: the engine start, which in a capture includes two
 two-token warm-up requests, one untraced and one traced into a scratch trace (so the traced
-request is a warm one, like the baseline's median), the reference models' loading and warm-up
-(done while the engine starts) and the processes' start and exit. `ekka diagnose` makes one
-localization per process: the first round is the one a user gets, later rounds run in a warm
-process (both are in the rounds' figures). With `--alongside on` (the default on four cores or more), the reference's work
-alongside the target (its prompt pass, its guess and the pass on it) lies inside the window, on
-the other half of the cores. `work` adds up every part's own time instead, as if nothing ran
-alongside: it is printed too. Each round measures a fresh baseline, then one
-localization; the figure is the median over rounds of localization / (warm vLLM + warm
-transformers). First-request baselines are printed too. Prints one line per round, then one
-JSON line.
+request is a warm one, like the baseline's median), and what this process does meanwhile: the
+reference models' loading and warm-up, and, by default, the reference's traced pass over the
+prompt, its greedy guess of the target's tokens and a traced pass over the guess (they need
+nothing from the target; `--ahead off` leaves them until the target's tokens are known, inside
+the window). `work` adds up every part's own time, the reference's passes made ahead
+included, as if nothing overlapped: it is printed too, with its ratio, so that work moved out
+of the window is not hidden. Also excluded: the processes' start and exit. `ekka diagnose`
+makes one localization per process: the first round is the one a user gets, later rounds run
+in a warm process (both are in the rounds' figures). Each round measures a fresh baseline,
+then one localization; the figure is the median over rounds of localization / (warm vLLM +
+warm transformers). First-request baselines are printed too. Prints one line per round, then
+one JSON line.
 
-    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--alongside on|off]
+    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--ahead on|off]
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="rounds (baseline + localization each)")
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
     parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
-    parser.add_argument("--alongside", choices=("auto", "on", "off"), default="auto",
-                        help="the reference's work alongside the target's generation (auto: 4 cores or more)")
+    parser.add_argument("--ahead", choices=("on", "off"), default="on",
+                        help="the reference's prompt pass and guess while the engine starts (off: after the target's tokens)")
     args = parser.parse_args()
     case = find_cases(args.cases, [args.case])[0]
     if args.set:
@@ -115,7 +117,7 @@ def main() -> None:
     copy_sources(installed_framework_dir(case.framework), src_root)
     apply_patch(case.path / "bug.patch", src_root)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src_root.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    costs, works, walls, parts, baselines, ratios, found = [], [], [], [], [], [], []
+    costs, works, walls, parts, baselines, ratios, found, guesses = [], [], [], [], [], [], [], []
     for i in range(args.runs):
         # each round measures its own baseline right before its localization: this machine's
         # speed drifts over minutes, and a ratio of figures taken apart would carry the drift
@@ -128,7 +130,7 @@ def main() -> None:
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
                                                  dtype=case.dtype, max_tokens=case.max_tokens,
                                                  target_pythonpath=(str(src_root.resolve()),),
-                                                 alongside={"auto": None, "on": True, "off": False}[args.alongside]))
+                                                 ahead=args.ahead == "on"))
         walls.append(time.perf_counter() - start)
         run = args.work / f"run{i}"
         target_manifest = TraceReader(run / "target").manifest
@@ -140,7 +142,7 @@ def main() -> None:
         part = {
             "target_traced_generate": timings.get("traced_generate", 0),
             "target_write": target_manifest.get("write_seconds", 0),
-            "reference_alongside": s.get("reference_alongside", 0),
+            "reference_ahead": s.get("reference_ahead", 0),  # while the engine starts: not in the window
             "reference_after": s["reference"],
             "analysis": s["analysis"],
             "target_replay": replay_manifest.get("timings", {}).get("replay", 0) + replay_manifest.get("write_seconds", 0),
@@ -150,9 +152,10 @@ def main() -> None:
         costs.append(window)
         works.append(sum(part.values()))
         ratios.append(costs[-1] / (baseline["vllm"] + baseline["transformers"]))
+        guesses.append(TraceReader(run / f"reference-{case.dtype}").manifest.get("guess_right"))
         suspects = [sus.component for sus in diagnosis.localization.suspects]
         found.append(bool(suspects) and matches_truth(suspects[0], case.truth_components))
-        print(f"round {i + 1}/{args.runs}: top suspect {suspects[0] if suspects else None}, localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {baseline['vllm']:.3f} s "
+        print(f"round {i + 1}/{args.runs}: top suspect {suspects[0] if suspects else None}, guess right {guesses[-1]}, localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {baseline['vllm']:.3f} s "
               f"+ transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f} "
               f"({', '.join(f'{k} {v:.3f}' for k, v in part.items())})", file=sys.stderr)
 
@@ -166,6 +169,7 @@ def main() -> None:
         "ratio_median": round(statistics.median(ratios), 2),
         "ratios": [round(r, 2) for r in ratios],
         "top1_found": sum(found),
+        "guess_right": sum(g is True for g in guesses),
         "localization_s_median": round(statistics.median(costs), 3),
         "work_s_median": round(statistics.median(works), 3),
         "work_ratio_median": round(statistics.median(w / (b["vllm"] + b["transformers"]) for w, b in zip(works, baselines)), 2),

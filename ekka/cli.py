@@ -204,6 +204,7 @@ def diagnose(
     threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
     out_dir: Path = typer.Option(Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."),
     target_path: list[Path] = typer.Option([], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."),
+    ahead: bool = typer.Option(True, "--ahead/--no-ahead", help="Trace the reference on the prompt and on its guess of the target's tokens while the target's engine starts."),
     repo: Path | None = typer.Option(None, help="Full mode: the framework's git repository (vllm/ at its top)."),
     good: str | None = typer.Option(None, help="Full mode: a commit known good."),
     bad: str | None = typer.Option(None, help="Full mode: a commit known bad."),
@@ -240,7 +241,7 @@ def diagnose(
     config = DiagnoseConfig(
         model=str(model), prompt_ids=tuple(ids), workdir=str(out_dir / "traces"), dtype=dtype,
         max_tokens=max_tokens, threshold=threshold, prompt_text=prompt,
-        target_pythonpath=tuple(str(p) for p in target_path),
+        target_pythonpath=tuple(str(p) for p in target_path), ahead=ahead,
     )
     with console.status("diagnosing ...") as status:
         diagnosis = run_diagnosis(config, progress=lambda msg: status.update(msg))

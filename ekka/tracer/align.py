@@ -237,14 +237,16 @@ def _rows_of(tensor: torch.Tensor, pass_len: int) -> torch.Tensor:
     """A reference tensor as `[rows, ...]` with one row per token of its pass.
 
     Drops transformers' batch dimension, and puts tokens first in the attention layout
-    `[heads, tokens, d]`.
+    `[1, heads, tokens, d]` (the layout a reference records post-rotary q and k in, whatever
+    the model's own: `wrap_rotary`), also where there are as many heads as tokens.
     """
     t = tensor
+    heads_first = t.dim() == 4 and t.shape[0] == 1
     if t.dim() >= 3 and t.shape[0] == 1:
         t = t[0]
     elif t.dim() == 2 and t.shape[0] == 1 and pass_len != 1:
         t = t[0]
-    if t.dim() >= 3 and t.shape[0] != pass_len and t.shape[1] == pass_len:
+    if t.dim() >= 3 and t.shape[1] == pass_len and (heads_first or t.shape[0] != pass_len):
         t = t.transpose(0, 1)
     if t.dim() == 1:
         t = t.reshape(pass_len, -1) if t.numel() % pass_len == 0 else t.reshape(1, -1)

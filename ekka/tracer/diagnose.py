@@ -3,13 +3,11 @@
 1. The target (vLLM, possibly a patched copy of its sources) generates greedily, traced.
 2. The reference (transformers) runs teacher-forced on the prompt plus the tokens the target
    generated, in the serving dtype and in float32, so that every target pass (prefill chunk or
-   decode step) is compared at the same token positions with the same inputs. It is loaded
-   while the target's engine starts. On a machine of four cores or more it is also traced
-   alongside the target, each on half the cores: while the target generates, one traced pass
-   over the prompt, then one over the reference's own greedy guess of the target's tokens;
-   after the target, only a wrong guess costs anything (one traced pass over the target's
-   tokens, from the prompt's KV cache). With fewer cores, one traced pass over the prompt and
-   the target's tokens follows the target.
+   decode step) is compared at the same token positions with the same inputs. While the
+   target's engine starts, the reference is loaded and does what needs nothing from the
+   target: one traced pass over the prompt, then one over its own greedy guess of the target's
+   tokens (from the prompt's KV cache). Once the target has its tokens, only a wrong guess
+   costs anything: one traced pass over the target's tokens, from the prompt's cache.
 3. Each aligned component gets its robust error ratio; the change point names the suspects.
 """
 
@@ -32,7 +30,6 @@ from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
 from ekka.tracer.trace import REPLAY_FOLDER, TraceReader, is_trace
 
 Progress = Callable[[str], None]
-ALONGSIDE_MIN_CORES = 4
 
 
 @dataclass(frozen=True)
@@ -47,22 +44,9 @@ class DiagnoseConfig:
     prompt_text: str | None = None
     target_pythonpath: tuple[str, ...] = ()
     timeout: float | None = 900
-    # the reference's work alongside the target's generation, on half the cores each: None
-    # follows EKKA_ALONGSIDE (on/off) if set, else the machine (4 cores or more). On two cores
-    # it measured no gain (the split slows both sides as much as it overlaps them), so they
-    # take turns there.
-    alongside: bool | None = None
-
-    @property
-    def work_alongside(self) -> bool:
-        import os
-
-        if self.alongside is not None:
-            return self.alongside
-        setting = os.environ.get("EKKA_ALONGSIDE", "").strip().lower()
-        if setting in ("on", "off"):
-            return setting == "on"
-        return (os.cpu_count() or 1) >= ALONGSIDE_MIN_CORES
+    # the reference's prompt pass and its guess of the target's tokens while the target's
+    # engine starts (False: every pass of the reference after the target's tokens)
+    ahead: bool = True
 
 
 @dataclass
@@ -131,17 +115,14 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         )
 
     # Phases, each overlapping the target's process where it can (see the module doc): while
-    # the engine starts, the references are loaded; while the target generates (when
-    # `alongside`), each reference traces the prompt and a continuation on a guess of the
-    # target's tokens; while the target writes its trace, its tokens known, the references are
-    # traced on them (only where the guess was wrong, if there was one); once the trace is
-    # written (the target's process waits), the traces are analysed, and the target's process
-    # replays only the suspects found, on the serving-dtype reference's inputs (the rows of
-    # its first pass).
+    # the engine starts, the references are loaded and traced on the prompt and on a guess of
+    # the target's tokens; while the target writes its trace, its tokens known, the references
+    # are traced on them where the guess was wrong; once the trace is written (the target's
+    # process waits), the traces are analysed, and the target's process replays only the
+    # suspects found, on the serving-dtype reference's inputs (the rows of its first pass).
     from ekka.tracer.adapters.transformers import ForcedReference
 
     dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
-    alongside = config.work_alongside
     pending: dict[str, ForcedReference] = {}
     references: dict[str, TraceReader] = {}
     found: dict[str, Any] = {}
@@ -158,24 +139,34 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
 
         return run
 
+    def warm_analysis(scratch: Path) -> None:
+        """The analysis' first run in a process costs more (its code and torch's and NumPy's
+        operations run cold): one run on the reference's scratch trace against itself."""
+        t = time.perf_counter()
+        trace = TraceReader(scratch)
+        try:
+            analyse(trace, {config.dtype: trace}, config.dtype, config.threshold)
+        except Exception as exc:  # a warm-up: the real analysis reports its own errors
+            say(f"analysis warm-up failed ({type(exc).__name__}: {exc}); the analysis will run cold")
+            return
+        seconds["analysis_warm_up"] = time.perf_counter() - t
+
     def load_references() -> None:
         for dtype in dtypes:
             say(f"reference: loading the transformers model in {dtype}")
             pending[dtype] = ForcedReference(
                 spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens)
             )
-            pending[dtype].warm_up()
+            pending[dtype].warm_up(then=warm_analysis if dtype == config.dtype else None)
         seconds["reference_load"] = sum(r.timings["load"] for r in pending.values())
-
-    def ahead() -> None:
-        t = time.perf_counter()
-        say("reference: tracing the prompt and a guess of the target's tokens, while it generates")
-        with _threads_shared():
+        if config.ahead:
+            t = time.perf_counter()
+            say("reference: tracing the prompt and a guess of the target's tokens")
             # the serving-dtype reference guesses best what the target will choose
             guess = pending[config.dtype].ahead()
             for dtype in dtypes[1:]:
                 pending[dtype].ahead(guess)
-        seconds["reference_alongside"] = time.perf_counter() - t
+            seconds["reference_ahead"] = time.perf_counter() - t
 
     def follow(generated: list[int], written: Callable[[], bool] = lambda: True) -> None:
         t_ref = time.perf_counter()
@@ -202,13 +193,11 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     say("target: vLLM generates, traced")
     try:
         target = capture(
-            spec("vllm", "target", config.dtype, max_tokens=config.max_tokens, engine=dict(config.engine),
-                 share_cores=alongside),
+            spec("vllm", "target", config.dtype, max_tokens=config.max_tokens, engine=dict(config.engine)),
             pythonpath=config.target_pythonpath,
             timeout=config.timeout,
             after_generate=timed(analysis),
             while_starting=timed(load_references),
-            when_tracing=timed(ahead) if alongside else None,
             when_tokens=timed(follow),
         )
     finally:
@@ -294,25 +283,6 @@ def _decoder_layers(model: Any) -> list[Any]:
         if isinstance(module, torch.nn.ModuleList) and len(module):
             return list(module)
     return []
-
-
-@contextmanager
-def _threads_shared() -> Iterator[None]:
-    """Half the cores for this process's torch while the target's process computes on the
-    other half (`CaptureSpec.share_cores`). Both running thread pools over every core slowed
-    the target's traced generation from 30 ms to 60-120 ms on two cores; split, it does not
-    slow down on a small model, and on a large one the split costs about what running one
-    after the other would (matrix products rarely scale linearly with threads)."""
-    import os
-
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def analyse(

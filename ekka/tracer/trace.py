@@ -29,7 +29,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 REPLAY_FOLDER = "replay"  # a target trace's replays: a trace of their own, inside its folder
-# Shards kept open (memory-mapped) per reader. Two: a reference traced alongside the target
+# Shards kept open (memory-mapped) per reader. Two: a reference traced ahead of the target
 # holds its prompt pass in one shard and its continuation in the next, and aligning reads them
 # in turn (with one open, every read re-opened a shard: the analysis took twice as long).
 OPEN_SHARDS = 2

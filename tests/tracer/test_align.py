@@ -61,3 +61,33 @@ def test_value_pairing_is_marked_inferred_and_far_values_stay_unmapped(tmp_path)
     assert "no mapping rule" in mapping.unmapped["model.layers.0.stranger"].reason
     comps = list(iter_comparisons(target, reference, mapping=mapping))
     assert [c.target for c in comps] == ["model.layers.0.mystery"] and comps[0].inferred and comps[0].ratio < 1
+
+
+def test_attention_layout_puts_tokens_first_even_with_as_many_heads_as_tokens():
+    """Post-rotary q of 2 heads over a 2-token continuation: `[1, heads, tokens, d]` must come
+    out token by token, not head by head (the heads and tokens axes have the same size)."""
+    from ekka.tracer.align import _rows_of
+
+    heads, tokens, d = 2, 2, 4
+    q = torch.arange(heads * tokens * d, dtype=torch.float32).reshape(1, heads, tokens, d)
+    rows = _rows_of(q, tokens)
+    for token in range(tokens):
+        assert torch.equal(rows[token], q[0, :, token])
+    wide = torch.randn(1, 3, 5, d)  # unambiguous: 3 heads, 5 tokens
+    assert torch.equal(_rows_of(wide, 5), wide[0].transpose(0, 1))
+    hidden = torch.randn(1, 5, 8)  # a module's [1, tokens, hidden] output
+    assert torch.equal(_rows_of(hidden, 5), hidden[0])
+
+
+def test_rotary_is_recorded_heads_first_whatever_the_model_applies_it_to():
+    from ekka.tracer.adapters.transformers import _heads_first
+
+    cos = torch.randn(1, 3, 4)  # 3 tokens
+    heads_first = torch.randn(1, 2, 3, 4)
+    assert _heads_first(heads_first, cos, 1) is heads_first
+    token_major = torch.randn(1, 3, 2, 4)  # unsqueeze_dim=2 models
+    assert torch.equal(_heads_first(token_major, cos, 2), token_major.transpose(1, 2))
+    assert torch.equal(_heads_first(token_major, cos, 1), token_major.transpose(1, 2))  # told by the shapes
+    square = torch.randn(1, 3, 3, 4)  # as many heads as tokens: the call's unsqueeze_dim decides
+    assert _heads_first(square, cos, 1) is square
+    assert torch.equal(_heads_first(square, cos, 2), square.transpose(1, 2))

@@ -67,9 +67,11 @@ def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_mod
 
 def test_cli_diagnose_exit_code_zero_without_divergence(tmp_path, zoo_model, capsys):
     code = main(["diagnose", "--model", str(zoo_model("qwen2")), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
-                 "--max-tokens", "2", "--out", str(tmp_path / "r")])
+                 "--max-tokens", "2", "--out", str(tmp_path / "r"), "--no-ahead"])
     assert code == 0, capsys.readouterr().out
-    assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"] == "no divergence"
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["verdict"] == "no divergence"
+    assert "reference_ahead" not in report["seconds"]  # every reference pass after the target's tokens
 
 
 @pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
@@ -108,10 +110,11 @@ def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_reference_made_alongside_the_target_gives_the_same_diagnosis(tmp_path, zoo_model, dtype):
-    """The reference's work alongside the target's generation (on by itself on four cores or
-    more) must not change the diagnosis: the same suspects, ratios within rounding. The patched
-    vLLM's tokens differ from the reference's guess here, so the follow-up pass runs too."""
+def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtype):
+    """The reference's prompt pass and guess of the target's tokens, made while the engine
+    starts, must not change the diagnosis: the same suspects, ratios within rounding. The
+    patched vLLM's tokens differ from the reference's guess here, so the follow-up pass runs
+    too."""
     from importlib.resources import files
     from pathlib import Path
 
@@ -121,29 +124,30 @@ def test_reference_made_alongside_the_target_gives_the_same_diagnosis(tmp_path, 
     apply_patch(Path(str(files("ekka") / "data" / "demo-regression.patch")), tmp_path / "src")
     model = zoo_model("llama", rms_norm_eps=1e-2)  # the patched layers use 1e-6 instead
     found = {}
-    for alongside in (False, True):
-        config = DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(tmp_path / str(alongside)),
+    for ahead in (False, True):
+        config = DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(tmp_path / str(ahead)),
                                 dtype=dtype, max_tokens=4, target_pythonpath=(str(tmp_path / "src"),),
-                                alongside=alongside)
-        found[alongside] = run_diagnosis(config)
-        references = [TraceReader(p) for p in sorted((tmp_path / str(alongside)).glob("reference-*"))]
+                                ahead=ahead)
+        found[ahead] = run_diagnosis(config)
+        references = [TraceReader(p) for p in sorted((tmp_path / str(ahead)).glob("reference-*"))]
         assert len(references) == (1 if dtype == "float32" else 2)
         for reference in references:
             assert sorted(p for info in reference.passes for p in info.positions) == list(range(len(PROMPT_IDS) + 3))
-        serving = TraceReader(tmp_path / str(alongside) / f"reference-{dtype}")
+            assert len(reference.passes) == (2 if ahead else 1)  # the prompt, then its continuation
+        serving = TraceReader(tmp_path / str(ahead) / f"reference-{dtype}")
         # the guess is the reference's own greedy run: right exactly when, forced on the
         # target's tokens, the reference would have chosen them itself
-        chose_the_same = serving.generated_ids[:-1] == found[alongside].target_tokens[:-1]
-        assert serving.manifest.get("guess_right") is (chose_the_same if alongside else None)
-        print(dtype, alongside, "guess right:", serving.manifest.get("guess_right"))
-        if alongside:
-            assert "reference_alongside" in found[alongside].seconds
-    plain, overlapped = found[False], found[True]
-    assert plain.diverged and overlapped.diverged
-    assert plain.target_tokens == overlapped.target_tokens
-    assert [s.component for s in plain.localization.suspects] == [s.component for s in overlapped.localization.suspects]
+        chose_the_same = serving.generated_ids[:-1] == found[ahead].target_tokens[:-1]
+        assert serving.manifest.get("guess_right") is (chose_the_same if ahead else None)
+        print(dtype, ahead, "guess right:", serving.manifest.get("guess_right"))
+        assert ("reference_ahead" in found[ahead].seconds) is ahead
+        assert found[ahead].seconds["analysis_warm_up"] > 0  # on the reference's scratch trace
+    plain, early = found[False], found[True]
+    assert plain.diverged and early.diverged
+    assert plain.target_tokens == early.target_tokens
+    assert [s.component for s in plain.localization.suspects] == [s.component for s in early.localization.suspects]
     assert plain.localization.suspects[0].component.endswith("layernorm")
-    for a, b in zip(plain.comparisons, overlapped.comparisons):
+    for a, b in zip(plain.comparisons, early.comparisons):
         assert (a.target, a.pass_index, a.kind) == (b.target, b.pass_index, b.kind)
         assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (a.target, a.ratio, b.ratio)
 

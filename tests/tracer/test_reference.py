@@ -55,7 +55,7 @@ def test_a_right_guess_leaves_nothing_to_do_after_the_target(zoo_model, captured
     guess = reference.ahead()
     assert len(guess) == MAX_TOKENS - 1
     shards = sorted(p.name for p in (tmp_path / "r").glob("tensors-*"))
-    assert shards, "the passes made alongside the target are written alongside it too"
+    assert shards, "the passes made ahead of the target are written ahead of it too"
     generated = guess + [7]  # the target chose what the reference guessed (the last is never fed)
     assert reference.follow(generated) is True
     made = TraceReader(reference.close())

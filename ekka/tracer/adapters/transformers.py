@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,13 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
 
         def wrapped(q: Any, k: Any, *args: Any, _orig: Any = original, **kwargs: Any) -> Any:
             out = _orig(q, k, *args, **kwargs)
-            inputs = {"q": q, "k": k}
+            cos = args[0] if args else kwargs.get("cos")
+            unsqueeze = kwargs.get("unsqueeze_dim", 1)
+            inputs = {"q": _heads_first(q, cos, unsqueeze), "k": _heads_first(k, cos, unsqueeze)}
             for i, arg in enumerate(args[:2]):
                 inputs[("cos", "sin")[i]] = arg
-            recorder.record_function("apply_rotary_pos_emb", _orig, list(out), inputs, kind="rotary")
+            outputs = [_heads_first(t, cos, unsqueeze) for t in out]
+            recorder.record_function("apply_rotary_pos_emb", _orig, outputs, inputs, kind="rotary")
             return out
 
         wrapped._ekka_wrapped = True  # type: ignore[attr-defined]
@@ -49,6 +52,17 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
     finally:
         for pymod, original in originals:
             pymod.apply_rotary_pos_emb = original
+
+
+def _heads_first(t: Any, cos: Any, unsqueeze_dim: int) -> Any:
+    """q or k as `[batch, heads, tokens, d]`, the layout the trace keeps them in: most models
+    apply rotary to that layout (`unsqueeze_dim=1`), some to `[batch, tokens, heads, d]`
+    (`unsqueeze_dim=2`). The tokens are `cos`'s second-to-last axis."""
+    if getattr(t, "dim", lambda: 0)() != 4:
+        return t
+    tokens = cos.shape[-2] if getattr(cos, "dim", lambda: 0)() >= 2 else None
+    token_major = t.shape[1] == tokens and (t.shape[2] != tokens or unsqueeze_dim == 2)
+    return t.transpose(1, 2) if token_major else t
 
 
 def _config_dict(model_dir: str) -> dict[str, Any]:
@@ -204,13 +218,14 @@ class ForcedReference:
         self.choices: list[int] = []  # the greedy choices at the continuation's positions
         self.guess_right: bool | None = None
 
-    def warm_up(self) -> None:
+    def warm_up(self, then: Callable[[Path], None] | None = None) -> None:
         """Passes on other tokens that leave `follow` only the cost of a warm pass: the first
         traced pass of a model in a process cost 2-3 times a later one (20-40 ms against 10
         on a tiny model: the classes' source lines read, kernels chosen per shape, the hooks'
         first calls). One untraced pass as long as `follow`'s (the prompt and all but the
-        last token), and one short pass traced into a scratch trace. Meant for the time the
-        target's engine starts."""
+        last token), and one short pass traced into a scratch trace, which `then` gets while
+        it exists (the caller warms its analysis on it). Meant for the time the target's
+        engine starts."""
         import tempfile
 
         import torch
@@ -225,11 +240,13 @@ class ForcedReference:
         with torch.no_grad():
             self.model(input_ids=torch.tensor([feed]), use_cache=False)
         with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
-            writer = TraceWriter(scratch, {})
+            writer = TraceWriter(scratch, _header(self.spec, self.model))
             try:
                 self._traced_pass(feed[:16], 0, 0, None, writer=writer)
             finally:
                 writer.close(complete=False)
+            if then is not None:
+                then(Path(scratch))
         self.timings["warm_up"] = time.perf_counter() - started
 
     def ahead(self, guess: list[int] | None = None) -> list[int]:
@@ -260,7 +277,7 @@ class ForcedReference:
                 position += 1
         self.timings["guess"] = time.perf_counter() - t
         self._continuation(guess[: self.spec.max_tokens - 1], copy_cache=True)
-        # written now, alongside the target; a wrong guess leaves its pass's tensors in the
+        # written now, before the target's tokens come; a wrong guess leaves its pass's tensors in the
         # shard, unreferenced once the pass is discarded
         self.writer.flush()
         self.timings["ahead"] = time.perf_counter() - t

@@ -32,6 +32,7 @@ from ekka.tracer.capture import (
     text_config,
 )
 from ekka.tracer.hooks import source_location
+from ekka.tracer.replay import replay_modules  # here, not when the answer comes: it is awaited
 
 
 def _framework_commit(package_dir: Path) -> str | None:
@@ -224,8 +225,6 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
     if isinstance(request, str):
         request = {"replay_reference": request, "modules": None}
     if request and request.get("replay_reference"):
-        from ekka.tracer.replay import replay_modules
-
         t_replay = time.perf_counter()
         replays = TraceWriter(Path(spec.out) / REPLAY_FOLDER, {**header, "replay_of": str(writer.path)})
         count = replay_modules(
