@@ -21,19 +21,22 @@ traced pass over them, only where the reference's guess of them was wrong), the 
 the replay. Excluded, as the issue says: the engine start, which in a capture includes two
 two-token warm-up requests, one untraced and one traced into a scratch trace (so the traced
 request is a warm one, like the baseline's median), and what this process does meanwhile: the
-reference models' loading and warm-up, and, by default, the reference's traced pass over the
-prompt, its greedy guess of the target's tokens and a traced pass over the guess (they need
-nothing from the target; `--ahead off` leaves them until the target's tokens are known, inside
-the window). `work` adds up every part's own time, the reference's passes made ahead
-included, as if nothing overlapped: it is printed too, with its ratio, so that work moved out
-of the window is not hidden. Also excluded: the processes' start and exit. `ekka diagnose`
+reference models' loading and warm-up (and the analysis'), and, by default, the reference's
+traced pass over the prompt (it needs nothing from the target; `--ahead off` leaves it until
+the target's tokens are known, inside the window), and with `--guess on` (the default on four
+cores or more) its greedy guess of the target's tokens and a traced pass over the guess. `work`
+adds up every part's own time, the reference's passes made ahead included, as if nothing
+overlapped: it is printed too, with its ratio, so that work moved out of the window is not
+hidden; and `wall_with_process_and_engine_start` tells whether that work slowed the engine's
+start by more than it saved (compare it with `--ahead off`). Also excluded: the processes'
+start and exit. `ekka diagnose`
 makes one localization per process: the first round is the one a user gets, later rounds run
 in a warm process (both are in the rounds' figures). Each round measures a fresh baseline,
 then one localization; the figure is the median over rounds of localization / (warm vLLM +
 warm transformers). First-request baselines are printed too. Prints one line per round, then
 one JSON line.
 
-    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--ahead on|off]
+    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--ahead on|off] [--guess auto|on|off]
 """
 
 from __future__ import annotations
@@ -100,7 +103,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
     parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
     parser.add_argument("--ahead", choices=("on", "off"), default="on",
-                        help="the reference's prompt pass and guess while the engine starts (off: after the target's tokens)")
+                        help="the reference's prompt pass while the engine starts (off: after the target's tokens)")
+    parser.add_argument("--guess", choices=("auto", "on", "off"), default="auto",
+                        help="and its guess of the target's tokens there too (auto: 4 cores or more)")
     args = parser.parse_args()
     case = find_cases(args.cases, [args.case])[0]
     if args.set:
@@ -130,7 +135,8 @@ def main() -> None:
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
                                                  dtype=case.dtype, max_tokens=case.max_tokens,
                                                  target_pythonpath=(str(src_root.resolve()),),
-                                                 ahead=args.ahead == "on"))
+                                                 ahead=args.ahead == "on",
+                                                 guess={"auto": None, "on": True, "off": False}[args.guess]))
         walls.append(time.perf_counter() - start)
         run = args.work / f"run{i}"
         target_manifest = TraceReader(run / "target").manifest

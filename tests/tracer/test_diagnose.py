@@ -111,10 +111,10 @@ def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtype):
-    """The reference's prompt pass and guess of the target's tokens, made while the engine
-    starts, must not change the diagnosis: the same suspects, ratios within rounding. The
-    patched vLLM's tokens differ from the reference's guess here, so the follow-up pass runs
-    too."""
+    """The reference's prompt pass, and its guess of the target's tokens, made while the
+    engine starts, must not change the diagnosis: the same suspects, ratios within rounding.
+    The patched vLLM's tokens differ from the reference's guess here, so the follow-up pass
+    runs too."""
     from importlib.resources import files
     from pathlib import Path
 
@@ -124,32 +124,33 @@ def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtyp
     apply_patch(Path(str(files("ekka") / "data" / "demo-regression.patch")), tmp_path / "src")
     model = zoo_model("llama", rms_norm_eps=1e-2)  # the patched layers use 1e-6 instead
     found = {}
-    for ahead in (False, True):
-        config = DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(tmp_path / str(ahead)),
+    for mode in ("after", "prompt", "guess"):
+        config = DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(tmp_path / mode),
                                 dtype=dtype, max_tokens=4, target_pythonpath=(str(tmp_path / "src"),),
-                                ahead=ahead)
-        found[ahead] = run_diagnosis(config)
-        references = [TraceReader(p) for p in sorted((tmp_path / str(ahead)).glob("reference-*"))]
+                                ahead=mode != "after", guess=mode == "guess")
+        found[mode] = run_diagnosis(config)
+        references = [TraceReader(p) for p in sorted((tmp_path / mode).glob("reference-*"))]
         assert len(references) == (1 if dtype == "float32" else 2)
         for reference in references:
             assert sorted(p for info in reference.passes for p in info.positions) == list(range(len(PROMPT_IDS) + 3))
-            assert len(reference.passes) == (2 if ahead else 1)  # the prompt, then its continuation
-        serving = TraceReader(tmp_path / str(ahead) / f"reference-{dtype}")
+            assert len(reference.passes) == (1 if mode == "after" else 2)  # the prompt, then its continuation
+        serving = TraceReader(tmp_path / mode / f"reference-{dtype}")
         # the guess is the reference's own greedy run: right exactly when, forced on the
         # target's tokens, the reference would have chosen them itself
-        chose_the_same = serving.generated_ids[:-1] == found[ahead].target_tokens[:-1]
-        assert serving.manifest.get("guess_right") is (chose_the_same if ahead else None)
-        print(dtype, ahead, "guess right:", serving.manifest.get("guess_right"))
-        assert ("reference_ahead" in found[ahead].seconds) is ahead
-        assert found[ahead].seconds["analysis_warm_up"] > 0  # on the reference's scratch trace
-    plain, early = found[False], found[True]
-    assert plain.diverged and early.diverged
-    assert plain.target_tokens == early.target_tokens
-    assert [s.component for s in plain.localization.suspects] == [s.component for s in early.localization.suspects]
-    assert plain.localization.suspects[0].component.endswith("layernorm")
-    for a, b in zip(plain.comparisons, early.comparisons):
-        assert (a.target, a.pass_index, a.kind) == (b.target, b.pass_index, b.kind)
-        assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (a.target, a.ratio, b.ratio)
+        chose_the_same = serving.generated_ids[:-1] == found[mode].target_tokens[:-1]
+        assert serving.manifest.get("guess_right") is (chose_the_same if mode == "guess" else None)
+        print(dtype, mode, "guess right:", serving.manifest.get("guess_right"))
+        assert ("reference_ahead" in found[mode].seconds) is (mode != "after")
+        assert found[mode].seconds["analysis_warm_up"] > 0  # on the reference's scratch trace
+    plain = found["after"]
+    assert plain.diverged and plain.localization.suspects[0].component.endswith("layernorm")
+    for mode in ("prompt", "guess"):
+        early = found[mode]
+        assert early.diverged and plain.target_tokens == early.target_tokens
+        assert [s.component for s in plain.localization.suspects] == [s.component for s in early.localization.suspects]
+        for a, b in zip(plain.comparisons, early.comparisons):
+            assert (a.target, a.pass_index, a.kind) == (b.target, b.pass_index, b.kind)
+            assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (mode, a.target, a.ratio, b.ratio)
 
 
 def test_the_references_leave_one_core_to_the_target_until_it_has_written_its_trace(monkeypatch):

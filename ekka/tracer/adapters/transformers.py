@@ -249,6 +249,14 @@ class ForcedReference:
                 then(Path(scratch))
         self.timings["warm_up"] = time.perf_counter() - started
 
+    def prompt(self) -> None:
+        """Trace the prompt alone (written at once), keeping its KV cache: `follow` then only
+        continues over the target's tokens."""
+        t = time.perf_counter()
+        self._prompt_pass()
+        self.writer.flush()
+        self.timings["ahead"] = time.perf_counter() - t
+
     def ahead(self, guess: list[int] | None = None) -> list[int]:
         """Trace the prompt, guess the target's tokens (unless given `guess`, another reference's
         guess), trace on the guess; returns the guess."""
@@ -285,7 +293,8 @@ class ForcedReference:
 
     def follow(self, generated: list[int]) -> bool | None:
         """Make the trace cover the target's tokens; True when the guess was right (None: no
-        `ahead` before it, so one traced pass over the prompt and the target's tokens)."""
+        guess; without `prompt` or `ahead` before it, one traced pass over the prompt and the
+        target's tokens)."""
         t = time.perf_counter()
         wanted = list(generated[:-1])
         if self.prompt_cache is None:
@@ -296,7 +305,7 @@ class ForcedReference:
             self.forced = wanted
             self.timings["follow"] = time.perf_counter() - t
             return None
-        self.guess_right = self.forced == wanted
+        self.guess_right = None if self.forced is None else self.forced == wanted
         if not self.guess_right:
             if self.forced is not None:
                 self.writer.discard_passes(1)
