@@ -21,10 +21,10 @@ traced pass over them, only where the reference's guess of them was wrong), the 
 the replay. Excluded, as the issue says: the engine start, which in a capture includes two
 two-token warm-up requests, one untraced and one traced into a scratch trace (so the traced
 request is a warm one, like the baseline's median), and what this process does meanwhile: the
-reference models' loading and warm-up (and the analysis'), and, by default, the reference's
-traced pass over the prompt (it needs nothing from the target; `--ahead off` leaves it until
-the target's tokens are known, inside the window), and with `--guess on` (the default on four
-cores or more) its greedy guess of the target's tokens and a traced pass over the guess. `work`
+reference models' loading and warm-up (and the analysis'), and with `--ahead prompt` the
+reference's traced pass over the prompt (it needs nothing from the target), with `--ahead
+guess` (the default on four cores or more; `off` below) also its greedy guess of the target's
+tokens and a traced pass over the guess. `work`
 adds up every part's own time, the reference's passes made ahead included, as if nothing
 overlapped: it is printed too, with its ratio, so that work moved out of the window is not
 hidden; and `wall_with_process_and_engine_start` tells whether that work slowed the engine's
@@ -36,7 +36,7 @@ then one localization; the figure is the median over rounds of localization / (w
 warm transformers). First-request baselines are printed too. Prints one line per round, then
 one JSON line.
 
-    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--ahead on|off] [--guess auto|on|off]
+    .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--ahead auto|off|prompt|guess]
 """
 
 from __future__ import annotations
@@ -102,10 +102,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="rounds (baseline + localization each)")
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
     parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
-    parser.add_argument("--ahead", choices=("on", "off"), default="on",
-                        help="the reference's prompt pass while the engine starts (off: after the target's tokens)")
-    parser.add_argument("--guess", choices=("auto", "on", "off"), default="auto",
-                        help="and its guess of the target's tokens there too (auto: 4 cores or more)")
+    parser.add_argument("--ahead", choices=("auto", "off", "prompt", "guess"), default="auto",
+                        help="what the reference traces while the engine starts (auto: guess on 4 cores or more, else off)")
     args = parser.parse_args()
     case = find_cases(args.cases, [args.case])[0]
     if args.set:
@@ -135,8 +133,7 @@ def main() -> None:
         diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
                                                  dtype=case.dtype, max_tokens=case.max_tokens,
                                                  target_pythonpath=(str(src_root.resolve()),),
-                                                 ahead=args.ahead == "on",
-                                                 guess={"auto": None, "on": True, "off": False}[args.guess]))
+                                                 ahead=None if args.ahead == "auto" else args.ahead))
         walls.append(time.perf_counter() - start)
         run = args.work / f"run{i}"
         target_manifest = TraceReader(run / "target").manifest

@@ -204,7 +204,7 @@ def diagnose(
     threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
     out_dir: Path = typer.Option(Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."),
     target_path: list[Path] = typer.Option([], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."),
-    ahead: bool = typer.Option(True, "--ahead/--no-ahead", help="Trace the reference on the prompt and on its guess of the target's tokens while the target's engine starts."),
+    ahead: str | None = typer.Option(None, help="What the reference traces while the target's engine starts: off, prompt, or guess (the prompt and its guess of the target's tokens). Default: guess on 4 cores or more, else off."),
     repo: Path | None = typer.Option(None, help="Full mode: the framework's git repository (vllm/ at its top)."),
     good: str | None = typer.Option(None, help="Full mode: a commit known good."),
     bad: str | None = typer.Option(None, help="Full mode: a commit known bad."),
@@ -216,10 +216,18 @@ def diagnose(
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     from ekka.tracer.capture import CaptureSpec, resolve_prompt, validate
-    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, suspects_table, write_reports
+    from ekka.tracer.diagnose import (
+        AHEAD_MODES,
+        DiagnoseConfig,
+        run_diagnosis,
+        suspects_table,
+        write_reports,
+    )
 
     if threshold <= 0:
         raise UsageError("--threshold must be positive (default 2).")
+    if ahead is not None and ahead not in AHEAD_MODES:
+        raise UsageError(f"--ahead {ahead!r}: use one of {', '.join(AHEAD_MODES)}.")
     full = [x is not None for x in (repo, good, bad)]
     if any(full) and not all(full):
         raise UsageError("full mode needs all of --repo, --good and --bad (or none of them for localize mode).")

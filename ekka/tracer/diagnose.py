@@ -4,11 +4,11 @@
 2. The reference (transformers) runs teacher-forced on the prompt plus the tokens the target
    generated, in the serving dtype and in float32, so that every target pass (prefill chunk or
    decode step) is compared at the same token positions with the same inputs. While the
-   target's engine starts, the reference is loaded and does what needs nothing from the
-   target: one traced pass over the prompt, keeping its KV cache; on four cores or more also
-   its own greedy guess of the target's tokens and one traced pass over the guess. Once the
-   target has its tokens, one traced pass continues over them from the prompt's cache (none
-   where the guess was right).
+   target's engine starts, the reference is loaded; on four cores or more it also does what
+   needs nothing from the target: one traced pass over the prompt, keeping its KV cache, its
+   own greedy guess of the target's tokens and one traced pass over the guess (`ahead`). Once
+   the target has its tokens, one traced pass over the prompt and the tokens (or, after the
+   prompt's pass, over the tokens from its cache; none where the guess was right).
 3. Each aligned component gets its robust error ratio; the change point names the suspects.
 """
 
@@ -31,7 +31,8 @@ from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
 from ekka.tracer.trace import REPLAY_FOLDER, TraceReader, is_trace
 
 Progress = Callable[[str], None]
-GUESS_MIN_CORES = 4
+AHEAD_MODES = ("off", "prompt", "guess")
+AHEAD_MIN_CORES = 4
 
 
 @dataclass(frozen=True)
@@ -46,28 +47,26 @@ class DiagnoseConfig:
     prompt_text: str | None = None
     target_pythonpath: tuple[str, ...] = ()
     timeout: float | None = 900
-    # the reference's traced pass over the prompt while the target's engine starts (False:
-    # every pass of the reference after the target's tokens)
-    ahead: bool = True
-    # and its greedy guess of the target's tokens with a traced pass over it, there too: None
-    # follows EKKA_GUESS (on/off) if set, else the machine (4 cores or more). The guess is a
-    # whole greedy generation, wasted where the target's tokens differ; on two cores it runs
-    # at the cost of the engine's start (a 113M model: 1.7-2.4 s beside the start instead of
-    # 0.5 s alone, and the whole diagnosis 0.6 s longer than without it).
-    guess: bool | None = None
+    # What the reference traces while the target's engine starts, needing nothing from the
+    # target: "off" nothing (every pass after the target's tokens), "prompt" the prompt (its
+    # KV cache kept), "guess" the prompt, then its own greedy guess of the target's tokens and
+    # a pass over the guess (nothing left to do after the target's tokens where it is right).
+    # None: EKKA_AHEAD if set, else "guess" on four cores or more and "off" below. On two
+    # cores the engine's start takes both cores: beside it a 113M model's prompt pass took
+    # 0.6 s instead of 0.2, the guess 1.7-2.4 s instead of 0.5, and the whole diagnosis took
+    # 0.6-1.7 s longer than with nothing ahead.
+    ahead: str | None = None
 
     @property
-    def guess_ahead(self) -> bool:
+    def work_ahead(self) -> str:
         import os
 
-        if not self.ahead:
-            return False
-        if self.guess is not None:
-            return self.guess
-        setting = os.environ.get("EKKA_GUESS", "").strip().lower()
-        if setting in ("on", "off"):
-            return setting == "on"
-        return (os.cpu_count() or 1) >= GUESS_MIN_CORES
+        if self.ahead is not None:
+            return self.ahead
+        setting = os.environ.get("EKKA_AHEAD", "").strip().lower()
+        if setting in AHEAD_MODES:
+            return setting
+        return "guess" if (os.cpu_count() or 1) >= AHEAD_MIN_CORES else "off"
 
 
 @dataclass
@@ -136,9 +135,9 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         )
 
     # Phases, each overlapping the target's process where it can (see the module doc): while
-    # the engine starts, the references are loaded and traced on the prompt (and on a guess of
-    # the target's tokens); while the target writes its trace, its tokens known, the references
-    # are traced on them (unless the guess was right); once the trace is written (the target's
+    # the engine starts, the references are loaded (and on four cores traced on the prompt and
+    # a guess of the target's tokens); while the target writes its trace, its tokens known, the
+    # references are traced on them (unless the guess was right); once the trace is written (the target's
     # process waits), the traces are analysed, and the target's process replays only the
     # suspects found, on the serving-dtype reference's inputs (the rows of its first pass).
     from ekka.tracer.adapters.transformers import ForcedReference
@@ -180,7 +179,8 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             )
             pending[dtype].warm_up(then=warm_analysis if dtype == config.dtype else None)
         seconds["reference_load"] = sum(r.timings["load"] for r in pending.values())
-        if config.guess_ahead:
+        ahead = config.work_ahead
+        if ahead == "guess":
             t = time.perf_counter()
             say("reference: tracing the prompt and a guess of the target's tokens")
             # the serving-dtype reference guesses best what the target will choose
@@ -188,7 +188,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             for dtype in dtypes[1:]:
                 pending[dtype].ahead(guess)
             seconds["reference_ahead"] = time.perf_counter() - t
-        elif config.ahead:
+        elif ahead == "prompt":
             t = time.perf_counter()
             say("reference: tracing the prompt")
             for dtype in dtypes:

@@ -65,9 +65,15 @@ def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_mod
     assert "data:image/png;base64," in html and "<table>" in html
 
 
+def test_cli_diagnose_refuses_an_unknown_ahead_mode(tmp_path, zoo_model, capsys):
+    code = main(["diagnose", "--model", str(zoo_model("qwen2")), "--prompt-ids", "1,2,3", "--ahead", "always",
+                 "--out", str(tmp_path / "r")])
+    assert code == 2 and "use one of off, prompt, guess" in capsys.readouterr().err
+
+
 def test_cli_diagnose_exit_code_zero_without_divergence(tmp_path, zoo_model, capsys):
     code = main(["diagnose", "--model", str(zoo_model("qwen2")), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
-                 "--max-tokens", "2", "--out", str(tmp_path / "r"), "--no-ahead"])
+                 "--max-tokens", "2", "--out", str(tmp_path / "r"), "--ahead", "off"])
     assert code == 0, capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["verdict"] == "no divergence"
@@ -124,25 +130,25 @@ def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtyp
     apply_patch(Path(str(files("ekka") / "data" / "demo-regression.patch")), tmp_path / "src")
     model = zoo_model("llama", rms_norm_eps=1e-2)  # the patched layers use 1e-6 instead
     found = {}
-    for mode in ("after", "prompt", "guess"):
+    for mode in ("off", "prompt", "guess"):
         config = DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(tmp_path / mode),
                                 dtype=dtype, max_tokens=4, target_pythonpath=(str(tmp_path / "src"),),
-                                ahead=mode != "after", guess=mode == "guess")
+                                ahead=mode)
         found[mode] = run_diagnosis(config)
         references = [TraceReader(p) for p in sorted((tmp_path / mode).glob("reference-*"))]
         assert len(references) == (1 if dtype == "float32" else 2)
         for reference in references:
             assert sorted(p for info in reference.passes for p in info.positions) == list(range(len(PROMPT_IDS) + 3))
-            assert len(reference.passes) == (1 if mode == "after" else 2)  # the prompt, then its continuation
+            assert len(reference.passes) == (1 if mode == "off" else 2)  # the prompt, then its continuation
         serving = TraceReader(tmp_path / mode / f"reference-{dtype}")
         # the guess is the reference's own greedy run: right exactly when, forced on the
         # target's tokens, the reference would have chosen them itself
         chose_the_same = serving.generated_ids[:-1] == found[mode].target_tokens[:-1]
         assert serving.manifest.get("guess_right") is (chose_the_same if mode == "guess" else None)
         print(dtype, mode, "guess right:", serving.manifest.get("guess_right"))
-        assert ("reference_ahead" in found[mode].seconds) is (mode != "after")
+        assert ("reference_ahead" in found[mode].seconds) is (mode != "off")
         assert found[mode].seconds["analysis_warm_up"] > 0  # on the reference's scratch trace
-    plain = found["after"]
+    plain = found["off"]
     assert plain.diverged and plain.localization.suspects[0].component.endswith("layernorm")
     for mode in ("prompt", "guess"):
         early = found[mode]
