@@ -492,9 +492,9 @@ class _Figures:
 
     def __init__(self, floor: float) -> None:
         self.floor = floor
-        self.y: list[np.ndarray] = []
-        self.t: list[np.ndarray] = []
-        self.n: list[np.ndarray] = []
+        self.y: list[float] = []  # every row of every comparison, back to back
+        self.t: list[float] = []
+        self.n: list[float] = []
         # (order, record, plan, kind, discounted, positions): one per comparison, rows in order
         self.items: list[tuple[tuple[int, int], Any, Plan, str, int, list[int]]] = []
         self.lengths: list[int] = []
@@ -508,15 +508,19 @@ class _Figures:
         if not segments:
             return
         lengths = [len(positions) for _, _, positions in segments]
-        t = ts[0].numpy()
         if len(ts) > 1:
             starts = np.cumsum([0] + lengths[:-1])
             totals = np.stack([np.add.reduceat(c.numpy().astype(np.float64) ** 2, starts) for c in ts])
             best = np.repeat(_first_min(totals), lengths)
-            t = np.stack([c.numpy() for c in ts])[best, np.arange(len(best))]
-        self.y.append(y.numpy())
-        self.t.append(t)
-        self.n.append(np.full(len(t), -1.0, dtype=np.float32) if n is None else n.numpy())
+            t = np.stack([c.numpy() for c in ts])[best, np.arange(len(best))].tolist()
+        else:
+            t = ts[0].tolist()
+        # Kept as Python floats, not as the small tensors they come in: small allocations held
+        # between the large ones the analysis frees kept the C heap from shrinking (an 8B
+        # trace's analysis grew to 12 GB).
+        self.y.extend(y.tolist())
+        self.t.extend(t)
+        self.n.extend([-1.0] * len(t) if n is None else n.tolist())
         order = 0 if kind == "input" else 1
         for record, _, positions in segments:
             self.items.append(((record.index, order), record, plan, kind, discounted, positions))
@@ -558,9 +562,9 @@ class _Figures:
 
     def _figures(self) -> list[tuple[float, float, float, int, float]]:
         """(ratio, error, noise, worst row, its token ratio) of each comparison: `figures`."""
-        y = np.concatenate(self.y).astype(np.float64)
-        t = np.concatenate(self.t).astype(np.float64)
-        n = np.concatenate(self.n).astype(np.float64)
+        y = np.array(self.y, dtype=np.float64)
+        t = np.array(self.t, dtype=np.float64)
+        n = np.array(self.n, dtype=np.float64)
         lengths = np.array(self.lengths)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         segment = np.repeat(np.arange(len(lengths)), lengths)
