@@ -64,8 +64,8 @@ def row_norms(
 ) -> tuple[list[float], list[list[float]], list[float] | None]:
     """The per-row norms `figures` takes: of the reference, of each target's difference from it,
     and of the serving-dtype reference's difference (None when it is the float32 one)."""
-    noise = None if x_reference is y_reference else _row_norms(x_reference - y_reference).tolist()
-    return _row_norms(y_reference).tolist(), [_row_norms(x - y_reference).tolist() for x in targets], noise
+    y, ts, noise = _norm_tensors(x_reference, y_reference, targets)
+    return y.tolist(), [t.tolist() for t in ts], None if noise is None else noise.tolist()
 
 
 def _norm(values: Sequence[float]) -> float:
@@ -370,19 +370,18 @@ class _Batch:
             fitted = self._fit(segments, whole[0].shape[-1])
             whole = whole if len(fitted) == len(segments) else None  # rows no longer line up
             segments, joined = fitted, None
-        for group in self._rows(self.plan, segments, whole, joined=None if joined is None else [joined]):
+        for group in self._rows(self.plan, segments, whole, joined=joined):
             self.sink.add(group, self.plan, "output")
 
-    def _split(self, joined: torch.Tensor | list[torch.Tensor], lengths: list[int]) -> list[Segment]:
+    def _split(self, joined: list[torch.Tensor], lengths: list[int]) -> list[Segment]:
         """Segments of the records' rows, one under the other in `joined` (each candidate)."""
-        candidates = [joined] if isinstance(joined, torch.Tensor) else joined
-        pieces = [c.split(lengths) for c in candidates]
+        pieces = [c.split(lengths) for c in joined]
         return [
             (record, [p[k] for p in pieces], positions_for(lengths[k], self.passes[record.pass_index]))
             for k, record in enumerate(self.records)
         ]
 
-    def _stacked_outputs(self) -> tuple[torch.Tensor, list[int]] | None:
+    def _stacked_outputs(self) -> tuple[list[torch.Tensor], list[int]] | None:
         """Every record's target tensor one under the other, read with one gather per output
         the plan uses, and each record's rows; None where that does not apply (read record by
         record).
@@ -396,27 +395,24 @@ class _Batch:
         if used is None:
             return None
         first = self.records[0].outputs
-        used = range(len(first)) if used == "all" else used
+        wanted = [i for i in (range(len(first)) if used == "all" else used) if i < len(first)]
+        used = [i for i in wanted if first[i] is not None]
         lengths = []
         for record in self.records:
             outputs = record.outputs
-            if len(outputs) != len(first) or record.pass_index not in self.passes:
+            if len(outputs) != len(first) or any((outputs[i] is None) != (first[i] is None) for i in wanted):
                 return None
-            metas = [outputs[i] if i < len(outputs) else None for i in used]
-            present = [m for m in metas if m is not None]
-            if not present or any(len(m.shape) != 2 or m.shape[0] != present[0].shape[0] for m in present):
+            metas = [outputs[i] for i in used]
+            if not metas or any(len(m.shape) != 2 or m.shape[0] != metas[0].shape[0] for m in metas):
                 return None
-            if [m is None for m in metas] != [(first[i] if i < len(first) else None) is None for i in used]:
-                return None
-            lengths.append(present[0].shape[0])
+            lengths.append(metas[0].shape[0])
         columns: list[torch.Tensor | None] = [None] * len(first)
         for i in used:
-            if i < len(first) and first[i] is not None:
-                columns[i] = self.aligner.target.stacked_rows([r.outputs[i] for r in self.records])
-                if columns[i] is None:
-                    return None
+            columns[i] = self.aligner.target.stacked_rows([r.outputs[i] for r in self.records])
+            if columns[i] is None:
+                return None
         try:
-            return transforms.TARGET_OPS[op](columns, None).float(), lengths
+            return [transforms.TARGET_OPS[op](columns, None).float()], lengths
         except (RuntimeError, AssertionError, IndexError):
             return None
 
@@ -424,7 +420,7 @@ class _Batch:
         """`inputs`' candidates for every record, one under the other, read with one gather
         per argument; None where the records' inputs are not all alike and 2-D."""
         keys = [dict(record.inputs) for record in self.records]
-        if not keys or any(record.pass_index not in self.passes for record in self.records):
+        if not keys:
             return None
         firsts = [k.get("0") for k in keys]
         if any(m is None or len(m.shape) != 2 for m in firsts):
@@ -531,13 +527,13 @@ class _Figures:
             return
         figures = self._figures()
         order = sorted(range(len(self.items)), key=lambda i: self.items[i][0])
-        described: dict[Plan, str] = {}
+        described: dict[int, str] = {}  # by the plan's id: hashing a plan costs more than this
         for sequence, i in enumerate(order):
             _, record, plan, kind, discounted, positions = self.items[i]
             ratio, error, noise, worst, token_ratio = figures[i]
-            text = described.get(plan)
+            text = described.get(id(plan))
             if text is None:
-                text = described[plan] = plan.describe()
+                text = described[id(plan)] = plan.describe()
             yield Comparison(
                 sequence=sequence,
                 target=record.name,

@@ -180,20 +180,20 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             pending[dtype].warm_up(then=warm_analysis if dtype == config.dtype else None)
         seconds["reference_load"] = sum(r.timings["load"] for r in pending.values())
         ahead = config.work_ahead
+        if ahead == "off":
+            return
+        t = time.perf_counter()
         if ahead == "guess":
-            t = time.perf_counter()
             say("reference: tracing the prompt and a guess of the target's tokens")
             # the serving-dtype reference guesses best what the target will choose
             guess = pending[config.dtype].ahead()
             for dtype in dtypes[1:]:
                 pending[dtype].ahead(guess)
-            seconds["reference_ahead"] = time.perf_counter() - t
-        elif ahead == "prompt":
-            t = time.perf_counter()
+        else:
             say("reference: tracing the prompt")
             for dtype in dtypes:
                 pending[dtype].prompt()
-            seconds["reference_ahead"] = time.perf_counter() - t
+        seconds["reference_ahead"] = time.perf_counter() - t
 
     def follow(generated: list[int], written: Callable[[], bool] = lambda: True) -> None:
         t_ref = time.perf_counter()
