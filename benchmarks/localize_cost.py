@@ -14,11 +14,11 @@ target alike, so that the suspects found are the case's and their replay is meas
 
 Localization: `run_diagnosis` on the same model and prompt, `--runs` times in this process. Its
 cost is wall time: from the moment the target's process starts its traced request to the moment
-it has written its replays (both `time.monotonic()` readings, one clock for every process of
-the machine), plus the replay verdicts worked out here after that. In that window: the traced
-generation, the trace's writing, the reference's work that needed the target's tokens (a
-traced pass over them, only where the reference's guess of them was wrong), the analysis and
-the replay. Excluded, as the issue says: the engine start, which in a capture includes two
+both its replays are written and this process's analysis is done (they overlap; all three are
+`time.monotonic()` readings, one clock for every process of the machine), plus the replay
+verdicts worked out here after that. In that window: the traced generation, the trace's
+writing, the reference's work that needed the target's tokens (a traced pass over them, only
+where the reference's guess of them was wrong), the analysis and the replay. Excluded, as the issue says: the engine start, which in a capture includes two
 two-token warm-up requests, one untraced and one traced into a scratch trace (so the traced
 request is a warm one, like the baseline's median), and what this process does meanwhile: the
 reference models' loading and warm-up (and the analysis'), and with `--ahead prompt` the
@@ -94,7 +94,7 @@ def main() -> None:
     from ekka.bisect.framework_repo import apply_patch
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
     from ekka.tracer.localize import matches_truth
-    from ekka.tracer.trace import TraceReader
+    from ekka.tracer.trace import TraceReader, is_trace
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "bench" / "cases")
@@ -140,8 +140,10 @@ def main() -> None:
         timings = target_manifest.get("timings", {})
         s = diagnosis.seconds
         replay = run / "target" / "replay"
-        replay_manifest = TraceReader(replay).manifest
-        window = replay_manifest["closed_at"] - timings["traced_started_at"] + s["confirm"]
+        replay_manifest = TraceReader(replay).manifest if is_trace(replay) else {}  # none: the replay failed
+        # the target replays while this process analyses: the later of the two ends the window
+        ended = max(replay_manifest.get("closed_at", 0.0), diagnosis.marks["analysed_at"])
+        window = ended - timings["traced_started_at"] + s["confirm"]
         part = {
             "target_traced_generate": timings.get("traced_generate", 0),
             "target_write": target_manifest.get("write_seconds", 0),

@@ -261,6 +261,9 @@ Hook = Callable[[], None]
 # Called here with the generated ids as soon as the target has them, before its trace is
 # written, and a function that says whether the target has finished writing it (it waits).
 TokensHook = Callable[[list[int], Callable[[], bool]], None]
+# Called here once the answer is sent, while the target replays every leaf in call order: the
+# modules the replay must cover (the target replays those it has not reached, and stops).
+ReplayingHook = Callable[[], "list[str] | None"]
 TRACING_EVENT = "tracing"
 TOKENS_EVENT = "tokens"
 CONTROL_ENV = "EKKA_CAPTURE_CONTROL"  # "WRITE_FD,READ_FD" of the pipes to the parent
@@ -276,6 +279,7 @@ def capture(
     while_starting: Hook | None = None,
     when_tracing: Hook | None = None,
     when_tokens: TokensHook | None = None,
+    while_replaying: ReplayingHook | None = None,
 ) -> TraceReader:
     """Capture `spec` and return a reader on the written trace.
 
@@ -293,11 +297,22 @@ def capture(
     tokens, while its process still writes the trace (teacher forcing can start there);
     `written()` tells, without waiting, whether the target has finished writing;
     `after_generate` follows once the trace is written. They too are vLLM only.
+
+    `while_replaying` (vLLM only, with `after_generate`) runs here once the answer is sent: the
+    target's process replays every replayable leaf of its first pass in call order meanwhile,
+    and once `while_replaying` returns the names of the modules that matter (None: all), it
+    replays those it has not reached yet and stops. The caller's analysis and the replay so
+    overlap; in one process they take turns.
     """
     validate(spec)
     spec = replace(spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve()))
-    if (after_generate or while_starting or when_tracing or when_tokens) is not None and spec.framework != "vllm":
-        raise ValueError("after_generate, while_starting, when_tracing and when_tokens are for vLLM captures only.")
+    hooks = (after_generate, while_starting, when_tracing, when_tokens, while_replaying)
+    if any(h is not None for h in hooks) and spec.framework != "vllm":
+        raise ValueError(
+            "after_generate, while_starting, when_tracing, when_tokens and while_replaying are for vLLM captures only."
+        )
+    if while_replaying is not None and after_generate is None:
+        raise ValueError("while_replaying needs after_generate (the answer that names the reference to replay on).")
     if in_process is None:
         in_process = spec.framework == "transformers" and not pythonpath
     if in_process:
@@ -306,6 +321,8 @@ def capture(
 
             if while_starting is not None:
                 while_starting()
+            if while_replaying is not None:  # in one process the analysis comes before the replay
+                after_generate = _then_modules(after_generate, while_replaying)  # type: ignore[arg-type]
             if when_tokens is not None:  # in one process the trace is written before either runs
                 after_generate = _tokens_then(when_tokens, after_generate or _no_replay)
             adapter.run(spec, after_generate=after_generate, when_tracing=when_tracing)
@@ -317,6 +334,7 @@ def capture(
     return _capture_subprocess(
         spec, pythonpath=pythonpath, timeout=timeout, after_generate=after_generate,
         while_starting=while_starting, when_tracing=when_tracing, when_tokens=when_tokens,
+        while_replaying=while_replaying,
     )
 
 
@@ -329,6 +347,7 @@ def _capture_subprocess(
     while_starting: Hook | None = None,
     when_tracing: Hook | None = None,
     when_tokens: TokensHook | None = None,
+    while_replaying: ReplayingHook | None = None,
 ) -> TraceReader:
     module = f"ekka.tracer.adapters.{spec.framework}"
     with tempfile.TemporaryDirectory(prefix="ekka-capture-") as tmp:
@@ -363,7 +382,8 @@ def _capture_subprocess(
                     while_starting()
                 if after_generate is not None:
                     waited = _serve_child(
-                        proc, from_child, to_child, after_generate, timeout, when_tracing, when_tokens
+                        proc, from_child, to_child, after_generate, timeout, when_tracing, when_tokens,
+                        while_replaying,
                     )
                 proc.wait(timeout=None if timeout is None else max(timeout - waited, 1.0))
             except subprocess.TimeoutExpired:
@@ -395,6 +415,22 @@ def _no_replay(_generated: list[int]) -> None:
     return None
 
 
+def _replay_request(request: Any) -> dict[str, Any] | None:
+    """A replay request as a dict (a bare path: every leaf on that reference)."""
+    if isinstance(request, (str, Path)):
+        return {"replay_reference": str(request), "modules": None}
+    return request if isinstance(request, dict) else None
+
+
+def _then_modules(after_generate: AfterGenerate, while_replaying: ReplayingHook) -> AfterGenerate:
+    def both(generated: list[int]) -> Any:
+        request = _replay_request(after_generate(generated))
+        modules = while_replaying()
+        return None if request is None else {**request, "modules": modules}
+
+    return both
+
+
 def _tokens_then(when_tokens: TokensHook, after_generate: AfterGenerate) -> AfterGenerate:
     def both(generated: list[int]) -> Any:
         when_tokens(generated, lambda: True)
@@ -406,10 +442,14 @@ def _tokens_then(when_tokens: TokensHook, after_generate: AfterGenerate) -> Afte
 def _serve_child(
     proc: subprocess.Popen[Any], from_child: int, to_child: int, after_generate: AfterGenerate,
     timeout: float | None, when_tracing: Hook | None = None, when_tokens: TokensHook | None = None,
+    while_replaying: ReplayingHook | None = None,
 ) -> float:
     """Serve the child's messages (one JSON line each) until it asks with its generated ids (its
     trace written), and answer with `after_generate`'s request. Its "tracing" event runs
     `when_tracing`; its "tokens" event (the ids, before the trace is written) `when_tokens`.
+    With `while_replaying`, the answer tells the child to replay every leaf until a second
+    message names the modules that matter: `while_replaying`'s result, sent once it returns (a
+    child that finished every leaf first may have exited: nothing is lost then).
 
     Returns the seconds the child had used by then (its time budget continues after). A child
     that exits without asking (it failed) is left for the caller to report.
@@ -445,7 +485,15 @@ def _serve_child(
     used = time.monotonic() - start - busy
     generated = [int(i) for i in message["generated_ids"]]
     request = after_generate(generated)
-    os.write(to_child, (json.dumps({"request": request}) + "\n").encode())
+    more = while_replaying is not None and _replay_request(request) is not None
+    os.write(to_child, (json.dumps({"request": request, "more": more}) + "\n").encode())
+    if while_replaying is not None:
+        modules = while_replaying()
+        try:
+            if more:
+                os.write(to_child, (json.dumps({"modules": modules}) + "\n").encode())
+        except BrokenPipeError:  # the child replayed every leaf and exited: it needs no more
+            pass
     return used
 
 
@@ -465,12 +513,47 @@ def ask_parent(generated: list[int]) -> Any:
     write_fd, read_fd = (int(x) for x in control.split(","))
     os.write(write_fd, (json.dumps({"generated_ids": generated}) + "\n").encode())
     data = b""
-    while not data.endswith(b"\n"):
+    while b"\n" not in data:
         chunk = os.read(read_fd, 65536)
         if not chunk:
             raise CaptureError("the capturing process stopped answering (it failed or was interrupted).")
         data += chunk
-    return json.loads(data.decode()).get("request")
+    line, _UNREAD[0] = data.split(b"\n", 1)  # the parent's next message may have come with it
+    message = json.loads(line.decode())
+    request = message.get("request")
+    if message.get("more"):
+        request = {**(_replay_request(request) or {}), "more": True}
+    return request
+
+
+NOT_YET = "not yet"
+_UNREAD = [b""]  # what a capture subprocess read from the parent past the answer
+
+
+class ParentMessages:
+    """In a capture subprocess told to replay `more`: the parent's second message, the modules
+    that matter, read without waiting (`modules()` is NOT_YET until it has come, then its list,
+    or None for every module)."""
+
+    def __init__(self) -> None:
+        control = os.environ.get(CONTROL_ENV, "")
+        self._fd = int(control.split(",")[1]) if control else None
+        self._data, _UNREAD[0] = _UNREAD[0], b""
+        self._told: Any = NOT_YET
+
+    def modules(self) -> Any:
+        if self._told is not NOT_YET or self._fd is None:
+            return self._told
+        while b"\n" not in self._data and select.select([self._fd], [], [], 0)[0]:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:  # the parent is gone: nothing will narrow the replay
+                self._fd = None
+                return NOT_YET
+            self._data += chunk
+        if b"\n" in self._data:
+            told = json.loads(self._data.split(b"\n", 1)[0].decode()).get("modules")
+            self._told = None if told is None else [str(name) for name in told]
+        return self._told
 
 
 def _last_error_line(log: str) -> str:

@@ -10,6 +10,8 @@
    the target has its tokens, one traced pass over the prompt and the tokens (or, after the
    prompt's pass, over the tokens from its cache; none where the guess was right).
 3. Each aligned component gets its robust error ratio; the change point names the suspects.
+   Meanwhile the target's process replays its leaf modules on the reference's inputs; told
+   the suspects, it makes sure they are replayed and stops. The replay's verdict joins them.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Diagnosis:
     # full mode (ekka.bisect.full): the root cause statement, and the bisection with its probe log
     root_cause: dict[str, Any] | None = None
     bisection: dict[str, Any] | None = None
+    # time.monotonic() readings (comparable with the target's manifests): "analysed_at"
+    marks: dict[str, float] = field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
@@ -137,15 +141,17 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     # Phases, each overlapping the target's process where it can (see the module doc): while
     # the engine starts, the references are loaded (and on four cores traced on the prompt and
     # a guess of the target's tokens); while the target writes its trace, its tokens known, the
-    # references are traced on them (unless the guess was right); once the trace is written (the target's
-    # process waits), the traces are analysed, and the target's process replays only the
-    # suspects found, on the serving-dtype reference's inputs (the rows of its first pass).
+    # references are traced on them (unless the guess was right); once the trace is written,
+    # this process analyses the traces while the target's process replays its leaf modules in
+    # call order on the serving-dtype reference's inputs (the rows of its first pass), until
+    # told the suspects: it then replays those it has not reached and stops.
     from ekka.tracer.adapters.transformers import ForcedReference
 
     dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
     pending: dict[str, ForcedReference] = {}
     references: dict[str, TraceReader] = {}
     found: dict[str, Any] = {}
+    marks: dict[str, float] = {}  # time.monotonic() readings, comparable with the target's
     parent = {"busy": 0.0}  # seconds this process spent inside the target's capture
 
     def timed(phase: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,29 +210,49 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
                 references[dtype] = TraceReader(pending.pop(dtype).close())
         seconds["reference"] = time.perf_counter() - t_ref
 
-    def analysis(generated: list[int]) -> dict[str, Any]:
+    def replay_request(generated: list[int]) -> dict[str, Any]:
         if pending:  # the target did not tell its tokens before writing its trace
             follow(generated)
+        return {"replay_reference": str(references[config.dtype].path), "modules": None}
+
+    def analysis() -> list[str]:
         t_analysis = time.perf_counter()
-        say("aligning and measuring")
-        found.update(analyse(TraceReader(work / "target"), references, config.dtype, config.threshold))
+        say("aligning and measuring (the target replays its modules on the reference's inputs meanwhile)")
+        import torch
+
+        # one core is the target's replay's: a pool of threads over every core would wait at
+        # each operation for the one that is not scheduled (the tiny bench case's analysis took
+        # 70-90 ms instead of 15 beside the replay)
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, before - 1))
+        try:
+            found.update(analyse(TraceReader(work / "target"), references, config.dtype, config.threshold))
+        finally:
+            torch.set_num_threads(before)
         seconds["analysis"] = time.perf_counter() - t_analysis
-        suspects = [s.component for s in found["localization"].suspects]
-        if suspects:
-            say(f"target: replaying {len(suspects)} suspect(s) on the reference's inputs")
-        return {"replay_reference": str(references[config.dtype].path), "modules": suspects}
+        marks["analysed_at"] = time.monotonic()
+        return [s.component for s in found["localization"].suspects]
 
     t0 = time.perf_counter()
     say("target: vLLM generates, traced")
+    replay_failed = None
     try:
         target = capture(
             spec("vllm", "target", config.dtype, max_tokens=config.max_tokens, engine=dict(config.engine)),
             pythonpath=config.target_pythonpath,
             timeout=config.timeout,
-            after_generate=timed(analysis),
+            after_generate=timed(replay_request),
+            while_replaying=timed(analysis),
             while_starting=timed(load_references),
             when_tokens=timed(follow),
         )
+    except CaptureError as exc:
+        if "localization" not in found:
+            raise
+        # the trace was written and analysed: only the replay, after it, failed
+        replay_failed = str(exc).splitlines()[0]
+        say(f"target: the replay failed ({replay_failed}); the suspects stand without its verdict")
+        target = TraceReader(work / "target")
     finally:
         for reference in pending.values():  # the target failed before its tokens came
             reference.abandon()
@@ -238,7 +264,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     reference32 = references.get("float32") if config.dtype != "float32" else None
     mapping, comparisons, localization = found["mapping"], found["comparisons"], found["localization"]
     replays = target.path / REPLAY_FOLDER
-    if is_trace(replays):
+    if replay_failed is None and is_trace(replays):
         confirm_by_replay(localization, TraceReader(replays), reference, reference32, mapping, config.dtype)
     seconds["confirm"] = time.perf_counter() - t0
     compared = {c.target for c in comparisons}
@@ -262,6 +288,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             "path": target.manifest.get("framework_path"),
         },
         seconds=seconds,
+        marks=marks,
     )
 
 

@@ -218,3 +218,135 @@ def test_the_target_process_spins_briefly_unless_the_user_said_otherwise(monkeyp
     env = _subprocess_env()
     assert env["GOMP_SPINCOUNT"] == SHORT_SPIN["GOMP_SPINCOUNT"]
     assert env["KMP_BLOCKTIME"] == "50"
+
+
+def _replayable_order(target, reference):
+    """The names `replay_modules` replays, in the target's call order (every leaf it can)."""
+    return [r.name for r in target.records if r.pass_index == 0 and r.leaf and r.kind == "module"]
+
+
+@pytest.mark.vllm
+def test_the_target_replays_every_leaf_while_the_caller_works_until_told(zoo_model, captured, tmp_path):
+    import time
+
+    from ekka.tracer.capture import capture
+    from ekka.tracer.trace import TraceReader
+
+    state: dict[str, object] = {}
+
+    def answer(generated):
+        state["reference"] = captured("transformers", "llama", forced_ids=tuple(generated[:-1]))
+        return {"replay_reference": str(state["reference"].path), "modules": None}
+
+    def analyse_meanwhile():
+        # the caller's work outlasts the replay: the target replays every leaf, then ends the
+        # replay trace without waiting for the names
+        manifest = tmp_path / "t" / "replay" / "manifest.json"
+        deadline = time.monotonic() + 240
+        while not manifest.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state["finished_first"] = manifest.exists()
+        return ["model.layers.0.input_layernorm"]
+
+    target = capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer,
+                     while_replaying=analyse_meanwhile, timeout=300)
+    assert state["finished_first"] is True
+    names = [r.name for r in TraceReader(target.path / "replay").records]
+    for leaf in ("model.layers.0.input_layernorm", "model.layers.0.self_attn.qkv_proj",
+                 "model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.act_fn", "model.layers.1.mlp.down_proj",
+                 "model.norm"):
+        assert leaf in names, names
+    order = _replayable_order(target, state["reference"])
+    assert names == [n for n in order if n in names]  # in the target's call order
+
+
+@pytest.mark.vllm
+def test_told_the_suspects_early_the_target_replays_them_and_stops(zoo_model, captured, tmp_path):
+    from ekka.tracer.capture import capture
+    from ekka.tracer.trace import TraceReader
+
+    wanted = ["model.layers.1.mlp.down_proj"]
+    target = capture(
+        _spec(zoo_model("llama"), tmp_path / "t"),
+        after_generate=lambda generated: str(captured("transformers", "llama", forced_ids=tuple(generated[:-1])).path),
+        while_replaying=lambda: wanted,
+        timeout=300,
+    )
+    names = [r.name for r in TraceReader(target.path / "replay").records]
+    assert names[-1] == wanted[0]
+    # what came before the names is a run of leaves from the start of the call order
+    order = [n for n in _replayable_order(target, None) if n != wanted[0]]
+    before = names[:-1]
+    assert before == [n for n in order[: len(before) + 8] if n in before][: len(before)]
+    assert "model.norm" not in names  # after the wanted module: never reached
+
+
+def test_the_replay_protocol_reads_the_answer_and_then_the_names_without_waiting(monkeypatch):
+    import importlib
+    import json
+    import os
+
+    cap = importlib.import_module("ekka.tracer.capture")  # the module, not the function of that name
+
+    def pipes():
+        to_parent_r, to_parent_w = os.pipe()
+        from_parent_r, from_parent_w = os.pipe()
+        monkeypatch.setenv(cap.CONTROL_ENV, f"{to_parent_w},{from_parent_r}")
+        return to_parent_r, from_parent_w
+
+    # the answer and the names come in one read: the names are kept for ParentMessages
+    _, parent = pipes()
+    answer = {"request": {"replay_reference": "/ref", "modules": None}, "more": True}
+    os.write(parent, (json.dumps(answer) + "\n" + json.dumps({"modules": ["a", "b"]}) + "\n").encode())
+    assert cap.ask_parent([1, 2]) == {"replay_reference": "/ref", "modules": None, "more": True}
+    assert cap.ParentMessages().modules() == ["a", "b"]
+
+    # the names come later, in pieces; None means every module
+    _, parent = pipes()
+    os.write(parent, (json.dumps({"request": "/ref", "more": True}) + "\n").encode())
+    assert cap.ask_parent([1]) == {"replay_reference": "/ref", "modules": None, "more": True}
+    messages = cap.ParentMessages()
+    assert messages.modules() is cap.NOT_YET
+    os.write(parent, b'{"modu')
+    assert messages.modules() is cap.NOT_YET
+    os.write(parent, b'les": null}\n')
+    assert messages.modules() is None
+
+    # a parent that is gone never narrows the replay
+    _, parent = pipes()
+    os.write(parent, (json.dumps({"request": "/ref", "more": True}) + "\n").encode())
+    cap.ask_parent([1])
+    messages = cap.ParentMessages()
+    os.close(parent)
+    assert messages.modules() is cap.NOT_YET and messages.modules() is cap.NOT_YET
+
+
+def test_replay_narrows_to_the_named_modules_once_told(captured, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ekka.tracer.capture import NOT_YET
+    from ekka.tracer.replay import replay_modules
+    from ekka.tracer.trace import TraceReader, TraceWriter
+
+    trace = captured("transformers", "llama")
+    model = AutoModelForCausalLM.from_pretrained(trace.manifest["model"], attn_implementation="eager").eval()
+    modules = dict(model.named_modules())
+
+    def replayed(until=None, only=None, name="all"):
+        writer = TraceWriter(tmp_path / name, {})
+        replay_modules(modules, trace.records, writer, str(trace.path), only, until=until)
+        writer.close()
+        return [r.name for r in TraceReader(tmp_path / name).records]
+
+    every = replayed()
+    assert len(every) >= 10 and "model.layers.1.mlp.down_proj" in every
+    asked = []
+
+    def until():
+        asked.append(1)
+        return NOT_YET if len(asked) <= 4 else [every[-1]]
+
+    names = replayed(until, name="narrowed")
+    leaves = list(dict.fromkeys(r.name for r in trace.records if r.pass_index == 0 and r.leaf and r.kind == "module"))
+    assert names == [n for n in leaves[:4] if n in every] + [every[-1]]
+    assert len(asked) == 5  # asked before each module until told, then no more

@@ -65,6 +65,36 @@ def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_mod
     assert "data:image/png;base64," in html and "<table>" in html
 
 
+@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
+def test_a_replay_that_fails_after_the_analysis_leaves_the_suspects_standing(tmp_path, zoo_model, monkeypatch):
+    """The target's process replays after its trace is written and analysed: its failure
+    there (here: a reference it cannot read) costs the replay's verdict, not the diagnosis."""
+    import ekka.tracer.diagnose as diagnose
+
+    real_capture = diagnose.capture
+
+    def capture(spec, **hooks):
+        answer = hooks["after_generate"]
+
+        def unreadable_reference(generated):
+            return {**answer(generated), "replay_reference": str(tmp_path / "no-such-reference")}
+
+        return real_capture(spec, **{**hooks, "after_generate": unreadable_reference})
+
+    monkeypatch.setattr(diagnose, "capture", capture)
+    _patched_copy("llama-rmsnorm-eps-ignored", tmp_path / "src")
+    said: list[str] = []
+    diagnosis = run_diagnosis(
+        DiagnoseConfig(model=str(zoo_model("llama", rms_norm_eps=1e-5)), prompt_ids=PROMPT_IDS,
+                       workdir=str(tmp_path / "work"), max_tokens=3, target_pythonpath=(str(tmp_path / "src"),)),
+        progress=said.append,
+    )
+    assert diagnosis.diverged
+    assert diagnosis.localization.suspects[0].component in ("model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm")
+    assert all(s.confirmed is None for s in diagnosis.localization.suspects)
+    assert any("the replay failed" in line and "exit code" in line for line in said), said
+
+
 def test_cli_diagnose_refuses_an_unknown_ahead_mode(tmp_path, zoo_model, capsys):
     code = main(["diagnose", "--model", str(zoo_model("qwen2")), "--prompt-ids", "1,2,3", "--ahead", "always",
                  "--out", str(tmp_path / "r")])

@@ -22,9 +22,11 @@ from typing import Any
 
 from ekka.tracer.capture import (
     CONTROL_ENV,
+    NOT_YET,
     TOKENS_EVENT,
     TRACING_EVENT,
     CaptureSpec,
+    ParentMessages,
     ask_parent,
     collector_paused,
     read_config,
@@ -227,9 +229,29 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
     if request and request.get("replay_reference"):
         t_replay = time.perf_counter()
         replays = TraceWriter(Path(spec.out) / REPLAY_FOLDER, {**header, "replay_of": str(writer.path)})
-        count = replay_modules(
-            recorder.modules_by_name, writer.records, replays, request["replay_reference"], request.get("modules")
-        )
+        # told `more`: every leaf in call order while the parent analyses, until it names the
+        # modules that matter
+        # Told `more`: every leaf in call order while the parent analyses, on one core (its
+        # other cores are the analysis'; vLLM keeps `torch.set_num_threads` from user code),
+        # until the parent names the modules that matter; those not reached yet on every core.
+        threads, until = torch.get_num_threads(), None
+        if request.get("more"):
+            messages = ParentMessages()
+
+            def until() -> Any:
+                told = messages.modules()
+                if told is not NOT_YET:
+                    torch._C.set_num_threads(threads)
+                return told
+
+            torch._C.set_num_threads(1)
+        try:
+            count = replay_modules(
+                recorder.modules_by_name, writer.records, replays, request["replay_reference"], request.get("modules"),
+                until=until,
+            )
+        finally:
+            torch._C.set_num_threads(threads)
         replays.close(replayed=count, timings={"replay": time.perf_counter() - t_replay})
     return writer.path
 
