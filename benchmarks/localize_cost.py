@@ -149,6 +149,7 @@ def main() -> None:
             "target_write": target_manifest.get("write_seconds", 0),
             "reference_ahead": s.get("reference_ahead", 0),  # while the engine starts: not in the window
             "reference_after": s["reference"],
+            "reference_write": s.get("reference_write", 0),  # by a thread, beside the analysis
             "analysis": s["analysis"],
             "target_replay": replay_manifest.get("timings", {}).get("replay", 0) + replay_manifest.get("write_seconds", 0),
             "confirm": s["confirm"],

@@ -8,6 +8,7 @@ engine's global state never leaks into the caller).
 
 from __future__ import annotations
 
+import _thread
 import gc
 import json
 import os
@@ -15,6 +16,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -252,7 +254,8 @@ def _subprocess_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
 
 # Called by a vLLM capture once its trace is written, with the generated token ids; returns
 # what to replay: {"replay_reference": trace path, "modules": names or None for every leaf},
-# a bare path (every leaf), or None (no replay).
+# a bare path (every leaf), or None (no replay); or a function that returns it once ready (the
+# answer is then sent from a thread while `while_replaying` runs).
 ReplayRequest = "dict[str, Any] | str | None"
 AfterGenerate = Callable[[list[int]], ReplayRequest]
 # Called here with no argument: right after the target's process starts (while its engine
@@ -321,8 +324,8 @@ def capture(
 
             if while_starting is not None:
                 while_starting()
-            if while_replaying is not None:  # in one process the analysis comes before the replay
-                after_generate = _then_modules(after_generate, while_replaying)  # type: ignore[arg-type]
+            if after_generate is not None:  # in one process the analysis comes before the replay
+                after_generate = _in_turn(after_generate, while_replaying)
             if when_tokens is not None:  # in one process the trace is written before either runs
                 after_generate = _tokens_then(when_tokens, after_generate or _no_replay)
             adapter.run(spec, after_generate=after_generate, when_tracing=when_tracing)
@@ -422,9 +425,15 @@ def _replay_request(request: Any) -> dict[str, Any] | None:
     return request if isinstance(request, dict) else None
 
 
-def _then_modules(after_generate: AfterGenerate, while_replaying: ReplayingHook) -> AfterGenerate:
+def _in_turn(after_generate: AfterGenerate, while_replaying: ReplayingHook | None) -> AfterGenerate:
+    """In one process: the answer (a deferred one awaited), then `while_replaying`, whose
+    modules the replay covers."""
+
     def both(generated: list[int]) -> Any:
-        request = _replay_request(after_generate(generated))
+        request = after_generate(generated)
+        request = _replay_request(request() if callable(request) else request)
+        if while_replaying is None:
+            return request
         modules = while_replaying()
         return None if request is None else {**request, "modules": modules}
 
@@ -485,13 +494,43 @@ def _serve_child(
     used = time.monotonic() - start - busy
     generated = [int(i) for i in message["generated_ids"]]
     request = after_generate(generated)
-    more = while_replaying is not None and _replay_request(request) is not None
-    os.write(to_child, (json.dumps({"request": request, "more": more}) + "\n").encode())
-    if while_replaying is not None:
-        modules = while_replaying()
+    sent: dict[str, Any] = {}
+
+    def answer() -> None:
         try:
-            if more:
-                os.write(to_child, (json.dumps({"modules": modules}) + "\n").encode())
+            ready = request() if callable(request) else request
+            sent["more"] = while_replaying is not None and _replay_request(ready) is not None
+            os.write(to_child, (json.dumps({"request": ready, "more": sent["more"]}) + "\n").encode())
+        except BaseException as exc:  # raised here once the caller's work is done
+            sent["error"] = exc
+
+    # A deferred answer (a function: the reference still being written, say) is sent from a
+    # thread once it is ready, while `while_replaying` runs here. A bare thread: `Thread.start`
+    # waits until the new thread runs, which took up to 3 ms while another thread (the
+    # reference's writer) held the interpreter.
+    helper = None
+    if callable(request):
+        helper = threading.Event()
+
+        def answer_in_thread() -> None:
+            try:
+                answer()
+            finally:
+                helper.set()  # type: ignore[union-attr]
+
+        _thread.start_new_thread(answer_in_thread, ())
+    else:
+        answer()
+    try:
+        modules = while_replaying() if while_replaying is not None else None
+    finally:
+        if helper is not None:
+            helper.wait()
+    if "error" in sent:
+        raise sent["error"]
+    if sent.get("more"):
+        try:
+            os.write(to_child, (json.dumps({"modules": modules}) + "\n").encode())
         except BrokenPipeError:  # the child replayed every leaf and exited: it needs no more
             pass
     return used

@@ -84,7 +84,9 @@ class Diagnosis:
     # full mode (ekka.bisect.full): the root cause statement, and the bisection with its probe log
     root_cause: dict[str, Any] | None = None
     bisection: dict[str, Any] | None = None
-    # time.monotonic() readings (comparable with the target's manifests): "analysed_at"
+    # time.monotonic() readings (comparable with the target's manifests): "tokens_at" (the
+    # target's tokens came), "followed_at" (the references traced), "analysis_started_at",
+    # "analysed_at"
     marks: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -150,6 +152,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     dtypes = [config.dtype] + (["float32"] if config.dtype != "float32" else [])
     pending: dict[str, ForcedReference] = {}
     references: dict[str, TraceReader] = {}
+    writing: dict[str, Any] = {}  # PendingTrace of each reference, written by a thread
     found: dict[str, Any] = {}
     marks: dict[str, float] = {}  # time.monotonic() readings, comparable with the target's
     parent = {"busy": 0.0}  # seconds this process spent inside the target's capture
@@ -202,20 +205,26 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         seconds["reference_ahead"] = time.perf_counter() - t
 
     def follow(generated: list[int], written: Callable[[], bool] = lambda: True) -> None:
+        marks["tokens_at"] = time.monotonic()
         t_ref = time.perf_counter()
         with _threads_beside_writer([r.model for r in pending.values()], written):
             for dtype in dtypes:
                 if pending[dtype].follow(generated) is False:
                     say(f"reference {dtype}: the target's tokens are not its guess; traced on the target's")
-                references[dtype] = TraceReader(pending.pop(dtype).close())
+                # read from memory while a thread writes it: the analysis need not wait
+                writing[dtype] = pending.pop(dtype).close_in_background()
+                references[dtype] = writing[dtype].reader
         seconds["reference"] = time.perf_counter() - t_ref
+        marks["followed_at"] = time.monotonic()
 
-    def replay_request(generated: list[int]) -> dict[str, Any]:
+    def replay_request(generated: list[int]) -> Callable[[], dict[str, Any]]:
         if pending:  # the target did not tell its tokens before writing its trace
             follow(generated)
-        return {"replay_reference": str(references[config.dtype].path), "modules": None}
+        # sent once the serving-dtype reference is on disk, while this process analyses
+        return lambda: {"replay_reference": str(writing[config.dtype].wait()), "modules": None}
 
     def analysis() -> list[str]:
+        marks["analysis_started_at"] = time.monotonic()
         t_analysis = time.perf_counter()
         say("aligning and measuring (the target replays its modules on the reference's inputs meanwhile)")
         import torch
@@ -257,6 +266,10 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         for reference in pending.values():  # the target failed before its tokens came
             reference.abandon()
     seconds["target"] = time.perf_counter() - t0 - parent["busy"]
+    for trace in writing.values():  # every reference on disk before the report names them
+        trace.wait()
+    if writing:
+        seconds["reference_write"] = sum(trace.seconds for trace in writing.values())
     if "localization" not in found:  # the target's process ended without asking
         raise CaptureError("the target's capture ended before the references could be made.")
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ekka.errors import OutputFolderError, TraceFormatError
-from ekka.tracer.shards import ShardFile, write_shard
+from ekka.tracer.shards import MemoryShard, ShardFile, write_shard
 
 FORMAT = "ekka-trace"
 VERSION = 1
@@ -295,10 +296,38 @@ class TraceWriter:
             return self.path
         start = time.perf_counter()
         self.flush()
-        compact = (",", ":")
-        passes = json.dumps([p.to_json() for p in self.passes], separators=compact, default=str)
-        records = json.dumps([r.to_json() for r in self.records], separators=compact, default=str)
-        head = {
+        self._write_manifest(self._head(complete, extra), start)
+        self._closed = True
+        return self.path
+
+    def close_in_background(self, **extra: Any) -> PendingTrace:
+        """Close as `close` does, the last shard and the manifest written by a thread: the
+        trace can be read at once (its last shard from memory) while they are written, and
+        `PendingTrace.wait()` says when they are. The writer is closed from now on."""
+        if self._closed:
+            raise ValueError(f"the trace in {self.path} is closed already")
+        start = time.perf_counter()
+        last, tensors = len(self.shards), self._buffer
+        name = f"tensors-{last:05d}.safetensors"
+        if tensors:
+            for key in tensors:
+                self._key_shard[key] = last
+            self.shards.append(name)
+        self._buffer, self._buffered = {}, 0
+        self._closed = True
+        head = self._head(True, extra)
+        memory = {last: MemoryShard(self.path / name, tensors)} if tensors else {}
+        reader = TraceReader.from_memory(self.path, {**head, "passes": [], "records": []}, self.records, self.passes, memory)
+
+        def write() -> None:
+            if tensors:
+                write_shard(self.path / name, tensors)
+            self._write_manifest(head, start)
+
+        return PendingTrace(reader, write)
+
+    def _head(self, complete: bool, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {
             "format": FORMAT,
             "version": VERSION,
             **self.header,
@@ -306,6 +335,14 @@ class TraceWriter:
             "complete": complete,
             "shards": self.shards,
             "key_shards": self._key_shard,
+        }
+
+    def _write_manifest(self, head: dict[str, Any], start: float) -> None:
+        compact = (",", ":")
+        passes = json.dumps([p.to_json() for p in self.passes], separators=compact, default=str)
+        records = json.dumps([r.to_json() for r in self.records], separators=compact, default=str)
+        head = {
+            **head,
             "write_seconds": time.perf_counter() - start,
             "closed_at": time.monotonic(),  # comparable with other processes' monotonic clocks
         }
@@ -313,8 +350,35 @@ class TraceWriter:
         tmp = self.path / (MANIFEST + ".tmp")
         tmp.write_text(text)
         tmp.replace(self.path / MANIFEST)
-        self._closed = True
-        return self.path
+
+
+class PendingTrace:
+    """A trace whose last shard and manifest a thread is writing (`close_in_background`):
+    `reader` reads it at once, `wait()` returns its path once it is on disk (raising what the
+    writing raised)."""
+
+    def __init__(self, reader: TraceReader, write: Any) -> None:
+        self.reader = reader
+        self.seconds = 0.0  # the writing's own time, once done
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            t = time.perf_counter()
+            try:
+                write()
+            except BaseException as exc:  # handed to whoever waits
+                self._error = exc
+            self.seconds = time.perf_counter() - t
+
+        # not a daemon: a process that ends meanwhile still finishes the files
+        self._thread = threading.Thread(target=run, name=f"ekka-write-{reader.path.name}")
+        self._thread.start()
+
+    def wait(self) -> Path:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.reader.path
 
 
 class TraceReader:
@@ -339,6 +403,28 @@ class TraceReader:
         self.passes = [PassInfo.from_json(p) for p in self.manifest.get("passes", [])]
         self._key_shard: dict[str, int] = self.manifest.get("key_shards", {})
         self._handles: dict[int, Any] = {}  # open shards, least recently used first
+        self._memory: dict[int, MemoryShard] = {}  # shards still being written, from memory
+
+    @classmethod
+    def from_memory(
+        cls,
+        path: str | Path,
+        manifest: dict[str, Any],
+        records: list[Record],
+        passes: list[PassInfo],
+        memory: Mapping[int, MemoryShard],
+    ) -> TraceReader:
+        """A reader on a trace being written: its records and passes as they are, the shards
+        in `memory` from memory, the others from disk."""
+        reader = cls.__new__(cls)
+        reader.path = Path(path)
+        reader.manifest = manifest
+        reader.records = list(records)
+        reader.passes = list(passes)
+        reader._key_shard = manifest.get("key_shards", {})
+        reader._handles = {}
+        reader._memory = dict(memory)
+        return reader
 
     # header fields
     @property
@@ -387,7 +473,9 @@ class TraceReader:
             return None
         return self._shard(shards.pop()).stacked_rows([m.key for m in metas])
 
-    def _shard(self, shard: int) -> ShardFile:
+    def _shard(self, shard: int) -> ShardFile | MemoryShard:
+        if shard in self._memory:
+            return self._memory[shard]
         handle = self._handles.pop(shard, None)
         if handle is None:
             handle = ShardFile(self.path / self.manifest["shards"][shard])

@@ -164,14 +164,22 @@ def test_after_generate_gets_the_tokens_and_replays_only_what_it_asks(zoo_model,
 
 
 @pytest.mark.vllm
-def test_a_failing_answer_stops_the_target_and_surfaces(zoo_model, tmp_path):
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_failing_answer_stops_the_target_and_surfaces(zoo_model, tmp_path, deferred):
     from ekka.tracer.capture import capture
 
-    def answer(generated):
+    worked = []
+
+    def fail():
         raise RuntimeError("the reference could not be made")
 
+    def answer(generated):
+        return fail if deferred else fail()
+
     with pytest.raises(RuntimeError, match="could not be made"):
-        capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer, timeout=300)
+        capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer, timeout=300,
+                while_replaying=lambda: worked.append(1) or [])
+    assert worked == ([1] if deferred else [])  # a deferred answer fails after the caller's work
 
 
 @pytest.mark.vllm
@@ -227,18 +235,26 @@ def _replayable_order(target, reference):
 
 @pytest.mark.vllm
 def test_the_target_replays_every_leaf_while_the_caller_works_until_told(zoo_model, captured, tmp_path):
+    import threading
     import time
 
     from ekka.tracer.capture import capture
     from ekka.tracer.trace import TraceReader
 
     state: dict[str, object] = {}
+    working = threading.Event()
 
     def answer(generated):
         state["reference"] = captured("transformers", "llama", forced_ids=tuple(generated[:-1]))
-        return {"replay_reference": str(state["reference"].path), "modules": None}
+
+        def when_ready():  # a deferred answer: sent once ready, while the caller works
+            state["answered_while_working"] = working.wait(60)
+            return {"replay_reference": str(state["reference"].path), "modules": None}
+
+        return when_ready
 
     def analyse_meanwhile():
+        working.set()
         # the caller's work outlasts the replay: the target replays every leaf, then ends the
         # replay trace without waiting for the names
         manifest = tmp_path / "t" / "replay" / "manifest.json"
@@ -250,7 +266,7 @@ def test_the_target_replays_every_leaf_while_the_caller_works_until_told(zoo_mod
 
     target = capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer,
                      while_replaying=analyse_meanwhile, timeout=300)
-    assert state["finished_first"] is True
+    assert state["answered_while_working"] is True and state["finished_first"] is True
     names = [r.name for r in TraceReader(target.path / "replay").records]
     for leaf in ("model.layers.0.input_layernorm", "model.layers.0.self_attn.qkv_proj",
                  "model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.act_fn", "model.layers.1.mlp.down_proj",

@@ -77,7 +77,8 @@ def test_a_replay_that_fails_after_the_analysis_leaves_the_suspects_standing(tmp
         answer = hooks["after_generate"]
 
         def unreadable_reference(generated):
-            return {**answer(generated), "replay_reference": str(tmp_path / "no-such-reference")}
+            ready = answer(generated)  # deferred: the reference is still being written
+            return lambda: {**ready(), "replay_reference": str(tmp_path / "no-such-reference")}
 
         return real_capture(spec, **{**hooks, "after_generate": unreadable_reference})
 

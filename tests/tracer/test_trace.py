@@ -121,6 +121,38 @@ def test_shards_round_trip_every_dtype_and_stay_plain_safetensors(tmp_path):
     assert torch.equal(ShardFile(tmp_path / "b.safetensors").get("h"), tensors["odd_bf16"])
 
 
+def test_a_shard_is_whole_when_the_system_writes_few_buffers_and_bytes_at_a_time(tmp_path, monkeypatch):
+    """More tensors than one `writev` takes, and writes that stop in the middle of a buffer."""
+    import os
+
+    from safetensors import safe_open
+
+    from ekka.tracer.shards import ShardFile, write_shard
+
+    real_writev, calls = os.writev, []
+
+    def short_writev(fd, buffers):
+        calls.append(len(buffers))
+        budget, parts = 1000, []
+        for b in buffers:  # at most 1000 bytes a call: most calls end inside a buffer
+            take = memoryview(b)[:budget]
+            parts.append(take)
+            budget -= len(take)
+            if not budget:
+                break
+        return real_writev(fd, parts)
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    tensors = {f"t{i}": torch.full((i % 7 + 1, 3), float(i)) for i in range(2500)}
+    tensors["big"] = torch.randn(100, 100)
+    write_shard(tmp_path / "many.safetensors", tensors)
+    assert len(calls) > 3 and max(calls) <= (getattr(os, "IOV_MAX", None) or os.sysconf("SC_IOV_MAX"))
+    shard = ShardFile(tmp_path / "many.safetensors")
+    with safe_open(str(tmp_path / "many.safetensors"), framework="pt") as reference:
+        for key, tensor in tensors.items():
+            assert torch.equal(shard.get(key), tensor) and torch.equal(reference.get_tensor(key), tensor)
+
+
 def test_truncated_shard_is_a_trace_format_error(tmp_path):
     from ekka.tracer.shards import ShardFile
 
@@ -302,10 +334,12 @@ def test_reading_two_shards_in_turn_opens_each_once(tmp_path, monkeypatch):
     assert len(opened) == len(set(opened)) == 2
 
 
-def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path):
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path, where):
     """One component's tensors of successive steps, read with a few views and one copy: the
-    same rows as reading them one by one, wherever they lie in the shard."""
-    from ekka.tracer.shards import ShardFile, write_shard
+    same rows as reading them one by one, wherever they lie in the shard (or in memory, while
+    the shard is being written)."""
+    from ekka.tracer.shards import MemoryShard, ShardFile, write_shard
 
     torch.manual_seed(0)
     tensors = {"prefill": torch.randn(5, 8), "other0": torch.randn(5, 3)}
@@ -318,7 +352,7 @@ def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path):
     tensors["half"] = torch.randn(2, 8).to(torch.bfloat16)
     tensors["cube"] = torch.randn(1, 2, 8)
     write_shard(tmp_path / "s.safetensors", tensors)
-    shard = ShardFile(tmp_path / "s.safetensors")
+    shard = ShardFile(tmp_path / "s.safetensors") if where == "file" else MemoryShard(tmp_path / "s", tensors)
     for keys in (
         ["prefill"] + [f"step{s}" for s in range(1, 6)],
         [f"step{s}" for s in range(1, 6)] + ["odd", "late"],
@@ -347,3 +381,60 @@ def test_reader_stacks_rows_of_one_shard_only(tmp_path):
     assert torch.equal(got, torch.cat([tensors[int(r.name[1:])] for r in reader.records[: len(same)]]))
     assert reader.stacked_rows(metas) is None  # across shards: read one by one
     assert reader.stacked_rows([TensorMeta("missing", (1, 64), "float32")]) is None
+
+
+def test_a_trace_closed_in_the_background_reads_the_same_at_once_and_on_disk(tmp_path, monkeypatch):
+    from ekka.tracer import trace as trace_module
+
+    writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]}, shard_bytes=4096)
+    writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
+    tensors = [torch.randn(2, 64) * i for i in range(13)]
+    for i, t in enumerate(tensors):  # several shards flushed, the last one still in memory
+        writer.add(name=f"m{i}", module_class="Linear", source_file="x.py", source_line=i, step=0,
+                   pass_index=0, call_index=i, outputs=[t, None], inputs={"0": t + 1})
+    assert len(writer.shards) >= 2 and writer._buffer
+    started, release = __import__("threading").Event(), __import__("threading").Event()
+    real_write = trace_module.write_shard
+
+    def slow_write(*args, **kwargs):  # the thread's writing waits until the reader has read
+        started.set()
+        release.wait(30)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(trace_module, "write_shard", slow_write)
+    pending = writer.close_in_background(generated_ids=[5])
+    assert started.wait(30)
+    assert not (tmp_path / "t" / "manifest.json").exists()  # not on disk yet, readable already
+    reader = pending.reader
+    assert reader.generated_ids == [5] and [r.name for r in reader.records] == [f"m{i}" for i in range(13)]
+    for record in reader.records:
+        assert torch.equal(reader.outputs(record)[0], tensors[record.index])
+        assert torch.equal(reader.inputs(record)["0"], tensors[record.index] + 1)
+    last = reader.records[-1]  # its tensors are the ones in memory
+    metas = [last.outputs[0], dict(last.inputs)["0"]]
+    assert torch.equal(reader.stacked_rows(metas), torch.cat([tensors[-1], tensors[-1] + 1]))
+    release.set()
+    assert pending.wait() == tmp_path / "t" and pending.seconds > 0
+    on_disk = TraceReader(tmp_path / "t")
+    assert on_disk.complete and on_disk.generated_ids == [5] and on_disk.records == reader.records
+    for record in on_disk.records:
+        assert torch.equal(on_disk.outputs(record)[0], tensors[record.index])
+    with pytest.raises(ValueError, match="closed already"):
+        writer.close_in_background()
+
+
+def test_a_background_write_that_fails_raises_when_waited_for(tmp_path, monkeypatch):
+    from ekka.tracer import trace as trace_module
+
+    writer = TraceWriter(tmp_path / "t", {"framework": "test"})
+    writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=0, pass_index=0,
+               call_index=0, outputs=[torch.ones(2, 2)])
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trace_module, "write_shard", full_disk)
+    pending = writer.close_in_background()
+    assert torch.equal(pending.reader.outputs(pending.reader.records[0])[0], torch.ones(2, 2))
+    with pytest.raises(OSError, match="No space left"):
+        pending.wait()

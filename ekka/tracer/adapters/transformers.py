@@ -353,10 +353,21 @@ class ForcedReference:
         t = time.perf_counter()
         self.writer.flush()
         self.timings["write"] = time.perf_counter() - t
+        return self.writer.close(**self._closing_fields())
+
+    def close_in_background(self) -> Any:
+        """Close, the last shard and the manifest written by a thread: a `PendingTrace`, whose
+        reader reads the trace at once (the manifest's `write_seconds` tells the writing's
+        time)."""
+        return self.writer.close_in_background(**self._closing_fields())
+
+    def _closing_fields(self) -> dict[str, Any]:
         choices = ([] if self.first_choice is None else [self.first_choice]) + self.choices
-        return self.writer.close(
-            generated_ids=choices[: self.spec.max_tokens], timings=self.timings, guess_right=self.guess_right
-        )
+        return {
+            "generated_ids": choices[: self.spec.max_tokens],
+            "timings": dict(self.timings),
+            "guess_right": self.guess_right,
+        }
 
     def abandon(self) -> None:
         self.writer.close(complete=False)
