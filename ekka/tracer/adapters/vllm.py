@@ -229,8 +229,6 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
     if request and request.get("replay_reference"):
         t_replay = time.perf_counter()
         replays = TraceWriter(Path(spec.out) / REPLAY_FOLDER, {**header, "replay_of": str(writer.path)})
-        # told `more`: every leaf in call order while the parent analyses, until it names the
-        # modules that matter
         # Told `more`: every leaf in call order while the parent analyses, on one core (its
         # other cores are the analysis'; vLLM keeps `torch.set_num_threads` from user code),
         # until the parent names the modules that matter; those not reached yet on every core.
