@@ -62,10 +62,6 @@ class CaptureSpec:
     # vLLM only: a reference trace covering the prompt (a prefill, or a teacher-forced pass);
     # leaf modules are replayed on its inputs.
     replay_reference: str | None = None
-    # vLLM in a subprocess only: the caller computes alongside the traced request (the
-    # reference, guessing the target's tokens): the target's process gets half the cores
-    # (OMP_NUM_THREADS), the caller keeps the other half while it works alongside
-    share_cores: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -358,12 +354,6 @@ def _capture_subprocess(
         spec_file.write_text(spec.to_json())
         log_file = Path(tmp) / "log.txt"
         env = _subprocess_env(pythonpath)
-        if spec.share_cores and "OMP_NUM_THREADS" not in os.environ:
-            # half the cores to the target for its whole life: lowering the thread count at
-            # run time (torch.set_num_threads before the traced request) did not stop it from
-            # slowing down next to the caller's work (60-120 ms instead of 30 on two cores)
-            cores = os.cpu_count() or 2
-            env["OMP_NUM_THREADS"] = str(max(1, cores - cores // 2))
         fds: tuple[int, ...] = ()
         if after_generate is None and (when_tracing or when_tokens) is not None:
             after_generate = _no_replay

@@ -202,7 +202,7 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
 
     events, told = [], []
     target = capture(
-        _spec(zoo_model("llama"), tmp_path / "t", share_cores=True),
+        _spec(zoo_model("llama"), tmp_path / "t"),
         while_starting=lambda: events.append("starting"),
         when_tracing=lambda: events.append("tracing"),
         when_tokens=lambda generated, written: (events.append("tokens"), told.append(generated)),
@@ -210,9 +210,7 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
     )
     assert events == ["starting", "tracing", "tokens", "answer"]
     assert told == [target.generated_ids]  # told before its trace was written
-    cores = os.cpu_count() or 2
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, cores - cores // 2))
-    assert target.manifest["threads"] == threads  # the other half is the caller's
+    assert 1 <= target.manifest["threads"] <= (os.cpu_count() or 1)  # the traced request's torch threads
     assert target.manifest["timings"]["traced_started_at"] < target.manifest["closed_at"]
 
 
