@@ -227,17 +227,11 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         marks["analysis_started_at"] = time.monotonic()
         t_analysis = time.perf_counter()
         say("aligning and measuring (the target replays its modules on the reference's inputs meanwhile)")
-        import torch
-
         # one core is the target's replay's: a pool of threads over every core would wait at
         # each operation for the one that is not scheduled (the tiny bench case's analysis took
         # 70-90 ms instead of 15 beside the replay)
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, before - 1))
-        try:
+        with _threads_beside_writer([], lambda: False):
             found.update(analyse(TraceReader(work / "target"), references, config.dtype, config.threshold))
-        finally:
-            torch.set_num_threads(before)
         seconds["analysis"] = time.perf_counter() - t_analysis
         marks["analysed_at"] = time.monotonic()
         return [s.component for s in found["localization"].suspects]
@@ -308,7 +302,9 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
 @contextmanager
 def _threads_beside_writer(models: Sequence[Any], written: Callable[[], bool]) -> Iterator[None]:
     """One core fewer for this process's torch until the target's process has written its
-    trace (`written()`, asked before each decoder layer of `models`), every core after.
+    trace (`written()`, asked before each decoder layer of `models`), every core after. (No
+    models and `written` always False: one core fewer throughout, as the analysis beside the
+    target's replay needs.)
 
     A thread pool over every core, one of them busy with the target's writing (one Python
     thread), waits at each operation's barrier for the thread that was not scheduled: on two

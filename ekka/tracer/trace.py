@@ -276,15 +276,21 @@ class TraceWriter:
 
     def flush(self) -> None:
         """Write the buffered tensors to the next shard and free them."""
+        taken = self._next_shard()
+        if taken is not None:
+            write_shard(self.path / taken[0], taken[1])
+
+    def _next_shard(self) -> tuple[str, dict[str, Any]] | None:
+        """The buffered tensors, listed as the next shard (its file name), the buffer emptied;
+        None when nothing is buffered. The caller writes them."""
         if not self._buffer:
-            return
-        name = f"tensors-{len(self.shards):05d}.safetensors"
-        write_shard(self.path / name, self._buffer)
-        for key in self._buffer:
+            return None
+        name, tensors = f"tensors-{len(self.shards):05d}.safetensors", self._buffer
+        for key in tensors:
             self._key_shard[key] = len(self.shards)
         self.shards.append(name)
-        self._buffer = {}
-        self._buffered = 0
+        self._buffer, self._buffered = {}, 0
+        return name, tensors
 
     def close(self, *, complete: bool = True, **extra: Any) -> Path:
         """Flush the last shard and write the manifest (`complete` False after a failure).
@@ -307,21 +313,15 @@ class TraceWriter:
         if self._closed:
             raise ValueError(f"the trace in {self.path} is closed already")
         start = time.perf_counter()
-        last, tensors = len(self.shards), self._buffer
-        name = f"tensors-{last:05d}.safetensors"
-        if tensors:
-            for key in tensors:
-                self._key_shard[key] = last
-            self.shards.append(name)
-        self._buffer, self._buffered = {}, 0
+        taken = self._next_shard()
         self._closed = True
         head = self._head(True, extra)
-        memory = {last: MemoryShard(self.path / name, tensors)} if tensors else {}
+        memory = {} if taken is None else {len(self.shards) - 1: MemoryShard(self.path / taken[0], taken[1])}
         reader = TraceReader.from_memory(self.path, {**head, "passes": [], "records": []}, self.records, self.passes, memory)
 
         def write() -> None:
-            if tensors:
-                write_shard(self.path / name, tensors)
+            if taken is not None:
+                write_shard(self.path / taken[0], taken[1])
             self._write_manifest(head, start)
 
         return PendingTrace(reader, write)
