@@ -11,7 +11,6 @@ safetensors file.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import struct
@@ -19,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
 
 from ekka.errors import TraceFormatError
@@ -52,7 +52,7 @@ def write_shard(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata:
         if size:
             parts.append(t.reshape(-1).view(torch.uint8))
         offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = orjson.dumps(header)
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
     # one system call per IOV_MAX buffers, not one per tensor (a write each took a third more)
     buffers = [struct.pack("<Q", len(text)) + text, *(memoryview(part.numpy()) for part in parts)]
@@ -87,7 +87,7 @@ class ShardFile:
         try:
             with open(self.path, "rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
-                self.header: dict[str, Any] = json.loads(f.read(length))
+                self.header: dict[str, Any] = orjson.loads(f.read(length))
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError, struct.error) as exc:
             raise TraceFormatError(f"{self.path} is not a readable tensor shard ({exc}).") from None

@@ -13,7 +13,6 @@ opens shards lazily (memory-mapped) and loads one record's tensors at a time.
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -21,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ekka.errors import OutputFolderError, TraceFormatError
 from ekka.tracer.shards import MemoryShard, ShardFile, write_shard
@@ -71,26 +72,6 @@ class Record:
     kind: str = "module"
     leaf: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        # by hand: dataclasses.asdict deep-copies, which dominated the cost of a small capture
-        def meta(m: TensorMeta) -> dict[str, Any]:
-            return {"key": m.key, "shape": list(m.shape), "dtype": m.dtype}
-
-        return {
-            "index": self.index,
-            "name": self.name,
-            "module_class": self.module_class,
-            "source_file": self.source_file,
-            "source_line": self.source_line,
-            "step": self.step,
-            "pass_index": self.pass_index,
-            "call_index": self.call_index,
-            "outputs": [None if o is None else meta(o) for o in self.outputs],
-            "inputs": [[k, meta(m)] for k, m in self.inputs],
-            "kind": self.kind,
-            "leaf": self.leaf,
-        }
-
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
         # positional, metas built in place: a long trace has hundreds of thousands of records
@@ -126,15 +107,6 @@ class PassInfo:
     positions: tuple[int, ...]
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "step": self.step,
-            "input_ids": list(self.input_ids),
-            "positions": list(self.positions),
-            "extra": dict(self.extra),
-        }
-
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassInfo:
         return cls(
@@ -152,8 +124,8 @@ def is_trace(path: str | Path) -> bool:
     if not manifest.is_file():
         return False
     try:
-        return json.loads(manifest.read_text()).get("format") == FORMAT
-    except (OSError, ValueError):
+        return orjson.loads(manifest.read_bytes()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -338,17 +310,19 @@ class TraceWriter:
         }
 
     def _write_manifest(self, head: dict[str, Any], start: float) -> None:
-        compact = (",", ":")
-        passes = json.dumps([p.to_json() for p in self.passes], separators=compact, default=str)
-        records = json.dumps([r.to_json() for r in self.records], separators=compact, default=str)
+        # orjson writes the records and passes (dataclasses) as their fields, which is what
+        # their to_json gives, without a dict per record built in Python: the reference's
+        # manifest is written by a thread beside the analysis, and every bit of Python it runs
+        # holds the interpreter from the analysis
         head = {
             **head,
             "write_seconds": time.perf_counter() - start,
             "closed_at": time.monotonic(),  # comparable with other processes' monotonic clocks
+            "passes": self.passes,
+            "records": self.records,
         }
-        text = json.dumps(head, separators=compact, default=str)[:-1] + f',"passes":{passes},"records":{records}}}'
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(text)
+        tmp.write_bytes(orjson.dumps(head, default=str, option=orjson.OPT_NON_STR_KEYS))
         tmp.replace(self.path / MANIFEST)
 
 
@@ -389,7 +363,7 @@ class TraceReader:
         if not self.path.is_dir():
             raise TraceFormatError(f"{self.path} is not a folder; give the --out folder of `ekka trace`.")
         try:  # read once: the manifest of a long capture is megabytes of JSON
-            manifest = json.loads((self.path / MANIFEST).read_text())
+            manifest = orjson.loads((self.path / MANIFEST).read_bytes())
         except (OSError, ValueError):
             manifest = None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

@@ -438,3 +438,20 @@ def test_a_background_write_that_fails_raises_when_waited_for(tmp_path, monkeypa
     assert torch.equal(pending.reader.outputs(pending.reader.records[0])[0], torch.ones(2, 2))
     with pytest.raises(OSError, match="No space left"):
         pending.wait()
+
+
+def test_manifest_lists_records_and_passes_as_their_fields(tmp_path):
+    """The manifest's JSON, as other tools read it: a record's fields by name, its outputs as
+    metas (null where not a tensor), its inputs as [name, meta] pairs; a pass's fields."""
+    _write(tmp_path / "t", n=2)
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    first = manifest["records"][0]
+    assert list(first) == [
+        "index", "name", "module_class", "source_file", "source_line", "step", "pass_index",
+        "call_index", "outputs", "inputs", "kind", "leaf",
+    ]
+    assert first["outputs"][0]["shape"] == [2, 64] and first["outputs"][0]["dtype"] == "float32"
+    assert first["outputs"][1] is None
+    assert first["inputs"][0][0] == "0" and first["inputs"][0][1]["shape"] == [2, 64]
+    assert manifest["passes"] == [{"index": 0, "step": 0, "input_ids": [1, 2], "positions": [0, 1], "extra": {}}]
+    assert list(manifest)[-2:] == ["passes", "records"]  # the header reads first
