@@ -40,6 +40,17 @@ TORCH_DTYPES = {name: dtype for dtype, name in DTYPES.items()}
 
 def write_shard(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> int:
     """Write `tensors` (CPU) to `path` as one safetensors file; returns the bytes of data."""
+    buffers, size = shard_buffers(tensors, metadata)
+    write_buffers(path, buffers)
+    return size
+
+
+def shard_buffers(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> tuple[list[Any], int]:
+    """The buffers of a shard holding `tensors`, in file order (the header first, then views of
+    the tensors' own bytes), and the bytes of data. The tensors must stay alive and unchanged
+    until the buffers are written."""
     header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
     parts: list[torch.Tensor] = []
     offset = 0
@@ -54,14 +65,17 @@ def write_shard(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata:
         offset += size
     text = orjson.dumps(header)
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return [struct.pack("<Q", len(text)) + text, *(memoryview(part.numpy()) for part in parts)], offset
+
+
+def write_buffers(path: str | Path, buffers: list[Any]) -> None:
+    """Write `buffers` back to back as the file `path` (replaced if it exists)."""
     # one system call per IOV_MAX buffers, not one per tensor (a write each took a third more)
-    buffers = [struct.pack("<Q", len(text)) + text, *(memoryview(part.numpy()) for part in parts)]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(fd, buffers)
     finally:
         os.close(fd)
-    return offset
 
 
 def _write_all(fd: int, buffers: list[Any]) -> None:

@@ -13,6 +13,8 @@ opens shards lazily (memory-mapped) and loads one record's tensors at a time.
 
 from __future__ import annotations
 
+import _thread
+import atexit
 import shutil
 import threading
 import time
@@ -24,7 +26,7 @@ from typing import Any
 import orjson
 
 from ekka.errors import OutputFolderError, TraceFormatError
-from ekka.tracer.shards import MemoryShard, ShardFile, write_shard
+from ekka.tracer.shards import MemoryShard, ShardFile, shard_buffers, write_buffers, write_shard
 
 FORMAT = "ekka-trace"
 VERSION = 1
@@ -274,7 +276,7 @@ class TraceWriter:
             return self.path
         start = time.perf_counter()
         self.flush()
-        self._write_manifest(self._head(complete, extra), start)
+        self._write_manifest(self._manifest_parts(self._head(complete, extra)), start)
         self._closed = True
         return self.path
 
@@ -290,11 +292,16 @@ class TraceWriter:
         head = self._head(True, extra)
         memory = {} if taken is None else {len(self.shards) - 1: MemoryShard(self.path / taken[0], taken[1])}
         reader = TraceReader.from_memory(self.path, {**head, "passes": [], "records": []}, self.records, self.passes, memory)
+        # Everything in Python is done here, the thread only makes system calls: a thread that
+        # runs Python beside the caller's work (the analysis) takes the interpreter from it,
+        # and hands it back only at its next system call or after the switch interval (5 ms)
+        shard = None if taken is None else (self.path / taken[0], shard_buffers(taken[1])[0])
+        manifest = self._manifest_parts(head)
 
         def write() -> None:
-            if taken is not None:
-                write_shard(self.path / taken[0], taken[1])
-            self._write_manifest(head, start)
+            if shard is not None:
+                write_buffers(*shard)
+            self._write_manifest(manifest, start)
 
         return PendingTrace(reader, write)
 
@@ -309,20 +316,22 @@ class TraceWriter:
             "key_shards": self._key_shard,
         }
 
-    def _write_manifest(self, head: dict[str, Any], start: float) -> None:
-        # orjson writes the records and passes (dataclasses) as their fields, which is what
-        # their to_json gives, without a dict per record built in Python: the reference's
-        # manifest is written by a thread beside the analysis, and every bit of Python it runs
-        # holds the interpreter from the analysis
-        head = {
-            **head,
+    def _manifest_parts(self, head: dict[str, Any]) -> tuple[bytes, bytes]:
+        """The manifest's JSON but its closing times: the header's (open at its end) and the
+        passes' and records' (open at its start). orjson writes the records and passes
+        (dataclasses) as their fields, without a dict per record built in Python."""
+        text = orjson.dumps(head, default=str, option=orjson.OPT_NON_STR_KEYS)
+        tail = orjson.dumps({"passes": self.passes, "records": self.records}, default=str)
+        return text[:-1], tail[1:]
+
+    def _write_manifest(self, parts: tuple[bytes, bytes], start: float) -> None:
+        """Write the manifest: `parts` around its write time and the moment it is closed."""
+        closing = orjson.dumps({
             "write_seconds": time.perf_counter() - start,
             "closed_at": time.monotonic(),  # comparable with other processes' monotonic clocks
-            "passes": self.passes,
-            "records": self.records,
-        }
+        })
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_bytes(orjson.dumps(head, default=str, option=orjson.OPT_NON_STR_KEYS))
+        tmp.write_bytes(parts[0] + b"," + closing[1:-1] + b"," + parts[1])
         tmp.replace(self.path / MANIFEST)
 
 
@@ -335,6 +344,7 @@ class PendingTrace:
         self.reader = reader
         self.seconds = 0.0  # the writing's own time, once done
         self._error: BaseException | None = None
+        self._done = threading.Event()
 
         def run() -> None:
             t = time.perf_counter()
@@ -342,17 +352,31 @@ class PendingTrace:
                 write()
             except BaseException as exc:  # handed to whoever waits
                 self._error = exc
-            self.seconds = time.perf_counter() - t
+            finally:
+                self.seconds = time.perf_counter() - t
+                _UNFINISHED.discard(self)
+                self._done.set()
 
-        # not a daemon: a process that ends meanwhile still finishes the files
-        self._thread = threading.Thread(target=run, name=f"ekka-write-{reader.path.name}")
-        self._thread.start()
+        # A bare thread: `threading.Thread.start` waits until the new thread runs, and then
+        # for the interpreter, which the new thread holds until its first system call. A
+        # process that ends meanwhile still finishes the files (`_finish_writes`).
+        _UNFINISHED.add(self)
+        _thread.start_new_thread(run, ())
 
     def wait(self) -> Path:
-        self._thread.join()
+        self._done.wait()
         if self._error is not None:
             raise self._error
         return self.reader.path
+
+
+_UNFINISHED: set[PendingTrace] = set()  # traces whose writing has not ended
+
+
+@atexit.register
+def _finish_writes() -> None:
+    for pending in list(_UNFINISHED):
+        pending._done.wait()
 
 
 class TraceReader:

@@ -394,14 +394,14 @@ def test_a_trace_closed_in_the_background_reads_the_same_at_once_and_on_disk(tmp
                    pass_index=0, call_index=i, outputs=[t, None], inputs={"0": t + 1})
     assert len(writer.shards) >= 2 and writer._buffer
     started, release = __import__("threading").Event(), __import__("threading").Event()
-    real_write = trace_module.write_shard
+    real_write = trace_module.write_buffers
 
     def slow_write(*args, **kwargs):  # the thread's writing waits until the reader has read
         started.set()
         release.wait(30)
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(trace_module, "write_shard", slow_write)
+    monkeypatch.setattr(trace_module, "write_buffers", slow_write)
     pending = writer.close_in_background(generated_ids=[5])
     assert started.wait(30)
     assert not (tmp_path / "t" / "manifest.json").exists()  # not on disk yet, readable already
@@ -433,7 +433,7 @@ def test_a_background_write_that_fails_raises_when_waited_for(tmp_path, monkeypa
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trace_module, "write_shard", full_disk)
+    monkeypatch.setattr(trace_module, "write_buffers", full_disk)
     pending = writer.close_in_background()
     assert torch.equal(pending.reader.outputs(pending.reader.records[0])[0], torch.ones(2, 2))
     with pytest.raises(OSError, match="No space left"):
@@ -455,3 +455,27 @@ def test_manifest_lists_records_and_passes_as_their_fields(tmp_path):
     assert first["inputs"][0][0] == "0" and first["inputs"][0][1]["shape"] == [2, 64]
     assert manifest["passes"] == [{"index": 0, "step": 0, "input_ids": [1, 2], "positions": [0, 1], "extra": {}}]
     assert list(manifest)[-2:] == ["passes", "records"]  # the header reads first
+
+
+def test_a_process_that_ends_while_a_trace_is_written_in_the_background_finishes_it(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import time, torch
+from ekka.tracer import trace
+from ekka.tracer.trace import TraceWriter
+real = trace.write_buffers
+def slow(*args):
+    time.sleep(0.5)
+    real(*args)
+trace.write_buffers = slow
+writer = TraceWriter({str(tmp_path / "t")!r}, {{"framework": "test"}})
+writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=0, pass_index=0,
+           call_index=0, outputs=[torch.ones(2, 2)])
+writer.close_in_background(generated_ids=[7])
+"""  # the script ends at once, the shard's writing still asleep
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    reader = TraceReader(tmp_path / "t")
+    assert reader.complete and reader.generated_ids == [7]
+    assert torch.equal(reader.outputs(reader.records[0])[0], torch.ones(2, 2))
