@@ -16,6 +16,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -354,13 +355,12 @@ class PendingTrace:
                 self._error = exc
             finally:
                 self.seconds = time.perf_counter() - t
-                _UNFINISHED.discard(self)
+                _WRITES.ended(self)
                 self._done.set()
 
         # A bare thread: `threading.Thread.start` waits until the new thread runs, and then
-        # for the interpreter, which the new thread holds until its first system call. A
-        # process that ends meanwhile still finishes the files (`_finish_writes`).
-        _UNFINISHED.add(self)
+        # for the interpreter, which the new thread holds until its first system call.
+        _WRITES.started(self)
         _thread.start_new_thread(run, ())
 
     def wait(self) -> Path:
@@ -370,13 +370,44 @@ class PendingTrace:
         return self.reader.path
 
 
-_UNFINISHED: set[PendingTrace] = set()  # traces whose writing has not ended
+class _BackgroundWrites:
+    """The traces being written by threads.
+
+    While any is, the interpreter's switch interval is `SWITCH_INTERVAL`, not the usual 5 ms:
+    a writing thread back from a system call waits for the interpreter until the thread
+    running Python (the analysis) hands it over, and it makes a few such calls per trace.
+    A process that ends meanwhile still finishes the files (`wait_all`, at exit).
+    """
+
+    SWITCH_INTERVAL = 0.0002  # seconds
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: set[PendingTrace] = set()
+        self._usual = sys.getswitchinterval()
+
+    def started(self, pending: PendingTrace) -> None:
+        with self._lock:
+            if not self._pending:
+                self._usual = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._usual, self.SWITCH_INTERVAL))
+            self._pending.add(pending)
+
+    def ended(self, pending: PendingTrace) -> None:
+        with self._lock:
+            self._pending.discard(pending)
+            if not self._pending:
+                sys.setswitchinterval(self._usual)
+
+    def wait_all(self) -> None:
+        with self._lock:
+            pending = list(self._pending)
+        for trace in pending:
+            trace._done.wait()
 
 
-@atexit.register
-def _finish_writes() -> None:
-    for pending in list(_UNFINISHED):
-        pending._done.wait()
+_WRITES = _BackgroundWrites()
+atexit.register(_WRITES.wait_all)
 
 
 class TraceReader:
