@@ -321,8 +321,9 @@ class TraceWriter:
         """The manifest's JSON but its closing times: the header's (open at its end) and the
         passes' and records' (open at its start). orjson writes the records and passes
         (dataclasses) as their fields, without a dict per record built in Python."""
-        text = orjson.dumps(head, default=str, option=orjson.OPT_NON_STR_KEYS)
-        tail = orjson.dumps({"passes": self.passes, "records": self.records}, default=str)
+        options = orjson.OPT_NON_STR_KEYS  # keys as `json` writes them: 1 -> "1"
+        text = orjson.dumps(head, default=str, option=options)
+        tail = orjson.dumps({"passes": self.passes, "records": self.records}, default=str, option=options)
         return text[:-1], tail[1:]
 
     def _write_manifest(self, parts: tuple[bytes, bytes], start: float) -> None:

@@ -479,3 +479,15 @@ writer.close_in_background(generated_ids=[7])
     reader = TraceReader(tmp_path / "t")
     assert reader.complete and reader.generated_ids == [7]
     assert torch.equal(reader.outputs(reader.records[0])[0], torch.ones(2, 2))
+
+
+def test_manifest_header_values_are_written_as_json_would(tmp_path):
+    """Integer keys become strings and other objects (a path) their text, as `json` did."""
+    from pathlib import Path
+
+    writer = TraceWriter(tmp_path / "t", {"framework": "test", "model": Path("/models/tiny"), "by_layer": {0: "a"}})
+    writer.add_pass(PassInfo(index=0, step=0, input_ids=(1,), positions=(0,), extra={"seq_lens": [1]}))
+    writer.close()
+    manifest = TraceReader(tmp_path / "t").manifest
+    assert manifest["model"] == "/models/tiny" and manifest["by_layer"] == {"0": "a"}
+    assert manifest["complete"] is True and manifest["write_seconds"] >= 0
