@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ekka.errors import CaptureError
+from ekka.errors import CaptureError, TraceFormatError
 from ekka.tracer.align import infer_missing, plan_components
 from ekka.tracer.capture import CaptureSpec, capture, collector_paused
 from ekka.tracer.compare import Comparison, iter_comparisons
 from ekka.tracer.localize import DEFAULT_THRESHOLD, Localization, localize
-from ekka.tracer.trace import REPLAY_FOLDER, TraceReader, is_trace
+from ekka.tracer.trace import REPLAY_FOLDER, TraceReader
 
 Progress = Callable[[str], None]
 AHEAD_MODES = ("off", "prompt", "guess")
@@ -271,8 +271,9 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     reference32 = references.get("float32") if config.dtype != "float32" else None
     mapping, comparisons, localization = found["mapping"], found["comparisons"], found["localization"]
     replays = target.path / REPLAY_FOLDER
-    if replay_failed is None and is_trace(replays):
-        confirm_by_replay(localization, TraceReader(replays), reference, reference32, mapping, config.dtype)
+    replayed = _trace_or_none(replays) if replay_failed is None else None
+    if replayed is not None:
+        confirm_by_replay(localization, replayed, reference, reference32, mapping, config.dtype)
     seconds["confirm"] = time.perf_counter() - t0
     compared = {c.target for c in comparisons}
     unmapped = {name: u.reason for name, u in mapping.unmapped.items()}
@@ -297,6 +298,14 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         seconds=seconds,
         marks=marks,
     )
+
+
+def _trace_or_none(path: Path) -> TraceReader | None:
+    """The trace in `path`, or None where there is none (read once: no `is_trace` first)."""
+    try:
+        return TraceReader(path)
+    except TraceFormatError:
+        return None
 
 
 @contextmanager
