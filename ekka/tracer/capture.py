@@ -448,7 +448,8 @@ def _serve_child(
     `when_tracing`; its "tokens" event (the ids, before the trace is written) `when_tokens`.
     With `while_replaying`, the answer tells the child to replay every leaf until a second
     message names the modules that matter: `while_replaying`'s result, sent once it returns (a
-    child that finished every leaf first may have exited: nothing is lost then).
+    child that finished every leaf first waits for it, so that its exit does not take a core
+    from `while_replaying`; one that is gone meanwhile needed nothing more).
 
     Returns the seconds the child had used by then (its time budget continues after). A child
     that exits without asking (it failed) is left for the caller to report.
@@ -521,7 +522,7 @@ def _serve_child(
     if sent.get("more"):
         try:
             os.write(to_child, (json.dumps({"modules": modules}) + "\n").encode())
-        except BrokenPipeError:  # the child replayed every leaf and exited: it needs no more
+        except BrokenPipeError:  # the child is gone (its replay ended or failed): it needs no more
             pass
     return used
 
@@ -570,10 +571,12 @@ class ParentMessages:
         self._data, _UNREAD[0] = _UNREAD[0], b""
         self._told: Any = NOT_YET
 
-    def modules(self) -> Any:
+    def modules(self, wait: bool = False) -> Any:
+        """The modules told (NOT_YET until they are; with `wait`, until the parent tells them
+        or is gone)."""
         if self._told is not NOT_YET or self._fd is None:
             return self._told
-        while b"\n" not in self._data and select.select([self._fd], [], [], 0)[0]:
+        while b"\n" not in self._data and select.select([self._fd], [], [], None if wait else 0)[0]:
             chunk = os.read(self._fd, 65536)
             if not chunk:  # the parent is gone: nothing will narrow the replay
                 self._fd = None

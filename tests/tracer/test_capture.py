@@ -226,6 +226,47 @@ def test_the_target_process_spins_briefly_unless_the_user_said_otherwise(monkeyp
     assert env["KMP_BLOCKTIME"] == "50"
 
 
+def _capture_children():
+    """This process's live vLLM capture subprocesses (their ids)."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"ekka.tracer.adapters.vllm" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_capture_process_ends_without_the_teardown_only_with_the_engine_in_it(tmp_path):
+    """Its work on disk, the target's process ends at once (vLLM's shutdown and the freeing of
+    every object took 3 s), its output flushed; an engine in a process of its own is shut down
+    the usual way (its exit handlers run)."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, pathlib, sys
+from ekka.tracer.adapters.vllm import _exit_at_once
+atexit.register(lambda: pathlib.Path({str(tmp_path / "teardown")!r}).write_text("ran"))
+print("work done", end="")
+_exit_at_once(0)
+"""
+    for setting, tore_down in (("0", False), ("1", True)):
+        env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": setting}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout == "work done"
+        assert (tmp_path / "teardown").exists() is tore_down
+        (tmp_path / "teardown").unlink(missing_ok=True)
+
+
 def _replayable_order(target, reference):
     """The names `replay_modules` replays, in the target's call order (every leaf it can)."""
     return [r.name for r in target.records if r.pass_index == 0 and r.leaf and r.kind == "module"]
@@ -260,11 +301,14 @@ def test_the_target_replays_every_leaf_while_the_caller_works_until_told(zoo_mod
         while not manifest.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         state["finished_first"] = manifest.exists()
+        time.sleep(0.5)  # the target waits for the names before it ends (and frees its engine)
+        state["target_alive"] = bool(_capture_children())
         return ["model.layers.0.input_layernorm"]
 
     target = capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer,
                      while_replaying=analyse_meanwhile, timeout=300)
     assert state["answered_while_working"] is True and state["finished_first"] is True
+    assert state["target_alive"] is True and not _capture_children()
     names = [r.name for r in TraceReader(target.path / "replay").records]
     for leaf in ("model.layers.0.input_layernorm", "model.layers.0.self_attn.qkv_proj",
                  "model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.act_fn", "model.layers.1.mlp.down_proj",

@@ -251,6 +251,11 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         finally:
             torch._C.set_num_threads(threads)
         replays.close(replayed=count, timings={"replay": time.perf_counter() - t_replay})
+        if until is not None:
+            # Every leaf replayed before the parent named its suspects: this process stays
+            # until it has, so that its exit (the engine's teardown, freeing gigabytes) does
+            # not take a core from the parent's analysis.
+            messages.modules(wait=True)
     return writer.path
 
 
@@ -292,5 +297,25 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _exit_at_once(code: int) -> None:
+    """End the process without the interpreter's teardown, once its work is on disk.
+
+    The traces and the replay are written and closed by then; what is left is vLLM's engine
+    shutdown and the freeing of every object, which took 3 s on this machine after a tiny
+    model's capture: the caller waited that long for each capture (every bisection probe), and
+    the exiting process took a core from the caller's work. Only with the engine in this
+    process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, the default here): an engine process of its
+    own is shut down the usual way.
+    """
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+        sys.exit(code)
+    import ctypes
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctypes.CDLL(None).fflush(None)  # what C code printed and its library still buffers
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    _exit_at_once(main(sys.argv))
