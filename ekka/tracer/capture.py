@@ -8,7 +8,6 @@ engine's global state never leaks into the caller).
 
 from __future__ import annotations
 
-import _thread
 import gc
 import json
 import os
@@ -16,7 +15,6 @@ import select
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,7 +30,7 @@ from ekka.errors import (
     UnsupportedShapeError,
     UsageError,
 )
-from ekka.tracer.trace import TraceReader, is_trace
+from ekka.tracer.trace import TraceReader, is_trace, start_bare_thread
 
 FRAMEWORKS = ("vllm", "transformers")
 DTYPES = ("float32", "bfloat16")
@@ -496,21 +494,9 @@ def _serve_child(
             sent["error"] = exc
 
     # A deferred answer (a function: the reference still being written, say) is sent from a
-    # thread once it is ready, while `while_replaying` runs here. A bare thread: `Thread.start`
-    # waits until the new thread runs, which took up to 3 ms while another thread (the
-    # reference's writer) held the interpreter.
-    helper = None
-    if callable(request):
-        helper = threading.Event()
-
-        def answer_in_thread() -> None:
-            try:
-                answer()
-            finally:
-                helper.set()  # type: ignore[union-attr]
-
-        _thread.start_new_thread(answer_in_thread, ())
-    else:
+    # thread once it is ready, while `while_replaying` runs here.
+    helper = start_bare_thread(answer) if callable(request) else None
+    if helper is None:
         answer()
     try:
         modules = while_replaying() if while_replaying is not None else None

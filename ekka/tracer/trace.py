@@ -19,7 +19,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,7 +346,6 @@ class PendingTrace:
         self.reader = reader
         self.seconds = 0.0  # the writing's own time, once done
         self._error: BaseException | None = None
-        self._done = threading.Event()
 
         def run() -> None:
             t = time.perf_counter()
@@ -357,18 +356,34 @@ class PendingTrace:
             finally:
                 self.seconds = time.perf_counter() - t
                 _WRITES.ended(self)
-                self._done.set()
 
-        # A bare thread: `threading.Thread.start` waits until the new thread runs, and then
-        # for the interpreter, which the new thread holds until its first system call.
         _WRITES.started(self)
-        _thread.start_new_thread(run, ())
+        self._done = start_bare_thread(run)
 
     def wait(self) -> Path:
         self._done.wait()
         if self._error is not None:
             raise self._error
         return self.reader.path
+
+
+def start_bare_thread(work: Callable[[], None]) -> threading.Event:
+    """Run `work` in a new thread; the event is set when it has ended.
+
+    A bare thread: `threading.Thread.start` waits until the new thread runs, and then for the
+    interpreter, which the new thread holds until its first system call (up to 3 ms measured
+    here while another thread ran Python). Like a daemon, it does not keep the process alive.
+    """
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    _thread.start_new_thread(run, ())
+    return done
 
 
 class _BackgroundWrites:
