@@ -3,10 +3,21 @@
 Target (issue): localization of a bench case costs at most 2x the time of one untraced vLLM run
 plus one transformers run of the same prompt, engine start excluded.
 
-Baseline, measured in one process: start the vLLM engine (excluded), time greedy generation of
-the case's prompt six times (the first request, then the median of five warm ones, each with
-its tokens shifted so that vLLM's prefix cache cannot serve it); load the transformers model
-(excluded), time its greedy loop the same way.
+Two baselines, each round:
+
+- paired (the figure): the untraced vLLM request that the target's own process makes just
+  before its traced one (the faster of two, as long as the traced one, other tokens; the
+  manifest's `untraced_generate`), plus an untraced transformers greedy loop in this process
+  just after the diagnosis (the faster of the medians of three on one thread and on every
+  thread). Measured a moment apart from the localization, with the same process and warmth as
+  the traced request: on this machine, whose speed drifts by 1.5-2x within seconds, a
+  baseline taken in another process half a minute earlier moved single rounds' ratios
+  between 1.3x and 4x.
+- separate (printed too): in a process of its own right before the diagnosis, start the vLLM
+  engine (excluded), time greedy generation of the case's prompt six times (the first
+  request, then the median of five warm ones, each with its tokens shifted so that vLLM's
+  prefix cache cannot serve it); load the transformers model (excluded), time its greedy
+  loop the same way.
 
 The target is the case's bug: the installed release's Python sources copied and `bug.patch`
 applied (as `ekka bench` does), first on PYTHONPATH for the baseline's vLLM and the diagnosis'
@@ -18,22 +29,25 @@ both its replays are written and this process's analysis is done (they overlap; 
 `time.monotonic()` readings, one clock for every process of the machine), plus the replay
 verdicts worked out here after that. In that window: the traced generation, the trace's
 writing, the reference's work that needed the target's tokens (a traced pass over them, only
-where the reference's guess of them was wrong), the analysis and the replay. Excluded, as the issue says: the engine start, which in a capture includes two
-two-token warm-up requests, one untraced and one traced into a scratch trace (so the traced
-request is a warm one, like the baseline's median), and what this process does meanwhile: the
-reference models' loading and warm-up (and the analysis'), and with `--ahead prompt` the
-reference's traced pass over the prompt (it needs nothing from the target), with `--ahead
-guess` (the default on four cores or more; `off` below) also its greedy guess of the target's
-tokens and a traced pass over the guess. `work`
+where the reference's guess of them was wrong), the analysis and the replay. Excluded, as the
+issue says: the engine start, which in a capture includes warm-up requests (a two-token
+untraced one, the two timed untraced ones, a two-token one traced into a scratch trace: so
+the traced request is a warm one, like the baselines), and what this process does meanwhile:
+the reference models' loading and warm-up (and the analysis'), with `--ahead prompt` (the
+default below four cores) the reference's traced pass over the prompt (it needs nothing from
+the target; it runs once the target is about to trace), with `--ahead guess` (the default on
+four cores or more) also its greedy guess of the target's tokens and a traced pass over the
+guess, during the engine's start. `work`
 adds up every part's own time, the reference's passes made ahead included, as if nothing
 overlapped: it is printed too, with its ratio, so that work moved out of the window is not
 hidden; and `wall_with_process_and_engine_start` tells whether that work slowed the engine's
 start by more than it saved (compare it with `--ahead off`). Also excluded: the processes'
 start and exit. `ekka diagnose`
 makes one localization per process: the first round is the one a user gets, later rounds run
-in a warm process (both are in the rounds' figures). Each round measures a fresh baseline,
-then one localization; the figure is the median over rounds of localization / (warm vLLM +
-warm transformers). First-request baselines are printed too. Prints one line per round, then
+in a warm process (both are in the rounds' figures). Each round measures a fresh separate
+baseline, then one localization with its paired baseline; the figure is the median over
+rounds of localization / (paired vLLM + paired transformers); the same with the separate
+baseline and its first-request figures are printed too. Prints one line per round, then
 one JSON line.
 
     .venv/bin/python benchmarks/localize_cost.py [--case llama-rmsnorm-eps-ignored] [--runs 7] [--ahead auto|off|prompt|guess]
@@ -43,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -50,6 +65,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BASELINE = r'''
 import json, os, statistics, sys, time
@@ -103,7 +119,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
     parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
     parser.add_argument("--ahead", choices=("auto", "off", "prompt", "guess"), default="auto",
-                        help="what the reference traces while the engine starts (auto: guess on 4 cores or more, else off)")
+                        help="what the reference traces before the target's tokens (auto: guess on 4 cores or more, else prompt)")
     args = parser.parse_args()
     case = find_cases(args.cases, [args.case])[0]
     if args.set:
@@ -121,6 +137,13 @@ def main() -> None:
     apply_patch(case.path / "bug.patch", src_root)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src_root.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])}
     costs, works, walls, parts, baselines, ratios, found, guesses = [], [], [], [], [], [], [], []
+    paired, paired_ratios = [], []
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # the paired baseline's transformers model, loaded once in this process (excluded)
+    hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=getattr(torch, case.dtype), attn_implementation="eager").eval()
+    vocab = hf.get_input_embeddings().num_embeddings
     for i in range(args.runs):
         # each round measures its own baseline right before its localization: this machine's
         # speed drifts over minutes, and a ratio of figures taken apart would carry the drift
@@ -158,11 +181,17 @@ def main() -> None:
         costs.append(window)
         works.append(sum(part.values()))
         ratios.append(costs[-1] / (baseline["vllm"] + baseline["transformers"]))
+        # the paired baseline: the untraced request the target's process made just before its
+        # traced one, and the transformers loop in this process just after the diagnosis
+        pair = {"vllm": timings["untraced_generate"], "transformers": _transformers_run(hf, ids, case.max_tokens, vocab, i)}
+        paired.append(pair)
+        paired_ratios.append(costs[-1] / (pair["vllm"] + pair["transformers"]))
         guesses.append(TraceReader(run / f"reference-{case.dtype}").manifest.get("guess_right"))
         suspects = [sus.component for sus in diagnosis.localization.suspects]
         found.append(bool(suspects) and matches_truth(suspects[0], case.truth_components))
-        print(f"round {i + 1}/{args.runs}: top suspect {suspects[0] if suspects else None}, guess right {guesses[-1]}, localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {baseline['vllm']:.3f} s "
-              f"+ transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f} "
+        print(f"round {i + 1}/{args.runs}: top suspect {suspects[0] if suspects else None}, guess right {guesses[-1]}, localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {pair['vllm']:.3f} s "
+              f"+ transformers {pair['transformers']:.3f} s, ratio {paired_ratios[-1]:.2f} (separate baseline: vLLM "
+              f"{baseline['vllm']:.3f} s + transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f}) "
               f"({', '.join(f'{k} {v:.3f}' for k, v in part.items())})", file=sys.stderr)
 
     def median(key: str) -> float:
@@ -172,20 +201,52 @@ def main() -> None:
     print(json.dumps({
         "case": case.id,
         "rounds": args.runs,
-        "ratio_median": round(statistics.median(ratios), 2),
-        "ratios": [round(r, 2) for r in ratios],
+        "ratio_median": round(statistics.median(paired_ratios), 2),  # against the paired baseline
+        "ratios": [round(r, 2) for r in paired_ratios],
+        "paired_vllm_s_median": round(statistics.median(p["vllm"] for p in paired), 3),
+        "paired_transformers_s_median": round(statistics.median(p["transformers"] for p in paired), 3),
+        "separate_ratio_median": round(statistics.median(ratios), 2),
+        "separate_ratios": [round(r, 2) for r in ratios],
         "top1_found": sum(found),
         "guess_right": sum(g is True for g in guesses),
         "localization_s_median": round(statistics.median(costs), 3),
         "work_s_median": round(statistics.median(works), 3),
-        "work_ratio_median": round(statistics.median(w / (b["vllm"] + b["transformers"]) for w, b in zip(works, baselines)), 2),
-        "untraced_vllm_s_median": median("vllm"),
-        "untraced_transformers_s_median": median("transformers"),
+        "work_ratio_median": round(statistics.median(w / (b["vllm"] + b["transformers"]) for w, b in zip(works, paired)), 2),
+        "separate_vllm_s_median": median("vllm"),
+        "separate_transformers_s_median": median("transformers"),
         "first_request_vllm_s_median": median("vllm_first"),
         "first_request_transformers_s_median": median("transformers_first"),
         "wall_with_process_and_engine_start_s_median": round(statistics.median(walls), 1),
         "parts_of_median_run": {k: round(v, 3) for k, v in parts[middle].items()},
     }))
+
+
+def _transformers_run(hf: Any, ids: list[int], n: int, vocab: int, round_index: int) -> float:
+    """One untraced greedy transformers run of the prompt (its tokens shifted, as the baseline's),
+    the faster of the median of three on one thread and on every thread: the conservative
+    figure, whichever the diagnosis' reference uses."""
+    import torch
+
+    before = torch.get_num_threads()
+    best = math.inf
+    try:
+        for threads in sorted({1, before}):
+            torch.set_num_threads(threads)
+            runs = []
+            for k in range(3):
+                seq, past = [(t + 11 * (round_index + k + 1)) % vocab for t in ids], None
+                t = time.perf_counter()
+                with torch.no_grad():
+                    for step in range(n):
+                        feed = seq if step == 0 else seq[-1:]
+                        out = hf(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
+                        past = out.past_key_values
+                        seq.append(int(out.logits[0, -1].argmax()))
+                runs.append(time.perf_counter() - t)
+            best = min(best, statistics.median(runs))
+    finally:
+        torch.set_num_threads(before)
+    return best
 
 
 if __name__ == "__main__":

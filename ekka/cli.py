@@ -204,7 +204,7 @@ def diagnose(
     threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
     out_dir: Path = typer.Option(Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."),
     target_path: list[Path] = typer.Option([], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."),
-    ahead: str | None = typer.Option(None, help="What the reference traces while the target's engine starts: off, prompt, or guess (the prompt and its guess of the target's tokens). Default: guess on 4 cores or more, else off."),
+    ahead: str | None = typer.Option(None, help="What the reference traces before the target's tokens come: off; prompt (once the target's engine has started); or guess (the prompt and its guess of the target's tokens, while the engine starts). Default: guess on 4 cores or more, else prompt."),
     repo: Path | None = typer.Option(None, help="Full mode: the framework's git repository (vllm/ at its top)."),
     good: str | None = typer.Option(None, help="Full mode: a commit known good."),
     bad: str | None = typer.Option(None, help="Full mode: a commit known bad."),

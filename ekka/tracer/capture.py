@@ -288,9 +288,10 @@ def capture(
     and returns what to replay, on which reference; the target's process then replays those
     modules into `<out>/replay`. `timeout` bounds the target's own time, not the time spent in
     `after_generate`. `while_starting` runs here as soon as the target's process has started
-    (its engine is starting); `when_tracing` when it begins the traced request: work that does
-    not need the target's tokens (loading the reference, guessing its tokens) runs there,
-    alongside the target. `when_tokens(generated, written)` runs as soon as the target has its
+    (its engine is starting); `when_tracing` when it is about to trace (its engine started and
+    warmed up, a short traced warm-up request then the traced one to come): work that does
+    not need the target's tokens (loading the reference, tracing it on the prompt) runs
+    there, alongside the target. `when_tokens(generated, written)` runs as soon as the target has its
     tokens, while its process still writes the trace (teacher forcing can start there);
     `written()` tells, without waiting, whether the target has finished writing;
     `after_generate` follows once the trace is written. They too are vLLM only.

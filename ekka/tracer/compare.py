@@ -126,9 +126,13 @@ def compute_error_ratio(
     return measure(x_target, x_reference, y_reference, dtype)[:3]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Comparison:
-    """One aligned component in one target pass: the figures and how they were made."""
+    """One aligned component in one target pass: the figures and how they were made.
+
+    Not frozen: a frozen dataclass sets each field through `object.__setattr__`, and the
+    analysis makes one per component and pass (0.8 us against 3 for its 19 fields).
+    """
 
     sequence: int
     target: str

@@ -6,9 +6,12 @@
    decode step) is compared at the same token positions with the same inputs. While the
    target's engine starts, the reference is loaded; on four cores or more it also does what
    needs nothing from the target: one traced pass over the prompt, keeping its KV cache, its
-   own greedy guess of the target's tokens and one traced pass over the guess (`ahead`). Once
-   the target has its tokens, one traced pass over the prompt and the tokens (or, after the
-   prompt's pass, over the tokens from its cache; none where the guess was right).
+   own greedy guess of the target's tokens and one traced pass over the guess (`ahead`
+   "guess"). Below four cores the engine's start takes every core, and the prompt's pass
+   waits until the target is about to trace, beside its one-threaded request (`ahead`
+   "prompt"). Once the target has its tokens, one traced pass over the tokens from the
+   prompt's cache (none where the guess was right; over the prompt and the tokens with
+   `ahead` "off").
 3. Each aligned component gets its robust error ratio; the change point names the suspects.
    Meanwhile the target's process replays its leaf modules on the reference's inputs; told
    the suspects, it makes sure they are replayed and stops. The replay's verdict joins them.
@@ -49,14 +52,16 @@ class DiagnoseConfig:
     prompt_text: str | None = None
     target_pythonpath: tuple[str, ...] = ()
     timeout: float | None = 900
-    # What the reference traces while the target's engine starts, needing nothing from the
-    # target: "off" nothing (every pass after the target's tokens), "prompt" the prompt (its
-    # KV cache kept), "guess" the prompt, then its own greedy guess of the target's tokens and
-    # a pass over the guess (nothing left to do after the target's tokens where it is right).
-    # None: EKKA_AHEAD if set, else "guess" on four cores or more and "off" below. On two
-    # cores the engine's start takes both cores: beside it a 113M model's prompt pass took
-    # 0.6 s instead of 0.2, the guess 1.7-2.4 s instead of 0.5, and the whole diagnosis took
-    # 0.6-1.7 s longer than with nothing ahead.
+    # What the reference traces before the target's tokens come, needing nothing from the
+    # target: "off" nothing (one pass over the prompt and the tokens once they come);
+    # "prompt" the prompt, its KV cache kept, once the target's engine has started and it is
+    # about to trace (one pass over the tokens from the cache remains); "guess", while the
+    # engine starts, the prompt, then its own greedy guess of the target's tokens and a pass
+    # over the guess (nothing left to do after the target's tokens where it is right). None:
+    # EKKA_AHEAD if set, else "guess" on four cores or more and "prompt" below. On two cores
+    # the engine's start takes both: beside it a 113M model's prompt pass took 0.6 s instead
+    # of 0.2, the guess 1.7-2.4 s instead of 0.5, and the whole diagnosis took 0.6-1.7 s
+    # longer than with nothing ahead; the target's traced request takes one core.
     ahead: str | None = None
 
     @property
@@ -68,7 +73,7 @@ class DiagnoseConfig:
         setting = os.environ.get("EKKA_AHEAD", "").strip().lower()
         if setting in AHEAD_MODES:
             return setting
-        return "guess" if (os.cpu_count() or 1) >= AHEAD_MIN_CORES else "off"
+        return "guess" if (os.cpu_count() or 1) >= AHEAD_MIN_CORES else "prompt"
 
 
 @dataclass
@@ -84,9 +89,9 @@ class Diagnosis:
     # full mode (ekka.bisect.full): the root cause statement, and the bisection with its probe log
     root_cause: dict[str, Any] | None = None
     bisection: dict[str, Any] | None = None
-    # time.monotonic() readings (comparable with the target's manifests): "tokens_at" (the
-    # target's tokens came), "followed_at" (the references traced), "analysis_started_at",
-    # "analysed_at"
+    # time.monotonic() readings (comparable with the target's manifests): "ahead_started_at"
+    # (the prompt's pass began, ahead "prompt"), "tokens_at" (the target's tokens came),
+    # "followed_at" (the references traced), "analysis_started_at", "analysed_at"
     marks: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -188,18 +193,26 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             )
             pending[dtype].warm_up(then=warm_analysis if dtype == config.dtype else None)
         seconds["reference_load"] = sum(r.timings["load"] for r in pending.values())
-        ahead = config.work_ahead
-        if ahead == "off":
+        if config.work_ahead != "guess":
             return
         t = time.perf_counter()
-        if ahead == "guess":
-            say("reference: tracing the prompt and a guess of the target's tokens")
-            # the serving-dtype reference guesses best what the target will choose
-            guess = pending[config.dtype].ahead()
-            for dtype in dtypes[1:]:
-                pending[dtype].ahead(guess)
-        else:
-            say("reference: tracing the prompt")
+        say("reference: tracing the prompt and a guess of the target's tokens")
+        # the serving-dtype reference guesses best what the target will choose
+        guess = pending[config.dtype].ahead()
+        for dtype in dtypes[1:]:
+            pending[dtype].ahead(guess)
+        seconds["reference_ahead"] = time.perf_counter() - t
+
+    def trace_prompt() -> None:
+        """Ahead "prompt": the references' prompt pass once the target's engine has started,
+        beside its tracing, on the cores its request leaves (its torch threads are fewer than
+        the cores here; during the engine's start both cores were taken)."""
+        if config.work_ahead != "prompt" or not pending:
+            return
+        marks["ahead_started_at"] = time.monotonic()
+        t = time.perf_counter()
+        say("reference: tracing the prompt")
+        with _threads_beside_writer([], lambda: False):
             for dtype in dtypes:
                 pending[dtype].prompt()
         seconds["reference_ahead"] = time.perf_counter() - t
@@ -247,6 +260,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             after_generate=timed(replay_request),
             while_replaying=timed(analysis),
             while_starting=timed(load_references),
+            when_tracing=timed(trace_prompt),
             when_tokens=timed(follow),
         )
     except CaptureError as exc:

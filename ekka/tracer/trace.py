@@ -40,7 +40,10 @@ REPLAY_FOLDER = "replay"  # a target trace's replays: a trace of their own, insi
 OPEN_SHARDS = 2
 
 
-@dataclass(frozen=True)
+# Records and their tensors' metas are made by the hundred thousand from a long trace's
+# manifest: plain slotted dataclasses, built a third faster than frozen ones (which set every
+# field through `object.__setattr__`). Nothing changes them once read.
+@dataclass(slots=True)
 class TensorMeta:
     """Where one recorded tensor lives and what it looks like."""
 
@@ -53,7 +56,7 @@ class TensorMeta:
         return cls(key=data["key"], shape=tuple(data["shape"]), dtype=data["dtype"])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     """One call of one module (or one synthetic capture point) in one forward pass.
 

@@ -211,7 +211,9 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
     assert events == ["starting", "tracing", "tokens", "answer"]
     assert told == [target.generated_ids]  # told before its trace was written
     assert 1 <= target.manifest["threads"] <= (os.cpu_count() or 1)  # the traced request's torch threads
-    assert target.manifest["timings"]["traced_started_at"] < target.manifest["closed_at"]
+    timings = target.manifest["timings"]
+    assert timings["tracing_told_at"] < timings["traced_started_at"] < target.manifest["closed_at"]
+    assert timings["untraced_generate"] > 0  # the untraced request tracing is measured against
 
 
 def test_the_target_process_spins_briefly_unless_the_user_said_otherwise(monkeypatch):

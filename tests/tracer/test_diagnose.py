@@ -152,8 +152,8 @@ def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtype):
-    """The reference's prompt pass, and its guess of the target's tokens, made while the
-    engine starts, must not change the diagnosis: the same suspects, ratios within rounding.
+    """The reference's prompt pass (once the target is about to trace), and its guess of the
+    target's tokens (while the engine starts), must not change the diagnosis: the same suspects, ratios within rounding.
     The patched vLLM's tokens differ from the reference's guess here, so the follow-up pass
     runs too."""
     from importlib.resources import files
@@ -181,6 +181,11 @@ def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtyp
         print(dtype, mode, "guess right:", serving.manifest.get("guess_right"))
         assert ("reference_ahead" in found[mode].seconds) is (mode != "off")
         assert found[mode].seconds["analysis_warm_up"] > 0  # on the reference's scratch trace
+        timings = TraceReader(tmp_path / mode / "target").manifest["timings"]
+        if mode == "prompt":  # not during the engine's start: once the target is about to trace
+            assert timings["tracing_told_at"] <= found[mode].marks["ahead_started_at"] < found[mode].marks["tokens_at"]
+        else:
+            assert "ahead_started_at" not in found[mode].marks
     plain = found["off"]
     assert plain.diverged and plain.localization.suspects[0].component.endswith("layernorm")
     for mode in ("prompt", "guess"):
