@@ -6,10 +6,10 @@ plus one transformers run of the same prompt, engine start excluded.
 Two baselines, each round:
 
 - paired (the figure): the untraced vLLM request that the target's own process makes just
-  before its traced one (the faster of two, as long as the traced one, other tokens; the
+  before its traced one (the fastest of four, as long as the traced one, other tokens; the
   manifest's `untraced_generate`), plus an untraced transformers greedy loop in this process
-  just after the diagnosis (the faster of the medians of three on one thread and on every
-  thread). Measured a moment apart from the localization, with the same process and warmth as
+  just after the diagnosis (the fastest of three on one thread and three on every thread).
+  The fastest, not the median: the smaller baseline, the stricter figure. Measured a moment apart from the localization, with the same process and warmth as
   the traced request: on this machine, whose speed drifts by 1.5-2x within seconds, a
   baseline taken in another process half a minute earlier moved single rounds' ratios
   between 1.3x and 4x.
@@ -31,7 +31,7 @@ verdicts worked out here after that. In that window: the traced generation, the 
 writing, the reference's work that needed the target's tokens (a traced pass over them, only
 where the reference's guess of them was wrong), the analysis and the replay. Excluded, as the
 issue says: the engine start, which in a capture includes warm-up requests (a two-token
-untraced one, the two timed untraced ones, a two-token one traced into a scratch trace: so
+untraced one, the four timed untraced ones, a two-token one traced into a scratch trace: so
 the traced request is a warm one, like the baselines), and what this process does meanwhile:
 the reference models' loading and warm-up (and the analysis'), with `--ahead prompt` (the
 default below four cores) the reference's traced pass over the prompt (it needs nothing from
@@ -222,17 +222,20 @@ def main() -> None:
 
 
 def _transformers_run(hf: Any, ids: list[int], n: int, vocab: int, round_index: int) -> float:
-    """One untraced greedy transformers run of the prompt (its tokens shifted, as the baseline's),
-    the faster of the median of three on one thread and on every thread: the conservative
-    figure, whichever the diagnosis' reference uses."""
+    """One untraced greedy transformers run of the prompt (its tokens shifted, as the baseline's):
+    the fastest of three on one thread and three on every thread, the collector paused (as the
+    capture's untraced requests): the conservative figure, whichever the diagnosis' reference
+    uses."""
+    import gc
+
     import torch
 
     before = torch.get_num_threads()
     best = math.inf
+    gc.disable()
     try:
         for threads in sorted({1, before}):
             torch.set_num_threads(threads)
-            runs = []
             for k in range(3):
                 seq, past = [(t + 11 * (round_index + k + 1)) % vocab for t in ids], None
                 t = time.perf_counter()
@@ -242,10 +245,10 @@ def _transformers_run(hf: Any, ids: list[int], n: int, vocab: int, round_index: 
                         out = hf(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
                         past = out.past_key_values
                         seq.append(int(out.logits[0, -1].argmax()))
-                runs.append(time.perf_counter() - t)
-            best = min(best, statistics.median(runs))
+                best = min(best, time.perf_counter() - t)
     finally:
         torch.set_num_threads(before)
+        gc.enable()
     return best
 
 
