@@ -254,7 +254,7 @@ def _input_comparable(plan: Plan) -> bool:
     return plan.slot == "out" and plan.target_op == "first" and plan.reference_op in (None, "concat")
 
 
-Segment = tuple[Any, list[torch.Tensor], list[int]]  # (record, candidate target tensors, positions)
+Segment = tuple[Any, Sequence[torch.Tensor], list[int]]  # (record, candidate target tensors, positions)
 # Segments back to back with their row norms: the reference's, each candidate's error, and the
 # serving-dtype reference's noise (None in float32).
 Group = tuple[list[Segment], torch.Tensor, list[torch.Tensor], "torch.Tensor | None"]
@@ -296,9 +296,15 @@ class _Batch:
         if whole is None:
             whole = self._gather(plan, [p for _, _, positions in segments for p in positions])
         count = len(segments[0][1])
-        if whole is not None and all(
-            len(xs) == count and all(x.shape[1:] == whole[0].shape[1:] and x.shape[0] == len(ps) for x in xs)
-            for _, xs, ps in segments
+        if whole is not None and (
+            # slices of `joined`, each of its record's rows: every slice fits when the stack does
+            # (the positions gathered are as many as the rows only if no record has fewer)
+            all(j.shape[1:] == whole[0].shape[1:] and j.shape[0] == whole[0].shape[0] for j in joined)
+            if joined is not None
+            else all(
+                len(xs) == count and all(x.shape[1:] == whole[0].shape[1:] and x.shape[0] == len(ps) for x in xs)
+                for _, xs, ps in segments
+            )
         ):
             x_r, y_r = whole
             if joined is None:
@@ -370,7 +376,11 @@ class _Batch:
             self._routed(segments, routing)
             return
         whole = self._gather(self.plan, [p for _, _, positions in segments for p in positions]) if segments else None
-        if whole is not None and any(x.shape[-1] != whole[0].shape[-1] for _, (x,), _ in segments):
+        if whole is not None and (
+            joined[0].shape[-1] != whole[0].shape[-1]
+            if joined is not None
+            else any(x.shape[-1] != whole[0].shape[-1] for _, (x,), _ in segments)
+        ):
             fitted = self._fit(segments, whole[0].shape[-1])
             whole = whole if len(fitted) == len(segments) else None  # rows no longer line up
             segments, joined = fitted, None
@@ -378,12 +388,14 @@ class _Batch:
             self.sink.add(group, self.plan, "output")
 
     def _split(self, joined: list[torch.Tensor], lengths: list[int]) -> list[Segment]:
-        """Segments of the records' rows, one under the other in `joined` (each candidate)."""
-        pieces = [c.split(lengths) for c in joined]
-        return [
-            (record, [p[k] for p in pieces], positions_for(lengths[k], self.passes[record.pass_index]))
-            for k, record in enumerate(self.records)
-        ]
+        """Segments of the records' rows, one under the other in `joined` (each candidate): their
+        tensors are views made when asked for (`_Slices`); measured as a stack, they never are."""
+        segments = []
+        start = 0
+        for record, rows in zip(self.records, lengths):
+            segments.append((record, _Slices(joined, start, rows), positions_for(rows, self.passes[record.pass_index])))
+            start += rows
+        return segments
 
     def _stacked_outputs(self) -> tuple[list[torch.Tensor], list[int]] | None:
         """Every record's target tensor one under the other, read with one gather per output
@@ -481,6 +493,23 @@ class _Batch:
             self.sink.add(([(record, [x], positions)], y, ts, n), self.plan, "output", discounted)
 
 
+class _Slices(Sequence[torch.Tensor]):
+    """Rows `start` to `start + rows` of each tensor of `joined`, as views made on access."""
+
+    __slots__ = ("joined", "start", "rows")
+
+    def __init__(self, joined: list[torch.Tensor], start: int, rows: int) -> None:
+        self.joined, self.start, self.rows = joined, start, rows
+
+    def __len__(self) -> int:
+        return len(self.joined)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.joined[index].narrow(0, self.start, self.rows)
+
+
 class _Figures:
     """Every comparison's figures, worked out at once from the row norms the batches hand in.
 
@@ -532,32 +561,19 @@ class _Figures:
         figures = self._figures()
         order = sorted(range(len(self.items)), key=lambda i: self.items[i][0])
         described: dict[int, str] = {}  # by the plan's id: hashing a plan costs more than this
+        items, isfinite = self.items, math.isfinite
         for sequence, i in enumerate(order):
-            _, record, plan, kind, discounted, positions = self.items[i]
+            _, record, plan, kind, discounted, positions = items[i]
             ratio, error, noise, worst, token_ratio = figures[i]
             text = described.get(id(plan))
             if text is None:
                 text = described[id(plan)] = plan.describe()
+            # positional, in the fields' order: a few hundred of these per analysis
             yield Comparison(
-                sequence=sequence,
-                target=record.name,
-                module_class=record.module_class,
-                source_file=record.source_file,
-                source_line=record.source_line,
-                pass_index=record.pass_index,
-                step=record.step,
-                call_index=record.call_index,
-                plan=text,
-                inferred=plan.inferred,
-                ratio=ratio,
-                error=error,
-                noise=noise,
-                nonfinite=not math.isfinite(error),
-                worst_position=positions[worst],
-                rows=len(positions),
-                kind=kind,
-                discounted_tokens=discounted,
-                token_ratio=token_ratio,
+                sequence, record.name, record.module_class, record.source_file, record.source_line,
+                record.pass_index, record.step, record.call_index, text, plan.inferred,
+                ratio, error, noise, not isfinite(error), positions[worst], len(positions),
+                kind, discounted, token_ratio,
             )
 
     def _figures(self) -> list[tuple[float, float, float, int, float]]:
