@@ -9,10 +9,10 @@ Two baselines, each round:
   before its traced one (the fastest of four, as long as the traced one, other tokens; the
   manifest's `untraced_generate`), plus an untraced transformers greedy loop in this process
   just after the diagnosis (the fastest of three on one thread and three on every thread).
-  The fastest, not the median: the smaller baseline, the stricter figure. Measured a moment apart from the localization, with the same process and warmth as
-  the traced request: on this machine, whose speed drifts by 1.5-2x within seconds, a
-  baseline taken in another process half a minute earlier moved single rounds' ratios
-  between 1.3x and 4x.
+  The fastest, not the median: the smaller baseline, the stricter figure. Measured a moment
+  apart from the localization, with the same process and warmth as the traced request: on
+  this machine, whose speed drifts by 1.5-2x within seconds, a baseline taken in another
+  process half a minute earlier moved single rounds' ratios between 1.3x and 4x.
 - separate (printed too): in a process of its own right before the diagnosis, start the vLLM
   engine (excluded), time greedy generation of the case's prompt six times (the first
   request, then the median of five warm ones, each with its tokens shifted so that vLLM's

@@ -291,8 +291,8 @@ def capture(
     (its engine is starting); `when_tracing` when it is about to trace (its engine started and
     warmed up, a short traced warm-up request then the traced one to come): work that does
     not need the target's tokens (loading the reference, tracing it on the prompt) runs
-    there, alongside the target. `when_tokens(generated, written)` runs as soon as the target has its
-    tokens, while its process still writes the trace (teacher forcing can start there);
+    there, alongside the target. `when_tokens(generated, written)` runs as soon as the target
+    has its tokens, while its process still writes the trace (teacher forcing can start there);
     `written()` tells, without waiting, whether the target has finished writing;
     `after_generate` follows once the trace is written. They too are vLLM only.
 

@@ -90,8 +90,9 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
     or the parent's through `ask_parent` when started by `capture(..., after_generate=...)`)
     names the reference to replay on; without it, `spec.replay_reference` does.
     `when_tracing()` (or the parent, told through the pipe) learns that tracing is about to
-    start (a short traced warm-up request, then the traced request); the timings' `traced_started_at` and a manifest's `closed_at` are `time.monotonic()`
-    readings, comparable across the processes of one machine."""
+    start (a short traced warm-up request, then the traced request); the timings'
+    `tracing_told_at` and `traced_started_at` and a manifest's `closed_at` are
+    `time.monotonic()` readings, comparable across the processes of one machine."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
