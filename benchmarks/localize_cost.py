@@ -84,16 +84,9 @@ for k in range(6):
     t = time.perf_counter(); llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False); vllm_runs.append(time.perf_counter() - t)
 from transformers import AutoModelForCausalLM
 hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
-hf_runs = []
-for _ in range(6):
-    t = time.perf_counter()
-    with torch.no_grad():
-        seq, past = list(ids), None
-        for step in range(n):
-            feed = seq if step == 0 else seq[-1:]
-            out = hf(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
-            past = out.past_key_values; seq.append(int(out.logits[0, -1].argmax()))
-    hf_runs.append(time.perf_counter() - t)
+sys.path.insert(0, sys.argv[5])
+from localize_cost import greedy_seconds
+hf_runs = [greedy_seconds(hf, ids, n) for _ in range(6)]
 print(json.dumps({"vllm": statistics.median(vllm_runs[1:]), "transformers": statistics.median(hf_runs[1:]),
                   "vllm_first": vllm_runs[0], "transformers_first": hf_runs[0]}))
 '''
@@ -147,7 +140,8 @@ def main() -> None:
     for i in range(args.runs):
         # each round measures its own baseline right before its localization: this machine's
         # speed drifts over minutes, and a ratio of figures taken apart would carry the drift
-        proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype],
+        proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype,
+                               str(Path(__file__).resolve().parent)],
                               capture_output=True, text=True, check=True, env=env)
         baseline = json.loads(proc.stdout.strip().splitlines()[-1])
         baselines.append(baseline)
@@ -221,6 +215,22 @@ def main() -> None:
     }))
 
 
+def greedy_seconds(hf: Any, ids: list[int], n: int) -> float:
+    """Seconds of one untraced greedy transformers loop of `n` tokens after `ids` (KV cache):
+    both baselines' transformers run."""
+    import torch
+
+    t = time.perf_counter()
+    with torch.no_grad():
+        seq, past = list(ids), None
+        for step in range(n):
+            feed = seq if step == 0 else seq[-1:]
+            out = hf(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            seq.append(int(out.logits[0, -1].argmax()))
+    return time.perf_counter() - t
+
+
 def _transformers_run(hf: Any, ids: list[int], n: int, vocab: int, round_index: int) -> float:
     """One untraced greedy transformers run of the prompt (its tokens shifted, as the baseline's):
     the fastest of three on one thread and three on every thread, the collector paused (as the
@@ -237,15 +247,8 @@ def _transformers_run(hf: Any, ids: list[int], n: int, vocab: int, round_index: 
         for threads in sorted({1, before}):
             torch.set_num_threads(threads)
             for k in range(3):
-                seq, past = [(t + 11 * (round_index + k + 1)) % vocab for t in ids], None
-                t = time.perf_counter()
-                with torch.no_grad():
-                    for step in range(n):
-                        feed = seq if step == 0 else seq[-1:]
-                        out = hf(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
-                        past = out.past_key_values
-                        seq.append(int(out.logits[0, -1].argmax()))
-                best = min(best, time.perf_counter() - t)
+                shifted = [(t + 11 * (round_index + k + 1)) % vocab for t in ids]
+                best = min(best, greedy_seconds(hf, shifted, n))
     finally:
         torch.set_num_threads(before)
         gc.enable()

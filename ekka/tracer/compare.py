@@ -504,9 +504,7 @@ class _Slices(Sequence[torch.Tensor]):
     def __len__(self) -> int:
         return len(self.joined)
 
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def __getitem__(self, index: Any) -> Any:  # an index (no slices: nothing slices a segment's tensors)
         return self.joined[index].narrow(0, self.start, self.rows)
 
 

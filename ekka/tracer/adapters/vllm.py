@@ -185,7 +185,7 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         # tracing costs is measured against the fastest, in this process and a moment apart (a
         # benchmark's baseline measured elsewhere or earlier carries this machine's drift).
         # Four: the first ones of an engine are slower.
-        full = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
+        full = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)  # the traced one's too
         untraced = []
         for shift in (3, 4, 5, 6):
             t_untraced = time.perf_counter()
@@ -209,9 +209,8 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         timings["warmup"] = time.perf_counter() - t_warm
         timings["traced_started_at"] = time.monotonic()
         t_run = time.perf_counter()
-        params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
         with collector_paused():  # the hooks' thousands of small objects set off no collection
-            outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], params, use_tqdm=False)
+            outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], full, use_tqdm=False)
         generated = list(outputs[0].outputs[0].token_ids)
         timings["traced_generate"] = time.perf_counter() - t_run
         recorder = state["recorder"]
