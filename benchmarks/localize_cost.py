@@ -31,11 +31,12 @@ verdicts worked out here after that. In that window: the traced generation, the 
 writing, the reference's work that needed the target's tokens (a traced pass over them, only
 where the reference's guess of them was wrong), the analysis and the replay. Excluded, as the
 issue says: the engine start, which in a capture includes warm-up requests (a two-token
-untraced one, the four timed untraced ones, a two-token one traced into a scratch trace: so
+untraced one, a two-token one traced into a scratch trace, the four timed untraced ones: so
 the traced request is a warm one, like the baselines), and what this process does meanwhile:
-the reference models' loading and warm-up (and the analysis'), with `--ahead prompt` (the
+the reference models' loading and warm-up, the analysis' warm-up (on the target's scratch
+trace, while the target waits before its timed requests), with `--ahead prompt` (the
 default below four cores) the reference's traced pass over the prompt (it needs nothing from
-the target; it runs once the target is about to trace), with `--ahead guess` (the default on
+the target; it runs there too, while the target waits), with `--ahead guess` (the default on
 four cores or more) also its greedy guess of the target's tokens and a traced pass over the
 guess, during the engine's start. `work`
 adds up every part's own time, the reference's passes made ahead included, as if nothing

@@ -252,9 +252,13 @@ def _subprocess_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
 # answer is then sent from a thread while `while_replaying` runs).
 ReplayRequest = "dict[str, Any] | str | None"
 AfterGenerate = Callable[[list[int]], ReplayRequest]
-# Called here with no argument: right after the target's process starts (while its engine
-# starts), and when it announces the traced request (while it generates).
+# Called here with no argument right after the target's process starts (while its engine
+# starts).
 Hook = Callable[[], None]
+# Called here once the target is ready to trace (its engine started, a short request traced
+# into a scratch trace), with that scratch trace's folder (None where there is none): the
+# target waits until it returns, then times its untraced requests and makes the traced one.
+TracingHook = Callable[["Path | None"], None]
 # Called here with the generated ids as soon as the target has them, before its trace is
 # written, and a function that says whether the target has finished writing it (it waits).
 TokensHook = Callable[[list[int], Callable[[], bool]], None]
@@ -274,7 +278,7 @@ def capture(
     in_process: bool | None = None,
     after_generate: AfterGenerate | None = None,
     while_starting: Hook | None = None,
-    when_tracing: Hook | None = None,
+    when_tracing: TracingHook | None = None,
     when_tokens: TokensHook | None = None,
     while_replaying: ReplayingHook | None = None,
 ) -> TraceReader:
@@ -288,10 +292,12 @@ def capture(
     and returns what to replay, on which reference; the target's process then replays those
     modules into `<out>/replay`. `timeout` bounds the target's own time, not the time spent in
     `after_generate`. `while_starting` runs here as soon as the target's process has started
-    (its engine is starting); `when_tracing` when it is about to trace (its engine started and
-    warmed up, a short traced warm-up request then the traced one to come): work that does
-    not need the target's tokens (loading the reference, tracing it on the prompt) runs
-    there, alongside the target. `when_tokens(generated, written)` runs as soon as the target
+    (its engine is starting): work that does not need the target (loading the reference) runs
+    there, alongside it. `when_tracing(scratch)` runs once the target is ready to trace (its
+    engine started, a short request traced into the scratch trace in folder `scratch`, which
+    exists until it returns), while the target waits: the target's timed untraced requests
+    and its traced one come after it, so that they never share the cores with this process's
+    work. `when_tokens(generated, written)` runs as soon as the target
     has its tokens, while its process still writes the trace (teacher forcing can start there);
     `written()` tells, without waiting, whether the target has finished writing;
     `after_generate` follows once the trace is written. They too are vLLM only.
@@ -343,7 +349,7 @@ def _capture_subprocess(
     timeout: float | None,
     after_generate: AfterGenerate | None = None,
     while_starting: Hook | None = None,
-    when_tracing: Hook | None = None,
+    when_tracing: TracingHook | None = None,
     when_tokens: TokensHook | None = None,
     while_replaying: ReplayingHook | None = None,
 ) -> TraceReader:
@@ -439,12 +445,13 @@ def _tokens_then(when_tokens: TokensHook, after_generate: AfterGenerate) -> Afte
 
 def _serve_child(
     proc: subprocess.Popen[Any], from_child: int, to_child: int, after_generate: AfterGenerate,
-    timeout: float | None, when_tracing: Hook | None = None, when_tokens: TokensHook | None = None,
+    timeout: float | None, when_tracing: TracingHook | None = None, when_tokens: TokensHook | None = None,
     while_replaying: ReplayingHook | None = None,
 ) -> float:
     """Serve the child's messages (one JSON line each) until it asks with its generated ids (its
     trace written), and answer with `after_generate`'s request. Its "tracing" event runs
-    `when_tracing`; its "tokens" event (the ids, before the trace is written) `when_tokens`.
+    `when_tracing`, then tells the child to go on (it waits); its "tokens" event (the ids,
+    before the trace is written) `when_tokens`.
     With `while_replaying`, the answer tells the child to replay every leaf until a second
     message names the modules that matter: `while_replaying`'s result, sent once it returns (a
     child that finished every leaf first waits for it, so that its exit does not take a core
@@ -473,8 +480,14 @@ def _serve_child(
         event = message.get("event")
         if event in (TRACING_EVENT, TOKENS_EVENT):
             t = time.monotonic()
-            if event == TRACING_EVENT and when_tracing is not None:
-                when_tracing()
+            if event == TRACING_EVENT:
+                if when_tracing is not None:
+                    scratch = message.get("scratch")
+                    when_tracing(Path(scratch) if scratch else None)
+                try:
+                    os.write(to_child, (json.dumps({"go": True}) + "\n").encode())
+                except BrokenPipeError:  # the child is gone: its exit code and log tell why
+                    pass
             elif event == TOKENS_EVENT and when_tokens is not None:
                 told = [int(i) for i in message["generated_ids"]]
                 when_tokens(told, lambda: bool(select.select([from_child], [], [], 0)[0]))
@@ -521,6 +534,27 @@ def tell_parent(event: str, **fields: Any) -> None:
         os.write(int(control.split(",")[0]), (json.dumps({"event": event, **fields}) + "\n").encode())
 
 
+def wait_for_parent() -> None:
+    """In a capture subprocess started with `after_generate`, after its "tracing" event: wait
+    until the parent says to go on (or is gone)."""
+    control = os.environ.get(CONTROL_ENV)
+    if control:
+        _read_line(int(control.split(",")[1]))
+
+
+def _read_line(fd: int) -> bytes | None:
+    """The parent's next message (None when it is gone); what comes with it is kept for the
+    next read."""
+    data, _UNREAD[0] = _UNREAD[0], b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        data += chunk
+    line, _UNREAD[0] = data.split(b"\n", 1)
+    return line
+
+
 def ask_parent(generated: list[int]) -> Any:
     """In a capture subprocess started with `after_generate`: send the generated ids to the
     parent and wait for its answer (what to replay). None when not started so."""
@@ -529,13 +563,9 @@ def ask_parent(generated: list[int]) -> Any:
         return None
     write_fd, read_fd = (int(x) for x in control.split(","))
     os.write(write_fd, (json.dumps({"generated_ids": generated}) + "\n").encode())
-    data = b""
-    while b"\n" not in data:
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
-            raise CaptureError("the capturing process stopped answering (it failed or was interrupted).")
-        data += chunk
-    line, _UNREAD[0] = data.split(b"\n", 1)  # the parent's next message may have come with it
+    line = _read_line(read_fd)
+    if line is None:
+        raise CaptureError("the capturing process stopped answering (it failed or was interrupted).")
     message = json.loads(line.decode())
     request = message.get("request")
     if message.get("more"):

@@ -8,8 +8,10 @@
    needs nothing from the target: one traced pass over the prompt, keeping its KV cache, its
    own greedy guess of the target's tokens and one traced pass over the guess (`ahead`
    "guess"). Below four cores the engine's start takes every core, and the prompt's pass
-   waits until the target is about to trace, beside its one-threaded request (`ahead`
-   "prompt"). Once the target has its tokens, one traced pass over the tokens from the
+   waits until the target is ready to trace (`ahead` "prompt"). The target waits for it,
+   and for the analysis' warm-up on the target's own warm-up trace, before its timed and
+   traced requests: those run while this process is idle (on two cores vLLM's two threads
+   took twice as long beside a busy process). Once the target has its tokens, one traced pass over the tokens from the
    prompt's cache (none where the guess was right; over the prompt and the tokens with
    `ahead` "off").
 3. Each aligned component gets its robust error ratio; the change point names the suspects.
@@ -55,13 +57,13 @@ class DiagnoseConfig:
     # What the reference traces before the target's tokens come, needing nothing from the
     # target: "off" nothing (one pass over the prompt and the tokens once they come);
     # "prompt" the prompt, its KV cache kept, once the target's engine has started and it is
-    # about to trace (one pass over the tokens from the cache remains); "guess", while the
+    # ready to trace, while it waits (one pass over the tokens from the cache remains); "guess", while the
     # engine starts, the prompt, then its own greedy guess of the target's tokens and a pass
     # over the guess (nothing left to do after the target's tokens where it is right). None:
     # EKKA_AHEAD if set, else "guess" on four cores or more and "prompt" below. On two cores
     # the engine's start takes both: beside it a 113M model's prompt pass took 0.6 s instead
     # of 0.2, the guess 1.7-2.4 s instead of 0.5, and the whole diagnosis took 0.6-1.7 s
-    # longer than with nothing ahead; the target's traced request takes one core.
+    # longer than with nothing ahead.
     ahead: str | None = None
 
     @property
@@ -173,16 +175,24 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
 
         return run
 
-    def warm_analysis(scratch: Path) -> None:
+    def warm_analysis(scratch: Path | None) -> None:
         """The analysis' first run in a process costs more (its code and torch's and NumPy's
-        operations run cold): one run on the reference's scratch trace against itself."""
+        operations run cold): one run on the target's scratch trace (a short warm-up request)
+        against the references' (a short pass on other tokens), so that the paths the real
+        analysis takes (the target's names, fused modules, prefill and decode passes) are
+        warm. Made while the target waits, before its timed and traced requests."""
         t = time.perf_counter()
-        trace = TraceReader(scratch)
         try:
-            analyse(trace, {config.dtype: trace}, config.dtype, config.threshold)
+            if scratch is None or any(r.scratch is None for r in pending.values()) or not pending:
+                return
+            warm = {dtype: TraceReader(reference.scratch) for dtype, reference in pending.items()}
+            analyse(TraceReader(scratch), warm, config.dtype, config.threshold)
         except Exception as exc:  # a warm-up: the real analysis reports its own errors
             say(f"analysis warm-up failed ({type(exc).__name__}: {exc}); the analysis will run cold")
             return
+        finally:
+            for reference in pending.values():
+                reference.drop_scratch()
         seconds["analysis_warm_up"] = time.perf_counter() - t
 
     def load_references() -> None:
@@ -191,7 +201,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             pending[dtype] = ForcedReference(
                 spec("transformers", f"reference-{dtype}", dtype, max_tokens=config.max_tokens)
             )
-            pending[dtype].warm_up(then=warm_analysis if dtype == config.dtype else None)
+            pending[dtype].warm_up()
         seconds["reference_load"] = sum(r.timings["load"] for r in pending.values())
         if config.work_ahead != "guess":
             return
@@ -203,19 +213,18 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             pending[dtype].ahead(guess)
         seconds["reference_ahead"] = time.perf_counter() - t
 
-    def trace_prompt() -> None:
-        """Ahead "prompt": the references' prompt pass once the target's engine has started,
-        beside its tracing, on the cores its request leaves (its torch threads are fewer than
-        the cores here; during the engine's start both cores were taken)."""
-        if config.work_ahead != "prompt" or not pending:
-            return
-        marks["ahead_started_at"] = time.monotonic()
-        t = time.perf_counter()
-        say("reference: tracing the prompt")
-        with _threads_beside_writer([], lambda: False):
+    def when_ready(scratch: Path | None) -> None:
+        """The target is ready to trace and waits: with ahead "prompt", the references' prompt
+        pass (every core is this process's now; during the engine's start both were taken);
+        then the analysis' warm-up on the target's scratch trace."""
+        if config.work_ahead == "prompt" and pending:
+            marks["ahead_started_at"] = time.monotonic()
+            t = time.perf_counter()
+            say("reference: tracing the prompt")
             for dtype in dtypes:
                 pending[dtype].prompt()
-        seconds["reference_ahead"] = time.perf_counter() - t
+            seconds["reference_ahead"] = time.perf_counter() - t
+        warm_analysis(scratch)
 
     def follow(generated: list[int], written: Callable[[], bool] = lambda: True) -> None:
         marks["tokens_at"] = time.monotonic()
@@ -260,7 +269,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             after_generate=timed(replay_request),
             while_replaying=timed(analysis),
             while_starting=timed(load_references),
-            when_tracing=timed(trace_prompt),
+            when_tracing=timed(when_ready),
             when_tokens=timed(follow),
         )
     except CaptureError as exc:

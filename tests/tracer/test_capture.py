@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -200,11 +202,20 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
 
     from ekka.tracer.capture import capture
 
-    events, told = [], []
+    from ekka.tracer.trace import TraceReader
+
+    events, told, scratches = [], [], []
+
+    def ready(scratch):
+        events.append("tracing")
+        trace = TraceReader(scratch)  # the target's warm-up request, traced, while it waits
+        scratches.append((scratch, trace.framework, trace.manifest["complete"], trace.generated_ids, len(trace.records)))
+        time.sleep(0.3)
+
     target = capture(
         _spec(zoo_model("llama"), tmp_path / "t"),
         while_starting=lambda: events.append("starting"),
-        when_tracing=lambda: events.append("tracing"),
+        when_tracing=ready,
         when_tokens=lambda generated, written: (events.append("tokens"), told.append(generated)),
         after_generate=lambda generated: events.append("answer"),
     )
@@ -213,6 +224,11 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
     assert 1 <= target.manifest["threads"] <= (os.cpu_count() or 1)  # the traced request's torch threads
     timings = target.manifest["timings"]
     assert timings["tracing_told_at"] < timings["traced_started_at"] < target.manifest["closed_at"]
+    # the target waited for `when_tracing` before its timed and traced requests
+    assert timings["traced_started_at"] - timings["tracing_told_at"] >= 0.3 + 4 * timings["untraced_generate"]
+    (scratch, framework, complete, generated, records), = scratches
+    assert framework == "vllm" and complete and len(generated) == 2 and records > 0
+    assert not scratch.exists()  # removed once the caller was done with it
     assert timings["untraced_generate"] > 0  # the untraced request tracing is measured against
 
 

@@ -94,8 +94,11 @@ def test_following_without_a_guess_is_the_one_pass_teacher_forced_capture(zoo_mo
     if warm:  # its passes go to a scratch trace: nothing of them is left in the reference's
         reference.warm_up()
         assert "warm_up" in reference.timings and not reference.writer.records
+        scratch = reference.scratch  # kept for the caller's analysis warm-up, until the closing
+        assert [p.positions for p in TraceReader(scratch).passes] == [tuple(range(17))]
     assert reference.follow(generated) is None
     made = TraceReader(reference.close())
+    assert reference.scratch is None and not (warm and scratch.exists())
     expected = _one_pass(captured, "llama", generated)
     assert [p.positions for p in made.passes] == [p.positions for p in expected.passes]
     assert [r.name for r in made.records] == [r.name for r in expected.records]

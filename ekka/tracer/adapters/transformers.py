@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -217,15 +217,17 @@ class ForcedReference:
         self.forced: list[int] | None = None  # what the continuation pass was fed
         self.choices: list[int] = []  # the greedy choices at the continuation's positions
         self.guess_right: bool | None = None
+        self._scratch: Any = None  # warm_up's scratch trace (a TemporaryDirectory), while kept
 
-    def warm_up(self, then: Callable[[Path], None] | None = None) -> None:
+    def warm_up(self) -> None:
         """Passes on other tokens that leave `follow` only the cost of a warm pass: the first
         traced pass of a model in a process cost 2-3 times a later one (20-40 ms against 10
         on a tiny model: the classes' source lines read, kernels chosen per shape, the hooks'
         first calls). One untraced pass as long as `follow`'s (the prompt and all but the
-        last token), and one short pass traced into a scratch trace, which `then` gets while
-        it exists (the caller warms its analysis on it). Meant for the time the target's
-        engine starts."""
+        last token), and one short pass traced into a scratch trace, which is kept (`scratch`)
+        until `drop_scratch` or the closing: the caller may warm its analysis up on it. Its
+        17 positions cover a target's warm-up request of a 16-token prefill and one decode
+        step. Meant for the time the target's engine starts."""
         import tempfile
 
         import torch
@@ -239,15 +241,24 @@ class ForcedReference:
         feed = [(t + 1) % vocab for t in (prompt * (length // len(prompt) + 1))[:length]]
         with torch.no_grad():
             self.model(input_ids=torch.tensor([feed]), use_cache=False)
-        with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
-            writer = TraceWriter(scratch, _header(self.spec, self.model))
-            try:
-                self._traced_pass(feed[:16], 0, 0, None, writer=writer)
-            finally:
-                writer.close(complete=False)
-            if then is not None:
-                then(Path(scratch))
+        self.drop_scratch()
+        self._scratch = tempfile.TemporaryDirectory(prefix="ekka-warmup-")
+        writer = TraceWriter(self._scratch.name, _header(self.spec, self.model))
+        try:
+            self._traced_pass(feed[:17], 0, 0, None, writer=writer)
+        finally:
+            writer.close(complete=False)
         self.timings["warm_up"] = time.perf_counter() - started
+
+    @property
+    def scratch(self) -> Path | None:
+        """The folder of `warm_up`'s scratch trace, while it is kept."""
+        return None if self._scratch is None else Path(self._scratch.name)
+
+    def drop_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     def prompt(self) -> None:
         """Trace the prompt alone (written at once), keeping its KV cache: `follow` then only
@@ -350,6 +361,7 @@ class ForcedReference:
             recorder.remove()
 
     def close(self) -> Path:
+        self.drop_scratch()
         t = time.perf_counter()
         self.writer.flush()
         self.timings["write"] = time.perf_counter() - t
@@ -359,6 +371,7 @@ class ForcedReference:
         """Close, the last shard and the manifest written by a thread: a `PendingTrace`, whose
         reader reads the trace at once (the manifest's `write_seconds` tells the writing's
         time)."""
+        self.drop_scratch()
         return self.writer.close_in_background(**self._closing_fields())
 
     def _closing_fields(self) -> dict[str, Any]:
@@ -370,6 +383,7 @@ class ForcedReference:
         }
 
     def abandon(self) -> None:
+        self.drop_scratch()
         self.writer.close(complete=False)
 
 

@@ -32,6 +32,7 @@ from ekka.tracer.capture import (
     read_config,
     tell_parent,
     text_config,
+    wait_for_parent,
 )
 from ekka.tracer.hooks import source_location
 from ekka.tracer.replay import replay_modules  # here, not when the answer comes: it is awaited
@@ -89,10 +90,12 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
     """Capture `spec`. `after_generate(generated_ids) -> reference path | None` (in this process,
     or the parent's through `ask_parent` when started by `capture(..., after_generate=...)`)
     names the reference to replay on; without it, `spec.replay_reference` does.
-    `when_tracing()` (or the parent, told through the pipe) learns that tracing is about to
-    start (a short traced warm-up request, then the traced request); the timings'
-    `tracing_told_at` and `traced_started_at` and a manifest's `closed_at` are
-    `time.monotonic()` readings, comparable across the processes of one machine."""
+    `when_tracing(scratch)` (or the parent, told through the pipe) learns that the target is
+    ready to trace, with the folder of a short warm-up request's trace, and this process
+    waits until it returns (the parent: until it says to go on); the timed untraced requests
+    and the traced one follow. The timings' `tracing_told_at` and `traced_started_at` and a
+    manifest's `closed_at` are `time.monotonic()` readings, comparable across the processes
+    of one machine."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
@@ -134,7 +137,12 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         state: dict[str, Any] = {}
 
         def install(model: torch.nn.Module) -> str:
-            recorder = ModuleRecorder(state["writer"], model, modules=spec.modules, steps=spec.steps)
+            """Hooks on: the recorder's on every module, and the pass's and the logits'."""
+            recorder = state.get("recorder")
+            if recorder is None:
+                recorder = state["recorder"] = ModuleRecorder(state["writer"], model, modules=spec.modules, steps=spec.steps)
+                state["delegates"] = module_delegates(model)
+                state["root_source"] = source_location(type(model))
 
             def begin(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -158,15 +166,19 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
                 if isinstance(output, torch.Tensor) and output.numel():
                     recorder.record_tensor("logits", output.reshape(-1, output.shape[-1])[-1], kind="logits")
 
-            model.register_forward_pre_hook(begin, with_kwargs=True)
+            handles = [model.register_forward_pre_hook(begin, with_kwargs=True)]
             recorder.install()
             for name, module in model.named_modules():
                 if name.endswith("logits_processor"):
-                    module.register_forward_hook(logits)
-            state["recorder"] = recorder
-            state["delegates"] = module_delegates(model)
-            state["root_source"] = source_location(type(model))
+                    handles.append(module.register_forward_hook(logits))
+            state["handles"] = handles
             return type(model).__name__
+
+        def uninstall(model: torch.nn.Module) -> None:
+            """Hooks off (the untraced requests run as they would without Ekka)."""
+            for handle in state.pop("handles", []):
+                handle.remove()
+            state["recorder"].remove()
 
         timings = {"engine_start": time.perf_counter() - t_start}
         writer.header["threads"] = torch.get_num_threads()  # the traced request's torch threads
@@ -181,6 +193,26 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         vocab = int(text_config(header["model_config"]).get("vocab_size") or 2)
         warm = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
         llm.generate([{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}], warm, use_tqdm=False)
+        with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
+            scratch_prompt = [(t + 2) % vocab for t in spec.prompt_ids[:16]]
+            state["writer"] = TraceWriter(scratch, {**header, "prompt": None, "prompt_ids": scratch_prompt, "max_tokens": 2})
+            model_class = llm.apply_model(install)[0]
+            out = llm.generate([{"prompt_token_ids": scratch_prompt}], warm, use_tqdm=False)
+            state["recorder"].restart(writer)
+            llm.apply_model(uninstall)
+            # a complete trace, like the real one: the caller may warm its analysis up on it
+            state["writer"].close(
+                generated_ids=list(out[0].outputs[0].token_ids), model_class=model_class,
+                model_source=list(state["root_source"]), delegates=state["delegates"],
+            )
+            # Ready to trace: the caller's work that needs nothing from the target runs now,
+            # while this process waits, so that the timed and traced requests below run alone.
+            timings["tracing_told_at"] = time.monotonic()
+            if when_tracing is not None:
+                when_tracing(Path(scratch))
+            elif os.environ.get(CONTROL_ENV):
+                tell_parent(TRACING_EVENT, scratch=scratch)
+                wait_for_parent()
         # Then untraced requests like the traced one (as long, other tokens), timed: what
         # tracing costs is measured against the fastest, in this process and a moment apart (a
         # benchmark's baseline measured elsewhere or earlier carries this machine's drift).
@@ -193,19 +225,7 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
                 llm.generate([{"prompt_token_ids": [(t + shift) % vocab for t in spec.prompt_ids]}], full, use_tqdm=False)
             untraced.append(time.perf_counter() - t_untraced)
         timings["untraced_generate"] = min(untraced)
-        # About to trace (the scratch request, then the traced one): the caller's work that
-        # needs nothing from the target can run beside it now, after the timed requests.
-        timings["tracing_told_at"] = time.monotonic()
-        if when_tracing is not None:
-            when_tracing()
-        elif os.environ.get(CONTROL_ENV):
-            tell_parent(TRACING_EVENT)
-        with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
-            state["writer"] = TraceWriter(scratch, {}, shard_bytes=spec.shard_bytes)
-            model_class = llm.apply_model(install)[0]
-            llm.generate([{"prompt_token_ids": [(t + 2) % vocab for t in spec.prompt_ids[:16]]}], warm, use_tqdm=False)
-            state["recorder"].restart(writer)
-            state["writer"].close(complete=False)
+        llm.apply_model(install)
         timings["warmup"] = time.perf_counter() - t_warm
         timings["traced_started_at"] = time.monotonic()
         t_run = time.perf_counter()
