@@ -201,7 +201,6 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
     import os
 
     from ekka.tracer.capture import capture
-
     from ekka.tracer.trace import TraceReader
 
     events, told, scratches = [], [], []
