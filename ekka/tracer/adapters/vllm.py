@@ -195,7 +195,10 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         llm.generate([{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}], warm, use_tqdm=False)
         with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
             scratch_prompt = [(t + 2) % vocab for t in spec.prompt_ids[:16]]
-            state["writer"] = TraceWriter(scratch, {**header, "prompt": None, "prompt_ids": scratch_prompt, "max_tokens": 2})
+            state["writer"] = TraceWriter(
+                scratch, {**header, "prompt": None, "prompt_ids": scratch_prompt, "max_tokens": 2},
+                shard_bytes=spec.shard_bytes,
+            )
             model_class = llm.apply_model(install)[0]
             out = llm.generate([{"prompt_token_ids": scratch_prompt}], warm, use_tqdm=False)
             state["recorder"].restart(writer)
