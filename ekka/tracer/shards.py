@@ -106,6 +106,7 @@ class ShardFile:
         except (OSError, ValueError, struct.error) as exc:
             raise TraceFormatError(f"{self.path} is not a readable tensor shard ({exc}).") from None
         self._start = 8 + length
+        self.size = len(self._map)  # bytes of the file, mapped
         self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)
         self._typed: dict[torch.dtype, torch.Tensor] = {}  # the data as one tensor of each dtype
 

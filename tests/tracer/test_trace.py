@@ -491,3 +491,26 @@ def test_manifest_header_values_are_written_as_json_would(tmp_path):
     manifest = TraceReader(tmp_path / "t").manifest
     assert manifest["model"] == "/models/tiny" and manifest["by_layer"] == {"0": "a"}
     assert manifest["complete"] is True and manifest["write_seconds"] >= 0
+
+
+def test_a_reader_keeps_two_small_shards_open_and_one_large(tmp_path, monkeypatch):
+    from ekka.tracer import trace as trace_module
+
+    tensors = _write(tmp_path / "t", n=20, shard_bytes=4096)
+    reader = TraceReader(tmp_path / "t")
+    shards = reader.manifest["key_shards"]
+    first, last = reader.records[0], reader.records[-1]
+    assert shards[first.outputs[0].key] != shards[last.outputs[0].key]
+
+    def read_in_turn():
+        for _ in range(2):  # every read right, whichever shards stay open
+            assert torch.equal(reader.outputs(first)[0], tensors[0])
+            assert torch.equal(reader.outputs(last)[0], tensors[19])
+        return sorted(reader._handles)
+
+    assert read_in_turn() == sorted({shards[first.outputs[0].key], shards[last.outputs[0].key]})
+    # shards whose files together pass the budget: one open at a time (their read pages count
+    # in the process's resident memory)
+    monkeypatch.setattr(trace_module, "OPEN_BYTES", max(h.size for h in reader._handles.values()) + 1)
+    reader._handles.clear()
+    assert read_in_turn() == [shards[last.outputs[0].key]]
