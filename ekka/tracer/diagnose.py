@@ -11,9 +11,9 @@
    waits until the target is ready to trace (`ahead` "prompt"). The target waits for it,
    and for the analysis' warm-up on the target's own warm-up trace, before its timed and
    traced requests: those run while this process is idle (on two cores vLLM's two threads
-   took twice as long beside a busy process). Once the target has its tokens, one traced pass over the tokens from the
-   prompt's cache (none where the guess was right; over the prompt and the tokens with
-   `ahead` "off").
+   took twice as long beside a busy process). Once the target has its tokens, one traced
+   pass over the tokens from the prompt's cache (none where the guess was right; over the
+   prompt and the tokens with `ahead` "off").
 3. Each aligned component gets its robust error ratio; the change point names the suspects.
    Meanwhile the target's process replays its leaf modules on the reference's inputs; told
    the suspects, it makes sure they are replayed and stops. The replay's verdict joins them.
@@ -57,9 +57,10 @@ class DiagnoseConfig:
     # What the reference traces before the target's tokens come, needing nothing from the
     # target: "off" nothing (one pass over the prompt and the tokens once they come);
     # "prompt" the prompt, its KV cache kept, once the target's engine has started and it is
-    # ready to trace, while it waits (one pass over the tokens from the cache remains); "guess", while the
-    # engine starts, the prompt, then its own greedy guess of the target's tokens and a pass
-    # over the guess (nothing left to do after the target's tokens where it is right). None:
+    # ready to trace, while it waits (one pass over the tokens from the cache remains);
+    # "guess", while the engine starts, the prompt, then its own greedy guess of the target's
+    # tokens and a pass over the guess (nothing left to do after the target's tokens where it
+    # is right). None:
     # EKKA_AHEAD if set, else "guess" on four cores or more and "prompt" below. On two cores
     # the engine's start takes both: beside it a 113M model's prompt pass took 0.6 s instead
     # of 0.2, the guess 1.7-2.4 s instead of 0.5, and the whole diagnosis took 0.6-1.7 s
@@ -183,7 +184,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         warm. Made while the target waits, before its timed and traced requests."""
         t = time.perf_counter()
         try:
-            if scratch is None or any(r.scratch is None for r in pending.values()) or not pending:
+            if not pending or scratch is None or any(r.scratch is None for r in pending.values()):
                 return
             warm = {dtype: TraceReader(reference.scratch) for dtype, reference in pending.items()}
             analyse(TraceReader(scratch), warm, config.dtype, config.threshold)
