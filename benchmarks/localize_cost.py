@@ -237,22 +237,21 @@ def _transformers_run(hf: Any, ids: list[int], n: int, vocab: int, round_index: 
     the fastest of three on one thread and three on every thread, the collector paused (as the
     capture's untraced requests): the conservative figure, whichever the diagnosis' reference
     uses."""
-    import gc
-
     import torch
+
+    from ekka.tracer.capture import collector_paused
 
     before = torch.get_num_threads()
     best = math.inf
-    gc.disable()
     try:
-        for threads in sorted({1, before}):
-            torch.set_num_threads(threads)
-            for k in range(3):
-                shifted = [(t + 11 * (round_index + k + 1)) % vocab for t in ids]
-                best = min(best, greedy_seconds(hf, shifted, n))
+        with collector_paused():
+            for threads in sorted({1, before}):
+                torch.set_num_threads(threads)
+                for k in range(3):
+                    shifted = [(t + 11 * (round_index + k + 1)) % vocab for t in ids]
+                    best = min(best, greedy_seconds(hf, shifted, n))
     finally:
         torch.set_num_threads(before)
-        gc.enable()
     return best
 
 

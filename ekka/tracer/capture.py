@@ -266,6 +266,9 @@ TokensHook = Callable[[list[int], Callable[[], bool]], None]
 # modules the replay must cover (the target replays those it has not reached, and stops).
 ReplayingHook = Callable[[], "list[str] | None"]
 TRACING_EVENT = "tracing"
+# The target's traced warm-up request: this many prompt tokens (a prefill) and one decode step;
+# a reference's scratch pass covers its positions.
+WARMUP_PROMPT_TOKENS = 16
 TOKENS_EVENT = "tokens"
 CONTROL_ENV = "EKKA_CAPTURE_CONTROL"  # "WRITE_FD,READ_FD" of the pipes to the parent
 
@@ -297,8 +300,8 @@ def capture(
     engine started, a short request traced into the scratch trace in folder `scratch`, which
     exists until it returns), while the target waits: the target's timed untraced requests
     and its traced one come after it, so that they never share the cores with this process's
-    work. `when_tokens(generated, written)` runs as soon as the target
-    has its tokens, while its process still writes the trace (teacher forcing can start there);
+    work. `when_tokens(generated, written)` runs as soon as the target has its tokens, while
+    its process still writes the trace (teacher forcing can start there);
     `written()` tells, without waiting, whether the target has finished writing;
     `after_generate` follows once the trace is written. They too are vLLM only.
 

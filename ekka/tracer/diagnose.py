@@ -60,11 +60,10 @@ class DiagnoseConfig:
     # ready to trace, while it waits (one pass over the tokens from the cache remains);
     # "guess", while the engine starts, the prompt, then its own greedy guess of the target's
     # tokens and a pass over the guess (nothing left to do after the target's tokens where it
-    # is right). None:
-    # EKKA_AHEAD if set, else "guess" on four cores or more and "prompt" below. On two cores
-    # the engine's start takes both: beside it a 113M model's prompt pass took 0.6 s instead
-    # of 0.2, the guess 1.7-2.4 s instead of 0.5, and the whole diagnosis took 0.6-1.7 s
-    # longer than with nothing ahead.
+    # is right). None: EKKA_AHEAD if set, else "guess" on four cores or more and "prompt"
+    # below. On two cores the engine's start takes both: beside it a 113M model's prompt pass
+    # took 0.6 s instead of 0.2, the guess 1.7-2.4 s instead of 0.5, and the whole diagnosis
+    # took 0.6-1.7 s longer than with nothing ahead.
     ahead: str | None = None
 
     @property

@@ -152,10 +152,10 @@ def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtype):
-    """The reference's prompt pass (once the target is about to trace), and its guess of the
-    target's tokens (while the engine starts), must not change the diagnosis: the same suspects, ratios within rounding.
-    The patched vLLM's tokens differ from the reference's guess here, so the follow-up pass
-    runs too."""
+    """The reference's prompt pass (once the target is ready to trace), and its guess of the
+    target's tokens (while the engine starts), must not change the diagnosis: the same
+    suspects, ratios within rounding. The patched vLLM's tokens differ from the reference's
+    guess here, so the follow-up pass runs too."""
     from importlib.resources import files
     from pathlib import Path
 

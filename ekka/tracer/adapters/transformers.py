@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.capture import CaptureSpec
+from ekka.tracer.capture import WARMUP_PROMPT_TOKENS, CaptureSpec
 
 
 @contextmanager
@@ -226,8 +226,8 @@ class ForcedReference:
         first calls). One untraced pass as long as `follow`'s (the prompt and all but the
         last token), and one short pass traced into a scratch trace, which is kept (`scratch`)
         until `drop_scratch` or the closing: the caller may warm its analysis up on it. Its
-        17 positions cover a target's warm-up request of a 16-token prefill and one decode
-        step. Meant for the time the target's engine starts."""
+        positions cover the target's traced warm-up request (`WARMUP_PROMPT_TOKENS` and one
+        decode step). Meant for the time the target's engine starts."""
         import tempfile
 
         import torch
@@ -245,7 +245,7 @@ class ForcedReference:
         self._scratch = tempfile.TemporaryDirectory(prefix="ekka-warmup-")
         writer = TraceWriter(self._scratch.name, _header(self.spec, self.model))
         try:
-            self._traced_pass(feed[:17], 0, 0, None, writer=writer)
+            self._traced_pass(feed[: WARMUP_PROMPT_TOKENS + 1], 0, 0, None, writer=writer)
         finally:
             writer.close(complete=False)
         self.timings["warm_up"] = time.perf_counter() - started

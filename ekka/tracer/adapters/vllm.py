@@ -25,6 +25,7 @@ from ekka.tracer.capture import (
     NOT_YET,
     TOKENS_EVENT,
     TRACING_EVENT,
+    WARMUP_PROMPT_TOKENS,
     CaptureSpec,
     ParentMessages,
     ask_parent,
@@ -194,7 +195,7 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         warm = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
         llm.generate([{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}], warm, use_tqdm=False)
         with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
-            scratch_prompt = [(t + 2) % vocab for t in spec.prompt_ids[:16]]
+            scratch_prompt = [(t + 2) % vocab for t in spec.prompt_ids[:WARMUP_PROMPT_TOKENS]]
             state["writer"] = TraceWriter(
                 scratch, {**header, "prompt": None, "prompt_ids": scratch_prompt, "max_tokens": 2},
                 shard_bytes=spec.shard_bytes,
@@ -216,6 +217,7 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
             elif os.environ.get(CONTROL_ENV):
                 tell_parent(TRACING_EVENT, scratch=scratch)
                 wait_for_parent()
+            timings["waited_for_caller"] = time.monotonic() - timings["tracing_told_at"]
         # Then untraced requests like the traced one (as long, other tokens), timed: what
         # tracing costs is measured against the fastest, in this process and a moment apart (a
         # benchmark's baseline measured elsewhere or earlier carries this machine's drift).
@@ -229,7 +231,7 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
             untraced.append(time.perf_counter() - t_untraced)
         timings["untraced_generate"] = min(untraced)
         llm.apply_model(install)
-        timings["warmup"] = time.perf_counter() - t_warm
+        timings["warmup"] = time.perf_counter() - t_warm - timings["waited_for_caller"]  # this process's own
         timings["traced_started_at"] = time.monotonic()
         t_run = time.perf_counter()
         with collector_paused():  # the hooks' thousands of small objects set off no collection
