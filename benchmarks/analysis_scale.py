@@ -25,12 +25,27 @@ from pathlib import Path
 
 import torch
 
-LAYERS, HIDDEN, MLP, HEADS, KV_HEADS, HEAD_DIM, TOKENS, VOCAB = 32, 4096, 14336, 32, 8, 128, 512, 128256
+LAYERS, HIDDEN, MLP, HEADS, KV_HEADS, HEAD_DIM, TOKENS, VOCAB = (
+    32,
+    4096,
+    14336,
+    32,
+    8,
+    128,
+    512,
+    128256,
+)
 BUG_LAYER = 20
 CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-    "intermediate_size": MLP, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-    "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "vocab_size": VOCAB,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": HIDDEN,
+    "intermediate_size": MLP,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS,
+    "head_dim": HEAD_DIM,
+    "vocab_size": VOCAB,
 }
 
 
@@ -39,9 +54,17 @@ def _writers(root: Path) -> dict[str, object]:
 
     ids = tuple(range(1, TOKENS + 1))
     out = {}
-    for name, framework, dtype in (("target", "vllm", "bfloat16"), ("reference-bfloat16", "transformers", "bfloat16"),
-                                   ("reference-float32", "transformers", "float32")):
-        header = {"framework": framework, "dtype": dtype, "prompt_ids": list(ids), "model_config": CONFIG}
+    for name, framework, dtype in (
+        ("target", "vllm", "bfloat16"),
+        ("reference-bfloat16", "transformers", "bfloat16"),
+        ("reference-float32", "transformers", "float32"),
+    ):
+        header = {
+            "framework": framework,
+            "dtype": dtype,
+            "prompt_ids": list(ids),
+            "model_config": CONFIG,
+        }
         writer = TraceWriter(root / name, header)
         writer.add_pass(PassInfo(index=0, step=0, input_ids=ids, positions=tuple(range(TOKENS))))
         out[name] = writer
@@ -55,27 +78,67 @@ class Synth:
         self.w = _writers(root)
         self.calls = {k: 0 for k in self.w}
         self.gen = torch.Generator().manual_seed(0)
-        self.drift = 1.0  # from the bug on, every target output is off by this factor, as errors propagate
+        self.drift = (
+            1.0  # from the bug on, every target output is off by this factor, as errors propagate
+        )
 
     def noisy(self, y: torch.Tensor, scale: float = 4e-3) -> torch.Tensor:
         return (y + scale * y.abs().mean() * torch.randn(y.shape, generator=self.gen)).bfloat16()
 
-    def add(self, trace: str, name: str, cls: str, outputs: list, inputs: dict | None = None) -> None:
+    def add(
+        self, trace: str, name: str, cls: str, outputs: list, inputs: dict | None = None
+    ) -> None:
         if trace == "target" and self.drift != 1.0:
-            outputs = [o if o is None or not o.is_floating_point() else (o.float() * self.drift).to(o.dtype) for o in outputs]
-        self.w[trace].add(name=name, module_class=cls, source_file="synthetic.py", source_line=1, step=0,
-                          pass_index=0, call_index=self.calls[trace], outputs=outputs, inputs=inputs, leaf=inputs is not None)
+            outputs = [
+                o
+                if o is None or not o.is_floating_point()
+                else (o.float() * self.drift).to(o.dtype)
+                for o in outputs
+            ]
+        self.w[trace].add(
+            name=name,
+            module_class=cls,
+            source_file="synthetic.py",
+            source_line=1,
+            step=0,
+            pass_index=0,
+            call_index=self.calls[trace],
+            outputs=outputs,
+            inputs=inputs,
+            leaf=inputs is not None,
+        )
         self.calls[trace] += 1
 
-    def both(self, target_name: str, ref_name: str, cls: str, y: torch.Tensor, *, x_t: torch.Tensor | None = None,
-             target_extra: list | None = None, inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def both(
+        self,
+        target_name: str,
+        ref_name: str,
+        cls: str,
+        y: torch.Tensor,
+        *,
+        x_t: torch.Tensor | None = None,
+        target_extra: list | None = None,
+        inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Target gets x_t (default: y with bf16 noise); references get y (fp32) and y with noise (bf16)."""
         x_r = self.noisy(y)
         x_t = self.noisy(y) if x_t is None else x_t
         in_t = None if inputs is None else {"0": inputs[1]}
         self.add("target", target_name, cls, [x_t] + (target_extra or []), in_t)
-        self.add("reference-bfloat16", ref_name, cls, [x_r[None]], None if inputs is None else {"0": inputs[1][None]})
-        self.add("reference-float32", ref_name, cls, [y[None]], None if inputs is None else {"0": inputs[0][None]})
+        self.add(
+            "reference-bfloat16",
+            ref_name,
+            cls,
+            [x_r[None]],
+            None if inputs is None else {"0": inputs[1][None]},
+        )
+        self.add(
+            "reference-float32",
+            ref_name,
+            cls,
+            [y[None]],
+            None if inputs is None else {"0": inputs[0][None]},
+        )
 
     def close(self) -> None:
         for writer in self.w.values():
@@ -96,46 +159,130 @@ def write(root: Path) -> None:
         q, k, v = r(TOKENS, q_w), r(TOKENS, kv_w), r(TOKENS, kv_w)
         n_in = (normed, normed.bfloat16())
         # fused qkv on the target, three projections on the reference
-        s.add("target", f"{p}.self_attn.qkv_proj", "QKVParallelLinear", [s.noisy(torch.cat([q, k, v], -1)), None], {"0": n_in[1]})
+        s.add(
+            "target",
+            f"{p}.self_attn.qkv_proj",
+            "QKVParallelLinear",
+            [s.noisy(torch.cat([q, k, v], -1)), None],
+            {"0": n_in[1]},
+        )
         for name, t in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
-            s.add("reference-bfloat16", f"{p}.self_attn.{name}", "Linear", [s.noisy(t)[None]], {"0": n_in[1][None]})
-            s.add("reference-float32", f"{p}.self_attn.{name}", "Linear", [t[None]], {"0": n_in[0][None]})
+            s.add(
+                "reference-bfloat16",
+                f"{p}.self_attn.{name}",
+                "Linear",
+                [s.noisy(t)[None]],
+                {"0": n_in[1][None]},
+            )
+            s.add(
+                "reference-float32",
+                f"{p}.self_attn.{name}",
+                "Linear",
+                [t[None]],
+                {"0": n_in[0][None]},
+            )
         qr, kr = r(TOKENS, q_w), r(TOKENS, kv_w)
-        s.add("target", f"{p}.self_attn.rotary_emb", "RotaryEmbedding", [s.noisy(qr), s.noisy(kr)],
-              {"0": torch.arange(TOKENS), "1": q.bfloat16(), "2": k.bfloat16()})
+        s.add(
+            "target",
+            f"{p}.self_attn.rotary_emb",
+            "RotaryEmbedding",
+            [s.noisy(qr), s.noisy(kr)],
+            {"0": torch.arange(TOKENS), "1": q.bfloat16(), "2": k.bfloat16()},
+        )
         heads = lambda t, h: t.reshape(1, TOKENS, h, HEAD_DIM).transpose(1, 2)  # noqa: E731
         for trace, f in (("reference-bfloat16", s.noisy), ("reference-float32", lambda t: t)):
-            s.add(trace, f"{p}.self_attn.apply_rotary_pos_emb", "apply_rotary_pos_emb",
-                  [heads(f(qr), HEADS), heads(f(kr), KV_HEADS)], {"q": heads(q, HEADS), "k": heads(k, KV_HEADS)})
+            s.add(
+                trace,
+                f"{p}.self_attn.apply_rotary_pos_emb",
+                "apply_rotary_pos_emb",
+                [heads(f(qr), HEADS), heads(f(kr), KV_HEADS)],
+                {"q": heads(q, HEADS), "k": heads(k, KV_HEADS)},
+            )
         attn, o = r(TOKENS, q_w), r(TOKENS, HIDDEN)
-        s.add("target", f"{p}.self_attn.attn", "Attention", [s.noisy(attn)], {"0": qr.bfloat16(), "1": kr.bfloat16(), "2": v.bfloat16()})
-        s.both(f"{p}.self_attn.o_proj", f"{p}.self_attn.o_proj", "Linear", o, target_extra=[None], inputs=(attn, attn.bfloat16()))
+        s.add(
+            "target",
+            f"{p}.self_attn.attn",
+            "Attention",
+            [s.noisy(attn)],
+            {"0": qr.bfloat16(), "1": kr.bfloat16(), "2": v.bfloat16()},
+        )
+        s.both(
+            f"{p}.self_attn.o_proj",
+            f"{p}.self_attn.o_proj",
+            "Linear",
+            o,
+            target_extra=[None],
+            inputs=(attn, attn.bfloat16()),
+        )
         s.both(f"{p}.self_attn", f"{p}.self_attn", "LlamaAttention", o)
         residual = hidden + o
         normed2 = r(TOKENS, HIDDEN)
         x_t = s.noisy(normed2)
-        s.add("target", f"{p}.post_attention_layernorm", "RMSNorm", [x_t, s.noisy(residual)], {"0": o.bfloat16(), "1": hidden.bfloat16()})
+        s.add(
+            "target",
+            f"{p}.post_attention_layernorm",
+            "RMSNorm",
+            [x_t, s.noisy(residual)],
+            {"0": o.bfloat16(), "1": hidden.bfloat16()},
+        )
         for trace, f in (("reference-bfloat16", s.noisy), ("reference-float32", lambda t: t)):
-            s.add(trace, f"{p}.post_attention_layernorm", "RMSNorm", [f(normed2)[None]], {"0": f(residual)[None]})
+            s.add(
+                trace,
+                f"{p}.post_attention_layernorm",
+                "RMSNorm",
+                [f(normed2)[None]],
+                {"0": f(residual)[None]},
+            )
         gate, up = r(TOKENS, MLP), r(TOKENS, MLP)
-        s.add("target", f"{p}.mlp.gate_up_proj", "MergedColumnParallelLinear", [s.noisy(torch.cat([gate, up], -1)), None], {"0": normed2.bfloat16()})
+        s.add(
+            "target",
+            f"{p}.mlp.gate_up_proj",
+            "MergedColumnParallelLinear",
+            [s.noisy(torch.cat([gate, up], -1)), None],
+            {"0": normed2.bfloat16()},
+        )
         act = torch.nn.functional.silu(gate) * up
         if i == BUG_LAYER:
             s.drift = 1.05
-        s.add("target", f"{p}.mlp.act_fn", "SiluAndMul", [s.noisy(act)], {"0": torch.cat([gate, up], -1).bfloat16()})
+        s.add(
+            "target",
+            f"{p}.mlp.act_fn",
+            "SiluAndMul",
+            [s.noisy(act)],
+            {"0": torch.cat([gate, up], -1).bfloat16()},
+        )
         for trace, f in (("reference-bfloat16", s.noisy), ("reference-float32", lambda t: t)):
             s.add(trace, f"{p}.mlp.gate_proj", "Linear", [f(gate)[None]], {"0": f(normed2)[None]})
             s.add(trace, f"{p}.mlp.up_proj", "Linear", [f(up)[None]], {"0": f(normed2)[None]})
         down = r(TOKENS, HIDDEN)
-        s.both(f"{p}.mlp.down_proj", f"{p}.mlp.down_proj", "Linear", down, target_extra=[None], inputs=(act, act.bfloat16()))
+        s.both(
+            f"{p}.mlp.down_proj",
+            f"{p}.mlp.down_proj",
+            "Linear",
+            down,
+            target_extra=[None],
+            inputs=(act, act.bfloat16()),
+        )
         s.both(f"{p}.mlp", f"{p}.mlp", "LlamaMLP", down)
         hidden = residual + down
-        s.add("target", p, "LlamaDecoderLayer", [s.noisy(hidden) - residual.bfloat16(), residual.bfloat16()])
+        s.add(
+            "target",
+            p,
+            "LlamaDecoderLayer",
+            [s.noisy(hidden) - residual.bfloat16(), residual.bfloat16()],
+        )
         for trace, f in (("reference-bfloat16", s.noisy), ("reference-float32", lambda t: t)):
             s.add(trace, p, "LlamaDecoderLayer", [f(hidden)[None]])
         print(f"wrote layer {i}", file=sys.stderr, flush=True)
     final = r(TOKENS, HIDDEN)
-    s.both("model.norm", "model.norm", "RMSNorm", final, target_extra=[hidden.bfloat16()], inputs=(hidden, hidden.bfloat16()))
+    s.both(
+        "model.norm",
+        "model.norm",
+        "RMSNorm",
+        final,
+        target_extra=[hidden.bfloat16()],
+        inputs=(hidden, hidden.bfloat16()),
+    )
     logits = r(TOKENS, VOCAB)
     s.add("target", "logits_processor", "LogitsProcessor", [s.noisy(logits[-1:])])
     s.add("reference-bfloat16", "logits", "logits", [s.noisy(logits)])
@@ -159,11 +306,17 @@ def analyze(root: Path) -> None:
     result = localize(comparisons)
     elapsed = time.perf_counter() - start
     size = sum(f.stat().st_size for d in root.iterdir() for f in d.iterdir()) / 1e9
-    print(json.dumps({
-        "seconds": round(elapsed, 1), "comparisons": len(comparisons), "trace_gb": round(size, 1),
-        "change_point": result.suspects[0].component if result.suspects else None,
-        "unmapped": sorted(mapping.unmapped),
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": round(elapsed, 1),
+                "comparisons": len(comparisons),
+                "trace_gb": round(size, 1),
+                "change_point": result.suspects[0].component if result.suspects else None,
+                "unmapped": sorted(mapping.unmapped),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

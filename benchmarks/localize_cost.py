@@ -68,7 +68,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BASELINE = r'''
+BASELINE = r"""
 import json, os, statistics, sys, time
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"; os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 import torch
@@ -90,7 +90,7 @@ from localize_cost import greedy_seconds
 hf_runs = [greedy_seconds(hf, ids, n) for _ in range(6)]
 print(json.dumps({"vllm": statistics.median(vllm_runs[1:]), "transformers": statistics.median(hf_runs[1:]),
                   "vllm_first": vllm_runs[0], "transformers_first": hf_runs[0]}))
-'''
+"""
 
 
 def main() -> None:
@@ -106,14 +106,29 @@ def main() -> None:
     from ekka.tracer.localize import matches_truth
     from ekka.tracer.trace import TraceReader, is_trace
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "bench" / "cases")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cases",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "bench" / "cases",
+    )
     parser.add_argument("--case", default="llama-rmsnorm-eps-ignored")
     parser.add_argument("--runs", type=int, default=7, help="rounds (baseline + localization each)")
     parser.add_argument("--work", type=Path, default=Path(".ekka/localize-cost"))
-    parser.add_argument("--set", action="append", default=[], help="model config override key=value (a larger model)")
-    parser.add_argument("--ahead", choices=("auto", "off", "prompt", "guess"), default="auto",
-                        help="what the reference traces before the target's tokens (auto: guess on 4 cores or more, else prompt)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="model config override key=value (a larger model)",
+    )
+    parser.add_argument(
+        "--ahead",
+        choices=("auto", "off", "prompt", "guess"),
+        default="auto",
+        help="what the reference traces before the target's tokens (auto: guess on 4 cores or more, else prompt)",
+    )
     args = parser.parse_args()
     case = find_cases(args.cases, [args.case])[0]
     if args.set:
@@ -129,47 +144,79 @@ def main() -> None:
     src_root.mkdir(parents=True)
     copy_sources(installed_framework_dir(case.framework), src_root)
     apply_patch(case.path / "bug.patch", src_root)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src_root.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(src_root.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
     costs, works, walls, parts, baselines, ratios, found, guesses = [], [], [], [], [], [], [], []
     paired, paired_ratios = [], []
     import torch
     from transformers import AutoModelForCausalLM
 
     # the paired baseline's transformers model, loaded once in this process (excluded)
-    hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=getattr(torch, case.dtype), attn_implementation="eager").eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(model), dtype=getattr(torch, case.dtype), attn_implementation="eager"
+    ).eval()
     vocab = hf.get_input_embeddings().num_embeddings
     for i in range(args.runs):
         # each round measures its own baseline right before its localization: this machine's
         # speed drifts over minutes, and a ratio of figures taken apart would carry the drift
-        proc = subprocess.run([sys.executable, "-c", BASELINE, str(model), json.dumps(ids), str(case.max_tokens), case.dtype,
-                               str(Path(__file__).resolve().parent)],
-                              capture_output=True, text=True, check=True, env=env)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                BASELINE,
+                str(model),
+                json.dumps(ids),
+                str(case.max_tokens),
+                case.dtype,
+                str(Path(__file__).resolve().parent),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
         baseline = json.loads(proc.stdout.strip().splitlines()[-1])
         baselines.append(baseline)
         shutil.rmtree(args.work / f"run{i}", ignore_errors=True)
         start = time.perf_counter()
-        diagnosis = run_diagnosis(DiagnoseConfig(model=str(model), prompt_ids=tuple(ids), workdir=str(args.work / f"run{i}"),
-                                                 dtype=case.dtype, max_tokens=case.max_tokens,
-                                                 target_pythonpath=(str(src_root.resolve()),),
-                                                 ahead=None if args.ahead == "auto" else args.ahead))
+        diagnosis = run_diagnosis(
+            DiagnoseConfig(
+                model=str(model),
+                prompt_ids=tuple(ids),
+                workdir=str(args.work / f"run{i}"),
+                dtype=case.dtype,
+                max_tokens=case.max_tokens,
+                target_pythonpath=(str(src_root.resolve()),),
+                ahead=None if args.ahead == "auto" else args.ahead,
+            )
+        )
         walls.append(time.perf_counter() - start)
         run = args.work / f"run{i}"
         target_manifest = TraceReader(run / "target").manifest
         timings = target_manifest.get("timings", {})
         s = diagnosis.seconds
         replay = run / "target" / "replay"
-        replay_manifest = TraceReader(replay).manifest if is_trace(replay) else {}  # none: the replay failed
+        replay_manifest = (
+            TraceReader(replay).manifest if is_trace(replay) else {}
+        )  # none: the replay failed
         # the target replays while this process analyses: the later of the two ends the window
         ended = max(replay_manifest.get("closed_at", 0.0), diagnosis.marks["analysed_at"])
         window = ended - timings["traced_started_at"] + s["confirm"]
         part = {
             "target_traced_generate": timings.get("traced_generate", 0),
             "target_write": target_manifest.get("write_seconds", 0),
-            "reference_ahead": s.get("reference_ahead", 0),  # while the engine starts: not in the window
+            "reference_ahead": s.get(
+                "reference_ahead", 0
+            ),  # while the engine starts: not in the window
             "reference_after": s["reference"],
             "reference_write": s.get("reference_write", 0),  # by a thread, beside the analysis
             "analysis": s["analysis"],
-            "target_replay": replay_manifest.get("timings", {}).get("replay", 0) + replay_manifest.get("write_seconds", 0),
+            "target_replay": replay_manifest.get("timings", {}).get("replay", 0)
+            + replay_manifest.get("write_seconds", 0),
             "confirm": s["confirm"],
         }
         parts.append(part)
@@ -178,42 +225,61 @@ def main() -> None:
         ratios.append(costs[-1] / (baseline["vllm"] + baseline["transformers"]))
         # the paired baseline: the untraced request the target's process made just before its
         # traced one, and the transformers loop in this process just after the diagnosis
-        pair = {"vllm": timings["untraced_generate"], "transformers": _transformers_run(hf, ids, case.max_tokens, vocab, i)}
+        pair = {
+            "vllm": timings["untraced_generate"],
+            "transformers": _transformers_run(hf, ids, case.max_tokens, vocab, i),
+        }
         paired.append(pair)
         paired_ratios.append(costs[-1] / (pair["vllm"] + pair["transformers"]))
         guesses.append(TraceReader(run / f"reference-{case.dtype}").manifest.get("guess_right"))
         suspects = [sus.component for sus in diagnosis.localization.suspects]
         found.append(bool(suspects) and matches_truth(suspects[0], case.truth_components))
-        print(f"round {i + 1}/{args.runs}: top suspect {suspects[0] if suspects else None}, guess right {guesses[-1]}, localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {pair['vllm']:.3f} s "
-              f"+ transformers {pair['transformers']:.3f} s, ratio {paired_ratios[-1]:.2f} (separate baseline: vLLM "
-              f"{baseline['vllm']:.3f} s + transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f}) "
-              f"({', '.join(f'{k} {v:.3f}' for k, v in part.items())})", file=sys.stderr)
+        print(
+            f"round {i + 1}/{args.runs}: top suspect {suspects[0] if suspects else None}, guess right {guesses[-1]}, localization {costs[-1]:.3f} s (work {works[-1]:.3f} s), untraced vLLM {pair['vllm']:.3f} s "
+            f"+ transformers {pair['transformers']:.3f} s, ratio {paired_ratios[-1]:.2f} (separate baseline: vLLM "
+            f"{baseline['vllm']:.3f} s + transformers {baseline['transformers']:.3f} s, ratio {ratios[-1]:.2f}) "
+            f"({', '.join(f'{k} {v:.3f}' for k, v in part.items())})",
+            file=sys.stderr,
+        )
 
     def median(key: str) -> float:
         return round(statistics.median(b[key] for b in baselines), 3)
 
     middle = sorted(range(len(costs)), key=costs.__getitem__)[len(costs) // 2]
-    print(json.dumps({
-        "case": case.id,
-        "rounds": args.runs,
-        "ratio_median": round(statistics.median(paired_ratios), 2),  # against the paired baseline
-        "ratios": [round(r, 2) for r in paired_ratios],
-        "paired_vllm_s_median": round(statistics.median(p["vllm"] for p in paired), 3),
-        "paired_transformers_s_median": round(statistics.median(p["transformers"] for p in paired), 3),
-        "separate_ratio_median": round(statistics.median(ratios), 2),
-        "separate_ratios": [round(r, 2) for r in ratios],
-        "top1_found": sum(found),
-        "guess_right": sum(g is True for g in guesses),
-        "localization_s_median": round(statistics.median(costs), 3),
-        "work_s_median": round(statistics.median(works), 3),
-        "work_ratio_median": round(statistics.median(w / (b["vllm"] + b["transformers"]) for w, b in zip(works, paired)), 2),
-        "separate_vllm_s_median": median("vllm"),
-        "separate_transformers_s_median": median("transformers"),
-        "first_request_vllm_s_median": median("vllm_first"),
-        "first_request_transformers_s_median": median("transformers_first"),
-        "wall_with_process_and_engine_start_s_median": round(statistics.median(walls), 1),
-        "parts_of_median_run": {k: round(v, 3) for k, v in parts[middle].items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "case": case.id,
+                "rounds": args.runs,
+                "ratio_median": round(
+                    statistics.median(paired_ratios), 2
+                ),  # against the paired baseline
+                "ratios": [round(r, 2) for r in paired_ratios],
+                "paired_vllm_s_median": round(statistics.median(p["vllm"] for p in paired), 3),
+                "paired_transformers_s_median": round(
+                    statistics.median(p["transformers"] for p in paired), 3
+                ),
+                "separate_ratio_median": round(statistics.median(ratios), 2),
+                "separate_ratios": [round(r, 2) for r in ratios],
+                "top1_found": sum(found),
+                "guess_right": sum(g is True for g in guesses),
+                "localization_s_median": round(statistics.median(costs), 3),
+                "work_s_median": round(statistics.median(works), 3),
+                "work_ratio_median": round(
+                    statistics.median(
+                        w / (b["vllm"] + b["transformers"]) for w, b in zip(works, paired)
+                    ),
+                    2,
+                ),
+                "separate_vllm_s_median": median("vllm"),
+                "separate_transformers_s_median": median("transformers"),
+                "first_request_vllm_s_median": median("vllm_first"),
+                "first_request_transformers_s_median": median("transformers_first"),
+                "wall_with_process_and_engine_start_s_median": round(statistics.median(walls), 1),
+                "parts_of_median_run": {k: round(v, 3) for k, v in parts[middle].items()},
+            }
+        )
+    )
 
 
 def greedy_seconds(hf: Any, ids: list[int], n: int) -> float:

@@ -31,11 +31,21 @@ def run(arch: str, dtype: str, work: Path) -> dict:
     start = time.perf_counter()
     try:
         diagnosis = run_diagnosis(
-            DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(work / spec.name / dtype),
-                           dtype=dtype, max_tokens=4)
+            DiagnoseConfig(
+                model=str(model),
+                prompt_ids=PROMPT_IDS,
+                workdir=str(work / spec.name / dtype),
+                dtype=dtype,
+                max_tokens=4,
+            )
         )
     except Exception as exc:  # report and go on
-        return {"arch": spec.name, "dtype": dtype, "loads": False, "error": f"{type(exc).__name__}: {exc}"[:400]}
+        return {
+            "arch": spec.name,
+            "dtype": dtype,
+            "loads": False,
+            "error": f"{type(exc).__name__}: {exc}"[:400],
+        }
     comps = diagnosis.comparisons
     layers = {}
     for c in comps:
@@ -66,7 +76,9 @@ def run(arch: str, dtype: str, work: Path) -> dict:
 def main() -> None:
     from ekka.zoo import list_architectures
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", action="append", default=[])
     parser.add_argument("--dtype", action="append", default=[])
     parser.add_argument("--work", type=Path, default=Path(".ekka/zoo-matrix"))
@@ -79,7 +91,10 @@ def main() -> None:
         for dtype in dtypes:
             row = run(arch, dtype, args.work)
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("layer_errors", "unmapped")}), flush=True)
+            print(
+                json.dumps({k: v for k, v in row.items() if k not in ("layer_errors", "unmapped")}),
+                flush=True,
+            )
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
 

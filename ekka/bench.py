@@ -52,8 +52,13 @@ class CaseResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data = {"id": self.id, "top1": self.top1, "top5": self.top5, "suspects": self.suspects,
-                "seconds": round(self.seconds, 2)}
+        data = {
+            "id": self.id,
+            "top1": self.top1,
+            "top5": self.top5,
+            "suspects": self.suspects,
+            "seconds": round(self.seconds, 2),
+        }
         if self.error:
             data["error"] = self.error
         data.update(self.extra)
@@ -102,7 +107,9 @@ def find_cases(cases_dir: Path, only: Sequence[str] = ()) -> list[Case]:
         known = {p.name for p in folders}
         missing = [c for c in only if c not in known]
         if missing:
-            raise UsageError(f"unknown case(s) {', '.join(missing)}; known: {', '.join(sorted(known))}.")
+            raise UsageError(
+                f"unknown case(s) {', '.join(missing)}; known: {', '.join(sorted(known))}."
+            )
         folders = [p for p in folders if p.name in only]
     return [load_case(p) for p in folders]
 
@@ -112,7 +119,9 @@ def installed_framework_dir(framework: str = "vllm") -> Path:
 
     spec = importlib.util.find_spec(framework)
     if spec is None or not spec.origin:
-        raise UsageError(f"{framework} is not installed in this environment; run `make test` once to set it up.")
+        raise UsageError(
+            f"{framework} is not installed in this environment; run `make test` once to set it up."
+        )
     return Path(spec.origin).resolve().parent
 
 
@@ -140,7 +149,14 @@ def copy_sources(package_dir: Path, dest_root: Path) -> Path:
 def build_case_model(case: Case, out: Path) -> Path:
     from ekka.zoo import build_model
 
-    return build_model(case.architecture, out, dtype="float32", seed=case.seed, overrides=case.config, zoo_defaults=False)
+    return build_model(
+        case.architecture,
+        out,
+        dtype="float32",
+        seed=case.seed,
+        overrides=case.config,
+        zoo_defaults=False,
+    )
 
 
 def case_prompt_ids(case: Case, model_dir: Path) -> list[int]:
@@ -163,7 +179,12 @@ def base_repository(workdir: Path, framework: str = "vllm") -> Path:
 
 
 def run_case(
-    case: Case, workdir: Path, *, bisect: bool = False, say: Callable[[str], None] = lambda _m: None, db_url: str | None = None
+    case: Case,
+    workdir: Path,
+    *,
+    bisect: bool = False,
+    say: Callable[[str], None] = lambda _m: None,
+    db_url: str | None = None,
 ) -> CaseResult:
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, write_reports
 
@@ -182,13 +203,25 @@ def run_case(
             from ekka.bisect.full import FullConfig, run_full_diagnosis
 
             say("making the history: harmless commits around the bug commit")
-            history = make_bug_history(base_repository(workdir, case.framework), work / "repo", case.path / "bug.patch", case.summary[:60])
+            history = make_bug_history(
+                base_repository(workdir, case.framework),
+                work / "repo",
+                case.path / "bug.patch",
+                case.summary[:60],
+            )
             diagnosis, result = run_full_diagnosis(
                 FullConfig(
-                    repo=str(history.repo), good=history.good, bad=history.bad, model=str(model_dir),
-                    prompt_ids=tuple(ids), workdir=str(work / "traces"),
-                    package_dir=str(installed_framework_dir(case.framework)), dtype=case.dtype,
-                    max_tokens=case.max_tokens, engine=case.engine, prompt_text=case.prompt,
+                    repo=str(history.repo),
+                    good=history.good,
+                    bad=history.bad,
+                    model=str(model_dir),
+                    prompt_ids=tuple(ids),
+                    workdir=str(work / "traces"),
+                    package_dir=str(installed_framework_dir(case.framework)),
+                    dtype=case.dtype,
+                    max_tokens=case.max_tokens,
+                    engine=case.engine,
+                    prompt_text=case.prompt,
                     db_url=db_url or f"sqlite:///{(work / 'verdicts.db').resolve()}",
                 ),
                 progress=say,
@@ -210,8 +243,13 @@ def run_case(
             apply_patch(case.path / "bug.patch", src_root)
             diagnosis = run_diagnosis(
                 DiagnoseConfig(
-                    model=str(model_dir), prompt_ids=tuple(ids), workdir=str(work / "traces"), dtype=case.dtype,
-                    max_tokens=case.max_tokens, engine=case.engine, prompt_text=case.prompt,
+                    model=str(model_dir),
+                    prompt_ids=tuple(ids),
+                    workdir=str(work / "traces"),
+                    dtype=case.dtype,
+                    max_tokens=case.max_tokens,
+                    engine=case.engine,
+                    prompt_text=case.prompt,
                     target_pythonpath=(str(src_root),),
                 ),
                 progress=say,
@@ -219,8 +257,15 @@ def run_case(
         write_reports(diagnosis, work / "report")
     except Exception as exc:  # a broken case is scored as a miss, and the run goes on
         failed = {"bisect": False, "probes": 0, "first_bad": None} if bisect else {}
-        return CaseResult(case.id, False, False, [], time.perf_counter() - start,
-                          error=f"{type(exc).__name__}: {exc}"[:2000], extra=failed)
+        return CaseResult(
+            case.id,
+            False,
+            False,
+            [],
+            time.perf_counter() - start,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            extra=failed,
+        )
     finally:
         shutil.rmtree(work / "src", ignore_errors=True)
     suspects = [s.component for s in diagnosis.localization.suspects]

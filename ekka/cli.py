@@ -41,7 +41,12 @@ def zoo_list() -> None:
     table.add_column("zoo settings beyond the common base")
     for spec in list_architectures():
         extra = {k: v for k, v in spec.defaults.items() if k not in _COMMON_BASE}
-        table.add_row(spec.name, spec.family, spec.vllm_backend, ", ".join(f"{k}={v}" for k, v in extra.items()))
+        table.add_row(
+            spec.name,
+            spec.family,
+            spec.vllm_backend,
+            ", ".join(f"{k}={v}" for k, v in extra.items()),
+        )
     out.print(table)
 
 
@@ -54,7 +59,9 @@ _COMMON_BASE = {
 
 @zoo_app.command("build")
 def zoo_build(
-    arch: str = typer.Argument(..., help="Architecture (class name or alias; see `ekka zoo list`)."),
+    arch: str = typer.Argument(
+        ..., help="Architecture (class name or alias; see `ekka zoo list`)."
+    ),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write the model into."),
     dtype: str = typer.Option("float32", help="Weight dtype: float32 or bfloat16."),
     seed: int = typer.Option(0, help="torch.manual_seed before random init."),
@@ -73,12 +80,16 @@ def zoo_build(
 def trace(
     framework: str = typer.Option(..., help="vllm or transformers."),
     model: Path = typer.Option(..., help="Model folder (e.g. from `ekka zoo build`)."),
-    prompt: str | None = typer.Option(None, help="Prompt text (tokenized with the model's tokenizer)."),
+    prompt: str | None = typer.Option(
+        None, help="Prompt text (tokenized with the model's tokenizer)."
+    ),
     prompt_ids: str | None = typer.Option(None, help="Prompt token ids, comma-separated."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
     max_tokens: int = typer.Option(4, help="Greedy tokens to generate."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the trace."),
-    modules: list[str] = typer.Option([], help="Record only modules matching this glob (repeatable)."),
+    modules: list[str] = typer.Option(
+        [], help="Record only modules matching this glob (repeatable)."
+    ),
     steps: str = typer.Option("all", help="prefill, all, or step numbers like 0,1."),
 ) -> None:
     """Capture every module's output of one prompt through one framework."""
@@ -96,7 +107,9 @@ def trace(
         steps=steps,
         prompt_text=prompt,
     )
-    with console.status(f"capturing {framework} ({len(ids)} prompt tokens, {max_tokens} steps) ..."):
+    with console.status(
+        f"capturing {framework} ({len(ids)} prompt tokens, {max_tokens} steps) ..."
+    ):
         reader = capture(spec)
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     out.print(
@@ -121,8 +134,12 @@ def compare(
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path(".ekka/demo"), help="Where the repository, model, traces and reports go."),
-    db: str | None = typer.Option(None, help="Verdict cache URL (default: a SQLite file in --workdir)."),
+    workdir: Path = typer.Option(
+        Path(".ekka/demo"), help="Where the repository, model, traces and reports go."
+    ),
+    db: str | None = typer.Option(
+        None, help="Verdict cache URL (default: a SQLite file in --workdir)."
+    ),
 ) -> None:
     """The main job on embedded defaults: a local history of the installed vLLM release's Python
     sources with a regression among harmless commits, a zoo model, the local executor; prints the
@@ -138,7 +155,9 @@ def demo(
     patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
     with console.status("making a vLLM history: harmless commits around a regression ..."):
         history = make_bug_history(
-            base_repository(workdir), workdir / "vllm-repo", patch,
+            base_repository(workdir),
+            workdir / "vllm-repo",
+            patch,
             "[Model] Llama: build the decoder norms with RMSNorm defaults",
         )
     console.print(f"history: {len(history.commits)} commits after the release in {history.repo}")
@@ -146,19 +165,43 @@ def demo(
         model_dir = build_model("llama", workdir / "model", overrides={"rms_norm_eps": 1e-5})
     ids = resolve_prompt(model_dir, DEMO_PROMPT, None)
     found = _full_diagnosis(
-        repo=history.repo, good=history.good, bad=history.bad, model=model_dir, ids=ids, prompt=DEMO_PROMPT,
-        dtype="float32", max_tokens=4, threshold=2.0, out_dir=workdir / "diagnosis", workers=1, repeats=1,
+        repo=history.repo,
+        good=history.good,
+        bad=history.bad,
+        model=model_dir,
+        ids=ids,
+        prompt=DEMO_PROMPT,
+        dtype="float32",
+        max_tokens=4,
+        threshold=2.0,
+        out_dir=workdir / "diagnosis",
+        workers=1,
+        repeats=1,
         db=db or f"sqlite:///{(workdir / 'verdicts.db').resolve()}",
     )
     ok = found == history.bug
-    out.print(f"demo: the planted regression is {history.bug[:10]} (PR #{history.bug_pr}); "
-              + ("Ekka found it." if ok else "Ekka did NOT find it."))
+    out.print(
+        f"demo: the planted regression is {history.bug[:10]} (PR #{history.bug_pr}); "
+        + ("Ekka found it." if ok else "Ekka did NOT find it.")
+    )
     raise typer.Exit(0 if ok else 1)
 
 
 def _full_diagnosis(
-    *, repo: Path, good: str, bad: str, model: Path, ids: list[int], prompt: str | None, dtype: str,
-    max_tokens: int, threshold: float, out_dir: Path, workers: int, repeats: int, db: str | None,
+    *,
+    repo: Path,
+    good: str,
+    bad: str,
+    model: Path,
+    ids: list[int],
+    prompt: str | None,
+    dtype: str,
+    max_tokens: int,
+    threshold: float,
+    out_dir: Path,
+    workers: int,
+    repeats: int,
+    db: str | None,
     github: tuple[str, str, str | None] | None = None,
 ) -> str | None:
     """Run the full diagnosis with progress, print the root cause, write the reports; returns
@@ -169,21 +212,40 @@ def _full_diagnosis(
     from ekka.tracer.diagnose import suspects_table, write_reports
 
     config = FullConfig(
-        repo=str(repo), good=good, bad=bad, model=str(model), prompt_ids=tuple(ids), workdir=str(out_dir / "traces"),
-        package_dir=str(installed_framework_dir("vllm")), dtype=dtype, max_tokens=max_tokens, threshold=threshold,
-        workers=workers, repeats=repeats, db_url=db, prompt_text=prompt,
-        **({"github_repo": github[0], "github_api": github[1], "github_token": github[2]} if github else {}),
+        repo=str(repo),
+        good=good,
+        bad=bad,
+        model=str(model),
+        prompt_ids=tuple(ids),
+        workdir=str(out_dir / "traces"),
+        package_dir=str(installed_framework_dir("vllm")),
+        dtype=dtype,
+        max_tokens=max_tokens,
+        threshold=threshold,
+        workers=workers,
+        repeats=repeats,
+        db_url=db,
+        prompt_text=prompt,
+        **(
+            {"github_repo": github[0], "github_api": github[1], "github_token": github[2]}
+            if github
+            else {}
+        ),
     )
     with console.status("diagnosing ...") as status:
         diagnosis, result = run_full_diagnosis(
-            config, progress=lambda msg: status.update(msg), observer=PrintObserver(lambda line: console.print(line, highlight=False)),
+            config,
+            progress=lambda msg: status.update(msg),
+            observer=PrintObserver(lambda line: console.print(line, highlight=False)),
         )
     paths = write_reports(diagnosis, out_dir)
     suspects_table(diagnosis, out)
     if diagnosis.root_cause:
         out.print(f"[bold]root cause:[/] {escape_markup(diagnosis.root_cause['statement'])}")
     else:
-        out.print(f"bisection: {result.status.value}; candidates: {', '.join(c.short for c in result.candidates)}")
+        out.print(
+            f"bisection: {result.status.value}; candidates: {', '.join(c.short for c in result.candidates)}"
+        )
     out.print(f"reports: {paths['md']}, {paths['json']}, {paths['html']}")
     return result.first_bad.sha if result.first_bad else None
 
@@ -197,22 +259,42 @@ def escape_markup(text: str) -> str:
 @app.command()
 def diagnose(
     model: Path = typer.Option(..., help="Model folder (e.g. from `ekka zoo build`)."),
-    prompt: str | None = typer.Option(None, help="Prompt text (tokenized with the model's tokenizer)."),
+    prompt: str | None = typer.Option(
+        None, help="Prompt text (tokenized with the model's tokenizer)."
+    ),
     prompt_ids: str | None = typer.Option(None, help="Prompt token ids, comma-separated."),
     dtype: str = typer.Option("float32", help="Serving dtype: float32 or bfloat16."),
     max_tokens: int = typer.Option(4, help="Greedy tokens the target generates."),
     threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
-    out_dir: Path = typer.Option(Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."),
-    target_path: list[Path] = typer.Option([], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."),
-    ahead: str | None = typer.Option(None, help="What the reference traces before the target's tokens come: off; prompt (once the target's engine has started); or guess (the prompt and its guess of the target's tokens, while the engine starts). Default: guess on 4 cores or more, else prompt."),
-    repo: Path | None = typer.Option(None, help="Full mode: the framework's git repository (vllm/ at its top)."),
+    out_dir: Path = typer.Option(
+        Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."
+    ),
+    target_path: list[Path] = typer.Option(
+        [], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."
+    ),
+    ahead: str | None = typer.Option(
+        None,
+        help="What the reference traces before the target's tokens come: off; prompt (once the target's engine has started); or guess (the prompt and its guess of the target's tokens, while the engine starts). Default: guess on 4 cores or more, else prompt.",
+    ),
+    repo: Path | None = typer.Option(
+        None, help="Full mode: the framework's git repository (vllm/ at its top)."
+    ),
     good: str | None = typer.Option(None, help="Full mode: a commit known good."),
     bad: str | None = typer.Option(None, help="Full mode: a commit known bad."),
     workers: int = typer.Option(1, help="Full mode: probes per round (multisection)."),
-    repeats: int = typer.Option(1, help="Full mode: probes per commit, decided by majority (flaky oracles)."),
-    db: str | None = typer.Option(None, help="Full mode: verdict cache URL (default ~/.cache/ekka/ekka.db)."),
-    github_repo: str | None = typer.Option(None, help="Full mode: OWNER/NAME on GitHub, to map commits to PRs through its API (token: $GITHUB_TOKEN)."),
-    github_api: str = typer.Option("https://api.github.com", help="Full mode: GitHub API base URL."),
+    repeats: int = typer.Option(
+        1, help="Full mode: probes per commit, decided by majority (flaky oracles)."
+    ),
+    db: str | None = typer.Option(
+        None, help="Full mode: verdict cache URL (default ~/.cache/ekka/ekka.db)."
+    ),
+    github_repo: str | None = typer.Option(
+        None,
+        help="Full mode: OWNER/NAME on GitHub, to map commits to PRs through its API (token: $GITHUB_TOKEN).",
+    ),
+    github_api: str = typer.Option(
+        "https://api.github.com", help="Full mode: GitHub API base URL."
+    ),
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     from ekka.tracer.capture import CaptureSpec, resolve_prompt, validate
@@ -230,26 +312,57 @@ def diagnose(
         raise UsageError(f"--ahead {ahead!r}: use one of {', '.join(AHEAD_MODES)}.")
     full = [x is not None for x in (repo, good, bad)]
     if any(full) and not all(full):
-        raise UsageError("full mode needs all of --repo, --good and --bad (or none of them for localize mode).")
+        raise UsageError(
+            "full mode needs all of --repo, --good and --bad (or none of them for localize mode)."
+        )
     if all(full) and target_path:
-        raise UsageError("--target-path is for localize mode; full mode runs the target from the repository's commits.")
+        raise UsageError(
+            "--target-path is for localize mode; full mode runs the target from the repository's commits."
+        )
     ids = resolve_prompt(model, prompt, prompt_ids)
-    validate(CaptureSpec(framework="vllm", model=str(model), prompt_ids=tuple(ids), out=str(out_dir / "traces" / "target"),
-                         dtype=dtype, max_tokens=max_tokens))
+    validate(
+        CaptureSpec(
+            framework="vllm",
+            model=str(model),
+            prompt_ids=tuple(ids),
+            out=str(out_dir / "traces" / "target"),
+            dtype=dtype,
+            max_tokens=max_tokens,
+        )
+    )
     if all(full):
         assert repo is not None and good is not None and bad is not None
         import os
 
         found = _full_diagnosis(
-            repo=repo, good=good, bad=bad, model=model, ids=ids, prompt=prompt, dtype=dtype, max_tokens=max_tokens,
-            threshold=threshold, out_dir=out_dir, workers=workers, repeats=repeats, db=db,
-            github=(github_repo, github_api, os.environ.get("GITHUB_TOKEN")) if github_repo else None,
+            repo=repo,
+            good=good,
+            bad=bad,
+            model=model,
+            ids=ids,
+            prompt=prompt,
+            dtype=dtype,
+            max_tokens=max_tokens,
+            threshold=threshold,
+            out_dir=out_dir,
+            workers=workers,
+            repeats=repeats,
+            db=db,
+            github=(github_repo, github_api, os.environ.get("GITHUB_TOKEN"))
+            if github_repo
+            else None,
         )
         raise typer.Exit(1 if found else 0)
     config = DiagnoseConfig(
-        model=str(model), prompt_ids=tuple(ids), workdir=str(out_dir / "traces"), dtype=dtype,
-        max_tokens=max_tokens, threshold=threshold, prompt_text=prompt,
-        target_pythonpath=tuple(str(p) for p in target_path), ahead=ahead,
+        model=str(model),
+        prompt_ids=tuple(ids),
+        workdir=str(out_dir / "traces"),
+        dtype=dtype,
+        max_tokens=max_tokens,
+        threshold=threshold,
+        prompt_text=prompt,
+        target_pythonpath=tuple(str(p) for p in target_path),
+        ahead=ahead,
     )
     with console.status("diagnosing ...") as status:
         diagnosis = run_diagnosis(config, progress=lambda msg: status.update(msg))
@@ -282,7 +395,10 @@ def bench(
         for c in cases:
             progress.update(task, description=f"{c.id}")
             result = run_case(
-                c, workdir, bisect=not no_bisect, say=lambda m, c=c: progress.update(task, description=f"{c.id}: {m}")
+                c,
+                workdir,
+                bisect=not no_bisect,
+                say=lambda m, c=c: progress.update(task, description=f"{c.id}: {m}"),
             )
             results.append(result)
             progress.advance(task)
@@ -295,12 +411,19 @@ def bench(
     if "bisect" in summary:
         title += f", bisection {summary['bisect']:.0%}"
     table = Table(title=f"{title} ({len(results)} cases)")
-    columns = ["case", "top-1", "top-5", "first suspects", "seconds"] + ([] if no_bisect else ["bisect", "probes"])
+    columns = ["case", "top-1", "top-5", "first suspects", "seconds"] + (
+        [] if no_bisect else ["bisect", "probes"]
+    )
     for col in columns:
         table.add_column(col, overflow="fold")
     for r in results:
-        row = [r.id, "yes" if r.top1 else "no", "yes" if r.top5 else "no",
-               ", ".join(r.suspects[:3]) or (r.error or "-"), f"{r.seconds:.0f}"]
+        row = [
+            r.id,
+            "yes" if r.top1 else "no",
+            "yes" if r.top5 else "no",
+            ", ".join(r.suspects[:3]) or (r.error or "-"),
+            f"{r.seconds:.0f}",
+        ]
         if not no_bisect:
             row += ["yes" if r.extra.get("bisect") else "no", str(r.extra.get("probes", "-"))]
         table.add_row(*row)
@@ -313,19 +436,31 @@ def bench(
 @app.command()
 def bisect(
     repo: Path = typer.Option(Path("."), "--repo", help="The git repository's top folder."),
-    good: str = typer.Option(..., help="A commit, branch or tag where the output is right (older)."),
+    good: str = typer.Option(
+        ..., help="A commit, branch or tag where the output is right (older)."
+    ),
     bad: str = typer.Option(..., help="A commit, branch or tag where it is wrong (newer)."),
     cmd: str | None = typer.Option(
-        None, "--cmd", help="Oracle: a shell command run in a worktree of each commit (EKKA_COMMIT "
-        "is set); exit 0 good, 125 skip, 1-127 bad."),
+        None,
+        "--cmd",
+        help="Oracle: a shell command run in a worktree of each commit (EKKA_COMMIT "
+        "is set); exit 0 good, 125 skip, 1-127 bad.",
+    ),
     # The tracer-based oracle's options (model, prompt, dtype, threshold) go here; exactly one
     # oracle is given, and each builds a probe (commit -> ProbeResult) and its config dict below.
     workers: int = typer.Option(1, help="Commits probed at once (k-way multisection)."),
-    repeats: int = typer.Option(1, help="Probes per commit, decided by strict majority (flaky oracles)."),
-    timeout: float | None = typer.Option(None, help="Seconds per probe; a probe that runs longer is a skip."),
+    repeats: int = typer.Option(
+        1, help="Probes per commit, decided by strict majority (flaky oracles)."
+    ),
+    timeout: float | None = typer.Option(
+        None, help="Seconds per probe; a probe that runs longer is a skip."
+    ),
     db: str | None = typer.Option(
-        None, "--db", help="Cache verdicts in this database (sqlite:///path/ekka.db or postgresql://...). "
-        "Off by default for --cmd, whose outcome may depend on files outside the repository."),
+        None,
+        "--db",
+        help="Cache verdicts in this database (sqlite:///path/ekka.db or postgresql://...). "
+        "Off by default for --cmd, whose outcome may depend on files outside the repository.",
+    ),
     json_file: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
 ) -> None:
     """Find the first bad commit between --good and --bad (first-parent history) with an oracle."""
@@ -341,7 +476,9 @@ def bisect(
     )
 
     if cmd is None:
-        raise UsageError("give an oracle: --cmd 'shell command' (exit 0 good, 125 skip, 1-127 bad).")
+        raise UsageError(
+            "give an oracle: --cmd 'shell command' (exit 0 good, 125 skip, 1-127 bad)."
+        )
     commits = commit_range(repo, good, bad)
     probe = CommandOracle(repo, cmd, timeout)
     config = {"oracle": "command", "cmd": cmd, "repeats": repeats}
@@ -351,8 +488,15 @@ def bisect(
     )
     cache = VerdictCache(db) if db else None
     try:
-        bisector = Bisector(probe, workers=workers, repeats=repeats, observer=observer, cache=cache,
-                            repo_key=str(repo.resolve()), config_hash=config_hash(config))
+        bisector = Bisector(
+            probe,
+            workers=workers,
+            repeats=repeats,
+            observer=observer,
+            cache=cache,
+            repo_key=str(repo.resolve()),
+            config_hash=config_hash(config),
+        )
         result = bisector.run(commits)
     finally:
         if cache is not None:

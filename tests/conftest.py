@@ -33,14 +33,24 @@ def zoo_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def captured(tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[..., Path]) -> Callable[..., object]:
+def captured(
+    tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[..., Path]
+) -> Callable[..., object]:
     """Capture (once per session) a trace: captured("vllm", "llama", dtype="float32", max_tokens=3)."""
     from ekka.tracer.capture import CaptureSpec, capture
 
     cache: dict[tuple, object] = {}
 
-    def run(framework: str, arch: str, dtype: str = "float32", max_tokens: int = 3, **kw: object) -> object:
-        key = (framework, arch, dtype, max_tokens, tuple(sorted((k, str(v)) for k, v in kw.items())))
+    def run(
+        framework: str, arch: str, dtype: str = "float32", max_tokens: int = 3, **kw: object
+    ) -> object:
+        key = (
+            framework,
+            arch,
+            dtype,
+            max_tokens,
+            tuple(sorted((k, str(v)) for k, v in kw.items())),
+        )
         if key not in cache:
             out = tmp_path_factory.mktemp(f"trace-{framework}-{arch}")
             spec = CaptureSpec(

@@ -95,8 +95,16 @@ def touched_symbols(repo: str | Path, commit: str) -> list[Touched]:
             old_file = None if line[4:] == "/dev/null" else line[6:]
         elif line.startswith("+++ "):
             new_file = None if line[4:] == "/dev/null" else line[6:]
-            old_syms = _symbols(git(repo, "show", f"{commit}^1:{old_file}", check=False, strip=False)) if old_file and old_file.endswith(".py") else []
-            new_syms = _symbols(git(repo, "show", f"{commit}:{new_file}", check=False, strip=False)) if new_file and new_file.endswith(".py") else []
+            old_syms = (
+                _symbols(git(repo, "show", f"{commit}^1:{old_file}", check=False, strip=False))
+                if old_file and old_file.endswith(".py")
+                else []
+            )
+            new_syms = (
+                _symbols(git(repo, "show", f"{commit}:{new_file}", check=False, strip=False))
+                if new_file and new_file.endswith(".py")
+                else []
+            )
         elif (m := HUNK.match(line)) and (new_file or old_file):
             a, b = int(m.group(1)), int(m.group(2) or 1)
             c, d = int(m.group(3)), int(m.group(4) or 1)
@@ -114,7 +122,13 @@ def touched_symbols(repo: str | Path, commit: str) -> list[Touched]:
 # mapping, block tables) that the model runner, the scheduler's KV-cache manager and the
 # backend's metadata builder prepare before the forward pass.
 MACHINERY: dict[str, tuple[str, ...]] = {
-    "Attention": ("vllm/v1/worker/", "vllm/v1/attention/", "vllm/v1/core/", "vllm/attention/", "vllm/forward_context.py"),
+    "Attention": (
+        "vllm/v1/worker/",
+        "vllm/v1/attention/",
+        "vllm/v1/core/",
+        "vllm/attention/",
+        "vllm/forward_context.py",
+    ),
 }
 
 
@@ -172,10 +186,17 @@ def attribute(
     pr_text = f" (PR #{pr})" if pr else ""
 
     def found(level: str, suspect: Any, text: str) -> Attribution:
-        which = "the first component that diverges" if suspect.rank == 1 else f"suspect #{suspect.rank}"
+        which = (
+            "the first component that diverges" if suspect.rank == 1 else f"suspect #{suspect.rank}"
+        )
         return Attribution(
-            commit, pr, f"commit {short}{pr_text} {text} {which}: {suspect.component} (ratio {suspect.ratio:.3g})",
-            True, level, suspect.component, tuple(touched),
+            commit,
+            pr,
+            f"commit {short}{pr_text} {text} {which}: {suspect.component} (ratio {suspect.ratio:.3g})",
+            True,
+            level,
+            suspect.component,
+            tuple(touched),
         )
 
     chains = [(s, locations(trace, s.component)) for s in suspects]
@@ -185,26 +206,54 @@ def attribute(
                 for t in touched:
                     same_file = loc.file is not None and t.file == loc.file
                     what = f"changed {t.qualname} in {t.file}"
-                    if level == "class" and loc.role in ("module", "delegate") and same_file and t.classname == loc.cls:
-                        role = "which is" if loc.role == "module" else f"the {loc.cls} that {loc.name} delegates to, for"
+                    if (
+                        level == "class"
+                        and loc.role in ("module", "delegate")
+                        and same_file
+                        and t.classname == loc.cls
+                    ):
+                        role = (
+                            "which is"
+                            if loc.role == "module"
+                            else f"the {loc.cls} that {loc.name} delegates to, for"
+                        )
                         return found(level, suspect, f"{what}, {role}")
-                    if level == "owner" and loc.role in ("owner", "model") and same_file and t.classname == loc.cls:
-                        return found(level, suspect, f"{what}; {loc.cls} ({loc.name}) builds and owns")
+                    if (
+                        level == "owner"
+                        and loc.role in ("owner", "model")
+                        and same_file
+                        and t.classname == loc.cls
+                    ):
+                        return found(
+                            level, suspect, f"{what}; {loc.cls} ({loc.name}) builds and owns"
+                        )
                     if level == "file" and same_file:
-                        return found(level, suspect, f"{what}, the file of {loc.cls} ({loc.role} of {suspect.component}), for")
+                        return found(
+                            level,
+                            suspect,
+                            f"{what}, the file of {loc.cls} ({loc.role} of {suspect.component}), for",
+                        )
                     if level == "machinery" and loc.role == "module":
                         prefixes = MACHINERY.get(loc.cls, ())
                         if any(t.file.startswith(p) for p in prefixes):
                             return found(
-                                level, suspect,
+                                level,
+                                suspect,
                                 f"{what}, serving machinery that prepares what {loc.cls} reads (attention metadata, "
                                 "KV-cache blocks), for",
                             )
     changed = ", ".join(f"{t.qualname} in {t.file}" for t in touched[:6]) or "no Python code"
-    listed = ", ".join(f"{s.component} ({s.module_class}, {s.source_file})" for s in suspects[:5]) or "none"
+    listed = (
+        ", ".join(f"{s.component} ({s.module_class}, {s.source_file})" for s in suspects[:5])
+        or "none"
+    )
     return Attribution(
-        commit, pr,
+        commit,
+        pr,
         f"commit {short}{pr_text} changed {changed}; no suspect component's class, owner or file is among them. "
         f"Suspects: {listed}",
-        False, "none", None, tuple(touched),
+        False,
+        "none",
+        None,
+        tuple(touched),
     )

@@ -33,7 +33,9 @@ def default_url(path: str | Path | None = None) -> str:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """The sha256 of the configuration as canonical JSON (sorted keys, no spaces)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(
+        config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -57,7 +59,11 @@ def _table(metadata: sa.MetaData) -> sa.Table:
 def _sqlite_folder(url: sa.engine.URL) -> Path | None:
     """The folder of a SQLite database file (None for other databases and in-memory ones)."""
     name = url.database
-    if url.get_backend_name() != "sqlite" or name in (None, "", ":memory:") or name.startswith("file:"):
+    if (
+        url.get_backend_name() != "sqlite"
+        or name in (None, "", ":memory:")
+        or name.startswith("file:")
+    ):
         return None
     return Path(name).expanduser().parent
 
@@ -77,21 +83,27 @@ class VerdictCache:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise VerdictCacheError(f"cannot make the folder {folder} for the verdict cache: {exc}") from None
+                raise VerdictCacheError(
+                    f"cannot make the folder {folder} for the verdict cache: {exc}"
+                ) from None
         try:
             self.engine = sa.create_engine(parsed)
             self.metadata = sa.MetaData()
             self.table = _table(self.metadata)
             self.metadata.create_all(self.engine)
         except NoSuchModuleError:
-            raise VerdictCacheError(f"no SQLAlchemy dialect for {url!r}; check the URL's scheme.") from None
+            raise VerdictCacheError(
+                f"no SQLAlchemy dialect for {url!r}; check the URL's scheme."
+            ) from None
         except ModuleNotFoundError as exc:
             raise VerdictCacheError(
                 f"the database driver for {parsed.get_backend_name()} is not installed ({exc.name}); "
                 "install it (e.g. psycopg for PostgreSQL)."
             ) from None
         except SQLAlchemyError as exc:
-            raise VerdictCacheError(f"cannot open the verdict cache {parsed!r}: {exc.__cause__ or exc}") from None
+            raise VerdictCacheError(
+                f"cannot open the verdict cache {parsed!r}: {exc.__cause__ or exc}"
+            ) from None
 
     def get(self, repo: str, commit: str, config_hash: str) -> ProbeResult | None:
         t = self.table
@@ -102,7 +114,9 @@ class VerdictCache:
             row = conn.execute(query).first()
         if row is None:
             return None
-        return ProbeResult(Verdict(row.verdict), row.reason, row.seconds, json.loads(row.details_json))
+        return ProbeResult(
+            Verdict(row.verdict), row.reason, row.seconds, json.loads(row.details_json)
+        )
 
     def put(self, repo: str, commit: str, config_hash: str, result: ProbeResult) -> None:
         """Store (or replace) the verdict of this commit under this configuration."""

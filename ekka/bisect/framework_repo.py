@@ -60,7 +60,9 @@ def git(repo: Path, *args: str, check: bool = True, strip: bool = True) -> str:
     return proc.stdout.strip() if strip else proc.stdout
 
 
-def make_base_repo(dest: str | Path, package_dir: str | Path, *, message: str | None = None) -> Path:
+def make_base_repo(
+    dest: str | Path, package_dir: str | Path, *, message: str | None = None
+) -> Path:
     """A repository holding `<package>/` with the package's Python sources, one commit."""
     dest, package_dir = Path(dest), Path(package_dir)
     if dest.exists():
@@ -105,10 +107,16 @@ def apply_patch(patch: Path, root: Path) -> None:
     env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(Path(root).resolve().parent))
     for args in (["--check"], []):
         proc = subprocess.run(
-            ["git", "apply", "-p1", *args, str(patch.resolve())], cwd=root, capture_output=True, text=True, env=env
+            ["git", "apply", "-p1", *args, str(patch.resolve())],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if proc.returncode != 0:
-            raise UsageError(f"{patch} does not apply to the framework's sources: {proc.stderr.strip()}")
+            raise UsageError(
+                f"{patch} does not apply to the framework's sources: {proc.stderr.strip()}"
+            )
 
 
 def apply_patch_commit(repo: Path, patch: Path, summary: str, pr: int) -> str:
@@ -119,12 +127,16 @@ def apply_patch_commit(repo: Path, patch: Path, summary: str, pr: int) -> str:
 
 
 def _applies(repo: Path, patch: Path) -> bool:
-    proc = subprocess.run(["git", "apply", "-p1", "--check", str(patch.resolve())], cwd=repo, capture_output=True)
+    proc = subprocess.run(
+        ["git", "apply", "-p1", "--check", str(patch.resolve())], cwd=repo, capture_output=True
+    )
     return proc.returncode == 0
 
 
 def patch_files(patch: Path) -> list[str]:
-    return [line[6:].strip() for line in patch.read_text().splitlines() if line.startswith("+++ b/")]
+    return [
+        line[6:].strip() for line in patch.read_text().splitlines() if line.startswith("+++ b/")
+    ]
 
 
 def make_bug_history(
@@ -168,4 +180,6 @@ def make_bug_history(
         path = touched[-1] if (i == 0 and touched) else rng.choice(candidates)
         commits.append(harmless_commit(repo, path, before + i, pr))
         pr += 1
-    return BugHistory(repo=repo, good=good, bad=commits[-1], bug=bug, bug_pr=bug_pr, commits=tuple(commits))
+    return BugHistory(
+        repo=repo, good=good, bad=commits[-1], bug=bug, bug_pr=bug_pr, commits=tuple(commits)
+    )

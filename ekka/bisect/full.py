@@ -67,7 +67,9 @@ def run_full_diagnosis(
     if config.github_repo:
         from ekka.bisect.github import GitHubPrLookup
 
-        lookup = GitHubPrLookup(config.github_repo, token=config.github_token, api=config.github_api)
+        lookup = GitHubPrLookup(
+            config.github_repo, token=config.github_token, api=config.github_api
+        )
     commits = commit_range(config.repo, config.good, config.bad, pr_lookup=lookup)
 
     t0 = time.perf_counter()
@@ -106,7 +108,12 @@ def run_full_diagnosis(
     )
     oracle.prepare()
     executor = LocalExecutor(
-        config.repo, oracle, package_dir=package_dir, base=commits.good.sha, workdir=work / "bisect", timeout=config.timeout
+        config.repo,
+        oracle,
+        package_dir=package_dir,
+        base=commits.good.sha,
+        workdir=work / "bisect",
+        timeout=config.timeout,
     )
     cache = VerdictCache(config.db_url or default_url())
     try:
@@ -126,7 +133,13 @@ def run_full_diagnosis(
     root_cause = None
     if result.first_bad is not None:
         target = TraceReader(work / "localize" / "target")
-        attribution = attribute(config.repo, result.first_bad.sha, result.first_bad.pr, diagnosis.localization.suspects, target)
+        attribution = attribute(
+            config.repo,
+            result.first_bad.sha,
+            result.first_bad.pr,
+            diagnosis.localization.suspects,
+            target,
+        )
         root_cause = attribution.to_json()
     diagnosis.root_cause = root_cause
     diagnosis.bisection = result.to_json()

@@ -19,9 +19,18 @@ DEFAULT_API = "https://api.github.com"
 class GitHubPrLookup:
     """Maps a commit sha to the number of the merged pull request that introduced it."""
 
-    def __init__(self, repository: str, *, token: str | None = None, api: str = DEFAULT_API, timeout: float = 10) -> None:
+    def __init__(
+        self,
+        repository: str,
+        *,
+        token: str | None = None,
+        api: str = DEFAULT_API,
+        timeout: float = 10,
+    ) -> None:
         if repository.count("/") != 1 or not all(repository.split("/")):
-            raise UsageError(f"GitHub repository {repository!r}: give it as OWNER/NAME, e.g. vllm-project/vllm.")
+            raise UsageError(
+                f"GitHub repository {repository!r}: give it as OWNER/NAME, e.g. vllm-project/vllm."
+            )
         self.repository = repository
         headers = {"Accept": "application/vnd.github+json", "User-Agent": "ekka"}
         if token:

@@ -140,7 +140,11 @@ class CommitRange(Sequence[CommitInfo]):
 
 def commit_info(commit: Any, pr_lookup: PrLookup | None = None) -> CommitInfo:
     """A CommitInfo from a GitPython commit; the PR from `pr_lookup(sha)`, else from the message."""
-    message = commit.message if isinstance(commit.message, str) else commit.message.decode("utf-8", "replace")
+    message = (
+        commit.message
+        if isinstance(commit.message, str)
+        else commit.message.decode("utf-8", "replace")
+    )
     pr = pr_lookup(commit.hexsha) if pr_lookup is not None else None
     if pr is None:
         pr = parse_pr_number(message)
@@ -160,7 +164,9 @@ def open_repo(repo_path: str | Path) -> Any:
 
     path = Path(repo_path).expanduser()
     if not path.is_dir():
-        raise NotARepositoryError(f"{path} is not a folder; --repo must be a git repository's top folder.")
+        raise NotARepositoryError(
+            f"{path} is not a folder; --repo must be a git repository's top folder."
+        )
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):

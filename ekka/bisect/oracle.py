@@ -121,19 +121,34 @@ class TracerOracle:
         logits = _step_logits(target)
         tokens = target.generated_ids
         worst = 0.0
-        details: dict[str, Any] = {"tokens": tokens, "reference_tokens": self.reference_tokens, "ratios": []}
+        details: dict[str, Any] = {
+            "tokens": tokens,
+            "reference_tokens": self.reference_tokens,
+            "ratios": [],
+        }
         for step, (x, x_r, y_r) in enumerate(zip(logits, self.reference, self.reference32)):
             ratio = compute_error_ratio(x, x_r, y_r, self.config.dtype)[0]
             details["ratios"].append(ratio if math.isfinite(ratio) else "inf")
             worst = max(worst, ratio)
             if ratio > self.config.logits_threshold:
                 return ProbeResult(
-                    Verdict.BAD, f"logits of step {step} diverge: error ratio {ratio:.3g}", seconds, details
+                    Verdict.BAD,
+                    f"logits of step {step} diverge: error ratio {ratio:.3g}",
+                    seconds,
+                    details,
                 )
-            if step < len(tokens) and step < len(self.reference_tokens) and tokens[step] != self.reference_tokens[step]:
+            if (
+                step < len(tokens)
+                and step < len(self.reference_tokens)
+                and tokens[step] != self.reference_tokens[step]
+            ):
                 top2 = y_r.topk(2).values
                 margin = float(top2[0] - top2[1])
-                noise = float((x_r - y_r).abs().max()) if self.config.dtype != "float32" else 1e-5 * float(y_r.abs().max())
+                noise = (
+                    float((x_r - y_r).abs().max())
+                    if self.config.dtype != "float32"
+                    else 1e-5 * float(y_r.abs().max())
+                )
                 if margin > self.config.margin_factor * noise:
                     return ProbeResult(
                         Verdict.BAD,
@@ -143,4 +158,9 @@ class TracerOracle:
                         details,
                     )
                 break  # a near tie: the sequences part here, later steps are not comparable
-        return ProbeResult(Verdict.GOOD, f"logits match the reference (largest error ratio {worst:.3g})", seconds, details)
+        return ProbeResult(
+            Verdict.GOOD,
+            f"logits match the reference (largest error ratio {worst:.3g})",
+            seconds,
+            details,
+        )

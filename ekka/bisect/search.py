@@ -30,7 +30,9 @@ class BisectStatus(str, Enum):
     """How a bisection ended."""
 
     FOUND = "found"  # one first bad commit
-    AMBIGUOUS = "ambiguous"  # skipped commits next to the first bad one: `candidates` holds them all
+    AMBIGUOUS = (
+        "ambiguous"  # skipped commits next to the first bad one: `candidates` holds them all
+    )
     INCONCLUSIVE = "inconclusive"  # a commit gave no majority over its repeats: stopped there
 
 
@@ -145,7 +147,9 @@ class PrintObserver:
     through `write_result` when given (the CLI: progress on stderr, the answer on stdout)."""
 
     def __init__(
-        self, write: Callable[[str], None] = print, write_result: Callable[[str], None] | None = None
+        self,
+        write: Callable[[str], None] = print,
+        write_result: Callable[[str], None] | None = None,
     ) -> None:
         self.write = write
         self.write_result = write_result or write
@@ -276,7 +280,11 @@ class BisectState:
 
     def candidates(self) -> CommitRange:
         """The original range's commits after the last good up to the first bad, skips included."""
-        lo = -1 if self.last_good.sha == self.range.good.sha else self.range.position(self.last_good.sha)
+        lo = (
+            -1
+            if self.last_good.sha == self.range.good.sha
+            else self.range.position(self.last_good.sha)
+        )
         hi = self.range.position(self.first_bad.sha)
         return CommitRange(self.last_good, self.first_bad, self.range[lo + 1 : hi + 1])
 
@@ -355,7 +363,9 @@ class Bisector:
             picks = [window[i] for i in split_points(len(window), self.workers)]
             steps = self._decide_all(state, picks, state.rounds)
             state.apply(steps)
-            inconclusive = next((s.commit for s in steps if s.inconclusive and state.is_open(s.commit)), None)
+            inconclusive = next(
+                (s.commit for s in steps if s.inconclusive and state.is_open(s.commit)), None
+            )
         result = state.result(inconclusive)
         self.observer.finished(result)
         return result
@@ -407,7 +417,9 @@ class Bisector:
                 self.observer.probing(commit)
                 record(self._decide(commit, round_))
             return steps
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(pending)), thread_name_prefix="ekka-probe") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(self.workers, len(pending)), thread_name_prefix="ekka-probe"
+        ) as pool:
             for commit in pending:
                 self.observer.probing(commit)
             futures = [pool.submit(self._decide, commit, round_) for commit in pending]
@@ -439,7 +451,13 @@ class Bisector:
                 {"votes": dict(votes)}, runs=tuple(runs),
             )  # fmt: skip
         return BisectStep(
-            commit, decided.verdict, decided.reason, round_, seconds, decided.details, runs=tuple(runs)
+            commit,
+            decided.verdict,
+            decided.reason,
+            round_,
+            seconds,
+            decided.details,
+            runs=tuple(runs),
         )
 
     def _probe_once(self, commit: CommitInfo) -> ProbeResult:
@@ -462,7 +480,9 @@ class Bisector:
         hit = self.cache.get(self.repo_key, commit.sha, self.config_hash)
         if hit is None:
             return None
-        return BisectStep(commit, hit.verdict, hit.reason, round_, hit.seconds, hit.details, cached=True)
+        return BisectStep(
+            commit, hit.verdict, hit.reason, round_, hit.seconds, hit.details, cached=True
+        )
 
     def _store(self, step: BisectStep) -> None:
         result = step.result
@@ -483,4 +503,3 @@ def _endpoint_problem(role: str, step: BisectStep) -> str:
         return f"the {commit} probes skip, so it cannot be verified: {step.reason}"
     started = " (the command could not start there)" if _cannot_start(step) else ""
     return f"the {commit} probes {step.verdict.value}, not {role}{started}: {step.reason}"
-

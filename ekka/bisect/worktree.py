@@ -36,7 +36,9 @@ def _git(repo_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
-def worktree(repo_path: str | Path, sha: str, *, parent: str | Path | None = None) -> Iterator[Path]:
+def worktree(
+    repo_path: str | Path, sha: str, *, parent: str | Path | None = None
+) -> Iterator[Path]:
     """Check `sha` out (detached) in a fresh folder under `parent` (the system's temp folder by
     default) and yield its path; the worktree is removed afterwards, whatever happens in the body
     (an exception, KeyboardInterrupt), and pruned when removing it fails.

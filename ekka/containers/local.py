@@ -21,7 +21,18 @@ from ekka.bisect.worktree import worktree
 from ekka.errors import CaptureError, UsageError
 from ekka.tracer.capture import capture
 
-COMPILED_PATTERNS = ("csrc/*", "*.cu", "*.cuh", "*.cpp", "*.cc", "*.c", "*.h", "*.hpp", "CMakeLists.txt", "*.cmake")
+COMPILED_PATTERNS = (
+    "csrc/*",
+    "*.cu",
+    "*.cuh",
+    "*.cpp",
+    "*.cc",
+    "*.c",
+    "*.h",
+    "*.hpp",
+    "CMakeLists.txt",
+    "*.cmake",
+)
 
 
 def compiled_changes(repo: Path, base: str, commit: str) -> list[str]:
@@ -90,7 +101,12 @@ class LocalExecutor:
                 # An import or start-up failure is an infrastructure problem for this commit:
                 # skip, never bad.
                 first = str(exc).splitlines()[0]
-                return ProbeResult(Verdict.SKIP, f"the target did not run: {first}", time.perf_counter() - start, {})
+                return ProbeResult(
+                    Verdict.SKIP,
+                    f"the target did not run: {first}",
+                    time.perf_counter() - start,
+                    {},
+                )
             seconds = time.perf_counter() - start
             result = self.oracle.judge(trace, seconds)
             timings = trace.manifest.get("timings", {})

@@ -79,39 +79,94 @@ class Unmapped:
 
 
 MOE = ("mixtral",)
-SUM_OR_FIRST_FIRST = ("cohere", "cohere2", "stablelm")  # their layers return (full hidden, residual)
+SUM_OR_FIRST_FIRST = (
+    "cohere",
+    "cohere2",
+    "stablelm",
+)  # their layers return (full hidden, residual)
 GEMMA = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
 # Order matters: the first rule whose target pattern matches and whose reference components
 # all exist wins. Family-specific rules come first, the same-name fallback last.
 RULES: tuple[Rule, ...] = (
-    Rule(r"(?P<p>.*)embed_tokens", ("{p}embed_tokens",), "scale_sqrt_hidden", families=GEMMA,
-         note="Gemma scales the embedding by sqrt(hidden) inside transformers' module, after it in vLLM"),
-    Rule(r"(?P<p>.*)block_sparse_moe(?P<rest>.*)", ("{p}mlp{rest}",), families=MOE,
-         note="transformers v5 names Mixtral's MoE block `mlp`"),
-    Rule(r"(?P<p>.*\.mlp)\.shared_expert", ("{p}.shared_expert", "{p}.shared_expert_gate"),
-         reference_op="gated_sum", families=("qwen2_moe",),
-         note="vLLM folds sigmoid(shared_expert_gate) into shared_expert"),
-    Rule(r"(?P<p>.*\.mlp)\.experts", ("{p}.experts", "{p}.shared_expert", "{p}.shared_expert_gate"),
-         reference_op="gated_sum", families=("qwen2_moe",),
-         note="vLLM's FusedMoE returns routed + gated shared experts"),
-    Rule(r"(?P<p>.*\.layers\.\d+)", ("{p}",), "first", families=SUM_OR_FIRST_FIRST,
-         note="the layer returns (full hidden state, residual)"),
-    Rule(r"(?P<p>.*\.layers\.\d+)", ("{p}",), "sum_pair",
-         note="vLLM's decoder layer returns (hidden, residual); the layer output is their sum"),
-    Rule(r"(?P<p>.*)\.rotary_emb", ("{p}.apply_rotary_pos_emb",), "cat_outputs", "heads_concat",
-         slot="outs", target_class=r"Rotary|RoPE|Rope", note="post-rotary q and k"),
-    Rule(r"(?P<p>.*)\.attn", ("{p}.o_proj",), slot="in", target_class=r"Attention",
-         note="attention output = input of the output projection"),
+    Rule(
+        r"(?P<p>.*)embed_tokens",
+        ("{p}embed_tokens",),
+        "scale_sqrt_hidden",
+        families=GEMMA,
+        note="Gemma scales the embedding by sqrt(hidden) inside transformers' module, after it in vLLM",
+    ),
+    Rule(
+        r"(?P<p>.*)block_sparse_moe(?P<rest>.*)",
+        ("{p}mlp{rest}",),
+        families=MOE,
+        note="transformers v5 names Mixtral's MoE block `mlp`",
+    ),
+    Rule(
+        r"(?P<p>.*\.mlp)\.shared_expert",
+        ("{p}.shared_expert", "{p}.shared_expert_gate"),
+        reference_op="gated_sum",
+        families=("qwen2_moe",),
+        note="vLLM folds sigmoid(shared_expert_gate) into shared_expert",
+    ),
+    Rule(
+        r"(?P<p>.*\.mlp)\.experts",
+        ("{p}.experts", "{p}.shared_expert", "{p}.shared_expert_gate"),
+        reference_op="gated_sum",
+        families=("qwen2_moe",),
+        note="vLLM's FusedMoE returns routed + gated shared experts",
+    ),
+    Rule(
+        r"(?P<p>.*\.layers\.\d+)",
+        ("{p}",),
+        "first",
+        families=SUM_OR_FIRST_FIRST,
+        note="the layer returns (full hidden state, residual)",
+    ),
+    Rule(
+        r"(?P<p>.*\.layers\.\d+)",
+        ("{p}",),
+        "sum_pair",
+        note="vLLM's decoder layer returns (hidden, residual); the layer output is their sum",
+    ),
+    Rule(
+        r"(?P<p>.*)\.rotary_emb",
+        ("{p}.apply_rotary_pos_emb",),
+        "cat_outputs",
+        "heads_concat",
+        slot="outs",
+        target_class=r"Rotary|RoPE|Rope",
+        note="post-rotary q and k",
+    ),
+    Rule(
+        r"(?P<p>.*)\.attn",
+        ("{p}.o_proj",),
+        slot="in",
+        target_class=r"Attention",
+        note="attention output = input of the output projection",
+    ),
     Rule(r"(?P<p>.*)\.attn", ("{p}.dense",), slot="in", target_class=r"Attention"),
-    Rule(r"(?P<p>.*)\.act_fn", ("{p}.down_proj",), slot="in", target_class=r"AndMul",
-         note="vLLM's fused act(gate) * up = input of down_proj"),
+    Rule(
+        r"(?P<p>.*)\.act_fn",
+        ("{p}.down_proj",),
+        slot="in",
+        target_class=r"AndMul",
+        note="vLLM's fused act(gate) * up = input of down_proj",
+    ),
     Rule(r"logits_processor", ("logits",), note="final logits (scale, softcap applied)"),
     Rule(r"(?P<name>.+)", ("{name}",), note="same name"),
-    Rule(r"(?P<p>.*)\.qkv_proj", ("{p}.q_proj", "{p}.k_proj", "{p}.v_proj"), reference_op="concat",
-         note="fused q/k/v projection"),
-    Rule(r"(?P<p>.*)\.gate_up_proj", ("{p}.gate_proj", "{p}.up_proj"), reference_op="concat",
-         note="fused gate/up projection"),
+    Rule(
+        r"(?P<p>.*)\.qkv_proj",
+        ("{p}.q_proj", "{p}.k_proj", "{p}.v_proj"),
+        reference_op="concat",
+        note="fused q/k/v projection",
+    ),
+    Rule(
+        r"(?P<p>.*)\.gate_up_proj",
+        ("{p}.gate_proj", "{p}.up_proj"),
+        reference_op="concat",
+        note="fused gate/up projection",
+    ),
 )
 
 SKIP_CLASSES = ("ModuleList", "Dropout", "Identity")
@@ -166,11 +221,17 @@ def plan_components(
     rules: Sequence[Rule] = RULES,
 ) -> ComponentMap:
     """Plan every target component (by name) against the reference's component names."""
-    family = family_of(target.manifest.get("model_config") or reference.manifest.get("model_config") or {})
+    family = family_of(
+        target.manifest.get("model_config") or reference.manifest.get("model_config") or {}
+    )
     reference_names = {r.name for r in reference.records}
     mapping = ComponentMap()
     for record in target.records:
-        if record.name in mapping.plans or record.name in mapping.unmapped or record.kind in ("logits", "replay"):
+        if (
+            record.name in mapping.plans
+            or record.name in mapping.unmapped
+            or record.kind in ("logits", "replay")
+        ):
             continue
         if record.module_class in SKIP_CLASSES:
             continue
@@ -186,7 +247,9 @@ def plan_components(
 class Aligner:
     """Gathers reference rows at a target pass's token positions and applies a plan."""
 
-    def __init__(self, target: TraceReader, reference: TraceReader, reference32: TraceReader | None = None):
+    def __init__(
+        self, target: TraceReader, reference: TraceReader, reference32: TraceReader | None = None
+    ):
         self.target = target
         self.reference = reference
         self.reference32 = reference32
@@ -226,11 +289,21 @@ def _index(trace: TraceReader) -> dict[str, Any]:
     runs: list[tuple[int, int, int, int]] = []
     for pos in sorted(position_of):
         pass_index, row = position_of[pos]
-        if runs and runs[-1][1] == pos and runs[-1][2] == pass_index and runs[-1][3] + pos - runs[-1][0] == row:
+        if (
+            runs
+            and runs[-1][1] == pos
+            and runs[-1][2] == pass_index
+            and runs[-1][3] + pos - runs[-1][0] == row
+        ):
             runs[-1] = (runs[-1][0], pos + 1, pass_index, runs[-1][3])
         else:
             runs.append((pos, pos + 1, pass_index, row))
-    return {"position_of": position_of, "records": records, "passes": {p.index: p for p in trace.passes}, "runs": runs}
+    return {
+        "position_of": position_of,
+        "records": records,
+        "passes": {p.index: p for p in trace.passes},
+        "runs": runs,
+    }
 
 
 def _rows_of(tensor: torch.Tensor, pass_len: int) -> torch.Tensor:
@@ -279,7 +352,9 @@ def _pass_tensors(
     return rows
 
 
-def _runs_covering(index: Mapping[str, Any], positions: Sequence[int]) -> list[tuple[int, int, int]] | None:
+def _runs_covering(
+    index: Mapping[str, Any], positions: Sequence[int]
+) -> list[tuple[int, int, int]] | None:
     """(pass, first row, rows) pieces that hold `positions` in order, when these are ascending
     consecutive positions and every one of them was computed; else None."""
     if not positions:
@@ -336,7 +411,9 @@ def _gather(
         if len(by_pass) == 1 and _is_run(src):  # the common case: one slice, no copy
             return [r[src[0] : src[0] + len(src)] for r in rows]
         if result is None:
-            result = [torch.empty((len(positions),) + tuple(r.shape[1:]), dtype=r.dtype) for r in rows]
+            result = [
+                torch.empty((len(positions),) + tuple(r.shape[1:]), dtype=r.dtype) for r in rows
+            ]
         for out, r in zip(result, rows):
             out[dest] = r[src]
     return result
@@ -364,7 +441,9 @@ def infer_plan(
     for ref in candidates:
         for slot in ("out", "in"):
             for op in ("first", "sum_pair"):
-                plan = Plan(record.name, op, (ref.name,), None, slot=slot, inferred=True, rule="value match")
+                plan = Plan(
+                    record.name, op, (ref.name,), None, slot=slot, inferred=True, rule="value match"
+                )
                 try:
                     x = aligner.target_tensor(record, plan, len(info.positions))
                     y = aligner.reference_tensor(reference, plan, positions_for(x.shape[0], info))
@@ -383,12 +462,18 @@ def infer_plan(
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
-def infer_missing(mapping: ComponentMap, target: TraceReader, reference: TraceReader) -> ComponentMap:
+def infer_missing(
+    mapping: ComponentMap, target: TraceReader, reference: TraceReader
+) -> ComponentMap:
     """Pair by value the target components no rule mapped; list the rest as unmapped."""
     aligner = Aligner(target, reference)
     passes = {p.index: p for p in target.passes}
     first_pass = min(passes) if passes else 0
-    ref_first = [r for r in reference.records if r.pass_index == reference.records[0].pass_index] if reference.records else []
+    ref_first = (
+        [r for r in reference.records if r.pass_index == reference.records[0].pass_index]
+        if reference.records
+        else []
+    )
     for record in target.records:
         name = record.name
         if (
@@ -402,8 +487,10 @@ def infer_missing(mapping: ComponentMap, target: TraceReader, reference: TraceRe
         layer = _LAYER.search(name)
         key = layer.group(0) if layer else None
         candidates = [
-            r for r in ref_first
-            if r.kind != "logits" and ((key is None and not _LAYER.search(r.name)) or (key is not None and key in r.name))
+            r
+            for r in ref_first
+            if r.kind != "logits"
+            and ((key is None and not _LAYER.search(r.name)) or (key is not None and key in r.name))
         ]
         plan = infer_plan(record, target, reference, aligner, passes[record.pass_index], candidates)
         if plan is None:

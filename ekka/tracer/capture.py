@@ -156,7 +156,9 @@ def parse_prompt_ids(text: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise UsageError(f"--prompt-ids {text!r}: give comma-separated integers like 1,2,3.") from None
+        raise UsageError(
+            f"--prompt-ids {text!r}: give comma-separated integers like 1,2,3."
+        ) from None
 
 
 def tokenize(model: str | Path, prompt: str) -> list[int]:
@@ -173,7 +175,9 @@ def tokenize(model: str | Path, prompt: str) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
-def resolve_prompt(model: str | Path, prompt: str | None, prompt_ids: str | Sequence[int] | None) -> list[int]:
+def resolve_prompt(
+    model: str | Path, prompt: str | None, prompt_ids: str | Sequence[int] | None
+) -> list[int]:
     if (prompt is None) == (prompt_ids is None):
         raise UsageError("give exactly one of --prompt TEXT and --prompt-ids 1,2,3.")
     if prompt is not None:
@@ -186,7 +190,9 @@ def resolve_prompt(model: str | Path, prompt: str | None, prompt_ids: str | Sequ
 def validate(spec: CaptureSpec) -> dict[str, Any]:
     """Check everything a user can get wrong before a framework starts; returns the config."""
     if spec.framework not in FRAMEWORKS:
-        raise UsageError(f"unknown framework {spec.framework!r}; use one of {', '.join(FRAMEWORKS)}.")
+        raise UsageError(
+            f"unknown framework {spec.framework!r}; use one of {', '.join(FRAMEWORKS)}."
+        )
     if spec.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {spec.dtype!r}; use one of {', '.join(DTYPES)}.")
     if spec.max_tokens < 1:
@@ -319,7 +325,9 @@ def capture(
             "after_generate, while_starting, when_tracing, when_tokens and while_replaying are for vLLM captures only."
         )
     if while_replaying is not None and after_generate is None:
-        raise ValueError("while_replaying needs after_generate (the answer that names the reference to replay on).")
+        raise ValueError(
+            "while_replaying needs after_generate (the answer that names the reference to replay on)."
+        )
     if in_process is None:
         in_process = spec.framework == "transformers" and not pythonpath
     if in_process:
@@ -339,8 +347,13 @@ def capture(
             adapter.run(spec)
         return TraceReader(spec.out)
     return _capture_subprocess(
-        spec, pythonpath=pythonpath, timeout=timeout, after_generate=after_generate,
-        while_starting=while_starting, when_tracing=when_tracing, when_tokens=when_tokens,
+        spec,
+        pythonpath=pythonpath,
+        timeout=timeout,
+        after_generate=after_generate,
+        while_starting=while_starting,
+        when_tracing=when_tracing,
+        when_tokens=when_tokens,
         while_replaying=while_replaying,
     )
 
@@ -373,7 +386,11 @@ def _capture_subprocess(
         with open(log_file, "w") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, str(spec_file)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, pass_fds=fds,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+                pass_fds=fds,
             )
             for fd in fds:
                 os.close(fd)
@@ -383,14 +400,22 @@ def _capture_subprocess(
                     while_starting()
                 if after_generate is not None:
                     waited = _serve_child(
-                        proc, from_child, to_child, after_generate, timeout, when_tracing, when_tokens,
+                        proc,
+                        from_child,
+                        to_child,
+                        after_generate,
+                        timeout,
+                        when_tracing,
+                        when_tokens,
                         while_replaying,
                     )
                 proc.wait(timeout=None if timeout is None else max(timeout - waited, 1.0))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                raise CaptureError(f"{spec.framework} capture did not finish within {timeout:.0f} s.") from None
+                raise CaptureError(
+                    f"{spec.framework} capture did not finish within {timeout:.0f} s."
+                ) from None
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -447,8 +472,13 @@ def _tokens_then(when_tokens: TokensHook, after_generate: AfterGenerate) -> Afte
 
 
 def _serve_child(
-    proc: subprocess.Popen[Any], from_child: int, to_child: int, after_generate: AfterGenerate,
-    timeout: float | None, when_tracing: TracingHook | None = None, when_tokens: TokensHook | None = None,
+    proc: subprocess.Popen[Any],
+    from_child: int,
+    to_child: int,
+    after_generate: AfterGenerate,
+    timeout: float | None,
+    when_tracing: TracingHook | None = None,
+    when_tokens: TokensHook | None = None,
     while_replaying: ReplayingHook | None = None,
 ) -> float:
     """Serve the child's messages (one JSON line each) until it asks with its generated ids (its
@@ -506,7 +536,9 @@ def _serve_child(
         try:
             ready = request() if callable(request) else request
             sent["more"] = while_replaying is not None and _replay_request(ready) is not None
-            os.write(to_child, (json.dumps({"request": ready, "more": sent["more"]}) + "\n").encode())
+            os.write(
+                to_child, (json.dumps({"request": ready, "more": sent["more"]}) + "\n").encode()
+            )
         except BaseException as exc:  # raised here once the caller's work is done
             sent["error"] = exc
 
@@ -534,7 +566,9 @@ def tell_parent(event: str, **fields: Any) -> None:
     """In a capture subprocess started with `after_generate`: tell the parent `event`."""
     control = os.environ.get(CONTROL_ENV)
     if control:
-        os.write(int(control.split(",")[0]), (json.dumps({"event": event, **fields}) + "\n").encode())
+        os.write(
+            int(control.split(",")[0]), (json.dumps({"event": event, **fields}) + "\n").encode()
+        )
 
 
 def wait_for_parent() -> None:
@@ -568,7 +602,9 @@ def ask_parent(generated: list[int]) -> Any:
     os.write(write_fd, (json.dumps({"generated_ids": generated}) + "\n").encode())
     line = _read_line(read_fd)
     if line is None:
-        raise CaptureError("the capturing process stopped answering (it failed or was interrupted).")
+        raise CaptureError(
+            "the capturing process stopped answering (it failed or was interrupted)."
+        )
     message = json.loads(line.decode())
     request = message.get("request")
     if message.get("more"):

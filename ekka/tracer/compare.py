@@ -55,7 +55,9 @@ def measure(
     then inf.
     """
     y_rows, (t_rows,), n_rows = row_norms(x_reference, y_reference, [x_target])
-    ratio, error, noise, tokens = figures(y_rows, t_rows, n_rows, NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"]))
+    ratio, error, noise, tokens = figures(
+        y_rows, t_rows, n_rows, NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
+    )
     return ratio, error, noise, torch.tensor(tokens, dtype=torch.float64)
 
 
@@ -98,8 +100,14 @@ def _figures_of_rows(
     noise = 0.0 if n_rows is None else _norm(n_rows) / y_total
     noise = max(noise, floor) if math.isfinite(noise) else noise
     ratio = error / noise if noise > 0 else math.inf
-    token_noise = [floor * y for y in y_rows] if n_rows is None else [max(n, floor * y) for n, y in zip(n_rows, y_rows)]
-    median = sorted(token_noise)[(len(token_noise) - 1) // 2] if token_noise else 0.0  # torch's (lower) median
+    token_noise = (
+        [floor * y for y in y_rows]
+        if n_rows is None
+        else [max(n, floor * y) for n, y in zip(n_rows, y_rows)]
+    )
+    median = (
+        sorted(token_noise)[(len(token_noise) - 1) // 2] if token_noise else 0.0
+    )  # torch's (lower) median
     tokens = []
     for t, n in zip(t_rows, token_noise):
         value = t / max(n, median, 1e-30)
@@ -107,7 +115,9 @@ def _figures_of_rows(
     return ratio, error, noise, tokens
 
 
-def _figures_of_one(y: float, t: float, n: float | None, floor: float) -> tuple[float, float, float, list[float]]:
+def _figures_of_one(
+    y: float, t: float, n: float | None, floor: float
+) -> tuple[float, float, float, list[float]]:
     """`figures` of one row, without the sums and the median (the same values)."""
     y_total = y or 1e-30
     error = t / y_total if math.isfinite(t) else math.inf
@@ -251,10 +261,14 @@ class RoutingTolerance:
 
 def _input_comparable(plan: Plan) -> bool:
     """Modules whose input is the reference module's input: same-name or fused projections."""
-    return plan.slot == "out" and plan.target_op == "first" and plan.reference_op in (None, "concat")
+    return (
+        plan.slot == "out" and plan.target_op == "first" and plan.reference_op in (None, "concat")
+    )
 
 
-Segment = tuple[Any, Sequence[torch.Tensor], list[int]]  # (record, candidate target tensors, positions)
+Segment = tuple[
+    Any, Sequence[torch.Tensor], list[int]
+]  # (record, candidate target tensors, positions)
 # Segments back to back with their row norms: the reference's, each candidate's error, and the
 # serving-dtype reference's noise (None in float32).
 Group = tuple[list[Segment], torch.Tensor, list[torch.Tensor], "torch.Tensor | None"]
@@ -268,8 +282,14 @@ class _Batch:
     """
 
     def __init__(
-        self, aligner: Aligner, plan: Plan, records: list[Any], passes: dict[int, Any],
-        reference: TraceReader, high: TraceReader, sink: _Figures,
+        self,
+        aligner: Aligner,
+        plan: Plan,
+        records: list[Any],
+        passes: dict[int, Any],
+        reference: TraceReader,
+        high: TraceReader,
+        sink: _Figures,
     ) -> None:
         self.aligner, self.plan, self.records, self.passes = aligner, plan, records, passes
         self.reference, self.high, self.sink = reference, high, sink
@@ -278,11 +298,18 @@ class _Batch:
         x_r = self.aligner.reference_tensor(self.reference, plan, positions)
         if x_r is None:
             return None
-        y_r = x_r if self.high is self.reference else self.aligner.reference_tensor(self.high, plan, positions)
+        y_r = (
+            x_r
+            if self.high is self.reference
+            else self.aligner.reference_tensor(self.high, plan, positions)
+        )
         return None if y_r is None else (x_r, y_r)
 
     def _rows(
-        self, plan: Plan, segments: list[Segment], whole: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self,
+        plan: Plan,
+        segments: list[Segment],
+        whole: tuple[torch.Tensor, torch.Tensor] | None = None,
         joined: list[torch.Tensor] | None = None,
     ) -> list[Group]:
         """The segments in groups, each with its row norms (`joined`: each candidate of every
@@ -299,10 +326,14 @@ class _Batch:
         if whole is not None and (
             # slices of `joined`, each of its record's rows: every slice fits when the stack does
             # (the positions gathered are as many as the rows only if no record has fewer)
-            all(j.shape[1:] == whole[0].shape[1:] and j.shape[0] == whole[0].shape[0] for j in joined)
+            all(
+                j.shape[1:] == whole[0].shape[1:] and j.shape[0] == whole[0].shape[0]
+                for j in joined
+            )
             if joined is not None
             else all(
-                len(xs) == count and all(x.shape[1:] == whole[0].shape[1:] and x.shape[0] == len(ps) for x in xs)
+                len(xs) == count
+                and all(x.shape[1:] == whole[0].shape[1:] and x.shape[0] == len(ps) for x in xs)
                 for _, xs, ps in segments
             )
         ):
@@ -329,7 +360,9 @@ class _Batch:
         A fused add-norm receives `(x, residual)` where the reference receives their sum: both
         readings are tried and the closer one is kept.
         """
-        in_plan = Plan(self.plan.target, "first", self.plan.reference[:1], None, slot="in", rule="input")
+        in_plan = Plan(
+            self.plan.target, "first", self.plan.reference[:1], None, slot="in", rule="input"
+        )
         stacked = self._stacked_inputs()
         if stacked is not None:
             joined, lengths = stacked
@@ -354,7 +387,9 @@ class _Batch:
                 xs = [transforms.to_rows(c, rows).float() for c in candidates]
             except RuntimeError:
                 continue
-            segments.append((record, xs, positions_for(xs[0].shape[0], self.passes[record.pass_index])))
+            segments.append(
+                (record, xs, positions_for(xs[0].shape[0], self.passes[record.pass_index]))
+            )
         for group in self._rows(in_plan, segments):
             self.sink.add(group, in_plan, "input")
 
@@ -368,14 +403,22 @@ class _Batch:
             segments = []
             for record in self.records:
                 try:
-                    x = self.aligner.target_tensor(record, self.plan, len(self.passes[record.pass_index].positions))
+                    x = self.aligner.target_tensor(
+                        record, self.plan, len(self.passes[record.pass_index].positions)
+                    )
                 except (RuntimeError, AssertionError, IndexError):
                     continue
-                segments.append((record, [x], positions_for(x.shape[0], self.passes[record.pass_index])))
+                segments.append(
+                    (record, [x], positions_for(x.shape[0], self.passes[record.pass_index]))
+                )
         if routing is not None and routing.experts:
             self._routed(segments, routing)
             return
-        whole = self._gather(self.plan, [p for _, _, positions in segments for p in positions]) if segments else None
+        whole = (
+            self._gather(self.plan, [p for _, _, positions in segments for p in positions])
+            if segments
+            else None
+        )
         if whole is not None and (
             joined[0].shape[-1] != whole[0].shape[-1]
             if joined is not None
@@ -393,7 +436,13 @@ class _Batch:
         segments = []
         start = 0
         for record, rows in zip(self.records, lengths):
-            segments.append((record, _Slices(joined, start, rows), positions_for(rows, self.passes[record.pass_index])))
+            segments.append(
+                (
+                    record,
+                    _Slices(joined, start, rows),
+                    positions_for(rows, self.passes[record.pass_index]),
+                )
+            )
             start += rows
         return segments
 
@@ -416,10 +465,14 @@ class _Batch:
         lengths = []
         for record in self.records:
             outputs = record.outputs
-            if len(outputs) != len(first) or any((outputs[i] is None) != (first[i] is None) for i in wanted):
+            if len(outputs) != len(first) or any(
+                (outputs[i] is None) != (first[i] is None) for i in wanted
+            ):
                 return None
             metas = [outputs[i] for i in used]
-            if not metas or any(len(m.shape) != 2 or m.shape[0] != metas[0].shape[0] for m in metas):
+            if not metas or any(
+                len(m.shape) != 2 or m.shape[0] != metas[0].shape[0] for m in metas
+            ):
                 return None
             lengths.append(metas[0].shape[0])
         columns: list[torch.Tensor | None] = [None] * len(first)
@@ -462,7 +515,11 @@ class _Batch:
         heads = _qk_heads(self.aligner.target.manifest.get("model_config") or {})
         fitted = []
         for record, (x,), positions in segments:
-            cut = _fit_partial(x, torch.empty(x.shape[0], width), heads) if x.shape[-1] != width else x
+            cut = (
+                _fit_partial(x, torch.empty(x.shape[0], width), heads)
+                if x.shape[-1] != width
+                else x
+            )
             if cut is not None:
                 fitted.append((record, [cut], positions))
         return fitted
@@ -504,7 +561,9 @@ class _Slices(Sequence[torch.Tensor]):
     def __len__(self) -> int:
         return len(self.joined)
 
-    def __getitem__(self, index: Any) -> Any:  # an index (no slices: nothing slices a segment's tensors)
+    def __getitem__(
+        self, index: Any
+    ) -> Any:  # an index (no slices: nothing slices a segment's tensors)
         return self.joined[index].narrow(0, self.start, self.rows)
 
 
@@ -537,7 +596,9 @@ class _Figures:
         lengths = [len(positions) for _, _, positions in segments]
         if len(ts) > 1:
             starts = np.cumsum([0] + lengths[:-1])
-            totals = np.stack([np.add.reduceat(c.numpy().astype(np.float64) ** 2, starts) for c in ts])
+            totals = np.stack(
+                [np.add.reduceat(c.numpy().astype(np.float64) ** 2, starts) for c in ts]
+            )
             best = np.repeat(_first_min(totals), lengths)
             t = np.stack([c.numpy() for c in ts])[best, np.arange(len(best))].tolist()
         else:
@@ -568,10 +629,25 @@ class _Figures:
                 text = described[id(plan)] = plan.describe()
             # positional, in the fields' order: a few hundred of these per analysis
             yield Comparison(
-                sequence, record.name, record.module_class, record.source_file, record.source_line,
-                record.pass_index, record.step, record.call_index, text, plan.inferred,
-                ratio, error, noise, not isfinite(error), positions[worst], len(positions),
-                kind, discounted, token_ratio,
+                sequence,
+                record.name,
+                record.module_class,
+                record.source_file,
+                record.source_line,
+                record.pass_index,
+                record.step,
+                record.call_index,
+                text,
+                plan.inferred,
+                ratio,
+                error,
+                noise,
+                not isfinite(error),
+                positions[worst],
+                len(positions),
+                kind,
+                discounted,
+                token_ratio,
             )
 
     def _figures(self) -> list[tuple[float, float, float, int, float]]:
@@ -589,7 +665,11 @@ class _Figures:
             t_total = np.sqrt(np.add.reduceat(t * t, starts))
             error = np.where(np.isfinite(t_total), t_total / y_total, np.inf)
             quiet = n < 0  # no noise beyond the floor
-            noise = np.where(quiet[starts], 0.0, np.sqrt(np.add.reduceat(np.where(quiet, 0.0, n) ** 2, starts)) / y_total)
+            noise = np.where(
+                quiet[starts],
+                0.0,
+                np.sqrt(np.add.reduceat(np.where(quiet, 0.0, n) ** 2, starts)) / y_total,
+            )
             noise = np.where(np.isfinite(noise), np.maximum(noise, floor), noise)
             ratio = np.where(noise > 0, error / noise, np.inf)
             scaled = floor * y
@@ -604,7 +684,15 @@ class _Figures:
         top = np.maximum.reduceat(tokens, starts)
         rows = np.arange(len(tokens))
         first = np.minimum.reduceat(np.where(tokens == top[segment], rows, len(tokens)), starts)
-        return list(zip(ratio.tolist(), error.tolist(), noise.tolist(), (first - starts).tolist(), tokens[first].tolist()))
+        return list(
+            zip(
+                ratio.tolist(),
+                error.tolist(),
+                noise.tolist(),
+                (first - starts).tolist(),
+                tokens[first].tolist(),
+            )
+        )
 
 
 def _first_min(totals: np.ndarray) -> np.ndarray:
@@ -626,7 +714,12 @@ def _norm_tensors(
 
 # The outputs each row-by-row target op reads ("all": every one); ops not listed are read record
 # by record.
-_OP_OUTPUTS: dict[str, Any] = {"first": (0,), "scale_sqrt_hidden": (0,), "sum_pair": (0, 1), "cat_outputs": "all"}
+_OP_OUTPUTS: dict[str, Any] = {
+    "first": (0,),
+    "scale_sqrt_hidden": (0,),
+    "sum_pair": (0, 1),
+    "cat_outputs": "all",
+}
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -658,7 +751,11 @@ def _qk_heads(config: dict[str, Any]) -> int | None:
 
 
 def compare_traces(
-    target: TraceReader, reference: TraceReader, reference32: TraceReader | None = None, *, step: int | None = None
+    target: TraceReader,
+    reference: TraceReader,
+    reference32: TraceReader | None = None,
+    *,
+    step: int | None = None,
 ) -> list[Comparison]:
     return list(iter_comparisons(target, reference, reference32, step=step))
 
@@ -672,7 +769,13 @@ def print_comparison(rows: list[Comparison], console: Any, *, title: str | None 
     for c in rows:
         style = "red" if c.ratio > 2 else None
         table.add_row(
-            str(c.step), str(c.pass_index), c.target, c.module_class, f"{c.error:.2e}",
-            f"{c.ratio:.3g}", c.plan, style=style,
+            str(c.step),
+            str(c.pass_index),
+            c.target,
+            c.module_class,
+            f"{c.error:.2e}",
+            f"{c.ratio:.3g}",
+            c.plan,
+            style=style,
         )
     console.print(table)

@@ -107,7 +107,9 @@ class Diagnosis:
         if not self.diverged:
             return "no divergence"
         top = self.localization.suspects[0]
-        return f"divergence: {top.component} ({top.module_class}) is the first component that diverges"
+        return (
+            f"divergence: {top.component} ({top.module_class}) is the first component that diverges"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,7 +190,9 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             warm = {dtype: TraceReader(reference.scratch) for dtype, reference in pending.items()}
             analyse(TraceReader(scratch), warm, config.dtype, config.threshold)
         except Exception as exc:  # a warm-up: the real analysis reports its own errors
-            say(f"analysis warm-up failed ({type(exc).__name__}: {exc}); the analysis will run cold")
+            say(
+                f"analysis warm-up failed ({type(exc).__name__}: {exc}); the analysis will run cold"
+            )
             return
         finally:
             for reference in pending.values():
@@ -232,7 +236,9 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         with _threads_beside_writer([r.model for r in pending.values()], written):
             for dtype in dtypes:
                 if pending[dtype].follow(generated) is False:
-                    say(f"reference {dtype}: the target's tokens are not its guess; traced on the target's")
+                    say(
+                        f"reference {dtype}: the target's tokens are not its guess; traced on the target's"
+                    )
                 # read from memory while a thread writes it: the analysis need not wait
                 writing[dtype] = pending.pop(dtype).close_in_background()
                 references[dtype] = writing[dtype].reader
@@ -248,12 +254,16 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     def analysis() -> list[str]:
         marks["analysis_started_at"] = time.monotonic()
         t_analysis = time.perf_counter()
-        say("aligning and measuring (the target replays its modules on the reference's inputs meanwhile)")
+        say(
+            "aligning and measuring (the target replays its modules on the reference's inputs meanwhile)"
+        )
         # one core is the target's replay's: a pool of threads over every core would wait at
         # each operation for the one that is not scheduled (the tiny bench case's analysis took
         # 70-90 ms instead of 15 beside the replay)
         with _threads_beside_writer([], lambda: False):
-            found.update(analyse(TraceReader(work / "target"), references, config.dtype, config.threshold))
+            found.update(
+                analyse(TraceReader(work / "target"), references, config.dtype, config.threshold)
+            )
         seconds["analysis"] = time.perf_counter() - t_analysis
         marks["analysed_at"] = time.monotonic()
         return [s.component for s in found["localization"].suspects]
@@ -263,7 +273,13 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     replay_failed = None
     try:
         target = capture(
-            spec("vllm", "target", config.dtype, max_tokens=config.max_tokens, engine=dict(config.engine)),
+            spec(
+                "vllm",
+                "target",
+                config.dtype,
+                max_tokens=config.max_tokens,
+                engine=dict(config.engine),
+            ),
             pythonpath=config.target_pythonpath,
             timeout=config.timeout,
             after_generate=timed(replay_request),
@@ -292,7 +308,11 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     t0 = time.perf_counter()
     reference = references[config.dtype]
     reference32 = references.get("float32") if config.dtype != "float32" else None
-    mapping, comparisons, localization = found["mapping"], found["comparisons"], found["localization"]
+    mapping, comparisons, localization = (
+        found["mapping"],
+        found["comparisons"],
+        found["localization"],
+    )
     replays = target.path / REPLAY_FOLDER
     with collector_paused():  # a full collection here took 0.2 s, as in the phases above
         replayed = _trace_or_none(replays) if replay_failed is None else None
@@ -304,7 +324,11 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     for record in target.records:
         if record.kind == "logits" or record.name in compared or record.name in unmapped:
             continue
-        if record.name not in mapping.plans and record.module_class not in ("ModuleList", "Dropout", "Identity"):
+        if record.name not in mapping.plans and record.module_class not in (
+            "ModuleList",
+            "Dropout",
+            "Identity",
+        ):
             unmapped[record.name] = "no mapping rule and no reference component of that name"
     return Diagnosis(
         config=config,
@@ -361,7 +385,11 @@ def _threads_beside_writer(models: Sequence[Any], written: Callable[[], bool]) -
             torch.set_num_threads(before)
             state["restored"] = True
 
-    handles = [layer.register_forward_pre_hook(check) for model in models for layer in _decoder_layers(model)]
+    handles = [
+        layer.register_forward_pre_hook(check)
+        for model in models
+        for layer in _decoder_layers(model)
+    ]
     torch.set_num_threads(fewer)
     try:
         yield
@@ -389,7 +417,11 @@ def analyse(
     reference32 = references.get("float32") if dtype != "float32" else None
     mapping = infer_missing(plan_components(target, reference), target, reference)
     comparisons = list(iter_comparisons(target, reference, reference32, mapping=mapping))
-    return {"mapping": mapping, "comparisons": comparisons, "localization": localize(comparisons, threshold)}
+    return {
+        "mapping": mapping,
+        "comparisons": comparisons,
+        "localization": localize(comparisons, threshold),
+    }
 
 
 def confirm_by_replay(
@@ -425,11 +457,12 @@ def confirm_by_replay(
             continue
         ratio = compute_error_ratio(x, x_r, y_r, dtype)[0]
         confirmed = ratio > localization.threshold
-        note = (
-            f"; replayed alone on the reference's input it gives ratio {ratio:.3g}: "
-            + ("the module itself is wrong" if confirmed else "its error arrives from upstream")
+        note = f"; replayed alone on the reference's input it gives ratio {ratio:.3g}: " + (
+            "the module itself is wrong" if confirmed else "its error arrives from upstream"
         )
-        localization.suspects[i] = replace(suspect, confirmed=confirmed, evidence=suspect.evidence + note)
+        localization.suspects[i] = replace(
+            suspect, confirmed=confirmed, evidence=suspect.evidence + note
+        )
     # A suspect that replay clears (its error arrives from upstream) goes behind the others.
     ordered = sorted(localization.suspects, key=lambda s: (s.confirmed is False, s.rank))
     localization.suspects[:] = [replace(s, rank=i + 1) for i, s in enumerate(ordered)]
@@ -478,17 +511,29 @@ def render_markdown(diagnosis: Diagnosis) -> str:
     if diagnosis.bisection:
         lines += _bisection_markdown(diagnosis.bisection, diagnosis.root_cause)
     if loc.suspects:
-        lines += ["## Suspects", "", "| rank | component | class | source | ratio | evidence |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Suspects",
+            "",
+            "| rank | component | class | source | ratio | evidence |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in loc.suspects:
             src = f"{s.source_file}:{s.source_line}" if s.source_file else "-"
-            lines.append(f"| {s.rank} | `{s.component}` | {s.module_class} | `{src}` | {_fmt(s.ratio)} | {s.evidence} |")
+            lines.append(
+                f"| {s.rank} | `{s.component}` | {s.module_class} | `{src}` | {_fmt(s.ratio)} | {s.evidence} |"
+            )
         lines.append("")
     lines += ["## Comparisons (first pass where the error starts, and the logits of each pass)", ""]
-    lines += ["| pass | step | component | ratio | rel. error | pairing |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| pass | step | component | ratio | rel. error | pairing |",
+        "|---|---|---|---|---|---|",
+    ]
     start_pass = loc.change_point.pass_index if loc.change_point else 0
     for c in diagnosis.comparisons:
         if c.pass_index == start_pass or c.target == "logits_processor":
-            lines.append(f"| {c.pass_index} | {c.step} | `{c.target}` | {_fmt(c.ratio)} | {c.error:.2e} | {c.plan} |")
+            lines.append(
+                f"| {c.pass_index} | {c.step} | `{c.target}` | {_fmt(c.ratio)} | {c.error:.2e} | {c.plan} |"
+            )
     if diagnosis.unmapped:
         lines += ["", "## Unmapped components", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in sorted(diagnosis.unmapped.items())]
@@ -508,8 +553,17 @@ def _bisection_markdown(bisection: dict[str, Any], root_cause: dict[str, Any] | 
     ]
     touched = (root_cause or {}).get("touched") or []
     if touched:
-        lines.append("- the commit changes: " + ", ".join(f"`{t['qualname']}` in `{t['file']}`" for t in touched[:8]))
-    lines += ["", "### Probe log", "", "| round | commit | verdict | reason | seconds |", "|---|---|---|---|---|"]
+        lines.append(
+            "- the commit changes: "
+            + ", ".join(f"`{t['qualname']}` in `{t['file']}`" for t in touched[:8])
+        )
+    lines += [
+        "",
+        "### Probe log",
+        "",
+        "| round | commit | verdict | reason | seconds |",
+        "|---|---|---|---|---|",
+    ]
     for step in bisection.get("steps", []):
         cached = " (cached)" if step.get("cached") else ""
         lines.append(
@@ -572,7 +626,9 @@ def suspects_table(diagnosis: Diagnosis, console: Any) -> None:
         table.add_column(col, overflow="fold")
     for s in diagnosis.localization.suspects:
         src = f"{s.source_file}:{s.source_line}" if s.source_file else "-"
-        table.add_row(str(s.rank), s.component, s.module_class, src, _fmt(s.ratio), f"{s.pass_index}/{s.step}")
+        table.add_row(
+            str(s.rank), s.component, s.module_class, src, _fmt(s.ratio), f"{s.pass_index}/{s.step}"
+        )
     console.print(table)
 
 

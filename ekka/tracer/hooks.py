@@ -126,7 +126,9 @@ def parse_steps(spec: str | None) -> Callable[[int], bool]:
     except ValueError:
         from ekka.errors import UsageError
 
-        raise UsageError(f"--steps {spec!r}: use 'prefill', 'all' or step numbers like 0,1,2.") from None
+        raise UsageError(
+            f"--steps {spec!r}: use 'prefill', 'all' or step numbers like 0,1,2."
+        ) from None
     return lambda step: step in wanted
 
 
@@ -155,8 +157,12 @@ class ModuleRecorder:
         self._handles: list[Any] = []
         self.modules_by_name: dict[str, torch.nn.Module] = {}  # effective name -> module (replay)
         self._input_candidates: dict[int, bool] = {}  # module id -> holds weights, may be a leaf
-        self._classes: dict[int, tuple[str, str | None, int | None]] = {}  # module id -> class, file, line
-        self._renamed: dict[tuple[str, str], str] = {}  # (registered name, caller) -> effective name
+        self._classes: dict[
+            int, tuple[str, str | None, int | None]
+        ] = {}  # module id -> class, file, line
+        self._renamed: dict[
+            tuple[str, str], str
+        ] = {}  # (registered name, caller) -> effective name
         # Tensors recorded in this pass, by where they live: (copy, its stored meta). A module
         # that returns, or receives, a tensor already recorded with the same contents (a layer
         # returning its MLP's output, a projection receiving the norm's output) refers to the
@@ -240,7 +246,9 @@ class ModuleRecorder:
         self.finish()
         self._stored = {}
 
-    def _emit(self, fields: tuple[Any, ...], outputs: list[Any], inputs: dict[str, Any] | None) -> None:
+    def _emit(
+        self, fields: tuple[Any, ...], outputs: list[Any], inputs: dict[str, Any] | None
+    ) -> None:
         self._pending.append((fields, outputs, inputs))
         if self._pending_bytes >= PENDING_BYTES:
             self.finish()
@@ -249,12 +257,37 @@ class ModuleRecorder:
         """Hand the waiting records to the writer, in call order."""
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         stored, add = self._stored, self.writer.add
-        for (name, cls_name, file, line, step, pass_index, call_index, kind, leaf), outputs, inputs in pending:
-            outs = [None if t is None else (stored[id(t)][1] if id(t) in stored else t) for t in outputs]
-            ins = None if inputs is None else {k: (stored[id(t)][1] if id(t) in stored else t) for k, t in inputs.items()}
+        for (
+            name,
+            cls_name,
+            file,
+            line,
+            step,
+            pass_index,
+            call_index,
+            kind,
+            leaf,
+        ), outputs, inputs in pending:
+            outs = [
+                None if t is None else (stored[id(t)][1] if id(t) in stored else t) for t in outputs
+            ]
+            ins = (
+                None
+                if inputs is None
+                else {k: (stored[id(t)][1] if id(t) in stored else t) for k, t in inputs.items()}
+            )
             record = add(
-                name=name, module_class=cls_name, source_file=file, source_line=line, step=step,
-                pass_index=pass_index, call_index=call_index, outputs=outs, inputs=ins, kind=kind, leaf=leaf,
+                name=name,
+                module_class=cls_name,
+                source_file=file,
+                source_line=line,
+                step=step,
+                pass_index=pass_index,
+                call_index=call_index,
+                outputs=outs,
+                inputs=ins,
+                kind=kind,
+                leaf=leaf,
             )
             for t, meta in zip(outputs, record.outputs):
                 if t is not None and meta is not None:
@@ -274,7 +307,11 @@ class ModuleRecorder:
         candidate = self._input_candidates.get(id(module))
         if candidate is None:
             candidate = self._input_candidates[id(module)] = _records_inputs(module)
-        inputs = self._copy_inputs(args, kwargs) if candidate and (not self.patterns or self._selected(name)) else None
+        inputs = (
+            self._copy_inputs(args, kwargs)
+            if candidate and (not self.patterns or self._selected(name))
+            else None
+        )
         self._stack.append([name, False, inputs])
 
     def _copy(self, t: torch.Tensor | None) -> torch.Tensor | None:
@@ -293,7 +330,9 @@ class ModuleRecorder:
         self._pending_bytes += copy.nbytes
         return copy
 
-    def _copy_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+    def _copy_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, torch.Tensor | None]:
         inputs = {}
         for i, arg in enumerate(args):
             if isinstance(arg, torch.Tensor):
@@ -313,12 +352,25 @@ class ModuleRecorder:
             return
         known = self._classes.get(id(module))
         if known is None:
-            known = self._classes[id(module)] = (type(module).__name__, *source_location(type(module)))
+            known = self._classes[id(module)] = (
+                type(module).__name__,
+                *source_location(type(module)),
+            )
         cls_name, file, line = known
         if name not in self.modules_by_name:
             self.modules_by_name[name] = module
         outputs = [self._copy(t) for t in flatten_tensors(output)]
-        fields = (self._unique(name), cls_name, file, line, self.step, self.pass_index, self.call_index, "module", not had_child)
+        fields = (
+            self._unique(name),
+            cls_name,
+            file,
+            line,
+            self.step,
+            self.pass_index,
+            self.call_index,
+            "module",
+            not had_child,
+        )
         self._emit(fields, outputs, None if had_child else inputs)
         self.call_index += 1
 
@@ -341,7 +393,17 @@ class ModuleRecorder:
         if self._stack:
             self._stack[-1][1] = True
         file, line = source_location(func)
-        fields = (self._unique(name), getattr(func, "__name__", suffix), file, line, self.step, self.pass_index, self.call_index, kind, True)
+        fields = (
+            self._unique(name),
+            getattr(func, "__name__", suffix),
+            file,
+            line,
+            self.step,
+            self.pass_index,
+            self.call_index,
+            kind,
+            True,
+        )
         self._emit(fields, [clone(t) for t in outputs], {k: clone(v) for k, v in inputs.items()})
         self.call_index += 1
 

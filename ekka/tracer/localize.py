@@ -85,13 +85,17 @@ def _component_of(c: Comparison) -> str:
     return c.target
 
 
-def localize(comparisons: Iterable[Comparison], threshold: float = DEFAULT_THRESHOLD) -> Localization:
+def localize(
+    comparisons: Iterable[Comparison], threshold: float = DEFAULT_THRESHOLD
+) -> Localization:
     """Find the change point and rank up to five suspects."""
     comps = sorted(comparisons, key=lambda c: c.sequence)
     by_pass: dict[int, list[Comparison]] = {}
     for c in comps:
         by_pass.setdefault(c.pass_index, []).append(c)
-    scored: list[tuple[float, Comparison, float, float]] = []  # (score, comparison, jump, persistence)
+    scored: list[
+        tuple[float, Comparison, float, float]
+    ] = []  # (score, comparison, jump, persistence)
     for pass_index in sorted(by_pass):
         seq = by_pass[pass_index]
         above = [_above(c, threshold) for c in seq]
@@ -135,12 +139,16 @@ def _log(x: float) -> float:
     return math.log(x) if math.isfinite(x) and x > 0 else 1e9
 
 
-def _suspect(rank: int, c: Comparison, jump: float, persistence: float, threshold: float) -> Suspect:
+def _suspect(
+    rank: int, c: Comparison, jump: float, persistence: float, threshold: float
+) -> Suspect:
     where = f"pass {c.pass_index} (step {c.step}), worst at token position {c.worst_position}"
     if c.nonfinite:
         how = "non-finite values (NaN/inf) where the reference is finite"
     else:
-        how = f"error ratio {c.ratio:.3g} (relative error {c.error:.2e} against noise {c.noise:.1e})"
+        how = (
+            f"error ratio {c.ratio:.3g} (relative error {c.error:.2e} against noise {c.noise:.1e})"
+        )
         if c.ratio <= threshold:
             how += f", confined to few tokens: {c.token_ratio:.3g} at token position {c.worst_position}"
     if c.kind == "input":

@@ -34,7 +34,9 @@ def _heads_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _reference_output(reference: TraceReader, name: str, index: dict[str, Record]) -> torch.Tensor | None:
+def _reference_output(
+    reference: TraceReader, name: str, index: dict[str, Record]
+) -> torch.Tensor | None:
     record = index.get(name)
     if record is None:
         return None
@@ -42,7 +44,9 @@ def _reference_output(reference: TraceReader, name: str, index: dict[str, Record
     return None if out is None else (out[0] if out.dim() >= 3 and out.shape[0] == 1 else out)
 
 
-def _reference_input(reference: TraceReader, name: str, index: dict[str, Record]) -> torch.Tensor | None:
+def _reference_input(
+    reference: TraceReader, name: str, index: dict[str, Record]
+) -> torch.Tensor | None:
     record = index.get(name)
     if record is None:
         return None
@@ -51,7 +55,11 @@ def _reference_input(reference: TraceReader, name: str, index: dict[str, Record]
 
 
 def reference_inputs(
-    record: Record, module: torch.nn.Module, reference: TraceReader, index: dict[str, Record], rows: int
+    record: Record,
+    module: torch.nn.Module,
+    reference: TraceReader,
+    index: dict[str, Record],
+    rows: int,
 ) -> tuple[Any, ...] | None:
     """The arguments to call the target module with, built from the reference's tensors."""
     cls = type(module).__name__
@@ -125,7 +133,8 @@ def replay_modules(
             # fresh copies: the reference's tensors are views of its trace, and a module may
             # write to its input
             args = tuple(
-                (a.to(dtype) if dtype is not None and a.is_floating_point() else a).clone() for a in args
+                (a.to(dtype) if dtype is not None and a.is_floating_point() else a).clone()
+                for a in args
             )
             # vLLM's custom ops carry a pure-PyTorch reference path: replaying through it runs
             # the module's own parameters and settings without the CPU kernels' layout demands

@@ -38,7 +38,9 @@ DTYPES: dict[torch.dtype, str] = {
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPES.items()}
 
 
-def write_shard(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> int:
+def write_shard(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> int:
     """Write `tensors` (CPU) to `path` as one safetensors file; returns the bytes of data."""
     buffers, size = shard_buffers(tensors, metadata)
     write_buffers(path, buffers)
@@ -59,13 +61,20 @@ def shard_buffers(
         if t.dtype not in DTYPES:
             raise TypeError(f"tensor {key}: dtype {t.dtype} cannot be stored in a trace shard")
         size = t.numel() * t.element_size()
-        header[key] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        header[key] = {
+            "dtype": DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
         if size:
             parts.append(t.reshape(-1).view(torch.uint8))
         offset += size
     text = orjson.dumps(header)
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    return [struct.pack("<Q", len(text)) + text, *(memoryview(part.numpy()) for part in parts)], offset
+    return [
+        struct.pack("<Q", len(text)) + text,
+        *(memoryview(part.numpy()) for part in parts),
+    ], offset
 
 
 def write_buffers(path: str | Path, buffers: list[Any]) -> None:
@@ -124,7 +133,12 @@ class ShardFile:
             return torch.empty(shape, dtype=dtype)
         size = dtype.itemsize
         if (self._start + begin) % size:  # a view of another width needs alignment: a copy
-            return self._bytes[self._start + begin : self._start + end].clone().view(dtype).reshape(shape)
+            return (
+                self._bytes[self._start + begin : self._start + end]
+                .clone()
+                .view(dtype)
+                .reshape(shape)
+            )
         if self._start % size == 0:  # one slice of the data seen as `dtype`
             return self._typed_view(dtype)[begin // size : end // size].view(shape)
         return self._bytes[self._start + begin : self._start + end].view(dtype).reshape(shape)
@@ -133,7 +147,9 @@ class ShardFile:
         typed = self._typed.get(dtype)
         if typed is None:
             whole = self._bytes[self._start :]
-            typed = self._typed[dtype] = whole[: len(whole) - len(whole) % dtype.itemsize].view(dtype)
+            typed = self._typed[dtype] = whole[: len(whole) - len(whole) % dtype.itemsize].view(
+                dtype
+            )
         return typed
 
     def stacked_rows(self, keys: Sequence[str]) -> torch.Tensor | None:
@@ -161,7 +177,12 @@ class ShardFile:
         while i < len(begins):
             count, j = counts[i], i + 1
             step = begins[j] - begins[i] if j < len(begins) else 0
-            while j < len(begins) and step >= count > 0 and counts[j] == count and begins[j] - begins[j - 1] == step:
+            while (
+                j < len(begins)
+                and step >= count > 0
+                and counts[j] == count
+                and begins[j] - begins[j - 1] == step
+            ):
                 j += 1
             rows = count // width
             if j - i == 1:
@@ -198,6 +219,8 @@ class MemoryShard:
         if not tensors or any(t is None or t.dim() != 2 for t in tensors):
             return None
         first = tensors[0]
-        if first.shape[1] == 0 or any(t.dtype != first.dtype or t.shape[1] != first.shape[1] for t in tensors):  # type: ignore[union-attr]
+        if first.shape[1] == 0 or any(
+            t.dtype != first.dtype or t.shape[1] != first.shape[1] for t in tensors
+        ):  # type: ignore[union-attr]
             return None
         return first if len(tensors) == 1 else torch.cat(tensors)  # type: ignore[arg-type]

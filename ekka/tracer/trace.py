@@ -96,8 +96,18 @@ class Record:
             data["step"],
             data["pass_index"],
             data["call_index"],
-            tuple([None if o is None else meta(o["key"], tuple(o["shape"]), o["dtype"]) for o in data["outputs"]]),
-            tuple([(k, meta(m["key"], tuple(m["shape"]), m["dtype"])) for k, m in data.get("inputs", ())]),
+            tuple(
+                [
+                    None if o is None else meta(o["key"], tuple(o["shape"]), o["dtype"])
+                    for o in data["outputs"]
+                ]
+            ),
+            tuple(
+                [
+                    (k, meta(m["key"], tuple(m["shape"]), m["dtype"]))
+                    for k, m in data.get("inputs", ())
+                ]
+            ),
             data.get("kind", "module"),
             data.get("leaf", False),
         )
@@ -232,10 +242,29 @@ class TraceWriter:
         index = len(self.records)
         prefix = f"{self._serial:07d}."
         self._serial += 1
-        out_meta = tuple([None if t is None else self._put(f"{prefix}out.{i}", t) for i, t in enumerate(outputs)])
-        in_meta = tuple([(k, self._put(f"{prefix}in.{k}", t)) for k, t in inputs.items() if t is not None]) if inputs else ()
+        out_meta = tuple(
+            [None if t is None else self._put(f"{prefix}out.{i}", t) for i, t in enumerate(outputs)]
+        )
+        in_meta = (
+            tuple(
+                [(k, self._put(f"{prefix}in.{k}", t)) for k, t in inputs.items() if t is not None]
+            )
+            if inputs
+            else ()
+        )
         record = Record(
-            index, name, module_class, source_file, source_line, step, pass_index, call_index, out_meta, in_meta, kind, leaf
+            index,
+            name,
+            module_class,
+            source_file,
+            source_line,
+            step,
+            pass_index,
+            call_index,
+            out_meta,
+            in_meta,
+            kind,
+            leaf,
         )
         self.records.append(record)
         return record
@@ -299,8 +328,14 @@ class TraceWriter:
         taken = self._next_shard()
         self._closed = True
         head = self._head(True, extra)
-        memory = {} if taken is None else {len(self.shards) - 1: MemoryShard(self.path / taken[0], taken[1])}
-        reader = TraceReader.from_memory(self.path, {**head, "passes": [], "records": []}, self.records, self.passes, memory)
+        memory = (
+            {}
+            if taken is None
+            else {len(self.shards) - 1: MemoryShard(self.path / taken[0], taken[1])}
+        )
+        reader = TraceReader.from_memory(
+            self.path, {**head, "passes": [], "records": []}, self.records, self.passes, memory
+        )
         # Everything in Python is done here, the thread only makes system calls: a thread that
         # runs Python beside the caller's work (the analysis) takes the interpreter from it,
         # and hands it back only at its next system call or after the switch interval (5 ms)
@@ -331,15 +366,19 @@ class TraceWriter:
         (dataclasses) as their fields, without a dict per record built in Python."""
         options = orjson.OPT_NON_STR_KEYS  # keys as `json` writes them: 1 -> "1"
         text = orjson.dumps(head, default=str, option=options)
-        tail = orjson.dumps({"passes": self.passes, "records": self.records}, default=str, option=options)
+        tail = orjson.dumps(
+            {"passes": self.passes, "records": self.records}, default=str, option=options
+        )
         return text[:-1], tail[1:]
 
     def _write_manifest(self, parts: tuple[bytes, bytes], start: float) -> None:
         """Write the manifest: `parts` around its write time and the moment it is closed."""
-        closing = orjson.dumps({
-            "write_seconds": time.perf_counter() - start,
-            "closed_at": time.monotonic(),  # comparable with other processes' monotonic clocks
-        })
+        closing = orjson.dumps(
+            {
+                "write_seconds": time.perf_counter() - start,
+                "closed_at": time.monotonic(),  # comparable with other processes' monotonic clocks
+            }
+        )
         tmp = self.path / (MANIFEST + ".tmp")
         tmp.write_bytes(parts[0] + b"," + closing[1:-1] + b"," + parts[1])
         tmp.replace(self.path / MANIFEST)
@@ -440,13 +479,17 @@ class TraceReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
-            raise TraceFormatError(f"{self.path} is not a folder; give the --out folder of `ekka trace`.")
+            raise TraceFormatError(
+                f"{self.path} is not a folder; give the --out folder of `ekka trace`."
+            )
         try:  # read once: the manifest of a long capture is megabytes of JSON
             manifest = orjson.loads((self.path / MANIFEST).read_bytes())
         except (OSError, ValueError):
             manifest = None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise TraceFormatError(f"{self.path} holds no Ekka trace ({MANIFEST} missing or not ours).")
+            raise TraceFormatError(
+                f"{self.path} holds no Ekka trace ({MANIFEST} missing or not ours)."
+            )
         self.manifest: dict[str, Any] = manifest
         if self.manifest.get("version", 0) > VERSION:
             raise TraceFormatError(
@@ -508,13 +551,17 @@ class TraceReader:
 
     def select(self, *, step: int | None = None, name: str | None = None) -> list[Record]:
         return [
-            r for r in self.records if (step is None or r.step == step) and (name is None or r.name == name)
+            r
+            for r in self.records
+            if (step is None or r.step == step) and (name is None or r.name == name)
         ]
 
     def _tensor(self, meta: TensorMeta) -> Any:
         shard = self._key_shard.get(meta.key)
         if shard is None:
-            raise TraceFormatError(f"{self.path}: tensor {meta.key} is listed but was never written.")
+            raise TraceFormatError(
+                f"{self.path}: tensor {meta.key} is listed but was never written."
+            )
         return self._shard(shard).get(meta.key)
 
     def stacked_rows(self, metas: Sequence[TensorMeta]) -> Any | None:

@@ -26,7 +26,9 @@ def git_env() -> dict[str, str]:
 
 
 def git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=git_env())
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, env=git_env()
+    )
     assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr}"
     return proc.stdout.strip()
 
@@ -37,7 +39,9 @@ def init_repo(path: Path) -> Path:
     return path
 
 
-def commit_file(repo: Path, name: str, content: str, message: str, *, executable: bool = False) -> str:
+def commit_file(
+    repo: Path, name: str, content: str, message: str, *, executable: bool = False
+) -> str:
     """Write a file, commit it, and return the new commit's sha."""
     file = repo / name
     file.write_text(content)
@@ -51,7 +55,10 @@ def commit_file(repo: Path, name: str, content: str, message: str, *, executable
 def linear_repo(path: Path, count: int) -> list[str]:
     """Commits c0..c{count}: commit i sets value.txt to i, with the squash message `... (#100+i)`."""
     init_repo(path)
-    return [commit_file(path, "value.txt", f"{i}\n", f"Set value to {i} (#{100 + i})") for i in range(count + 1)]
+    return [
+        commit_file(path, "value.txt", f"{i}\n", f"Set value to {i} (#{100 + i})")
+        for i in range(count + 1)
+    ]
 
 
 def worktrees(repo: Path) -> list[str]:

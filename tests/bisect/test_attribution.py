@@ -11,7 +11,7 @@ from ekka.bisect.framework_repo import git
 from ekka.tracer.localize import Suspect
 from ekka.tracer.trace import Record
 
-LAYERS = '''
+LAYERS = """
 class RMSNorm:
     def __init__(self, size, eps=1e-6):
         self.eps = eps
@@ -23,7 +23,7 @@ class DecoderLayer:
 
     def forward(self, x):
         return x
-'''
+"""
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -51,19 +51,42 @@ class FakeTrace:
 
 
 def _record(name: str, cls: str, file: str) -> Record:
-    return Record(index=0, name=name, module_class=cls, source_file=file, source_line=1, step=0, pass_index=0,
-                  call_index=0, outputs=())
+    return Record(
+        index=0,
+        name=name,
+        module_class=cls,
+        source_file=file,
+        source_line=1,
+        step=0,
+        pass_index=0,
+        call_index=0,
+        outputs=(),
+    )
 
 
-TRACE = FakeTrace([
-    _record("model.layers.0", "DecoderLayer", "pkg/layers.py"),
-    _record("model.layers.0.input_layernorm", "RMSNorm", "pkg/layers.py"),
-])
+TRACE = FakeTrace(
+    [
+        _record("model.layers.0", "DecoderLayer", "pkg/layers.py"),
+        _record("model.layers.0.input_layernorm", "RMSNorm", "pkg/layers.py"),
+    ]
+)
 
 
 def _suspect(component: str, cls: str, rank: int = 1) -> Suspect:
-    return Suspect(rank=rank, component=component, module_class=cls, source_file="pkg/layers.py", source_line=2,
-                   ratio=123.0, jump=100.0, persistence=1.0, pass_index=0, step=0, position=3, evidence="")
+    return Suspect(
+        rank=rank,
+        component=component,
+        module_class=cls,
+        source_file="pkg/layers.py",
+        source_line=2,
+        ratio=123.0,
+        jump=100.0,
+        persistence=1.0,
+        pass_index=0,
+        step=0,
+        position=3,
+        evidence="",
+    )
 
 
 def test_touched_symbols_names_the_changed_method(tmp_path):
@@ -76,17 +99,27 @@ def test_touched_symbols_names_the_changed_method(tmp_path):
 def test_owner_level_attribution(tmp_path):
     repo = _repo(tmp_path)
     sha = _commit(repo, "pkg/layers.py", "eps=config.eps)", ")", "drop eps (#12)")
-    result = attribute(repo, sha, 12, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE)
+    result = attribute(
+        repo, sha, 12, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE
+    )
     assert result.matched and result.level == "owner"
     assert "DecoderLayer.__init__" in result.statement and "PR #12" in result.statement
-    assert "builds and owns the first component that diverges: model.layers.0.input_layernorm" in result.statement
+    assert (
+        "builds and owns the first component that diverges: model.layers.0.input_layernorm"
+        in result.statement
+    )
 
 
 def test_class_level_attribution(tmp_path):
     repo = _repo(tmp_path)
     sha = _commit(repo, "pkg/layers.py", "self.eps = eps", "self.eps = 1e-6", "hard-code eps")
-    result = attribute(repo, sha, None, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE)
-    assert result.level == "class" and "changed RMSNorm.__init__ in pkg/layers.py, which is the first" in result.statement
+    result = attribute(
+        repo, sha, None, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE
+    )
+    assert (
+        result.level == "class"
+        and "changed RMSNorm.__init__ in pkg/layers.py, which is the first" in result.statement
+    )
 
 
 def test_nothing_intersects_lists_both(tmp_path):
@@ -94,33 +127,53 @@ def test_nothing_intersects_lists_both(tmp_path):
     sha = _commit(repo, "pkg/other.py", "return 1", "return 2", "tweak helper (#7)")
     result = attribute(repo, sha, 7, [_suspect("model.layers.0.input_layernorm", "RMSNorm")], TRACE)
     assert not result.matched and result.level == "none"
-    assert "helper in pkg/other.py" in result.statement and "model.layers.0.input_layernorm" in result.statement
+    assert (
+        "helper in pkg/other.py" in result.statement
+        and "model.layers.0.input_layernorm" in result.statement
+    )
 
 
 def test_git_is_real(tmp_path):
     repo = _repo(tmp_path)
-    out = subprocess.run(["git", "log", "--oneline"], cwd=repo, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["git", "log", "--oneline"], cwd=repo, capture_output=True, text=True, check=True
+    )
     assert "base" in out.stdout
 
 
 def test_delegate_model_and_machinery_attribution(tmp_path):
     repo = _repo(tmp_path)
-    (repo / "pkg" / "backend.py").write_text("class Impl:\n    def __init__(self, w):\n        self.w = w\n")
-    (repo / "pkg" / "runner.py").write_text("class Runner:\n    def update(self):\n        return 1\n")
+    (repo / "pkg" / "backend.py").write_text(
+        "class Impl:\n    def __init__(self, w):\n        self.w = w\n"
+    )
+    (repo / "pkg" / "runner.py").write_text(
+        "class Runner:\n    def update(self):\n        return 1\n"
+    )
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "add backend")
     trace = FakeTrace(
-        [_record(f"model.layers.{i}.self_attn.attn", "Attention", "pkg/attention.py") for i in (0, 1)],
-        {"delegates": {"model.layers.0.self_attn.attn": [["Impl", "pkg/backend.py", 1]]},
-         "model_class": "DecoderLayer", "model_source": ["pkg/layers.py", 7]},
+        [
+            _record(f"model.layers.{i}.self_attn.attn", "Attention", "pkg/attention.py")
+            for i in (0, 1)
+        ],
+        {
+            "delegates": {"model.layers.0.self_attn.attn": [["Impl", "pkg/backend.py", 1]]},
+            "model_class": "DecoderLayer",
+            "model_source": ["pkg/layers.py", 7],
+        },
     )
     attn = [_suspect("model.layers.1.self_attn.attn", "Attention")]
     sha = _commit(repo, "pkg/backend.py", "self.w = w", "self.w = w - 1", "window off by one (#3)")
     result = attribute(repo, sha, 3, attn, trace)
-    assert result.level == "class" and "Impl that model.layers.1.self_attn.attn delegates to" in result.statement
+    assert (
+        result.level == "class"
+        and "Impl that model.layers.1.self_attn.attn delegates to" in result.statement
+    )
     sha = _commit(repo, "pkg/layers.py", "return x", "return -x", "flip (#4)")
     result = attribute(repo, sha, 4, attn, trace)
-    assert result.level == "owner" and "DecoderLayer (the model) builds and owns" in result.statement
+    assert (
+        result.level == "owner" and "DecoderLayer (the model) builds and owns" in result.statement
+    )
     from ekka.bisect import attribution
 
     saved = attribution.MACHINERY["Attention"]

@@ -17,7 +17,9 @@ def test_put_get_and_upsert(tmp_path):
     with VerdictCache(url) as cache:
         assert cache.get("repo", "abc", "h1") is None
         cache.put("repo", "abc", "h1", ProbeResult(Verdict.BAD, "exit 1", 1.5, {"ratio": 37.5}))
-        assert cache.get("repo", "abc", "h1") == ProbeResult(Verdict.BAD, "exit 1", 1.5, {"ratio": 37.5})
+        assert cache.get("repo", "abc", "h1") == ProbeResult(
+            Verdict.BAD, "exit 1", 1.5, {"ratio": 37.5}
+        )
         cache.put("repo", "abc", "h1", ProbeResult(Verdict.GOOD, "exit 0", 0.5))
         assert cache.get("repo", "abc", "h1").verdict is Verdict.GOOD
         assert cache.get("repo", "abc", "h2") is None
@@ -25,9 +27,13 @@ def test_put_get_and_upsert(tmp_path):
     # persisted, one row per key, with the documented columns
     with VerdictCache(url) as cache:
         assert cache.get("repo", "abc", "h1").reason == "exit 0"
-    rows = sqlite3.connect(tmp_path / "a" / "b" / "ekka.db").execute(
-        "select repo, [commit], config_hash, verdict, reason, seconds, details_json, created_at from verdicts"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "a" / "b" / "ekka.db")
+        .execute(
+            "select repo, [commit], config_hash, verdict, reason, seconds, details_json, created_at from verdicts"
+        )
+        .fetchall()
+    )
     assert len(rows) == 1 and rows[0][:6] == ("repo", "abc", "h1", "good", "exit 0", 0.5)
 
 

@@ -38,14 +38,20 @@ def test_finds_the_first_bad_commit(capsys, linear, tmp_path):
     assert "PR #113" in text and "probes" in text
     assert f"[endpoint] {shas[0][:10]} Set value to 0 (#100): good — exit 0" in text
     data = json.loads(report.read_text())
-    assert data["status"] == "found" and data["first_bad"]["sha"] == shas[13] and data["first_bad"]["pr"] == 113
+    assert (
+        data["status"] == "found"
+        and data["first_bad"]["sha"] == shas[13]
+        and data["first_bad"]["pr"] == 113
+    )
     assert data["probes"] <= 7 and len(data["steps"]) == data["probes"]
     assert_no_stray_worktrees(repo)
 
 
 def test_workers_and_repeats(capsys, linear):
     repo, shas = linear
-    code, text = run(capsys, *bisect(repo, shas[0], shas[20], ORACLE, "--workers", "3", "--repeats", "3"))
+    code, text = run(
+        capsys, *bisect(repo, shas[0], shas[20], ORACLE, "--workers", "3", "--repeats", "3")
+    )
     assert code == 0 and f"first bad commit: {shas[13]}" in text
     assert "2 of 2 runs" in text
 
@@ -56,8 +62,10 @@ def test_ambiguous_and_inconclusive_exit_1(capsys, linear, tmp_path):
     code, text = run(capsys, *bisect(repo, shas[0], shas[20], skip_12))
     assert code == 1 and "ambiguous" in text and shas[12][:10] in text and shas[13][:10] in text
     counter = tmp_path / "n"
-    flaky_10 = (f'v=$(cat value.txt); if [ "$v" = 10 ]; then n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); '
-                f'echo $n > {counter}; exit $((n % 2)); fi; test "$v" -lt 13')
+    flaky_10 = (
+        f'v=$(cat value.txt); if [ "$v" = 10 ]; then n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); '
+        f'echo $n > {counter}; exit $((n % 2)); fi; test "$v" -lt 13'
+    )
     code, text = run(capsys, *bisect(repo, shas[0], shas[20], flaky_10, "--repeats", "2"))
     assert code == 1 and "inconclusive" in text and shas[10][:10] in text
     assert_no_stray_worktrees(repo)
@@ -67,13 +75,20 @@ def test_the_cache_database_reuses_verdicts(capsys, linear, tmp_path):
     repo, shas = linear
     db = f"sqlite:///{tmp_path / 'db' / 'ekka.db'}"
     first, second = tmp_path / "1.json", tmp_path / "2.json"
-    assert run(capsys, *bisect(repo, shas[0], shas[20], ORACLE, "--db", db, "--json", str(first)))[0] == 0
-    code, text = run(capsys, *bisect(repo, shas[4], shas[20], ORACLE, "--db", db, "--json", str(second)))
+    assert (
+        run(capsys, *bisect(repo, shas[0], shas[20], ORACLE, "--db", db, "--json", str(first)))[0]
+        == 0
+    )
+    code, text = run(
+        capsys, *bisect(repo, shas[4], shas[20], ORACLE, "--db", db, "--json", str(second))
+    )
     assert code == 0 and ", cached —" in text
     one, two = json.loads(first.read_text()), json.loads(second.read_text())
     assert two["cached"] > 0 and two["probes"] < one["probes"]
     assert two["first_bad"]["sha"] == shas[13]
-    code, text = run(capsys, *bisect(repo, shas[4], shas[20], ORACLE + " ", "--db", db))  # another command
+    code, text = run(
+        capsys, *bisect(repo, shas[4], shas[20], ORACLE + " ", "--db", db)
+    )  # another command
     assert code == 0 and ", cached" not in text
 
 
@@ -83,7 +98,10 @@ def test_the_cache_database_reuses_verdicts(capsys, linear, tmp_path):
         ("false", "the good endpoint .* probes bad, not good: exit 1"),
         ("true", "the bad endpoint .* probes good, not bad: exit 0"),
         ("exit 125", "probes skip, so it cannot be verified"),
-        ("nosuchprogram", "the oracle command could not start: exit 127: .*nosuchprogram: command not found"),
+        (
+            "nosuchprogram",
+            "the oracle command could not start: exit 127: .*nosuchprogram: command not found",
+        ),
         ("./not-in-the-repo.sh", "the oracle command could not start: .*No such file"),
     ],
 )

@@ -39,16 +39,23 @@ def test_an_inline_oracle_finds_the_first_bad_commit(linear):
 def test_an_oracle_script_committed_in_the_repository(tmp_path):
     repo = init_repo(tmp_path / "repo")
     shas = [commit_file(repo, "check.sh", CHECK_SCRIPT, "Add the check (#1)", executable=True)]
-    shas += [commit_file(repo, "value.txt", f"{i}\n", f"Value {i} (#{i + 1})") for i in range(1, 25)]
-    result = Bisector(CommandOracle(repo, "./check.sh"), workers=3).run(commit_range(repo, shas[1], shas[-1]))
+    shas += [
+        commit_file(repo, "value.txt", f"{i}\n", f"Value {i} (#{i + 1})") for i in range(1, 25)
+    ]
+    result = Bisector(CommandOracle(repo, "./check.sh"), workers=3).run(
+        commit_range(repo, shas[1], shas[-1])
+    )
     assert result.first_bad.sha == shas[17] and result.first_bad.pr == 18
     assert_no_stray_worktrees(repo)
 
 
 def test_the_command_runs_in_the_commits_worktree_with_its_sha(linear):
     repo, shas, commits = linear
-    oracle = CommandOracle(repo, f'test "$EKKA_COMMIT" = "$(git rev-parse HEAD)" && test "$EKKA_REPO" = {repo.resolve()} '
-                                 '&& test "$PWD" != "$EKKA_REPO" && test -z "$GIT_DIR"')
+    oracle = CommandOracle(
+        repo,
+        f'test "$EKKA_COMMIT" = "$(git rev-parse HEAD)" && test "$EKKA_REPO" = {repo.resolve()} '
+        '&& test "$PWD" != "$EKKA_REPO" && test -z "$GIT_DIR"',
+    )
     assert oracle(commits[4]).verdict is Verdict.GOOD
 
 
@@ -62,7 +69,11 @@ def test_the_reason_carries_the_last_lines_of_output(linear):
 
 @pytest.mark.parametrize(
     ("cmd", "verdict", "reason"),
-    [("exit 125", Verdict.SKIP, "exit 125"), ("exit 200", Verdict.SKIP, "outside"), ("kill -9 $$", Verdict.SKIP, "SIGKILL")],
+    [
+        ("exit 125", Verdict.SKIP, "exit 125"),
+        ("exit 200", Verdict.SKIP, "outside"),
+        ("kill -9 $$", Verdict.SKIP, "SIGKILL"),
+    ],
 )
 def test_exit_codes_that_skip(linear, cmd, verdict, reason):
     repo, _, commits = linear
@@ -73,7 +84,9 @@ def test_exit_codes_that_skip(linear, cmd, verdict, reason):
 def test_a_timeout_is_a_transient_skip_and_kills_the_whole_group(linear):
     repo, _, commits = linear
     start = time.monotonic()
-    result = CommandOracle(repo, "echo started; sleep 30 & sleep 30; echo never", timeout=0.5)(commits[0])
+    result = CommandOracle(repo, "echo started; sleep 30 & sleep 30; echo never", timeout=0.5)(
+        commits[0]
+    )
     assert time.monotonic() - start < 10
     assert result.verdict is Verdict.SKIP and result.transient
     assert result.reason == "timed out after 0.5 s: started"
@@ -99,7 +112,9 @@ def test_a_command_that_cannot_start(linear):
     result = CommandOracle(repo, "nosuchprogram --check")(commits[0])
     assert result.verdict is Verdict.BAD and result.cannot_start
     assert "command not found" in result.reason
-    with pytest.raises(OracleStartError, match="the oracle command could not start: exit 127.*nosuchprogram"):
+    with pytest.raises(
+        OracleStartError, match="the oracle command could not start: exit 127.*nosuchprogram"
+    ):
         Bisector(CommandOracle(repo, "nosuchprogram --check")).run(commits)
     with pytest.raises(OracleStartError, match="No such file"):
         Bisector(CommandOracle(repo, "./missing-script.sh")).run(commits)
@@ -119,9 +134,9 @@ def test_a_flaky_script_is_decided_by_majority(linear, tmp_path):
     repo, shas, commits = linear
     counter = tmp_path / "counter"
     cmd = (
-        f'n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; '
+        f"n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; "
         'if test "$(cat value.txt)" -lt 13; then right=0; else right=1; fi; '
-        'if [ $((n % 3)) -eq 0 ]; then exit $((1 - right)); fi; exit $right'
+        "if [ $((n % 3)) -eq 0 ]; then exit $((1 - right)); fi; exit $right"
     )
     result = Bisector(CommandOracle(repo, cmd), repeats=3).run(commits)
     assert result.first_bad.sha == shas[13]
@@ -136,7 +151,7 @@ def test_a_50_50_script_is_inconclusive(linear, tmp_path):
     counter = tmp_path / "counter"
     cmd = (
         'v=$(cat value.txt); if [ "$v" = 10 ]; then '
-        f'n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; exit $((n % 2)); fi; '
+        f"n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}; exit $((n % 2)); fi; "
         'test "$v" -lt 13'
     )
     result = Bisector(CommandOracle(repo, cmd), repeats=2).run(commits)
@@ -158,7 +173,9 @@ def test_first_parent_bisection_through_merges(tmp_path):
     git(repo, "merge", "-q", "--no-ff", "feature", "-m", "Merge pull request #4 from dev/feature")
     merge = git(repo, "rev-parse", "HEAD")
     bad = commit_file(repo, "other.txt", "z\n", "Later (#5)")
-    result = Bisector(CommandOracle(repo, 'test "$(cat value.txt)" -lt 50')).run(commit_range(repo, good, bad))
+    result = Bisector(CommandOracle(repo, 'test "$(cat value.txt)" -lt 50')).run(
+        commit_range(repo, good, bad)
+    )
     assert result.first_bad.sha == merge and result.first_bad.pr == 4
     assert len(result.candidates) == 1 and len(commit_range(repo, good, bad)) == 4
 

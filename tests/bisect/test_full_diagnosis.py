@@ -24,19 +24,40 @@ IDS = ",".join(map(str, PROMPT_IDS))
 def history(tmp_path_factory):
     work = tmp_path_factory.mktemp("full")
     patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
-    return make_bug_history(base_repository(work), work / "repo", patch, "[Model] Llama norms use defaults")
+    return make_bug_history(
+        base_repository(work), work / "repo", patch, "[Model] Llama norms use defaults"
+    )
 
 
 def _worktrees(repo: Path) -> list[str]:
-    out = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True
+    )
     return out.stdout.strip().splitlines()
 
 
-def test_full_diagnosis_finds_commit_component_and_reuses_verdicts(history, zoo_model, tmp_path, capsys):
+def test_full_diagnosis_finds_commit_component_and_reuses_verdicts(
+    history, zoo_model, tmp_path, capsys
+):
     model = zoo_model("llama", rms_norm_eps=1e-5)
     db = f"sqlite:///{tmp_path / 'verdicts.db'}"
-    args = ["diagnose", "--model", str(model), "--prompt-ids", IDS, "--max-tokens", "3", "--repo", str(history.repo),
-            "--good", history.good, "--bad", history.bad, "--db", db]
+    args = [
+        "diagnose",
+        "--model",
+        str(model),
+        "--prompt-ids",
+        IDS,
+        "--max-tokens",
+        "3",
+        "--repo",
+        str(history.repo),
+        "--good",
+        history.good,
+        "--bad",
+        history.bad,
+        "--db",
+        db,
+    ]
     code = main(args + ["--out", str(tmp_path / "r1")])
     assert code == 1, capsys.readouterr().out
     report = json.loads((tmp_path / "r1" / "report.json").read_text())
@@ -46,7 +67,10 @@ def test_full_diagnosis_finds_commit_component_and_reuses_verdicts(history, zoo_
     n = len(history.commits)
     assert bisection["probes"] <= math.ceil(math.log2(n)) + 2
     assert root["matched"] and root["component"] == "model.layers.0.input_layernorm"
-    assert "LlamaDecoderLayer.__init__" in root["statement"] and "vllm/model_executor/models/llama.py" in root["statement"]
+    assert (
+        "LlamaDecoderLayer.__init__" in root["statement"]
+        and "vllm/model_executor/models/llama.py" in root["statement"]
+    )
     md = (tmp_path / "r1" / "report.md").read_text()
     assert "## Root cause" in md and "### Probe log" in md
     assert _worktrees(history.repo) == _worktrees(history.repo)[:1], "no stray worktrees"
@@ -54,7 +78,9 @@ def test_full_diagnosis_finds_commit_component_and_reuses_verdicts(history, zoo_
     code = main(args + ["--out", str(tmp_path / "r2")])
     assert code == 1
     again = json.loads((tmp_path / "r2" / "report.json").read_text())["bisection"]
-    assert again["probes"] == 0 and again["cached"] >= 3 and again["first_bad"]["sha"] == history.bug
+    assert (
+        again["probes"] == 0 and again["cached"] >= 3 and again["first_bad"]["sha"] == history.bug
+    )
 
 
 def test_full_mode_bad_input(history, zoo_model, tmp_path, capsys):
@@ -81,7 +107,24 @@ def test_repository_that_is_not_the_framework(zoo_model, tmp_path, capsys):
     good = git(repo, "rev-parse", "HEAD")
     (repo / "README").write_text("hello again\n")
     git(repo, "commit", "-q", "-am", "two")
-    code = main(["diagnose", "--model", str(zoo_model("llama")), "--prompt-ids", IDS, "--out", str(tmp_path / "r"),
-                 "--repo", str(repo), "--good", good, "--bad", "HEAD", "--db", f"sqlite:///{tmp_path / 'v.db'}"])
+    code = main(
+        [
+            "diagnose",
+            "--model",
+            str(zoo_model("llama")),
+            "--prompt-ids",
+            IDS,
+            "--out",
+            str(tmp_path / "r"),
+            "--repo",
+            str(repo),
+            "--good",
+            good,
+            "--bad",
+            "HEAD",
+            "--db",
+            f"sqlite:///{tmp_path / 'v.db'}",
+        ]
+    )
     assert code == 2 and "not the vllm repository" in capsys.readouterr().err
     assert len(_worktrees(repo)) == 1

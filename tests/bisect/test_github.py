@@ -12,7 +12,10 @@ from ekka.bisect.github import GitHubPrLookup
 from ekka.errors import UsageError
 
 PULLS = {
-    "aaaa": [{"number": 41, "merged_at": None}, {"number": 42, "merged_at": "2026-01-01T00:00:00Z"}],
+    "aaaa": [
+        {"number": 41, "merged_at": None},
+        {"number": 42, "merged_at": "2026-01-01T00:00:00Z"},
+    ],
     "bbbb": [],
 }
 
@@ -23,7 +26,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         Handler.seen.append((self.path, self.headers.get("Authorization")))
         parts = self.path.strip("/").split("/")
-        if len(parts) == 6 and parts[:1] == ["repos"] and parts[3] == "commits" and parts[5] == "pulls" and parts[4] in PULLS:
+        if (
+            len(parts) == 6
+            and parts[:1] == ["repos"]
+            and parts[3] == "commits"
+            and parts[5] == "pulls"
+            and parts[4] in PULLS
+        ):
             body = json.dumps(PULLS[parts[4]]).encode()
             self.send_response(200)
         else:
@@ -54,7 +63,8 @@ def test_lookup_prefers_the_merged_pull_request_and_caches(api):
     assert lookup("bbbb") is None
     assert lookup("cccc") is None and "HTTP 404" in lookup.errors[-1]
     assert [p for p, _ in Handler.seen] == [
-        "/repos/vllm-project/vllm/commits/aaaa/pulls", "/repos/vllm-project/vllm/commits/bbbb/pulls",
+        "/repos/vllm-project/vllm/commits/aaaa/pulls",
+        "/repos/vllm-project/vllm/commits/bbbb/pulls",
         "/repos/vllm-project/vllm/commits/cccc/pulls",
     ]
     assert Handler.seen[0][1] == "Bearer t0k"

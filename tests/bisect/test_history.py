@@ -31,7 +31,15 @@ def merged(tmp_path_factory):
     f2 = commit_file(repo, "b.txt", "2\n", "Feature part two")
     git(repo, "checkout", "-q", "main")
     c1 = commit_file(repo, "a.txt", "1\n", "A plain main-line commit")
-    git(repo, "merge", "-q", "--no-ff", "feature", "-m", "Merge pull request #7 from someone/feature\n\nAdd the feature")
+    git(
+        repo,
+        "merge",
+        "-q",
+        "--no-ff",
+        "feature",
+        "-m",
+        "Merge pull request #7 from someone/feature\n\nAdd the feature",
+    )
     merge = git(repo, "rev-parse", "HEAD")
     c2 = commit_file(repo, "a.txt", "2\n", "[Bugfix] Fix the thing (#8)")
     return repo, {"c0": c0, "f1": f1, "f2": f2, "c1": c1, "merge": merge, "c2": c2}
@@ -46,7 +54,9 @@ def test_linear_range_is_oldest_first_without_good(linear):
     assert commits[-1] == commits.bad
     assert [c.pr for c in commits] == list(range(101, 111))
     first = commits[0]
-    assert first.summary == "Set value to 1 (#101)" and first.author == "Ekka Test <test@ekka.invalid>"
+    assert (
+        first.summary == "Set value to 1 (#101)" and first.author == "Ekka Test <test@ekka.invalid>"
+    )
     assert first.date.startswith("2025-01-01T00:00:00")
 
 
@@ -100,7 +110,7 @@ def test_pr_lookup_comes_first_and_the_message_is_the_fallback(merged):
         ("[Kernel] Faster rotary (#12345)", 12345),
         ("Fix (#1) again (#23)\n\nbody (#99)", 23),
         ("Merge pull request #77 from user/branch\n\nTitle (#5)", 77),
-        ("Revert \"x (#3)\" for now", None),
+        ('Revert "x (#3)" for now', None),
         ("No number here", None),
         ("", None),
     ],

@@ -34,19 +34,30 @@ def _package(tmp_path: Path) -> Path:
 def test_bug_history_puts_the_patch_among_harmless_commits(tmp_path):
     pkg = _package(tmp_path)
     base = make_base_repo(tmp_path / "base", pkg)
-    assert not (base / "fakefw" / "ops" / "_C.so").exists(), "compiled files stay out of the repository"
+    assert not (base / "fakefw" / "ops" / "_C.so").exists(), (
+        "compiled files stay out of the repository"
+    )
     patch = tmp_path / "bug.patch"
     patch.write_text(PATCH)
     assert patch_files(patch) == ["fakefw/model.py"]
-    history = make_bug_history(base, tmp_path / "repo", patch, "Change the scale", before=3, after=2,
-                               extra_files=("fakefw/__init__.py",))
+    history = make_bug_history(
+        base,
+        tmp_path / "repo",
+        patch,
+        "Change the scale",
+        before=3,
+        after=2,
+        extra_files=("fakefw/__init__.py",),
+    )
     commits = commit_range(history.repo, history.good, history.bad)
     assert [c.sha for c in commits] == list(history.commits)
     assert len(commits) == 6 and commits[3].sha == history.bug
     assert commits[3].pr == history.bug_pr and all(c.pr for c in commits)
     assert "return 1.5" in git(history.repo, "show", f"{history.bad}:fakefw/model.py")
     # harmless neighbours touch the patched file too, harmlessly
-    assert "fakefw/model.py" in git(history.repo, "show", "--name-only", "--format=", history.commits[4])
+    assert "fakefw/model.py" in git(
+        history.repo, "show", "--name-only", "--format=", history.commits[4]
+    )
 
 
 def test_overlay_links_compiled_extensions_and_refuses_other_repositories(tmp_path):

@@ -184,14 +184,19 @@ def test_endpoints_are_probed_in_parallel_with_two_workers(history):
             barrier.wait()
         return inner(commit)
 
-    assert Bisector(probe, workers=2).run(commit_range(repo, shas[0], shas[20])).first_bad.sha == shas[9]
+    assert (
+        Bisector(probe, workers=2).run(commit_range(repo, shas[0], shas[20])).first_bad.sha
+        == shas[9]
+    )
 
 
 def test_an_oracle_that_cannot_start_on_both_endpoints(history):
     repo, shas, _ = history
 
     def probe(commit):
-        return ProbeResult(Verdict.BAD, "exit 127: nosuch: command not found", details={"cannot_start": True})
+        return ProbeResult(
+            Verdict.BAD, "exit 127: nosuch: command not found", details={"cannot_start": True}
+        )
 
     with pytest.raises(OracleStartError, match="could not start: exit 127"):
         Bisector(probe).run(commit_range(repo, shas[0], shas[5]))
@@ -238,7 +243,9 @@ def test_a_probe_that_raises_is_a_skip_but_ekka_errors_stop(history):
 
     result = Bisector(probe).run(commit_range(repo, shas[0], shas[20]))
     assert result.first_bad.sha == shas[13] and result.skipped == (shas[10],)
-    assert "RuntimeError: disk full" in [s for s in result.steps if s.commit.sha == shas[10]][0].reason
+    assert (
+        "RuntimeError: disk full" in [s for s in result.steps if s.commit.sha == shas[10]][0].reason
+    )
 
     def broken(commit):
         raise UsageError("the model folder is gone")
@@ -265,8 +272,14 @@ def test_the_observer_hears_every_event(history):
     assert sum(line.startswith("probing ") for line in lines) == result.probes
     verdicts = [line for line in lines if line.startswith("[")]
     assert len(verdicts) == len(result.steps)
-    assert verdicts[0].startswith(f"[endpoint] {shas[0][:10]} Set value to 0 (#100): good — value 0")
-    assert results == [results[0]] and f"first bad commit: {shas[7]}" in results[0] and "PR #107" in results[0]
+    assert verdicts[0].startswith(
+        f"[endpoint] {shas[0][:10]} Set value to 0 (#100): good — value 0"
+    )
+    assert (
+        results == [results[0]]
+        and f"first bad commit: {shas[7]}" in results[0]
+        and "PR #107" in results[0]
+    )
 
 
 def test_the_cache_reuses_verdicts_over_an_overlapping_range(history, tmp_path):
@@ -297,7 +310,9 @@ def test_the_cache_reuses_verdicts_over_an_overlapping_range(history, tmp_path):
         assert again.probes == 0 and again.first_bad.sha == shas[13]
 
 
-def test_the_cache_keeps_no_unverified_endpoints_transient_skips_or_inconclusive_commits(history, tmp_path):
+def test_the_cache_keeps_no_unverified_endpoints_transient_skips_or_inconclusive_commits(
+    history, tmp_path
+):
     repo, shas, values = history
     with VerdictCache(f"sqlite:///{tmp_path / 'c.db'}") as cache:
         with pytest.raises(EndpointError):

@@ -37,7 +37,9 @@ def test_verdict_is_a_str_enum():
 
 
 def test_probe_result_round_trips_through_json():
-    result = ProbeResult(Verdict.BAD, "exit 1: ratio 37.5", 2.5, {"exit_code": 1, "ratios": [1.0, 37.5]})
+    result = ProbeResult(
+        Verdict.BAD, "exit 1: ratio 37.5", 2.5, {"exit_code": 1, "ratios": [1.0, 37.5]}
+    )
     again = ProbeResult.from_json(json.loads(json.dumps(result.to_json())))
     assert again == result
     assert not again.transient and not again.cannot_start

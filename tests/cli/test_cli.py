@@ -27,7 +27,11 @@ def test_startup_imports_no_framework():
 
 def test_console_script_reports_usage_error_without_traceback(tmp_path):
     ekka = shutil.which("ekka") or str(__import__("pathlib").Path(sys.executable).parent / "ekka")
-    proc = subprocess.run([ekka, "zoo", "build", "nosucharch", "--out", str(tmp_path / "m")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [ekka, "zoo", "build", "nosucharch", "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "unknown architecture" in (proc.stderr + proc.stdout).lower()
@@ -36,7 +40,12 @@ def test_console_script_reports_usage_error_without_traceback(tmp_path):
 def test_zoo_list_shows_all_architectures(capsys):
     code, text = run(capsys, "zoo", "list")
     assert code == 0
-    for name in ("LlamaForCausalLM", "Cohere2ForCausalLM", "Qwen2MoeForCausalLM", "Gemma3ForCausalLM"):
+    for name in (
+        "LlamaForCausalLM",
+        "Cohere2ForCausalLM",
+        "Qwen2MoeForCausalLM",
+        "Gemma3ForCausalLM",
+    ):
         assert name in text
 
 
@@ -48,8 +57,18 @@ def test_unknown_architecture(capsys, tmp_path):
 
 
 def test_missing_model_folder(capsys, tmp_path):
-    code, text = run(capsys, "trace", "--framework", "transformers", "--model", str(tmp_path / "nope"),
-                     "--prompt-ids", "1,2,3", "--out", str(tmp_path / "t"))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "transformers",
+        "--model",
+        str(tmp_path / "nope"),
+        "--prompt-ids",
+        "1,2,3",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert code == 2 and "does not exist" in text
 
 
@@ -58,27 +77,69 @@ def test_incomplete_model_folder(capsys, tmp_path, zoo_model):
     shutil.copytree(zoo_model("llama"), broken)
     for weights in broken.glob("*.safetensors"):
         weights.unlink()
-    code, text = run(capsys, "trace", "--framework", "vllm", "--model", str(broken),
-                     "--prompt-ids", "1,2,3", "--out", str(tmp_path / "t"))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "vllm",
+        "--model",
+        str(broken),
+        "--prompt-ids",
+        "1,2,3",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert code == 2 and "no weights" in text
     (broken / "config.json").unlink()
-    code, text = run(capsys, "trace", "--framework", "vllm", "--model", str(broken),
-                     "--prompt-ids", "1,2,3", "--out", str(tmp_path / "t"))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "vllm",
+        "--model",
+        str(broken),
+        "--prompt-ids",
+        "1,2,3",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert code == 2 and "config.json" in text
 
 
 def test_head_size_the_cpu_backend_rejects(capsys, tmp_path, zoo_model):
     model = zoo_model("llama", head_dim=16)
-    code, text = run(capsys, "trace", "--framework", "vllm", "--model", str(model),
-                     "--prompt-ids", IDS, "--out", str(tmp_path / "t"))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "vllm",
+        "--model",
+        str(model),
+        "--prompt-ids",
+        IDS,
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert code == 2
     assert "head size 16" in text and "64" in text
 
 
 def test_prompt_longer_than_context(capsys, tmp_path, zoo_model):
     model = zoo_model("llama", max_position_embeddings=16)
-    code, text = run(capsys, "trace", "--framework", "transformers", "--model", str(model),
-                     "--prompt-ids", IDS, "--max-tokens", "4", "--out", str(tmp_path / "t"))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "transformers",
+        "--model",
+        str(model),
+        "--prompt-ids",
+        IDS,
+        "--max-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert code == 2 and "context is 16 tokens" in text
 
 
@@ -86,34 +147,92 @@ def test_output_folder_that_is_not_a_trace(capsys, tmp_path, zoo_model):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    code, text = run(capsys, "trace", "--framework", "transformers", "--model", str(zoo_model("llama")),
-                     "--prompt-ids", "1,2,3", "--out", str(out))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "transformers",
+        "--model",
+        str(zoo_model("llama")),
+        "--prompt-ids",
+        "1,2,3",
+        "--out",
+        str(out),
+    )
     assert code == 2 and "not an Ekka trace" in text
     assert (out / "thesis.tex").read_text() == "precious"
 
 
 def test_prompt_and_prompt_ids_are_exclusive(capsys, tmp_path, zoo_model):
-    code, text = run(capsys, "trace", "--framework", "transformers", "--model", str(zoo_model("llama")),
-                     "--out", str(tmp_path / "t"))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "transformers",
+        "--model",
+        str(zoo_model("llama")),
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert code == 2 and "exactly one of --prompt" in text
-    code, text = run(capsys, "trace", "--framework", "transformers", "--model", str(zoo_model("llama")),
-                     "--prompt-ids", "1,x", "--out", str(tmp_path / "t"))
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "transformers",
+        "--model",
+        str(zoo_model("llama")),
+        "--prompt-ids",
+        "1,x",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert code == 2 and "comma-separated integers" in text
 
 
 def test_trace_and_compare_commands(capsys, tmp_path, zoo_model):
     model = str(zoo_model("llama"))
-    code, text = run(capsys, "trace", "--framework", "transformers", "--model", model, "--prompt", "Hello there, friend.",
-                     "--max-tokens", "2", "--out", str(tmp_path / "a"), "--steps", "prefill")
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "transformers",
+        "--model",
+        model,
+        "--prompt",
+        "Hello there, friend.",
+        "--max-tokens",
+        "2",
+        "--out",
+        str(tmp_path / "a"),
+        "--steps",
+        "prefill",
+    )
     assert code == 0, text
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["prompt_ids"][0] == 1 and manifest["prompt"] == "Hello there, friend."
     assert {r["step"] for r in manifest["records"]} == {0}
-    code, text = run(capsys, "trace", "--framework", "transformers", "--model", model, "--prompt", "Hello there, friend.",
-                     "--max-tokens", "2", "--out", str(tmp_path / "b"), "--modules", "model.layers.0*")
+    code, text = run(
+        capsys,
+        "trace",
+        "--framework",
+        "transformers",
+        "--model",
+        model,
+        "--prompt",
+        "Hello there, friend.",
+        "--max-tokens",
+        "2",
+        "--out",
+        str(tmp_path / "b"),
+        "--modules",
+        "model.layers.0*",
+    )
     assert code == 0, text
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert all(r["name"].startswith("model.layers.0") or r["kind"] == "logits" for r in manifest["records"])
+    assert all(
+        r["name"].startswith("model.layers.0") or r["kind"] == "logits" for r in manifest["records"]
+    )
     code, text = run(capsys, "compare", str(tmp_path / "a"), str(tmp_path / "a"))
     assert code == 0 and "lm_head" in text and "sum_pair" in text
 

@@ -29,7 +29,11 @@ def test_transformers_capture_records_every_module_in_call_order(captured, arch)
         assert (record.pass_index, record.call_index) > prev
         prev = (record.pass_index, record.call_index)
     names = [r.name for r in reader.select(step=0)]
-    assert names.index("model.layers.0.input_layernorm") < names.index("model.layers.0") < names.index("model.layers.1")
+    assert (
+        names.index("model.layers.0.input_layernorm")
+        < names.index("model.layers.0")
+        < names.index("model.layers.1")
+    )
     assert "model.layers.0.mlp" in names or "model.layers.0.mlp.experts" in names
     # every step has its logits, and greedy tokens are their argmax
     logits = [r for r in reader.records if r.kind == "logits"]
@@ -71,7 +75,9 @@ def test_vllm_capture_records_passes_positions_and_logits(captured, arch):
     assert reader.passes[2].positions == (len(PROMPT_IDS) + 1,)
     assert len(reader.generated_ids) == 3
     assert len([r for r in reader.records if r.kind == "logits"]) == 3
-    vllm_files = [r.source_file for r in reader.records if r.source_file and r.source_file.startswith("vllm/")]
+    vllm_files = [
+        r.source_file for r in reader.records if r.source_file and r.source_file.startswith("vllm/")
+    ]
     assert vllm_files, "vLLM module classes carry their source file relative to the package root"
 
 
@@ -121,7 +127,11 @@ def test_vllm_bfloat16_capture_stores_bfloat16(captured):
 def test_inputs_are_recorded_for_weighted_leaves_only(captured):
     reader = captured("transformers", "llama")
     first = {r.name: r for r in reader.select(step=0)}
-    for weighted in ("model.layers.0.input_layernorm", "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+    for weighted in (
+        "model.layers.0.input_layernorm",
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.mlp.down_proj",
+    ):
         assert first[weighted].inputs, weighted
     # parameter-free leaves receive what the module before them returned, recorded already
     for free in ("model.layers.0.mlp.act_fn", "model.rotary_emb"):
@@ -131,11 +141,15 @@ def test_inputs_are_recorded_for_weighted_leaves_only(captured):
 def _spec(model, out, **kw):
     from ekka.tracer.capture import CaptureSpec
 
-    return CaptureSpec(framework="vllm", model=str(model), prompt_ids=PROMPT_IDS, out=str(out), max_tokens=3, **kw)
+    return CaptureSpec(
+        framework="vllm", model=str(model), prompt_ids=PROMPT_IDS, out=str(out), max_tokens=3, **kw
+    )
 
 
 @pytest.mark.vllm
-def test_after_generate_gets_the_tokens_and_replays_only_what_it_asks(zoo_model, captured, tmp_path):
+def test_after_generate_gets_the_tokens_and_replays_only_what_it_asks(
+    zoo_model, captured, tmp_path
+):
     from ekka.tracer.capture import capture
     from ekka.tracer.trace import TraceReader
 
@@ -144,7 +158,9 @@ def test_after_generate_gets_the_tokens_and_replays_only_what_it_asks(zoo_model,
 
     def answer(generated):
         asked["ids"] = generated
-        asked["complete"] = TraceReader(tmp_path / "t").complete  # the trace is written before asking
+        asked["complete"] = TraceReader(
+            tmp_path / "t"
+        ).complete  # the trace is written before asking
         forced = captured("transformers", "llama", forced_ids=tuple(generated[:-1]))
         asked["reference"] = forced
         return {"replay_reference": str(forced.path), "modules": wanted}
@@ -156,7 +172,11 @@ def test_after_generate_gets_the_tokens_and_replays_only_what_it_asks(zoo_model,
     # replayed on the reference's input, correct vLLM modules give the reference's output
     reference = asked["reference"]
     for record in replays.records:
-        ref = next(r for r in reference.records if r.name == record.name.replace("gate_up_proj", "gate_proj"))
+        ref = next(
+            r
+            for r in reference.records
+            if r.name == record.name.replace("gate_up_proj", "gate_proj")
+        )
         out = replays.outputs(record)[0]
         expected = reference.outputs(ref)[0][0]
         if record.name.endswith("gate_up_proj"):
@@ -179,8 +199,12 @@ def test_a_failing_answer_stops_the_target_and_surfaces(zoo_model, tmp_path, def
         return fail if deferred else fail()
 
     with pytest.raises(RuntimeError, match="could not be made"):
-        capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer, timeout=300,
-                while_replaying=lambda: worked.append(1) or [])
+        capture(
+            _spec(zoo_model("llama"), tmp_path / "t"),
+            after_generate=answer,
+            timeout=300,
+            while_replaying=lambda: worked.append(1) or [],
+        )
     assert worked == ([1] if deferred else [])  # a deferred answer fails after the caller's work
 
 
@@ -191,13 +215,18 @@ def test_a_target_that_fails_before_asking_is_a_capture_error(zoo_model, tmp_pat
 
     called = []
     with pytest.raises(CaptureError, match="exit code"):
-        capture(_spec(zoo_model("llama"), tmp_path / "t", engine={"no_such_engine_setting": 1}),
-                after_generate=called.append, timeout=300)
+        capture(
+            _spec(zoo_model("llama"), tmp_path / "t", engine={"no_such_engine_setting": 1}),
+            after_generate=called.append,
+            timeout=300,
+        )
     assert called == []
 
 
 @pytest.mark.vllm
-def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates(zoo_model, tmp_path):
+def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates(
+    zoo_model, tmp_path
+):
     import os
 
     from ekka.tracer.capture import capture
@@ -208,7 +237,15 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
     def ready(scratch):
         events.append("tracing")
         trace = TraceReader(scratch)  # the target's warm-up request, traced, while it waits
-        scratches.append((scratch, trace.framework, trace.manifest["complete"], trace.generated_ids, len(trace.records)))
+        scratches.append(
+            (
+                scratch,
+                trace.framework,
+                trace.manifest["complete"],
+                trace.generated_ids,
+                len(trace.records),
+            )
+        )
         time.sleep(0.3)
 
     target = capture(
@@ -220,12 +257,17 @@ def test_the_caller_works_while_the_engine_starts_and_while_the_target_generates
     )
     assert events == ["starting", "tracing", "tokens", "answer"]
     assert told == [target.generated_ids]  # told before its trace was written
-    assert 1 <= target.manifest["threads"] <= (os.cpu_count() or 1)  # the traced request's torch threads
+    assert (
+        1 <= target.manifest["threads"] <= (os.cpu_count() or 1)
+    )  # the traced request's torch threads
     timings = target.manifest["timings"]
     assert timings["tracing_told_at"] < timings["traced_started_at"] < target.manifest["closed_at"]
     # the target waited for `when_tracing` before its timed and traced requests
-    assert timings["traced_started_at"] - timings["tracing_told_at"] >= 0.3 + 4 * timings["untraced_generate"]
-    (scratch, framework, complete, generated, records), = scratches
+    assert (
+        timings["traced_started_at"] - timings["tracing_told_at"]
+        >= 0.3 + 4 * timings["untraced_generate"]
+    )
+    ((scratch, framework, complete, generated, records),) = scratches
     assert framework == "vllm" and complete and len(generated) == 2 and records > 0
     assert not scratch.exists()  # removed once the caller was done with it
     assert timings["untraced_generate"] > 0  # the untraced request tracing is measured against
@@ -256,7 +298,11 @@ def _capture_children():
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"ekka.tracer.adapters.vllm" in cmdline:
+        if (
+            int(fields[1]) == os.getpid()
+            and fields[0] != "Z"
+            and b"ekka.tracer.adapters.vllm" in cmdline
+        ):
             found.append(int(proc.name))
     return found
 
@@ -278,7 +324,9 @@ _exit_at_once(0)
 """
     for setting, tore_down in (("0", False), ("1", True)):
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": setting}
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0 and done.stdout == "work done"
         assert (tmp_path / "teardown").exists() is tore_down
         (tmp_path / "teardown").unlink(missing_ok=True)
@@ -290,7 +338,9 @@ def _replayable_order(target, reference):
 
 
 @pytest.mark.vllm
-def test_the_target_replays_every_leaf_while_the_caller_works_until_told(zoo_model, captured, tmp_path):
+def test_the_target_replays_every_leaf_while_the_caller_works_until_told(
+    zoo_model, captured, tmp_path
+):
     import threading
     import time
 
@@ -322,14 +372,23 @@ def test_the_target_replays_every_leaf_while_the_caller_works_until_told(zoo_mod
         state["target_alive"] = bool(_capture_children())
         return ["model.layers.0.input_layernorm"]
 
-    target = capture(_spec(zoo_model("llama"), tmp_path / "t"), after_generate=answer,
-                     while_replaying=analyse_meanwhile, timeout=300)
+    target = capture(
+        _spec(zoo_model("llama"), tmp_path / "t"),
+        after_generate=answer,
+        while_replaying=analyse_meanwhile,
+        timeout=300,
+    )
     assert state["answered_while_working"] is True and state["finished_first"] is True
     assert state["target_alive"] is True and not _capture_children()
     names = [r.name for r in TraceReader(target.path / "replay").records]
-    for leaf in ("model.layers.0.input_layernorm", "model.layers.0.self_attn.qkv_proj",
-                 "model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.act_fn", "model.layers.1.mlp.down_proj",
-                 "model.norm"):
+    for leaf in (
+        "model.layers.0.input_layernorm",
+        "model.layers.0.self_attn.qkv_proj",
+        "model.layers.0.mlp.gate_up_proj",
+        "model.layers.0.mlp.act_fn",
+        "model.layers.1.mlp.down_proj",
+        "model.norm",
+    ):
         assert leaf in names, names
     order = _replayable_order(target, state["reference"])
     assert names == [n for n in order if n in names]  # in the target's call order
@@ -343,7 +402,9 @@ def test_told_the_suspects_early_the_target_replays_them_and_stops(zoo_model, ca
     wanted = ["model.layers.1.mlp.down_proj"]
     target = capture(
         _spec(zoo_model("llama"), tmp_path / "t"),
-        after_generate=lambda generated: str(captured("transformers", "llama", forced_ids=tuple(generated[:-1])).path),
+        after_generate=lambda generated: str(
+            captured("transformers", "llama", forced_ids=tuple(generated[:-1])).path
+        ),
         while_replaying=lambda: wanted,
         timeout=300,
     )
@@ -361,7 +422,9 @@ def test_the_replay_protocol_reads_the_answer_and_then_the_names_without_waiting
     import json
     import os
 
-    cap = importlib.import_module("ekka.tracer.capture")  # the module, not the function of that name
+    cap = importlib.import_module(
+        "ekka.tracer.capture"
+    )  # the module, not the function of that name
 
     def pipes():
         to_parent_r, to_parent_w = os.pipe()
@@ -372,7 +435,9 @@ def test_the_replay_protocol_reads_the_answer_and_then_the_names_without_waiting
     # the answer and the names come in one read: the names are kept for ParentMessages
     _, parent = pipes()
     answer = {"request": {"replay_reference": "/ref", "modules": None}, "more": True}
-    os.write(parent, (json.dumps(answer) + "\n" + json.dumps({"modules": ["a", "b"]}) + "\n").encode())
+    os.write(
+        parent, (json.dumps(answer) + "\n" + json.dumps({"modules": ["a", "b"]}) + "\n").encode()
+    )
     assert cap.ask_parent([1, 2]) == {"replay_reference": "/ref", "modules": None, "more": True}
     assert cap.ParentMessages().modules() == ["a", "b"]
 
@@ -404,7 +469,9 @@ def test_replay_narrows_to_the_named_modules_once_told(captured, tmp_path):
     from ekka.tracer.trace import TraceReader, TraceWriter
 
     trace = captured("transformers", "llama")
-    model = AutoModelForCausalLM.from_pretrained(trace.manifest["model"], attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        trace.manifest["model"], attn_implementation="eager"
+    ).eval()
     modules = dict(model.named_modules())
 
     def replayed(until=None, only=None, name="all"):
@@ -422,6 +489,10 @@ def test_replay_narrows_to_the_named_modules_once_told(captured, tmp_path):
         return NOT_YET if len(asked) <= 4 else [every[-1]]
 
     names = replayed(until, name="narrowed")
-    leaves = list(dict.fromkeys(r.name for r in trace.records if r.pass_index == 0 and r.leaf and r.kind == "module"))
+    leaves = list(
+        dict.fromkeys(
+            r.name for r in trace.records if r.pass_index == 0 and r.leaf and r.kind == "module"
+        )
+    )
     assert names == [n for n in leaves[:4] if n in every] + [every[-1]]
     assert len(asked) == 5  # asked before each module until told, then no more

@@ -24,7 +24,13 @@ ARCHS = [a.name for a in list_architectures()]
 @pytest.mark.parametrize("arch", ARCHS)
 def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
     diagnosis = run_diagnosis(
-        DiagnoseConfig(model=str(zoo_model(arch)), prompt_ids=PROMPT_IDS, workdir=str(tmp_path), dtype=dtype, max_tokens=3)
+        DiagnoseConfig(
+            model=str(zoo_model(arch)),
+            prompt_ids=PROMPT_IDS,
+            workdir=str(tmp_path),
+            dtype=dtype,
+            max_tokens=3,
+        )
     )
     assert len(diagnosis.comparisons) > 20
     # the target's process replayed leaves while the analysis ran (as many as it reached
@@ -35,9 +41,13 @@ def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
         assert diagnosis.diverged
         assert diagnosis.localization.suspects[0].component == "model.layers.0.self_attn.attn"
     else:
-        assert not diagnosis.diverged, [(s.component, s.ratio) for s in diagnosis.localization.suspects]
+        assert not diagnosis.diverged, [
+            (s.component, s.ratio) for s in diagnosis.localization.suspects
+        ]
         worst = max(diagnosis.comparisons, key=lambda c: c.ratio)
-        assert worst.ratio < 4, f"a mapping that does not fit: {worst.target} ratio {worst.ratio:.3g}"
+        assert worst.ratio < 4, (
+            f"a mapping that does not fit: {worst.target} ratio {worst.ratio:.3g}"
+        )
 
 
 def _patched_copy(case_id: str, root):
@@ -52,15 +62,33 @@ def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_mod
     case = _patched_copy("llama-rmsnorm-eps-ignored", tmp_path / "src")
     model = zoo_model("llama", rms_norm_eps=1e-5)
     out = tmp_path / "report"
-    code = main(["diagnose", "--model", str(model), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
-                 "--max-tokens", "3", "--out", str(out), "--target-path", str(tmp_path / "src")])
+    code = main(
+        [
+            "diagnose",
+            "--model",
+            str(model),
+            "--prompt-ids",
+            ",".join(map(str, PROMPT_IDS)),
+            "--max-tokens",
+            "3",
+            "--out",
+            str(out),
+            "--target-path",
+            str(tmp_path / "src"),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 1, text
     report = json.loads((out / "report.json").read_text())
     assert report["diverged"] and report["target"]["path"].startswith(str(tmp_path / "src"))
     top = report["suspects"][0]
-    assert top["component"] in ("model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm")
-    assert top["source_file"] == "vllm/model_executor/layers/layernorm.py" and top["source_line"] > 0
+    assert top["component"] in (
+        "model.layers.0.input_layernorm",
+        "model.layers.0.post_attention_layernorm",
+    )
+    assert (
+        top["source_file"] == "vllm/model_executor/layers/layernorm.py" and top["source_line"] > 0
+    )
     assert top["confirmed"] is True  # replay on the reference's input reproduces the error
     assert any(c["kind"] == "input" for c in report["comparisons"])
     md = (out / "report.md").read_text()
@@ -70,7 +98,9 @@ def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_mod
 
 
 @pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
-def test_a_replay_that_fails_after_the_analysis_leaves_the_suspects_standing(tmp_path, zoo_model, monkeypatch):
+def test_a_replay_that_fails_after_the_analysis_leaves_the_suspects_standing(
+    tmp_path, zoo_model, monkeypatch
+):
     """The target's process replays after its trace is written and analysed: its failure
     there (here: a reference it cannot read) costs the replay's verdict, not the diagnosis."""
     import ekka.tracer.diagnose as diagnose
@@ -90,35 +120,71 @@ def test_a_replay_that_fails_after_the_analysis_leaves_the_suspects_standing(tmp
     _patched_copy("llama-rmsnorm-eps-ignored", tmp_path / "src")
     said: list[str] = []
     diagnosis = run_diagnosis(
-        DiagnoseConfig(model=str(zoo_model("llama", rms_norm_eps=1e-5)), prompt_ids=PROMPT_IDS,
-                       workdir=str(tmp_path / "work"), max_tokens=3, target_pythonpath=(str(tmp_path / "src"),)),
+        DiagnoseConfig(
+            model=str(zoo_model("llama", rms_norm_eps=1e-5)),
+            prompt_ids=PROMPT_IDS,
+            workdir=str(tmp_path / "work"),
+            max_tokens=3,
+            target_pythonpath=(str(tmp_path / "src"),),
+        ),
         progress=said.append,
     )
     assert diagnosis.diverged
-    assert diagnosis.localization.suspects[0].component in ("model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm")
+    assert diagnosis.localization.suspects[0].component in (
+        "model.layers.0.input_layernorm",
+        "model.layers.0.post_attention_layernorm",
+    )
     assert all(s.confirmed is None for s in diagnosis.localization.suspects)
     assert any("the replay failed" in line and "exit code" in line for line in said), said
 
 
 def test_cli_diagnose_refuses_an_unknown_ahead_mode(tmp_path, zoo_model, capsys):
-    code = main(["diagnose", "--model", str(zoo_model("qwen2")), "--prompt-ids", "1,2,3", "--ahead", "always",
-                 "--out", str(tmp_path / "r")])
+    code = main(
+        [
+            "diagnose",
+            "--model",
+            str(zoo_model("qwen2")),
+            "--prompt-ids",
+            "1,2,3",
+            "--ahead",
+            "always",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 2 and "use one of off, prompt, guess" in capsys.readouterr().err
 
 
 def test_cli_diagnose_exit_code_zero_without_divergence(tmp_path, zoo_model, capsys):
-    code = main(["diagnose", "--model", str(zoo_model("qwen2")), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
-                 "--max-tokens", "2", "--out", str(tmp_path / "r"), "--ahead", "off"])
+    code = main(
+        [
+            "diagnose",
+            "--model",
+            str(zoo_model("qwen2")),
+            "--prompt-ids",
+            ",".join(map(str, PROMPT_IDS)),
+            "--max-tokens",
+            "2",
+            "--out",
+            str(tmp_path / "r"),
+            "--ahead",
+            "off",
+        ]
+    )
     assert code == 0, capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["verdict"] == "no divergence"
-    assert "reference_ahead" not in report["seconds"]  # every reference pass after the target's tokens
+    assert (
+        "reference_ahead" not in report["seconds"]
+    )  # every reference pass after the target's tokens
 
 
 @pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
 def test_bench_scores_every_public_case(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", str(CASES), "--json", str(out), "--no-bisect", "--workdir", str(tmp_path / "w")])
+    code = main(
+        ["bench", str(CASES), "--json", str(out), "--no-bisect", "--workdir", str(tmp_path / "w")]
+    )
     assert code == 0, capsys.readouterr().out
     result = json.loads(out.read_text())
     assert {"cases", "top1", "top5"} <= set(result)
@@ -137,8 +203,18 @@ def test_bench_rejects_unknown_case(tmp_path, capsys):
 @pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
 def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", str(CASES), "--case", "mistral-sliding-window-off-by-one", "--json", str(out),
-                 "--workdir", str(tmp_path / "w")])
+    code = main(
+        [
+            "bench",
+            str(CASES),
+            "--case",
+            "mistral-sliding-window-off-by-one",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "w"),
+        ]
+    )
     assert code == 0, capsys.readouterr().out
     result = json.loads(out.read_text())
     case = result["cases"][0]
@@ -164,15 +240,25 @@ def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtyp
     model = zoo_model("llama", rms_norm_eps=1e-2)  # the patched layers use 1e-6 instead
     found = {}
     for mode in ("off", "prompt", "guess"):
-        config = DiagnoseConfig(model=str(model), prompt_ids=PROMPT_IDS, workdir=str(tmp_path / mode),
-                                dtype=dtype, max_tokens=4, target_pythonpath=(str(tmp_path / "src"),),
-                                ahead=mode)
+        config = DiagnoseConfig(
+            model=str(model),
+            prompt_ids=PROMPT_IDS,
+            workdir=str(tmp_path / mode),
+            dtype=dtype,
+            max_tokens=4,
+            target_pythonpath=(str(tmp_path / "src"),),
+            ahead=mode,
+        )
         found[mode] = run_diagnosis(config)
         references = [TraceReader(p) for p in sorted((tmp_path / mode).glob("reference-*"))]
         assert len(references) == (1 if dtype == "float32" else 2)
         for reference in references:
-            assert sorted(p for info in reference.passes for p in info.positions) == list(range(len(PROMPT_IDS) + 3))
-            assert len(reference.passes) == (1 if mode == "off" else 2)  # the prompt, then its continuation
+            assert sorted(p for info in reference.passes for p in info.positions) == list(
+                range(len(PROMPT_IDS) + 3)
+            )
+            assert len(reference.passes) == (
+                1 if mode == "off" else 2
+            )  # the prompt, then its continuation
         serving = TraceReader(tmp_path / mode / f"reference-{dtype}")
         # the guess is the reference's own greedy run: right exactly when, forced on the
         # target's tokens, the reference would have chosen them itself
@@ -182,8 +268,14 @@ def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtyp
         assert ("reference_ahead" in found[mode].seconds) is (mode != "off")
         assert found[mode].seconds["analysis_warm_up"] > 0  # on the target's scratch trace
         timings = TraceReader(tmp_path / mode / "target").manifest["timings"]
-        if mode == "prompt":  # not during the engine's start: once the target is ready, while it waits
-            assert timings["tracing_told_at"] <= found[mode].marks["ahead_started_at"] < timings["traced_started_at"]
+        if (
+            mode == "prompt"
+        ):  # not during the engine's start: once the target is ready, while it waits
+            assert (
+                timings["tracing_told_at"]
+                <= found[mode].marks["ahead_started_at"]
+                < timings["traced_started_at"]
+            )
         else:
             assert "ahead_started_at" not in found[mode].marks
     plain = found["off"]
@@ -191,10 +283,17 @@ def test_reference_made_ahead_gives_the_same_diagnosis(tmp_path, zoo_model, dtyp
     for mode in ("prompt", "guess"):
         early = found[mode]
         assert early.diverged and plain.target_tokens == early.target_tokens
-        assert [s.component for s in plain.localization.suspects] == [s.component for s in early.localization.suspects]
+        assert [s.component for s in plain.localization.suspects] == [
+            s.component for s in early.localization.suspects
+        ]
         for a, b in zip(plain.comparisons, early.comparisons):
             assert (a.target, a.pass_index, a.kind) == (b.target, b.pass_index, b.kind)
-            assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (mode, a.target, a.ratio, b.ratio)
+            assert abs(a.ratio - b.ratio) <= 0.05 * max(a.ratio, b.ratio) + 0.5, (
+                mode,
+                a.target,
+                a.ratio,
+                b.ratio,
+            )
 
 
 def test_the_references_leave_one_core_to_the_target_until_it_has_written_its_trace(monkeypatch):

@@ -11,11 +11,32 @@ from ekka.tracer.compare import Comparison, RoutingTolerance, compute_error_rati
 from ekka.tracer.localize import localize, matches_truth
 
 
-def comp(seq: int, name: str, ratio: float, pass_index: int = 0, kind: str = "output", nonfinite: bool = False) -> Comparison:
+def comp(
+    seq: int,
+    name: str,
+    ratio: float,
+    pass_index: int = 0,
+    kind: str = "output",
+    nonfinite: bool = False,
+) -> Comparison:
     return Comparison(
-        sequence=seq, target=name, module_class="X", source_file="vllm/x.py", source_line=seq,
-        pass_index=pass_index, step=pass_index, call_index=seq, plan="p", inferred=False,
-        ratio=ratio, error=ratio * 1e-6, noise=1e-6, nonfinite=nonfinite, worst_position=3, rows=4, kind=kind,
+        sequence=seq,
+        target=name,
+        module_class="X",
+        source_file="vllm/x.py",
+        source_line=seq,
+        pass_index=pass_index,
+        step=pass_index,
+        call_index=seq,
+        plan="p",
+        inferred=False,
+        ratio=ratio,
+        error=ratio * 1e-6,
+        noise=1e-6,
+        nonfinite=nonfinite,
+        worst_position=3,
+        rows=4,
+        kind=kind,
     )
 
 
@@ -47,27 +68,37 @@ def test_nonfinite_target_is_a_divergence():
     result = localize(seq)
     assert result.suspects[0].component == "logits_processor"
     assert "non-finite" in result.suspects[0].evidence
-    ratio, error, _ = compute_error_ratio(torch.tensor([float("nan"), 1.0]), torch.ones(2), torch.ones(2), "float32")
+    ratio, error, _ = compute_error_ratio(
+        torch.tensor([float("nan"), 1.0]), torch.ones(2), torch.ones(2), "float32"
+    )
     assert math.isinf(ratio) and math.isinf(error)
 
 
 def test_later_pass_divergence_is_found_in_that_pass():
-    seq = chain([0.5, 0.4, 0.6], ["a", "attn", "b"], 0) + chain([0.5, 50, 60], ["a", "attn", "b"], 1, start=3)
+    seq = chain([0.5, 0.4, 0.6], ["a", "attn", "b"], 0) + chain(
+        [0.5, 50, 60], ["a", "attn", "b"], 1, start=3
+    )
     result = localize(seq)
     assert result.suspects[0].component == "attn" and result.suspects[0].pass_index == 1
 
 
 def test_suspects_are_unique_and_at_most_five():
     names = ["a", "b", "c", "d", "e", "f", "g"]
-    seq = chain([10, 20, 30, 40, 50, 60, 70], names, 0) + chain([10, 20, 30, 40, 50, 60, 70], names, 1, start=7)
+    seq = chain([10, 20, 30, 40, 50, 60, 70], names, 0) + chain(
+        [10, 20, 30, 40, 50, 60, 70], names, 1, start=7
+    )
     result = localize(seq)
     comps = [s.component for s in result.suspects]
     assert len(comps) == 5 and len(set(comps)) == 5 and comps[0] == "a"
 
 
 def test_diverging_input_names_the_parent_module():
-    seq = [comp(0, "model.layers.0.self_attn.o_proj", 0.4), comp(1, "model.layers.0.mlp.down_proj", 30, kind="input"),
-           comp(2, "model.layers.0.mlp.down_proj", 35), comp(3, "model.layers.0", 40)]
+    seq = [
+        comp(0, "model.layers.0.self_attn.o_proj", 0.4),
+        comp(1, "model.layers.0.mlp.down_proj", 30, kind="input"),
+        comp(2, "model.layers.0.mlp.down_proj", 35),
+        comp(3, "model.layers.0", 40),
+    ]
     result = localize(seq)
     assert result.suspects[0].component == "model.layers.0.mlp"
     assert "glue" in result.suspects[0].evidence
@@ -192,14 +223,25 @@ def test_figures_of_many_comparisons_at_once_are_each_ones_figures():
             n = single([value(1e-3) for _ in range(rows)]) if noisy else None
             segments, start = [], 0
             for length in lengths:
-                record = SimpleNamespace(index=index, name=f"m{index}", module_class="X", source_file=None,
-                                         source_line=None, pass_index=0, step=0, call_index=index)
+                record = SimpleNamespace(
+                    index=index,
+                    name=f"m{index}",
+                    module_class="X",
+                    source_file=None,
+                    source_line=None,
+                    pass_index=0,
+                    step=0,
+                    call_index=index,
+                )
                 index += 1
                 positions = list(range(100 + start, 100 + start + length))
                 segments.append((record, [None] * count, positions))
                 end = start + length
                 best = min([t[start:end] for t in ts], key=_norm)
-                expected[record.index] = (figures(y[start:end], best, None if n is None else n[start:end], floor), positions)
+                expected[record.index] = (
+                    figures(y[start:end], best, None if n is None else n[start:end], floor),
+                    positions,
+                )
                 start = end
             tensor = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
             group = (segments, tensor(y), [tensor(t) for t in ts], None if n is None else tensor(n))
@@ -209,6 +251,11 @@ def test_figures_of_many_comparisons_at_once_are_each_ones_figures():
         for key, ((ratio, error, noise, tokens), positions) in expected.items():
             c = got[key]
             worst = max(range(len(tokens)), key=tokens.__getitem__)
-            for a, b in ((c.ratio, ratio), (c.error, error), (c.noise, noise), (c.token_ratio, tokens[worst])):
+            for a, b in (
+                (c.ratio, ratio),
+                (c.error, error),
+                (c.noise, noise),
+                (c.token_ratio, tokens[worst]),
+            ):
                 assert (a != a and b != b) or a == pytest.approx(b, rel=1e-5), (trial, key)
             assert c.worst_position == positions[worst] and c.rows == len(positions)

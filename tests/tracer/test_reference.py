@@ -19,8 +19,13 @@ def _reference(zoo_model, tmp_path, arch="llama", name="r"):
     from ekka.tracer.adapters.transformers import ForcedReference
     from ekka.tracer.capture import CaptureSpec
 
-    spec = CaptureSpec(framework="transformers", model=str(zoo_model(arch)), prompt_ids=PROMPT_IDS,
-                       out=str(tmp_path / name), max_tokens=MAX_TOKENS)
+    spec = CaptureSpec(
+        framework="transformers",
+        model=str(zoo_model(arch)),
+        prompt_ids=PROMPT_IDS,
+        out=str(tmp_path / name),
+        max_tokens=MAX_TOKENS,
+    )
     return ForcedReference(spec)
 
 
@@ -61,7 +66,8 @@ def test_a_right_guess_leaves_nothing_to_do_after_the_target(zoo_model, captured
     made = TraceReader(reference.close())
     assert made.manifest["guess_right"] is True
     assert [p.positions for p in made.passes] == [
-        tuple(range(len(PROMPT_IDS))), tuple(range(len(PROMPT_IDS), len(PROMPT_IDS) + MAX_TOKENS - 1))
+        tuple(range(len(PROMPT_IDS))),
+        tuple(range(len(PROMPT_IDS), len(PROMPT_IDS) + MAX_TOKENS - 1)),
     ]
     assert list(made.passes[1].input_ids) == guess
     expected = _one_pass(captured, arch, generated)
@@ -72,9 +78,17 @@ def test_a_right_guess_leaves_nothing_to_do_after_the_target(zoo_model, captured
 def test_a_wrong_guess_is_traced_again_on_the_targets_tokens(zoo_model, captured, tmp_path):
     from ekka.tracer.trace import TraceReader
 
-    reference = _reference(zoo_model, tmp_path, "mistral")  # sliding window 8: the cache is copied, not cut
+    reference = _reference(
+        zoo_model, tmp_path, "mistral"
+    )  # sliding window 8: the cache is copied, not cut
     guess = reference.ahead()
-    generated = [guess[0], (guess[1] + 1) % 500, 40, 41, 42]  # the target goes its own way at token 1
+    generated = [
+        guess[0],
+        (guess[1] + 1) % 500,
+        40,
+        41,
+        42,
+    ]  # the target goes its own way at token 1
     assert reference.follow(generated) is False
     made = TraceReader(reference.close())
     assert made.manifest["guess_right"] is False
@@ -86,7 +100,9 @@ def test_a_wrong_guess_is_traced_again_on_the_targets_tokens(zoo_model, captured
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warmed-up"])
-def test_following_without_a_guess_is_the_one_pass_teacher_forced_capture(zoo_model, captured, tmp_path, warm):
+def test_following_without_a_guess_is_the_one_pass_teacher_forced_capture(
+    zoo_model, captured, tmp_path, warm
+):
     from ekka.tracer.trace import TraceReader
 
     generated = [9, 8, 7, 6, 5]

@@ -12,15 +12,26 @@ from ekka.tracer.trace import PassInfo, TraceReader, TraceWriter, is_trace
 
 
 def _write(path, n=20, shard_bytes=4096):
-    writer = TraceWriter(path, {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]}, shard_bytes=shard_bytes)
+    writer = TraceWriter(
+        path,
+        {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]},
+        shard_bytes=shard_bytes,
+    )
     writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
     tensors = []
     for i in range(n):
         t = torch.randn(2, 64) * i
         tensors.append(t)
         writer.add(
-            name=f"m{i}", module_class="Linear", source_file="x.py", source_line=i, step=0,
-            pass_index=0, call_index=i, outputs=[t, None], inputs={"0": t + 1},
+            name=f"m{i}",
+            module_class="Linear",
+            source_file="x.py",
+            source_line=i,
+            step=0,
+            pass_index=0,
+            call_index=i,
+            outputs=[t, None],
+            inputs={"0": t + 1},
         )
     writer.close(generated_ids=[5])
     return tensors
@@ -70,8 +81,16 @@ def test_reader_rejects_non_trace(tmp_path):
 
 def test_failed_capture_leaves_incomplete_manifest(tmp_path):
     writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32", "prompt_ids": [1]})
-    writer.add(name="a", module_class="A", source_file=None, source_line=None, step=0, pass_index=0,
-               call_index=0, outputs=[torch.ones(1, 2)])
+    writer.add(
+        name="a",
+        module_class="A",
+        source_file=None,
+        source_line=None,
+        step=0,
+        pass_index=0,
+        call_index=0,
+        outputs=[torch.ones(1, 2)],
+    )
     writer.close(complete=False)
     reader = TraceReader(tmp_path / "t")
     assert not reader.complete
@@ -81,8 +100,17 @@ def test_failed_capture_leaves_incomplete_manifest(tmp_path):
 def test_tensors_sharing_memory_are_stored_separately(tmp_path):
     writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32", "prompt_ids": [1]})
     base = torch.arange(6.0).reshape(2, 3)
-    writer.add(name="a", module_class="A", source_file=None, source_line=None, step=0, pass_index=0,
-               call_index=0, outputs=[base, base[0]], inputs={"0": base})
+    writer.add(
+        name="a",
+        module_class="A",
+        source_file=None,
+        source_line=None,
+        step=0,
+        pass_index=0,
+        call_index=0,
+        outputs=[base, base[0]],
+        inputs={"0": base},
+    )
     writer.close()
     reader = TraceReader(tmp_path / "t")
     out = reader.outputs(reader.records[0])
@@ -97,7 +125,9 @@ def test_shards_round_trip_every_dtype_and_stay_plain_safetensors(tmp_path):
     from ekka.tracer.shards import ShardFile, write_shard
 
     tensors = {
-        "odd_bf16": torch.randn(3, 5).to(torch.bfloat16),  # 15 x 2 bytes: the next tensor is misaligned
+        "odd_bf16": torch.randn(3, 5).to(
+            torch.bfloat16
+        ),  # 15 x 2 bytes: the next tensor is misaligned
         "f32": torch.randn(4, 7),
         "i64": torch.arange(6).reshape(2, 3),
         "mask": torch.tensor([True, False, True]),
@@ -121,7 +151,9 @@ def test_shards_round_trip_every_dtype_and_stay_plain_safetensors(tmp_path):
     assert torch.equal(ShardFile(tmp_path / "b.safetensors").get("h"), tensors["odd_bf16"])
 
 
-def test_a_shard_is_whole_when_the_system_writes_few_buffers_and_bytes_at_a_time(tmp_path, monkeypatch):
+def test_a_shard_is_whole_when_the_system_writes_few_buffers_and_bytes_at_a_time(
+    tmp_path, monkeypatch
+):
     """More tensors than one `writev` takes, and writes that stop in the middle of a buffer."""
     import os
 
@@ -146,11 +178,15 @@ def test_a_shard_is_whole_when_the_system_writes_few_buffers_and_bytes_at_a_time
     tensors = {f"t{i}": torch.full((i % 7 + 1, 3), float(i)) for i in range(2500)}
     tensors["big"] = torch.randn(100, 100)
     write_shard(tmp_path / "many.safetensors", tensors)
-    assert len(calls) > 3 and max(calls) <= (getattr(os, "IOV_MAX", None) or os.sysconf("SC_IOV_MAX"))
+    assert len(calls) > 3 and max(calls) <= (
+        getattr(os, "IOV_MAX", None) or os.sysconf("SC_IOV_MAX")
+    )
     shard = ShardFile(tmp_path / "many.safetensors")
     with safe_open(str(tmp_path / "many.safetensors"), framework="pt") as reference:
         for key, tensor in tensors.items():
-            assert torch.equal(shard.get(key), tensor) and torch.equal(reference.get_tensor(key), tensor)
+            assert torch.equal(shard.get(key), tensor) and torch.equal(
+                reference.get_tensor(key), tensor
+            )
 
 
 def test_truncated_shard_is_a_trace_format_error(tmp_path):
@@ -163,8 +199,16 @@ def test_truncated_shard_is_a_trace_format_error(tmp_path):
 
 def test_manifest_tells_what_closing_cost(tmp_path):
     writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32"})
-    writer.add(name="m", module_class="M", source_file=None, source_line=None, step=0, pass_index=0,
-               call_index=0, outputs=[torch.ones(2)])
+    writer.add(
+        name="m",
+        module_class="M",
+        source_file=None,
+        source_line=None,
+        step=0,
+        pass_index=0,
+        call_index=0,
+        outputs=[torch.ones(2)],
+    )
     writer.close()
     seconds = TraceReader(tmp_path / "t").manifest["write_seconds"]
     assert 0 < seconds < 5
@@ -213,7 +257,9 @@ def test_a_tensor_recorded_twice_is_stored_once_unless_it_changed(tmp_path):
     by = {r.name: r for r in reader.records}
     inner, outer = by["same.proj"].outputs[0], by["same"].outputs[0]
     assert inner.key == outer.key, "the parent's untouched output refers to the child's copy"
-    assert by["scaled.proj"].inputs[0][1].key == inner.key, "a projection receiving it refers to it too"
+    assert by["scaled.proj"].inputs[0][1].key == inner.key, (
+        "a projection receiving it refers to it too"
+    )
     # the in-place change is seen: the head receives 3x the projection's output, stored anew
     head_in = by["head"].inputs[0][1]
     assert head_in.key != by["scaled.proj"].outputs[0].key
@@ -224,20 +270,49 @@ def test_a_tensor_recorded_twice_is_stored_once_unless_it_changed(tmp_path):
 
 
 def test_discarded_passes_leave_the_trace_and_their_keys_are_never_reused(tmp_path):
-    writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32", "prompt_ids": [1]}, shard_bytes=1 << 30)
+    writer = TraceWriter(
+        tmp_path / "t",
+        {"framework": "test", "dtype": "float32", "prompt_ids": [1]},
+        shard_bytes=1 << 30,
+    )
     kept, dropped, again = torch.randn(2, 8), torch.randn(1, 8), torch.randn(1, 8)
     writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
-    writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=0, pass_index=0,
-               call_index=0, outputs=[kept])
+    writer.add(
+        name="m",
+        module_class="Linear",
+        source_file=None,
+        source_line=None,
+        step=0,
+        pass_index=0,
+        call_index=0,
+        outputs=[kept],
+    )
     writer.flush()  # pass 0 is in a shard; the dropped pass's tensor is still buffered
     writer.add_pass(PassInfo(index=1, step=1, input_ids=(3,), positions=(2,)))
-    first = writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=1, pass_index=1,
-                       call_index=0, outputs=[dropped], inputs={"0": dropped + 1})
+    first = writer.add(
+        name="m",
+        module_class="Linear",
+        source_file=None,
+        source_line=None,
+        step=1,
+        pass_index=1,
+        call_index=0,
+        outputs=[dropped],
+        inputs={"0": dropped + 1},
+    )
     writer.discard_passes(1)
     assert writer._buffered == 0 and not writer._buffer
     writer.add_pass(PassInfo(index=1, step=1, input_ids=(4,), positions=(2,)))
-    second = writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=1, pass_index=1,
-                        call_index=0, outputs=[again])
+    second = writer.add(
+        name="m",
+        module_class="Linear",
+        source_file=None,
+        source_line=None,
+        step=1,
+        pass_index=1,
+        call_index=0,
+        outputs=[again],
+    )
     assert second.index == first.index and second.outputs[0].key != first.outputs[0].key
     writer.close(generated_ids=[4])
     reader = TraceReader(tmp_path / "t")
@@ -284,7 +359,9 @@ def test_records_handed_over_mid_pass_are_the_same_as_handed_over_at_the_end(tmp
     assert at_end.records == eager.records  # names, call order, keys (shared copies) alike
     for a, b in zip(at_end.records, eager.records):
         assert all(torch.equal(x, y) for x, y in zip(at_end.outputs(a), eager.outputs(b)))
-        assert all(torch.equal(x, y) for x, y in zip(at_end.inputs(a).values(), eager.inputs(b).values()))
+        assert all(
+            torch.equal(x, y) for x, y in zip(at_end.inputs(a).values(), eager.inputs(b).values())
+        )
     by = {(r.pass_index, r.name): r for r in eager.records}
     assert by[(1, "same")].outputs[0].key == by[(1, "same.proj")].outputs[0].key
 
@@ -352,7 +429,11 @@ def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path, where):
     tensors["half"] = torch.randn(2, 8).to(torch.bfloat16)
     tensors["cube"] = torch.randn(1, 2, 8)
     write_shard(tmp_path / "s.safetensors", tensors)
-    shard = ShardFile(tmp_path / "s.safetensors") if where == "file" else MemoryShard(tmp_path / "s", tensors)
+    shard = (
+        ShardFile(tmp_path / "s.safetensors")
+        if where == "file"
+        else MemoryShard(tmp_path / "s", tensors)
+    )
     for keys in (
         ["prefill"] + [f"step{s}" for s in range(1, 6)],
         [f"step{s}" for s in range(1, 6)] + ["odd", "late"],
@@ -378,7 +459,9 @@ def test_reader_stacks_rows_of_one_shard_only(tmp_path):
     same = [m for m in metas if shards[m.key] == shards[metas[0].key]]
     assert len(same) > 1 and len(same) < len(metas)
     got = reader.stacked_rows(same)
-    assert torch.equal(got, torch.cat([tensors[int(r.name[1:])] for r in reader.records[: len(same)]]))
+    assert torch.equal(
+        got, torch.cat([tensors[int(r.name[1:])] for r in reader.records[: len(same)]])
+    )
     assert reader.stacked_rows(metas) is None  # across shards: read one by one
     assert reader.stacked_rows([TensorMeta("missing", (1, 64), "float32")]) is None
 
@@ -386,12 +469,25 @@ def test_reader_stacks_rows_of_one_shard_only(tmp_path):
 def test_a_trace_closed_in_the_background_reads_the_same_at_once_and_on_disk(tmp_path, monkeypatch):
     from ekka.tracer import trace as trace_module
 
-    writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]}, shard_bytes=4096)
+    writer = TraceWriter(
+        tmp_path / "t",
+        {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]},
+        shard_bytes=4096,
+    )
     writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
     tensors = [torch.randn(2, 64) * i for i in range(13)]
     for i, t in enumerate(tensors):  # several shards flushed, the last one still in memory
-        writer.add(name=f"m{i}", module_class="Linear", source_file="x.py", source_line=i, step=0,
-                   pass_index=0, call_index=i, outputs=[t, None], inputs={"0": t + 1})
+        writer.add(
+            name=f"m{i}",
+            module_class="Linear",
+            source_file="x.py",
+            source_line=i,
+            step=0,
+            pass_index=0,
+            call_index=i,
+            outputs=[t, None],
+            inputs={"0": t + 1},
+        )
     assert len(writer.shards) >= 2 and writer._buffer
     started, release = __import__("threading").Event(), __import__("threading").Event()
     real_write = trace_module.write_buffers
@@ -406,7 +502,9 @@ def test_a_trace_closed_in_the_background_reads_the_same_at_once_and_on_disk(tmp
     assert started.wait(30)
     assert not (tmp_path / "t" / "manifest.json").exists()  # not on disk yet, readable already
     reader = pending.reader
-    assert reader.generated_ids == [5] and [r.name for r in reader.records] == [f"m{i}" for i in range(13)]
+    assert reader.generated_ids == [5] and [r.name for r in reader.records] == [
+        f"m{i}" for i in range(13)
+    ]
     for record in reader.records:
         assert torch.equal(reader.outputs(record)[0], tensors[record.index])
         assert torch.equal(reader.inputs(record)["0"], tensors[record.index] + 1)
@@ -427,8 +525,16 @@ def test_a_background_write_that_fails_raises_when_waited_for(tmp_path, monkeypa
     from ekka.tracer import trace as trace_module
 
     writer = TraceWriter(tmp_path / "t", {"framework": "test"})
-    writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=0, pass_index=0,
-               call_index=0, outputs=[torch.ones(2, 2)])
+    writer.add(
+        name="m",
+        module_class="Linear",
+        source_file=None,
+        source_line=None,
+        step=0,
+        pass_index=0,
+        call_index=0,
+        outputs=[torch.ones(2, 2)],
+    )
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -447,13 +553,25 @@ def test_manifest_lists_records_and_passes_as_their_fields(tmp_path):
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     first = manifest["records"][0]
     assert list(first) == [
-        "index", "name", "module_class", "source_file", "source_line", "step", "pass_index",
-        "call_index", "outputs", "inputs", "kind", "leaf",
+        "index",
+        "name",
+        "module_class",
+        "source_file",
+        "source_line",
+        "step",
+        "pass_index",
+        "call_index",
+        "outputs",
+        "inputs",
+        "kind",
+        "leaf",
     ]
     assert first["outputs"][0]["shape"] == [2, 64] and first["outputs"][0]["dtype"] == "float32"
     assert first["outputs"][1] is None
     assert first["inputs"][0][0] == "0" and first["inputs"][0][1]["shape"] == [2, 64]
-    assert manifest["passes"] == [{"index": 0, "step": 0, "input_ids": [1, 2], "positions": [0, 1], "extra": {}}]
+    assert manifest["passes"] == [
+        {"index": 0, "step": 0, "input_ids": [1, 2], "positions": [0, 1], "extra": {}}
+    ]
     assert list(manifest)[-2:] == ["passes", "records"]  # the header reads first
 
 
@@ -485,8 +603,12 @@ def test_manifest_header_values_are_written_as_json_would(tmp_path):
     """Integer keys become strings and other objects (a path) their text, as `json` did."""
     from pathlib import Path
 
-    writer = TraceWriter(tmp_path / "t", {"framework": "test", "model": Path("/models/tiny"), "by_layer": {0: "a"}})
-    writer.add_pass(PassInfo(index=0, step=0, input_ids=(1,), positions=(0,), extra={"seq_lens": [1]}))
+    writer = TraceWriter(
+        tmp_path / "t", {"framework": "test", "model": Path("/models/tiny"), "by_layer": {0: "a"}}
+    )
+    writer.add_pass(
+        PassInfo(index=0, step=0, input_ids=(1,), positions=(0,), extra={"seq_lens": [1]})
+    )
     writer.close()
     manifest = TraceReader(tmp_path / "t").manifest
     assert manifest["model"] == "/models/tiny" and manifest["by_layer"] == {"0": "a"}
@@ -511,6 +633,8 @@ def test_a_reader_keeps_two_small_shards_open_and_one_large(tmp_path, monkeypatc
     assert read_in_turn() == sorted({shards[first.outputs[0].key], shards[last.outputs[0].key]})
     # shards whose files together pass the budget: one open at a time (their read pages count
     # in the process's resident memory)
-    monkeypatch.setattr(trace_module, "OPEN_BYTES", max(h.size for h in reader._handles.values()) + 1)
+    monkeypatch.setattr(
+        trace_module, "OPEN_BYTES", max(h.size for h in reader._handles.values()) + 1
+    )
     reader._handles.clear()
     assert read_in_turn() == [shards[last.outputs[0].key]]

@@ -98,7 +98,9 @@ def load_model(model_dir: str, dtype: str) -> Any:
 
     hf_logging.disable_progress_bar()  # Ekka reports its own progress; no bar per reference load
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch_dtype, attn_implementation="eager"
+    )
     model.eval()
     return model
 
@@ -138,8 +140,15 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
 
 
 def _forward(
-    model: Any, recorder: Any, writer: Any, feed: list[int], positions: list[int], step: int, past: Any,
-    *, cache: bool = False,
+    model: Any,
+    recorder: Any,
+    writer: Any,
+    feed: list[int],
+    positions: list[int],
+    step: int,
+    past: Any,
+    *,
+    cache: bool = False,
 ) -> Any:
     import torch
 
@@ -147,7 +156,9 @@ def _forward(
 
     recorder.begin_pass(step)
     writer.add_pass(
-        PassInfo(index=recorder.pass_index, step=step, input_ids=tuple(feed), positions=tuple(positions))
+        PassInfo(
+            index=recorder.pass_index, step=step, input_ids=tuple(feed), positions=tuple(positions)
+        )
     )
     out = model(
         input_ids=torch.tensor([feed]),
@@ -206,7 +217,9 @@ class ForcedReference:
         from ekka.tracer.trace import TraceWriter
 
         validate(spec)
-        spec = replace(spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve()))
+        spec = replace(
+            spec, model=str(Path(spec.model).resolve()), out=str(Path(spec.out).resolve())
+        )
         t_load = time.perf_counter()
         self.model = model if model is not None else load_model(spec.model, spec.dtype)
         self.spec = spec
@@ -288,8 +301,10 @@ class ForcedReference:
             position = len(self.spec.prompt_ids)
             while len(guess) < self.spec.max_tokens - 1:
                 out = self.model(
-                    input_ids=torch.tensor([[guess[-1]]]), position_ids=torch.tensor([[position]]),
-                    past_key_values=cache, use_cache=True,
+                    input_ids=torch.tensor([[guess[-1]]]),
+                    position_ids=torch.tensor([[position]]),
+                    past_key_values=cache,
+                    use_cache=True,
                 )
                 cache = out.past_key_values
                 guess.append(int(out.logits[0, -1].float().argmax()))
@@ -340,7 +355,9 @@ class ForcedReference:
         out = self._traced_pass(feed, 1, len(self.spec.prompt_ids), cache)
         self.choices = [int(t) for t in out.logits[0].float().argmax(dim=-1).tolist()]
 
-    def _traced_pass(self, feed: list[int], pass_index: int, start: int, cache: Any, *, writer: Any = None) -> Any:
+    def _traced_pass(
+        self, feed: list[int], pass_index: int, start: int, cache: Any, *, writer: Any = None
+    ) -> Any:
         """One traced pass over `feed` from position `start`, into this reference's trace (or
         into `writer`)."""
         import torch
@@ -348,14 +365,22 @@ class ForcedReference:
         from ekka.tracer.hooks import ModuleRecorder
 
         writer = writer or self.writer
-        recorder = ModuleRecorder(writer, self.model, modules=self.spec.modules, steps=self.spec.steps)
+        recorder = ModuleRecorder(
+            writer, self.model, modules=self.spec.modules, steps=self.spec.steps
+        )
         recorder.pass_index = pass_index - 1
         recorder.install()
         try:
             with torch.no_grad(), wrap_rotary(self.model, recorder):
                 return _forward(
-                    self.model, recorder, writer, feed, list(range(start, start + len(feed))),
-                    0 if start == 0 else 1, cache, cache=True,
+                    self.model,
+                    recorder,
+                    writer,
+                    feed,
+                    list(range(start, start + len(feed))),
+                    0 if start == 0 else 1,
+                    cache,
+                    cache=True,
                 )
         finally:
             recorder.remove()

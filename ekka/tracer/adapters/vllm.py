@@ -60,7 +60,11 @@ def _framework_commit(package_dir: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.split()
-    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != package_dir.parent.resolve():
+    if (
+        out.returncode != 0
+        or len(lines) != 2
+        or Path(lines[0]).resolve() != package_dir.parent.resolve()
+    ):
         return None
     return lines[1]
 
@@ -141,11 +145,15 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
             """Hooks on: the recorder's on every module, and the pass's and the logits'."""
             recorder = state.get("recorder")
             if recorder is None:
-                recorder = state["recorder"] = ModuleRecorder(state["writer"], model, modules=spec.modules, steps=spec.steps)
+                recorder = state["recorder"] = ModuleRecorder(
+                    state["writer"], model, modules=spec.modules, steps=spec.steps
+                )
                 state["delegates"] = module_delegates(model)
                 state["root_source"] = source_location(type(model))
 
-            def begin(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            def begin(
+                module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> None:
                 input_ids = kwargs.get("input_ids", args[0] if args else None)
                 positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
                 ids = [] if input_ids is None else input_ids.detach().flatten().tolist()
@@ -165,7 +173,9 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
 
             def logits(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
                 if isinstance(output, torch.Tensor) and output.numel():
-                    recorder.record_tensor("logits", output.reshape(-1, output.shape[-1])[-1], kind="logits")
+                    recorder.record_tensor(
+                        "logits", output.reshape(-1, output.shape[-1])[-1], kind="logits"
+                    )
 
             handles = [model.register_forward_pre_hook(begin, with_kwargs=True)]
             recorder.install()
@@ -193,11 +203,14 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         t_warm = time.perf_counter()
         vocab = int(text_config(header["model_config"]).get("vocab_size") or 2)
         warm = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
-        llm.generate([{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}], warm, use_tqdm=False)
+        llm.generate(
+            [{"prompt_token_ids": [(t + 1) % vocab for t in spec.prompt_ids]}], warm, use_tqdm=False
+        )
         with tempfile.TemporaryDirectory(prefix="ekka-warmup-") as scratch:
             scratch_prompt = [(t + 2) % vocab for t in spec.prompt_ids[:WARMUP_PROMPT_TOKENS]]
             state["writer"] = TraceWriter(
-                scratch, {**header, "prompt": None, "prompt_ids": scratch_prompt, "max_tokens": 2},
+                scratch,
+                {**header, "prompt": None, "prompt_ids": scratch_prompt, "max_tokens": 2},
                 shard_bytes=spec.shard_bytes,
             )
             model_class = llm.apply_model(install)[0]
@@ -206,8 +219,10 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
             llm.apply_model(uninstall)
             # a complete trace, like the real one: the caller may warm its analysis up on it
             state["writer"].close(
-                generated_ids=list(out[0].outputs[0].token_ids), model_class=model_class,
-                model_source=list(state["root_source"]), delegates=state["delegates"],
+                generated_ids=list(out[0].outputs[0].token_ids),
+                model_class=model_class,
+                model_source=list(state["root_source"]),
+                delegates=state["delegates"],
             )
             # Ready to trace: the caller's work that needs nothing from the target runs now,
             # while this process waits, so that the timed and traced requests below run alone.
@@ -222,20 +237,30 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         # tracing costs is measured against the fastest, in this process and a moment apart (a
         # benchmark's baseline measured elsewhere or earlier carries this machine's drift).
         # Four: the first ones of an engine are slower.
-        full = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)  # the traced one's too
+        full = SamplingParams(
+            max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True
+        )  # the traced one's too
         untraced = []
         for shift in (3, 4, 5, 6):
             t_untraced = time.perf_counter()
             with collector_paused():  # as for the traced request
-                llm.generate([{"prompt_token_ids": [(t + shift) % vocab for t in spec.prompt_ids]}], full, use_tqdm=False)
+                llm.generate(
+                    [{"prompt_token_ids": [(t + shift) % vocab for t in spec.prompt_ids]}],
+                    full,
+                    use_tqdm=False,
+                )
             untraced.append(time.perf_counter() - t_untraced)
         timings["untraced_generate"] = min(untraced)
         llm.apply_model(install)
-        timings["warmup"] = time.perf_counter() - t_warm - timings["waited_for_caller"]  # this process's own
+        timings["warmup"] = (
+            time.perf_counter() - t_warm - timings["waited_for_caller"]
+        )  # this process's own
         timings["traced_started_at"] = time.monotonic()
         t_run = time.perf_counter()
         with collector_paused():  # the hooks' thousands of small objects set off no collection
-            outputs = llm.generate([{"prompt_token_ids": list(spec.prompt_ids)}], full, use_tqdm=False)
+            outputs = llm.generate(
+                [{"prompt_token_ids": list(spec.prompt_ids)}], full, use_tqdm=False
+            )
         generated = list(outputs[0].outputs[0].token_ids)
         timings["traced_generate"] = time.perf_counter() - t_run
         recorder = state["recorder"]
@@ -268,7 +293,9 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
         request = {"replay_reference": request, "modules": None}
     if request and request.get("replay_reference"):
         t_replay = time.perf_counter()
-        replays = TraceWriter(Path(spec.out) / REPLAY_FOLDER, {**header, "replay_of": str(writer.path)})
+        replays = TraceWriter(
+            Path(spec.out) / REPLAY_FOLDER, {**header, "replay_of": str(writer.path)}
+        )
         # Told `more`: every leaf in call order while the parent analyses, on one core (its
         # other cores are the analysis'; vLLM keeps `torch.set_num_threads` from user code),
         # until the parent names the modules that matter; those not reached yet on every core.
@@ -285,7 +312,11 @@ def run(spec: CaptureSpec, after_generate: Any = None, when_tracing: Any = None)
             torch._C.set_num_threads(1)
         try:
             count = replay_modules(
-                recorder.modules_by_name, writer.records, replays, request["replay_reference"], request.get("modules"),
+                recorder.modules_by_name,
+                writer.records,
+                replays,
+                request["replay_reference"],
+                request.get("modules"),
                 until=until,
             )
         finally:
@@ -313,7 +344,9 @@ def module_delegates(model: Any) -> dict[str, list[list[Any]]]:
         found = []
         for value in vars(module).values():
             cls = type(value)
-            if isinstance(value, (torch.nn.Module, torch.Tensor)) or not cls.__module__.startswith(top + "."):
+            if isinstance(value, (torch.nn.Module, torch.Tensor)) or not cls.__module__.startswith(
+                top + "."
+            ):
                 continue
             if not callable(getattr(value, "forward", None)):
                 continue
