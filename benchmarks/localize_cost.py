@@ -99,11 +99,11 @@ def main() -> None:
         case_prompt_ids,
         copy_sources,
         find_cases,
-        installed_framework_dir,
+        matches_truth,
     )
     from ekka.bisect.framework_repo import apply_patch
+    from ekka.repo import installed_framework_dir
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
-    from ekka.tracer.localize import matches_truth
     from ekka.tracer.trace import TraceReader, is_trace
 
     parser = argparse.ArgumentParser(

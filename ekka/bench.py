@@ -8,6 +8,7 @@ diagnosis with that copy first on the target's PYTHONPATH, and score the suspect
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import time
@@ -20,7 +21,7 @@ import tomllib
 
 from ekka.bisect.framework_repo import apply_patch
 from ekka.errors import UsageError
-from ekka.tracer.localize import matches_truth
+from ekka.repo import installed_framework_dir
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,11 @@ def find_cases(cases_dir: Path, only: Sequence[str] = ()) -> list[Case]:
     return [load_case(p) for p in folders]
 
 
-def installed_framework_dir(framework: str = "vllm") -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(framework)
-    if spec is None or not spec.origin:
-        raise UsageError(
-            f"{framework} is not installed in this environment; run `make test` once to set it up."
-        )
-    return Path(spec.origin).resolve().parent
+def matches_truth(component: str, patterns: Sequence[str]) -> bool:
+    """True when a suspect (`model.layers.0.mlp.act_fn#1`: its call index dropped) matches one
+    of the case's `truth.components` globs."""
+    base = component.split("#", 1)[0]
+    return any(fnmatch.fnmatchcase(base, p) for p in patterns)
 
 
 def copy_sources(package_dir: Path, dest_root: Path) -> Path:
@@ -200,7 +197,7 @@ def run_case(
         ids = case_prompt_ids(case, model_dir)
         if bisect:
             from ekka.bisect.framework_repo import make_bug_history
-            from ekka.bisect.full import FullConfig, run_full_diagnosis
+            from ekka.full import FullConfig, run_full_diagnosis
 
             say("making the history: harmless commits around the bug commit")
             history = make_bug_history(

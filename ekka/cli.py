@@ -206,9 +206,9 @@ def _full_diagnosis(
 ) -> str | None:
     """Run the full diagnosis with progress, print the root cause, write the reports; returns
     the first bad commit's sha (None when none was found)."""
-    from ekka.bench import installed_framework_dir
-    from ekka.bisect.full import FullConfig, run_full_diagnosis
     from ekka.bisect.search import PrintObserver
+    from ekka.full import FullConfig, run_full_diagnosis
+    from ekka.repo import installed_framework_dir
     from ekka.tracer.diagnose import suspects_table, write_reports
 
     config = FullConfig(

@@ -18,15 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekka.errors import UsageError
+from ekka.repo import git
 
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "Ekka Bench",
-    "GIT_AUTHOR_EMAIL": "bench@ekka.invalid",
-    "GIT_COMMITTER_NAME": "Ekka Bench",
-    "GIT_COMMITTER_EMAIL": "bench@ekka.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00+00:00",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00+00:00",
-}
 # Files a harmless commit may touch (when present), besides the bug patch's own files.
 COMMON_FILES = (
     "vllm/model_executor/models/llama.py",
@@ -50,14 +43,6 @@ class BugHistory:
     bug: str  # the commit that applied the patch
     bug_pr: int
     commits: tuple[str, ...]  # oldest first, after good
-
-
-def git(repo: Path, *args: str, check: bool = True, strip: bool = True) -> str:
-    env = dict(os.environ, **IDENTITY, GIT_CEILING_DIRECTORIES=str(Path(repo).resolve().parent))
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
-    return proc.stdout.strip() if strip else proc.stdout
 
 
 def make_base_repo(

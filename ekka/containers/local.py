@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ekka.bisect.framework_repo import git
 from ekka.bisect.history import CommitInfo
 from ekka.bisect.oracle import TracerOracle
 from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.bisect.worktree import worktree
 from ekka.errors import CaptureError, UsageError
+from ekka.repo import git
 from ekka.tracer.capture import capture
 
 COMPILED_PATTERNS = (

@@ -14,7 +14,7 @@ named is that parent.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -175,10 +175,3 @@ def _suspect(
         position=c.worst_position,
         evidence=evidence,
     )
-
-
-def matches_truth(component: str, patterns: Sequence[str]) -> bool:
-    import fnmatch
-
-    base = component.split("#", 1)[0]
-    return any(fnmatch.fnmatchcase(base, p) for p in patterns)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekka.bisect.attribution import attribute, touched_symbols
-from ekka.bisect.framework_repo import git
+from ekka.repo import git
 from ekka.tracer.localize import Suspect
 from ekka.tracer.trace import Record
 

@@ -96,7 +96,7 @@ def test_full_mode_bad_input(history, zoo_model, tmp_path, capsys):
 
 
 def test_repository_that_is_not_the_framework(zoo_model, tmp_path, capsys):
-    from ekka.bisect.framework_repo import git
+    from ekka.repo import git
 
     repo = tmp_path / "notvllm"
     repo.mkdir()

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ekka.bisect.framework_repo import git, make_base_repo, make_bug_history, patch_files
+from ekka.bisect.framework_repo import make_base_repo, make_bug_history, patch_files
 from ekka.bisect.history import commit_range
 from ekka.bisect.verdict import Verdict
 from ekka.containers.local import LocalExecutor, compiled_changes, overlay_compiled
 from ekka.errors import UsageError
+from ekka.repo import git
 
 PATCH = """diff --git a/fakefw/model.py b/fakefw/model.py
 --- a/fakefw/model.py

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from ekka.bench import copy_sources, find_cases, installed_framework_dir
+from ekka.bench import copy_sources, find_cases
 from ekka.bisect.framework_repo import apply_patch
 from ekka.cli import main
+from ekka.repo import installed_framework_dir
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.tracer.trace import TraceReader
 from ekka.zoo import list_architectures

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from ekka.bench import matches_truth
 from ekka.tracer.compare import Comparison, RoutingTolerance, compute_error_ratio
-from ekka.tracer.localize import localize, matches_truth
+from ekka.tracer.localize import localize
 
 
 def comp(

@@ -1,0 +1,47 @@
+"""Where the installed framework is, and git run in a repository: small helpers shared by the
+bisection, the executors, the bench and the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from ekka.errors import UsageError
+
+# A fixed identity and date, so that the commits Ekka makes (bench and demo histories) are the
+# same from run to run.
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "Ekka Bench",
+    "GIT_AUTHOR_EMAIL": "bench@ekka.invalid",
+    "GIT_COMMITTER_NAME": "Ekka Bench",
+    "GIT_COMMITTER_EMAIL": "bench@ekka.invalid",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00+00:00",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00+00:00",
+}
+
+
+def git(repo: str | Path, *args: str, check: bool = True, strip: bool = True) -> str:
+    """`git ARGS` run in `repo` (never in a repository above it), with IDENTITY; its stdout.
+
+    With `check`, a non-zero exit raises RuntimeError with git's message; `strip` strips the
+    output's surrounding whitespace (off to read a file's exact text with `git show`).
+    """
+    env = dict(os.environ, **IDENTITY, GIT_CEILING_DIRECTORIES=str(Path(repo).resolve().parent))
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
+    return proc.stdout.strip() if strip else proc.stdout
+
+
+def installed_framework_dir(framework: str = "vllm") -> Path:
+    """The installed package's folder (e.g. .../site-packages/vllm), found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(framework)
+    if spec is None or not spec.origin:
+        raise UsageError(
+            f"{framework} is not installed in this environment; run `make test` once to set it up."
+        )
+    return Path(spec.origin).resolve().parent
