@@ -1,5 +1,9 @@
 """The full diagnosis: reproduce at bad and localize, bisect, attribute.
 
+It composes the parts: the tracer (localization and the bisection's oracle), the bisection
+(the range, the search, the verdict cache, attribution) and an executor from ekka.containers
+(the local one), which the bisection receives through `ekka.bisect.executor.Executor`.
+
 1. The range (first-parent chain good..bad) is checked first: refs, ancestry, a clean tree.
 2. Localize at `bad`: the localize-mode diagnosis with the target run from a worktree of `bad`
    (its Python sources overlaid on the installed release's compiled extensions).
@@ -118,7 +122,7 @@ def run_full_diagnosis(
     cache = VerdictCache(config.db_url or default_url())
     try:
         result = Bisector(
-            executor.probe,
+            executor,
             workers=config.workers,
             repeats=config.repeats,
             observer=observer or NullObserver(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ekka.bisect.command import CommandOracle
+from ekka.bisect.executor import Executor, Probe
 from ekka.bisect.history import CommitInfo, CommitRange, commit_range, parse_pr_number
 from ekka.bisect.search import (
     Bisector,
@@ -20,7 +21,6 @@ from ekka.bisect.search import (
     NullObserver,
     Observer,
     PrintObserver,
-    Probe,
 )
 from ekka.bisect.verdict import ProbeResult, Verdict, verdict_from_exit_code
 from ekka.bisect.worktree import worktree
@@ -39,6 +39,7 @@ __all__ = [
     "CommandOracle",
     "CommitInfo",
     "CommitRange",
+    "Executor",
     "NullObserver",
     "Observer",
     "PrintObserver",

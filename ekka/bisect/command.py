@@ -32,7 +32,8 @@ TAIL_LINES = 20
 
 
 class CommandOracle:
-    """`probe(commit)`: run `cmd` with `bash -c` in a fresh worktree of the commit.
+    """An Executor (`ekka.bisect.executor`): `probe(commit)` runs `cmd` with `bash -c` in a fresh
+    worktree of the commit; the oracle is also a plain function of the commit (`oracle(commit)`).
 
     The command runs with the worktree as its folder and EKKA_COMMIT (the sha) and EKKA_REPO
     (the repository) set, in its own process group (killed whole on timeout or interruption).
@@ -56,6 +57,9 @@ class CommandOracle:
         self._cancelled = threading.Event()
 
     def __call__(self, commit: CommitInfo) -> ProbeResult:
+        return self.probe(commit)
+
+    def probe(self, commit: CommitInfo) -> ProbeResult:
         start = time.monotonic()
         if self._cancelled.is_set():
             return ProbeResult(Verdict.SKIP, "cancelled", 0.0, {TRANSIENT: True})

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ekka.bisect.executor import Executor, Probe, as_executor
 from ekka.bisect.history import CommitInfo, CommitRange
 from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
 from ekka.errors import EkkaError, EndpointError, OracleStartError, UsageError
 
 if TYPE_CHECKING:
     from ekka.bisect.cache import VerdictCache
-
-Probe = Callable[[CommitInfo], ProbeResult]
 
 
 class BisectStatus(str, Enum):
@@ -312,13 +311,14 @@ class BisectState:
 
 
 class Bisector:
-    """Finds the first bad commit of a range with a probe (an oracle: commit in, verdict out).
+    """Finds the first bad commit of a range with an executor (see `ekka.bisect.executor`: commit
+    in, verdict out), or a bare probe function.
 
-    `workers` commits are probed at once (k-way multisection; the probe must be thread-safe
-    when k > 1). Each commit is probed up to `repeats` times and decided by strict majority
-    (probing stops early once more runs cannot change the outcome); no majority makes the run
-    inconclusive. A probe that raises anything but an EkkaError counts as a skip. A probe may
-    have a `cancel()` method: it is called when the search is interrupted, to stop running probes.
+    `workers` commits are probed at once (k-way multisection). Each commit is probed up to
+    `repeats` times and decided by strict majority (probing stops early once more runs cannot
+    change the outcome); no majority makes the run inconclusive. A probe that raises anything
+    but an EkkaError counts as a skip. When the search is interrupted, the executor's
+    `cancel()` stops its running probes.
 
     With a `cache`, each commit's decided verdict is looked up first and stored afterwards under
     (repo_key, sha, config_hash); cached verdicts are steps with `cached=True`, not probes.
@@ -326,7 +326,7 @@ class Bisector:
 
     def __init__(
         self,
-        probe: Probe,
+        executor: Executor | Probe,
         *,
         workers: int = 1,
         repeats: int = 1,
@@ -339,7 +339,7 @@ class Bisector:
             raise UsageError(f"workers must be at least 1 (got {workers}).")
         if repeats < 1:
             raise UsageError(f"repeats must be at least 1 (got {repeats}).")
-        self.probe = probe
+        self.executor = as_executor(executor)
         self.workers = workers
         self.repeats = repeats
         self.observer: Observer = observer or NullObserver()
@@ -429,9 +429,7 @@ class Bisector:
             except BaseException:
                 for future in futures:
                     future.cancel()
-                cancel = getattr(self.probe, "cancel", None)
-                if callable(cancel):
-                    cancel()
+                self.executor.cancel()
                 raise
         return steps
 
@@ -463,7 +461,7 @@ class Bisector:
     def _probe_once(self, commit: CommitInfo) -> ProbeResult:
         start = time.monotonic()
         try:
-            return self.probe(commit)
+            return self.executor.probe(commit)
         except EkkaError:
             raise
         except Exception as exc:  # an infrastructure failure says nothing about the commit

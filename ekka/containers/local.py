@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ekka.bisect.history import CommitInfo
 from ekka.bisect.oracle import TracerOracle
-from ekka.bisect.verdict import ProbeResult, Verdict
+from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
 from ekka.bisect.worktree import worktree
 from ekka.errors import CaptureError, UsageError
 from ekka.repo import git
@@ -60,7 +60,12 @@ def overlay_compiled(tree: Path, package_dir: Path) -> int:
 
 
 class LocalExecutor:
-    """Probes commits of `repo` with the tracer's oracle, one worktree and subprocess each."""
+    """Probes commits of `repo` with the tracer's oracle, one worktree and subprocess each.
+
+    An Executor (`ekka.bisect.executor`); thread-safe (each probe its own worktree and trace
+    folder). `cancel()` makes later probes skip at once; a running probe ends with its target's
+    process, at the latest after `timeout`.
+    """
 
     def __init__(
         self,
@@ -71,7 +76,6 @@ class LocalExecutor:
         base: str,
         workdir: str | Path,
         timeout: float = 600,
-        log: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = Path(repo)
         self.oracle = oracle
@@ -79,9 +83,14 @@ class LocalExecutor:
         self.base = base
         self.workdir = Path(workdir)
         self.timeout = timeout
-        self.log = log or (lambda _m: None)
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
 
     def probe(self, commit: CommitInfo) -> ProbeResult:
+        if self._cancelled.is_set():
+            return ProbeResult(Verdict.SKIP, "cancelled", 0.0, {TRANSIENT: True})
         start = time.perf_counter()
         changed = compiled_changes(self.repo, self.base, commit.sha)
         if changed:

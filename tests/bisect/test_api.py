@@ -12,7 +12,7 @@ def test_exported_names():
     assert sorted(ekka.bisect.__all__) == sorted(
         [
             "Bisector", "BisectResult", "BisectState", "BisectStatus", "BisectStep", "CommandOracle",
-            "CommitInfo", "CommitRange", "NullObserver", "Observer", "PrintObserver", "Probe",
+            "CommitInfo", "CommitRange", "Executor", "NullObserver", "Observer", "PrintObserver", "Probe",
             "ProbeResult", "Verdict", "VerdictCache", "commit_range", "config_hash", "default_url",
             "parse_pr_number", "verdict_from_exit_code", "worktree",
         ]

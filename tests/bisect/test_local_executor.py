@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ekka.bisect.executor import Executor
 from ekka.bisect.framework_repo import make_base_repo, make_bug_history, patch_files
 from ekka.bisect.history import commit_range
-from ekka.bisect.verdict import Verdict
+from ekka.bisect.verdict import TRANSIENT, Verdict
 from ekka.containers.local import LocalExecutor, compiled_changes, overlay_compiled
 from ekka.errors import UsageError
 from ekka.repo import git
@@ -84,5 +85,9 @@ def test_commit_changing_compiled_sources_is_skipped_with_the_reason(tmp_path):
     bad = commit_range(repo, good, "HEAD")
     assert compiled_changes(repo, good, bad[-1].sha) == ["csrc/kernel.cu"]
     executor = LocalExecutor(repo, oracle=None, package_dir=pkg, base=good, workdir=tmp_path / "w")  # type: ignore[arg-type]
+    assert isinstance(executor, Executor)
     result = executor.probe(bad[-1])
     assert result.verdict is Verdict.SKIP and "csrc/kernel.cu" in result.reason
+    executor.cancel()
+    cancelled = executor.probe(bad[-1])
+    assert cancelled.verdict is Verdict.SKIP and cancelled.details == {TRANSIENT: True}
