@@ -8,6 +8,7 @@
     │   ├── PromptTooLongError
     │   ├── OutputFolderError
     │   ├── TraceFormatError
+    │   ├── ReportFormatError       a report.json that is not one Ekka can read
     │   ├── NotARepositoryError
     │   ├── UnknownRefError
     │   ├── CommitRangeError
@@ -16,6 +17,7 @@
     │   ├── OracleStartError
     │   └── VerdictCacheError
     ├── CaptureError                a framework failed while capturing (exit code 1)
+    │   └── ProtocolError           a message between the parent and the target is not one
     └── WorktreeError               git could not make a worktree for a commit (exit code 1)
 
 Every class says when it is raised. The CLI catches EkkaError once, prints the message
@@ -61,8 +63,18 @@ class TraceFormatError(UsageError):
     """Raised when a folder is not a readable Ekka trace."""
 
 
+class ReportFormatError(UsageError):
+    """Raised when a report's JSON lacks a key one of its records needs or holds a value of
+    the wrong kind (a report from another version of Ekka, or not a report)."""
+
+
 class CaptureError(EkkaError):
     """Raised when a framework fails while capturing a trace (the message carries its stderr tail)."""
+
+
+class ProtocolError(CaptureError):
+    """Raised when a message between the parent and the target's process is unknown or
+    malformed (the message quotes it)."""
 
 
 class NotARepositoryError(UsageError):

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ekka.bisect.verdict import ProbeResult, Verdict
-from ekka.tracer.capture import CaptureSpec, capture
-from ekka.tracer.compare import compute_error_ratio
+from ekka.tracer.capture import capture
+from ekka.tracer.metrics import compute_error_ratio
+from ekka.tracer.protocol import CaptureSpec
 from ekka.tracer.trace import TraceReader
 
 
@@ -69,6 +70,8 @@ def _step_logits(trace: TraceReader) -> list[Any]:
     for record in trace.records:
         if record.kind == "logits":
             t = trace.outputs(record)[0]
+            if t is None:
+                continue
             out[record.step] = (t[-1] if t.dim() > 1 else t).float()
     return [out[s] for s in sorted(out)]
 
@@ -111,8 +114,8 @@ class TracerOracle:
             out=str(out),
             dtype=self.config.dtype,
             max_tokens=self.config.max_tokens,
-            modules=("logits_processor",),
             engine=dict(self.config.engine),
+            logits_only=True,
         )
 
     def judge(self, target: TraceReader, seconds: float = 0.0) -> ProbeResult:
@@ -127,7 +130,7 @@ class TracerOracle:
             "ratios": [],
         }
         for step, (x, x_r, y_r) in enumerate(zip(logits, self.reference, self.reference32)):
-            ratio = compute_error_ratio(x, x_r, y_r, self.config.dtype)[0]
+            ratio = compute_error_ratio(x, x_r, y_r, self.config.dtype)
             details["ratios"].append(ratio if math.isfinite(ratio) else "inf")
             worst = max(worst, ratio)
             if ratio > self.config.logits_threshold:

@@ -1,178 +1,24 @@
-"""Error metrics and the component-by-component comparison of a target trace with a reference.
+"""The component-by-component comparison of a target trace with its references.
 
-The robust error ratio of a component is `r = ||X_T - Y_R|| / ||X_R - Y_R||`: the target's
-distance from the float32 reference, against the distance the serving dtype alone explains
-(the reference in the serving dtype). The denominator is floored at the dtype's own rounding
-noise (`NOISE_FLOOR * ||Y_R||`), so in float32, where X_R is Y_R, r is the relative error in
-units of float32 noise. A correct component stays near 1; a NaN or inf on the target side where
-the reference is finite is an infinite ratio.
+Each aligned component is measured with the robust error ratio (`ekka.tracer.metrics`), every
+pass of it against one gather of the reference rows, and every comparison's figures worked out
+at once from the row norms (`metrics.segment_figures`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ekka.report.records import Comparison
 from ekka.tracer import transforms
 from ekka.tracer.align import Aligner, ComponentMap, Plan, plan_components, positions_for
+from ekka.tracer.metrics import noise_floor, row_norms, segment_figures
 from ekka.tracer.trace import TraceReader
-
-# Relative noise floors: ~32 float32 ulps; half a bfloat16 ulp.
-NOISE_FLOOR = {"float32": 4e-6, "bfloat16": 2.0**-9, "float16": 2.0**-11}
-
-
-def _row_norms(t: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of each row (token), accumulated in float32 without a float64 copy."""
-    return torch.linalg.vector_norm(t.float().reshape(t.shape[0] if t.dim() > 1 else 1, -1), dim=-1)
-
-
-def _total(rows: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(rows.double()))
-
-
-def compute_relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
-    """||x - y|| / ||y||: inf where x holds a NaN or an inf (the norm of the difference is then
-    not finite, so no separate pass over the tensor is needed)."""
-    denom = _total(_row_norms(y))
-    diff = _total(_row_norms(x.float() - y.float()))
-    if not math.isfinite(diff):
-        return math.inf
-    return diff / denom if denom > 0 else diff
-
-
-def measure(
-    x_target: torch.Tensor, x_reference: torch.Tensor, y_reference: torch.Tensor, dtype: str
-) -> tuple[float, float, float, torch.Tensor]:
-    """(ratio, target relative error, noise, ratio per token) of one aligned component.
-
-    One pass over each difference: per-row norms, from which the totals follow (`figures`). A
-    NaN or inf on the target side makes the difference's norm non-finite: error and ratio are
-    then inf.
-    """
-    y_rows, (t_rows,), n_rows = row_norms(x_reference, y_reference, [x_target])
-    ratio, error, noise, tokens = figures(
-        y_rows, t_rows, n_rows, NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
-    )
-    return ratio, error, noise, torch.tensor(tokens, dtype=torch.float64)
-
-
-def row_norms(
-    x_reference: torch.Tensor, y_reference: torch.Tensor, targets: Sequence[torch.Tensor]
-) -> tuple[list[float], list[list[float]], list[float] | None]:
-    """The per-row norms `figures` takes: of the reference, of each target's difference from it,
-    and of the serving-dtype reference's difference (None when it is the float32 one)."""
-    y, ts, noise = _norm_tensors(x_reference, y_reference, targets)
-    return y.tolist(), [t.tolist() for t in ts], None if noise is None else noise.tolist()
-
-
-def _norm(values: Sequence[float]) -> float:
-    return math.sqrt(math.fsum(v * v for v in values))
-
-
-def figures(
-    y_rows: Sequence[float], t_rows: Sequence[float], n_rows: Sequence[float] | None, floor: float
-) -> tuple[float, float, float, list[float]]:
-    """(ratio, error, noise, per-token ratios) from the per-row norms of the reference `y`, of
-    the target's difference `t` and of the serving-dtype reference's difference `n` (None: the
-    reference is its own float32 run, no noise beyond the floor).
-
-    The per-token ratio divides each token's error by that token's noise, but never by less
-    than the median token's noise (a token whose reference happens to round exactly would
-    otherwise look like an outlier) nor less than the dtype's floor. Plain floats: a component
-    has a few hundred rows at most per pass, and one tensor op costs more than that loop.
-    """
-    if len(y_rows) == 1:  # a decode step's one token: the totals are the rows themselves
-        return _figures_of_one(y_rows[0], t_rows[0], None if n_rows is None else n_rows[0], floor)
-    return _figures_of_rows(y_rows, t_rows, n_rows, floor)
-
-
-def _figures_of_rows(
-    y_rows: Sequence[float], t_rows: Sequence[float], n_rows: Sequence[float] | None, floor: float
-) -> tuple[float, float, float, list[float]]:
-    y_total = _norm(y_rows) or 1e-30
-    t_total = _norm(t_rows)
-    error = t_total / y_total if math.isfinite(t_total) else math.inf
-    noise = 0.0 if n_rows is None else _norm(n_rows) / y_total
-    noise = max(noise, floor) if math.isfinite(noise) else noise
-    ratio = error / noise if noise > 0 else math.inf
-    token_noise = (
-        [floor * y for y in y_rows]
-        if n_rows is None
-        else [max(n, floor * y) for n, y in zip(n_rows, y_rows)]
-    )
-    median = (
-        sorted(token_noise)[(len(token_noise) - 1) // 2] if token_noise else 0.0
-    )  # torch's (lower) median
-    tokens = []
-    for t, n in zip(t_rows, token_noise):
-        value = t / max(n, median, 1e-30)
-        tokens.append(math.inf if value != value else value)  # NaN -> inf
-    return ratio, error, noise, tokens
-
-
-def _figures_of_one(
-    y: float, t: float, n: float | None, floor: float
-) -> tuple[float, float, float, list[float]]:
-    """`figures` of one row, without the sums and the median (the same values)."""
-    y_total = y or 1e-30
-    error = t / y_total if math.isfinite(t) else math.inf
-    noise = 0.0 if n is None else n / y_total
-    noise = max(noise, floor) if math.isfinite(noise) else noise
-    ratio = error / noise if noise > 0 else math.inf
-    token_noise = floor * y if n is None else max(n, floor * y)
-    value = t / max(token_noise, 1e-30)
-    return ratio, error, noise, [math.inf if value != value else value]
-
-
-def compute_error_ratio(
-    x_target: torch.Tensor, x_reference: torch.Tensor, y_reference: torch.Tensor, dtype: str
-) -> tuple[float, float, float]:
-    """(ratio, target relative error, noise) of one aligned component."""
-    return measure(x_target, x_reference, y_reference, dtype)[:3]
-
-
-@dataclass(slots=True)
-class Comparison:
-    """One aligned component in one target pass: the figures and how they were made.
-
-    Not frozen: a frozen dataclass sets each field through `object.__setattr__`, and the
-    analysis makes one per component and pass (0.8 us against 3 for its 19 fields).
-    """
-
-    sequence: int
-    target: str
-    module_class: str
-    source_file: str | None
-    source_line: int | None
-    pass_index: int
-    step: int
-    call_index: int
-    plan: str
-    inferred: bool
-    ratio: float
-    error: float
-    noise: float
-    nonfinite: bool
-    worst_position: int
-    rows: int
-    kind: str = "output"
-    discounted_tokens: int = 0  # MoE: tokens at a near-tied router choice, left out of the ratio
-    token_ratio: float = 0.0  # the largest per-token ratio (at worst_position)
-
-    def passed(self, threshold: float) -> bool:
-        return self.ratio <= threshold
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("ratio", "error", "noise", "token_ratio"):
-            if not math.isfinite(data[key]):
-                data[key] = str(data[key])
-        return data
 
 
 def iter_comparisons(
@@ -202,7 +48,7 @@ def iter_comparisons(
             continue
         if record.name in mapping.plans and record.pass_index in passes:
             components.setdefault(record.name, []).append(record)
-    sink = _Figures(NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"]))
+    sink = _Figures(noise_floor(dtype))
     for name, records in components.items():
         plan = mapping.plans[name]
         batch = _Batch(aligner, plan, records, passes, reference, high, sink)
@@ -226,7 +72,7 @@ class RoutingTolerance:
         text = config.get("text_config") or config
         self.experts = int(text.get("num_local_experts") or text.get("num_experts") or 0)
         self.top_k = int(text.get("num_experts_per_tok") or 0)
-        self.floor = NOISE_FLOOR.get(dtype, NOISE_FLOOR["float32"])
+        self.floor = noise_floor(dtype)
         self.pass_index = -1
         self._rows: dict[int, set[int]] = {}  # pass -> discounted rows
 
@@ -570,10 +416,9 @@ class _Slices(Sequence[torch.Tensor]):
 class _Figures:
     """Every comparison's figures, worked out at once from the row norms the batches hand in.
 
-    What `figures` does for one comparison, done with one NumPy operation per step over the
-    rows of all of them (segments back to back): per-comparison Python arithmetic on floats
-    was a third of the analysis of a small model. A row without noise (the reference is its
-    own float32 run) carries -1 there, since a norm is never negative.
+    The row norms of every comparison are kept back to back, and `metrics.segment_figures`
+    works out all their figures with one NumPy operation per step. A row without noise (the
+    reference is its own float32 run) carries -1 there, since a norm is never negative.
     """
 
     def __init__(self, floor: float) -> None:
@@ -651,47 +496,16 @@ class _Figures:
             )
 
     def _figures(self) -> list[tuple[float, float, float, int, float]]:
-        """(ratio, error, noise, worst row, its token ratio) of each comparison: `figures`."""
-        y = np.array(self.y, dtype=np.float64)
-        t = np.array(self.t, dtype=np.float64)
-        n = np.array(self.n, dtype=np.float64)
-        lengths = np.array(self.lengths)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        segment = np.repeat(np.arange(len(lengths)), lengths)
-        floor = self.floor
-        with np.errstate(all="ignore"):
-            y_total = np.sqrt(np.add.reduceat(y * y, starts))
-            y_total[y_total == 0] = 1e-30
-            t_total = np.sqrt(np.add.reduceat(t * t, starts))
-            error = np.where(np.isfinite(t_total), t_total / y_total, np.inf)
-            quiet = n < 0  # no noise beyond the floor
-            noise = np.where(
-                quiet[starts],
-                0.0,
-                np.sqrt(np.add.reduceat(np.where(quiet, 0.0, n) ** 2, starts)) / y_total,
-            )
-            noise = np.where(np.isfinite(noise), np.maximum(noise, floor), noise)
-            ratio = np.where(noise > 0, error / noise, np.inf)
-            scaled = floor * y
-            token_noise = np.where(quiet, scaled, np.where(scaled > n, scaled, n))
-            # the lower median of each segment's token noise
-            ranked = token_noise[np.lexsort((token_noise, segment))]
-            median = ranked[starts + (lengths - 1) // 2][segment]
-            denominator = np.where(median > token_noise, median, token_noise)
-            denominator = np.where(1e-30 > denominator, 1e-30, denominator)
-            tokens = t / denominator
-            tokens[np.isnan(tokens)] = np.inf
-        top = np.maximum.reduceat(tokens, starts)
-        rows = np.arange(len(tokens))
-        first = np.minimum.reduceat(np.where(tokens == top[segment], rows, len(tokens)), starts)
+        """(ratio, error, noise, worst row, its token ratio) of each comparison."""
+        ratio, error, noise, worst, top, _ = segment_figures(
+            np.array(self.y, dtype=np.float64),
+            np.array(self.t, dtype=np.float64),
+            np.array(self.n, dtype=np.float64),
+            self.lengths,
+            self.floor,
+        )
         return list(
-            zip(
-                ratio.tolist(),
-                error.tolist(),
-                noise.tolist(),
-                (first - starts).tolist(),
-                tokens[first].tolist(),
-            )
+            zip(ratio.tolist(), error.tolist(), noise.tolist(), worst.tolist(), top.tolist())
         )
 
 
@@ -708,8 +522,8 @@ def _norm_tensors(
     x_reference: torch.Tensor, y_reference: torch.Tensor, targets: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
     """`row_norms` as float32 tensors."""
-    noise = None if x_reference is y_reference else _row_norms(x_reference - y_reference)
-    return _row_norms(y_reference), [_row_norms(x - y_reference) for x in targets], noise
+    noise = None if x_reference is y_reference else row_norms(x_reference - y_reference)
+    return row_norms(y_reference), [row_norms(x - y_reference) for x in targets], noise
 
 
 # The outputs each row-by-row target op reads ("all": every one); ops not listed are read record

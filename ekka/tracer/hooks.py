@@ -142,8 +142,10 @@ class ModuleRecorder:
         *,
         modules: Sequence[str] | None = None,
         steps: str | None = None,
+        hook_modules: bool = True,
     ) -> None:
         self.writer = writer
+        self.hook_modules = hook_modules
         self.root = root
         self.patterns = list(modules or [])
         self.want_step = parse_steps(steps)
@@ -187,14 +189,6 @@ class ModuleRecorder:
         self._kept = {}
         self._recording = self.want_step(step)
 
-    def restart(self, writer: TraceWriter) -> None:
-        """Hand what was recorded to the current writer, and record from the start into
-        `writer` (a warm-up request traced into a scratch writer, then the real one)."""
-        self._hand_over_all()
-        self.writer = writer
-        self.pass_index = -1
-        self.modules_by_name = {}
-
     @property
     def recording(self) -> bool:
         return self._recording
@@ -224,7 +218,10 @@ class ModuleRecorder:
 
     def install(self) -> None:
         """Hook every module; what the hooks need per module (class, source line, whether it can
-        be a leaf) is worked out here, once, rather than on the first call of each module."""
+        be a leaf) is worked out here, once, rather than on the first call of each module.
+        Without `hook_modules`, none: only what the adapter records itself (the logits)."""
+        if not self.hook_modules:
+            return
         for name, module in self.root.named_modules():
             if not name:
                 continue

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
-from ekka.tracer.compare import Comparison
+from ekka.report.records import Comparison, Localization, Suspect
 
 DEFAULT_THRESHOLD = 2.0
 PERSISTENCE = 0.5  # "stays up": above the threshold for more than this share of what follows
@@ -26,48 +24,6 @@ MAX_SUSPECTS = 5
 # A divergence confined to a few tokens is diluted in the pass's ratio; one token alone counts
 # when its own ratio is this many times the threshold (a stricter bar: one token is noisier).
 TOKEN_FACTOR = 4.0
-
-
-@dataclass(frozen=True)
-class Suspect:
-    """A component that may be the root cause, with its location and the evidence."""
-
-    rank: int
-    component: str
-    module_class: str
-    source_file: str | None
-    source_line: int | None
-    ratio: float
-    jump: float
-    persistence: float
-    pass_index: int
-    step: int
-    position: int
-    evidence: str
-    confirmed: bool | None = None  # replay: True = the module alone reproduces the error
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("ratio", "jump"):
-            if not math.isfinite(data[key]):
-                data[key] = str(data[key])
-        return data
-
-
-@dataclass
-class Localization:
-    """The change point and the ranked suspects (empty when nothing diverges)."""
-
-    threshold: float
-    suspects: list[Suspect] = field(default_factory=list)
-    change_point: Comparison | None = None
-
-    @property
-    def diverged(self) -> bool:
-        return self.change_point is not None
-
-    def __bool__(self) -> bool:  # "did it pass?"
-        return not self.diverged
 
 
 def _above(c: Comparison, threshold: float) -> bool:
@@ -111,12 +67,10 @@ def localize(
             base = max([1.0] + before)
             jump = c.ratio / base if math.isfinite(c.ratio) else math.inf
             scored.append((0.0, c, jump, persistence))
-    result = Localization(threshold=threshold)
     persistent = [(c, j, p) for _, c, j, p in scored if p > PERSISTENCE]
     if not persistent:
-        return result
+        return Localization(threshold)
     change = persistent[0][0]
-    result.change_point = change
     # Rank: the change point first; then the other persistent crossings of its pass and the
     # passes after it, by jump; each component once.
     ranked: list[tuple[Comparison, float, float]] = [persistent[0]]
@@ -124,15 +78,16 @@ def localize(
     rest.sort(key=lambda x: (-_log(x[1]) * x[2], x[0].sequence))
     ranked.extend(rest)
     seen: set[str] = set()
+    suspects: list[Suspect] = []
     for c, jump, persistence in ranked:
         name = _component_of(c)
         if name in seen:
             continue
         seen.add(name)
-        result.suspects.append(_suspect(len(result.suspects) + 1, c, jump, persistence, threshold))
-        if len(result.suspects) == MAX_SUSPECTS:
+        suspects.append(_suspect(len(suspects) + 1, c, jump, persistence, threshold))
+        if len(suspects) == MAX_SUSPECTS:
             break
-    return result
+    return Localization(threshold, tuple(suspects), change)
 
 
 def _log(x: float) -> float:

@@ -192,35 +192,3 @@ class ShardFile:
                 pieces.append(view.reshape((j - i) * rows, width))
             i = j
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-
-class MemoryShard:
-    """A shard still in memory, being written (`TraceWriter.close_in_background`): the
-    tensors themselves, read like a ShardFile's. They are the ones being written: readers
-    must not write to them (the analysis never does)."""
-
-    def __init__(self, path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
-        self.path = Path(path)
-        self._tensors = tensors
-
-    def keys(self) -> list[str]:
-        return list(self._tensors)
-
-    def get(self, key: str) -> torch.Tensor:
-        tensor = self._tensors.get(key)
-        if tensor is None:
-            raise TraceFormatError(f"{self.path}: no tensor {key}.")
-        return tensor
-
-    def stacked_rows(self, keys: Sequence[str]) -> torch.Tensor | None:
-        """The 2-D tensors `keys` one under the other (one copy); None unless all are 2-D of
-        one dtype and width."""
-        tensors = [self._tensors.get(key) for key in keys]
-        if not tensors or any(t is None or t.dim() != 2 for t in tensors):
-            return None
-        first = tensors[0]
-        if first.shape[1] == 0 or any(
-            t.dtype != first.dtype or t.shape[1] != first.shape[1] for t in tensors
-        ):  # type: ignore[union-attr]
-            return None
-        return first if len(tensors) == 1 else torch.cat(tensors)  # type: ignore[arg-type]

@@ -13,13 +13,9 @@ opens shards lazily (memory-mapped) and loads one record's tensors at a time.
 
 from __future__ import annotations
 
-import _thread
-import atexit
 import shutil
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,7 @@ from typing import Any
 import orjson
 
 from ekka.errors import OutputFolderError, TraceFormatError
-from ekka.tracer.shards import MemoryShard, ShardFile, shard_buffers, write_buffers, write_shard
+from ekka.tracer.shards import ShardFile, write_shard
 
 FORMAT = "ekka-trace"
 VERSION = 1
@@ -35,9 +31,8 @@ MANIFEST = "manifest.json"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 REPLAY_FOLDER = "replay"  # a target trace's replays: a trace of their own, inside its folder
 # Shards kept open (memory-mapped) per reader: two, while their files total at most
-# OPEN_BYTES. Two: a reference traced ahead of the target holds its prompt pass in one shard
-# and its continuation in the next, and aligning reads them in turn (with one open, every
-# read re-opened a shard: the analysis took twice as long). At most OPEN_BYTES: the pages of
+# OPEN_BYTES. Two: aligning reads a component's passes in turn, and a long trace's passes
+# lie in consecutive shards (with one open, every read re-opened a shard). At most OPEN_BYTES: the pages of
 # a mapped shard count in the process's resident memory once read, and two full shards
 # (256 MiB each) open in each of three readers took the 8B-shaped analysis to 1.9-2.0 GB of
 # peak resident memory, against 1.2-1.3 GB with one, in the same time.
@@ -205,7 +200,7 @@ class TraceWriter:
         self._buffer: dict[str, Any] = {}
         self._buffered = 0
         self._key_shard: dict[str, int] = {}
-        self._serial = 0  # tensor keys: never reused, even after `discard_passes`
+        self._serial = 0  # the next record's tensor key prefix
         self._closed = False
 
     def _put(self, key: str, tensor: Any) -> TensorMeta:
@@ -272,37 +267,16 @@ class TraceWriter:
     def add_pass(self, info: PassInfo) -> None:
         self.passes.append(info)
 
-    def discard_passes(self, first: int) -> None:
-        """Forget passes `first`, `first + 1`, ... and their records (a reference that computed
-        ahead on tokens the target did not choose). Their tensors still buffered are freed; any
-        already flushed stay in their shard, unreferenced. A record refers only to tensors of
-        its own pass, so the records kept are intact."""
-        for record in (r for r in self.records if r.pass_index >= first):
-            for meta in [*record.outputs, *(m for _, m in record.inputs)]:
-                if meta is not None:
-                    tensor = self._buffer.pop(meta.key, None)
-                    if tensor is not None:
-                        self._buffered -= tensor.nbytes
-        self.records = [r for r in self.records if r.pass_index < first]
-        self.passes = [p for p in self.passes if p.index < first]
-
     def flush(self) -> None:
         """Write the buffered tensors to the next shard and free them."""
-        taken = self._next_shard()
-        if taken is not None:
-            write_shard(self.path / taken[0], taken[1])
-
-    def _next_shard(self) -> tuple[str, dict[str, Any]] | None:
-        """The buffered tensors, listed as the next shard (its file name), the buffer emptied;
-        None when nothing is buffered. The caller writes them."""
         if not self._buffer:
-            return None
-        name, tensors = f"tensors-{len(self.shards):05d}.safetensors", self._buffer
-        for key in tensors:
+            return
+        name = f"tensors-{len(self.shards):05d}.safetensors"
+        for key in self._buffer:
             self._key_shard[key] = len(self.shards)
         self.shards.append(name)
+        write_shard(self.path / name, self._buffer)
         self._buffer, self._buffered = {}, 0
-        return name, tensors
 
     def close(self, *, complete: bool = True, **extra: Any) -> Path:
         """Flush the last shard and write the manifest (`complete` False after a failure).
@@ -314,40 +288,9 @@ class TraceWriter:
             return self.path
         start = time.perf_counter()
         self.flush()
-        self._write_manifest(self._manifest_parts(self._head(complete, extra)), start)
+        self._write_manifest(self._head(complete, extra), start)
         self._closed = True
         return self.path
-
-    def close_in_background(self, **extra: Any) -> PendingTrace:
-        """Close as `close` does, the last shard and the manifest written by a thread: the
-        trace can be read at once (its last shard from memory) while they are written, and
-        `PendingTrace.wait()` says when they are. The writer is closed from now on."""
-        if self._closed:
-            raise ValueError(f"the trace in {self.path} is closed already")
-        start = time.perf_counter()
-        taken = self._next_shard()
-        self._closed = True
-        head = self._head(True, extra)
-        memory = (
-            {}
-            if taken is None
-            else {len(self.shards) - 1: MemoryShard(self.path / taken[0], taken[1])}
-        )
-        reader = TraceReader.from_memory(
-            self.path, {**head, "passes": [], "records": []}, self.records, self.passes, memory
-        )
-        # Everything in Python is done here, the thread only makes system calls: a thread that
-        # runs Python beside the caller's work (the analysis) takes the interpreter from it,
-        # and hands it back only at its next system call or after the switch interval (5 ms)
-        shard = None if taken is None else (self.path / taken[0], shard_buffers(taken[1])[0])
-        manifest = self._manifest_parts(head)
-
-        def write() -> None:
-            if shard is not None:
-                write_buffers(*shard)
-            self._write_manifest(manifest, start)
-
-        return PendingTrace(reader, write)
 
     def _head(self, complete: bool, extra: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -360,117 +303,20 @@ class TraceWriter:
             "key_shards": self._key_shard,
         }
 
-    def _manifest_parts(self, head: dict[str, Any]) -> tuple[bytes, bytes]:
-        """The manifest's JSON but its closing times: the header's (open at its end) and the
-        passes' and records' (open at its start). orjson writes the records and passes
-        (dataclasses) as their fields, without a dict per record built in Python."""
-        options = orjson.OPT_NON_STR_KEYS  # keys as `json` writes them: 1 -> "1"
-        text = orjson.dumps(head, default=str, option=options)
-        tail = orjson.dumps(
-            {"passes": self.passes, "records": self.records}, default=str, option=options
-        )
-        return text[:-1], tail[1:]
-
-    def _write_manifest(self, parts: tuple[bytes, bytes], start: float) -> None:
-        """Write the manifest: `parts` around its write time and the moment it is closed."""
-        closing = orjson.dumps(
-            {
-                "write_seconds": time.perf_counter() - start,
-                "closed_at": time.monotonic(),  # comparable with other processes' monotonic clocks
-            }
-        )
+    def _write_manifest(self, head: dict[str, Any], start: float) -> None:
+        """The manifest: the header, what closing cost, the passes and the records. orjson
+        writes the records and passes (dataclasses) as their fields, without a dict per record
+        built in Python; keys as `json` writes them (1 -> "1")."""
+        manifest = {
+            **head,
+            "write_seconds": time.perf_counter() - start,
+            "passes": self.passes,
+            "records": self.records,
+        }
+        data = orjson.dumps(manifest, default=str, option=orjson.OPT_NON_STR_KEYS)
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_bytes(parts[0] + b"," + closing[1:-1] + b"," + parts[1])
+        tmp.write_bytes(data)
         tmp.replace(self.path / MANIFEST)
-
-
-class PendingTrace:
-    """A trace whose last shard and manifest a thread is writing (`close_in_background`):
-    `reader` reads it at once, `wait()` returns its path once it is on disk (raising what the
-    writing raised)."""
-
-    def __init__(self, reader: TraceReader, write: Any) -> None:
-        self.reader = reader
-        self.seconds = 0.0  # the writing's own time, once done
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            t = time.perf_counter()
-            try:
-                write()
-            except BaseException as exc:  # handed to whoever waits
-                self._error = exc
-            finally:
-                self.seconds = time.perf_counter() - t
-                _WRITES.ended(self)
-
-        _WRITES.started(self)
-        self._done = start_bare_thread(run)
-
-    def wait(self) -> Path:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self.reader.path
-
-
-def start_bare_thread(work: Callable[[], None]) -> threading.Event:
-    """Run `work` in a new thread; the event is set when it has ended.
-
-    A bare thread: `threading.Thread.start` waits until the new thread runs, and then for the
-    interpreter, which the new thread holds until its first system call (up to 3 ms measured
-    here while another thread ran Python). Like a daemon, it does not keep the process alive.
-    """
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            work()
-        finally:
-            done.set()
-
-    _thread.start_new_thread(run, ())
-    return done
-
-
-class _BackgroundWrites:
-    """The traces being written by threads.
-
-    While any is, the interpreter's switch interval is `SWITCH_INTERVAL`, not the usual 5 ms:
-    a writing thread back from a system call waits for the interpreter until the thread
-    running Python (the analysis) hands it over, and it makes a few such calls per trace.
-    A process that ends meanwhile still finishes the files (`wait_all`, at exit).
-    """
-
-    SWITCH_INTERVAL = 0.0002  # seconds
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: set[PendingTrace] = set()
-        self._usual = sys.getswitchinterval()
-
-    def started(self, pending: PendingTrace) -> None:
-        with self._lock:
-            if not self._pending:
-                self._usual = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._usual, self.SWITCH_INTERVAL))
-            self._pending.add(pending)
-
-    def ended(self, pending: PendingTrace) -> None:
-        with self._lock:
-            self._pending.discard(pending)
-            if not self._pending:
-                sys.setswitchinterval(self._usual)
-
-    def wait_all(self) -> None:
-        with self._lock:
-            pending = list(self._pending)
-        for trace in pending:
-            trace._done.wait()
-
-
-_WRITES = _BackgroundWrites()
-atexit.register(_WRITES.wait_all)
 
 
 class TraceReader:
@@ -499,28 +345,6 @@ class TraceReader:
         self.passes = [PassInfo.from_json(p) for p in self.manifest.get("passes", [])]
         self._key_shard: dict[str, int] = self.manifest.get("key_shards", {})
         self._handles: dict[int, Any] = {}  # open shards, least recently used first
-        self._memory: dict[int, MemoryShard] = {}  # shards still being written, from memory
-
-    @classmethod
-    def from_memory(
-        cls,
-        path: str | Path,
-        manifest: dict[str, Any],
-        records: list[Record],
-        passes: list[PassInfo],
-        memory: Mapping[int, MemoryShard],
-    ) -> TraceReader:
-        """A reader on a trace being written: its records and passes as they are, the shards
-        in `memory` from memory, the others from disk."""
-        reader = cls.__new__(cls)
-        reader.path = Path(path)
-        reader.manifest = manifest
-        reader.records = list(records)
-        reader.passes = list(passes)
-        reader._key_shard = manifest.get("key_shards", {})
-        reader._handles = {}
-        reader._memory = dict(memory)
-        return reader
 
     # header fields
     @property
@@ -573,9 +397,7 @@ class TraceReader:
             return None
         return self._shard(shards.pop()).stacked_rows([m.key for m in metas])
 
-    def _shard(self, shard: int) -> ShardFile | MemoryShard:
-        if shard in self._memory:
-            return self._memory[shard]
+    def _shard(self, shard: int) -> ShardFile:
         handle = self._handles.pop(shard, None)
         if handle is None:
             handle = ShardFile(self.path / self.manifest["shards"][shard])

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from ekka.bench import matches_truth
-from ekka.tracer.compare import Comparison, RoutingTolerance, compute_error_ratio
+from ekka.report.records import Comparison
+from ekka.tracer.compare import RoutingTolerance
 from ekka.tracer.localize import localize
+from ekka.tracer.metrics import compute_error_ratio, compute_figures
 
 
 def comp(
@@ -48,7 +50,7 @@ def chain(ratios, names=None, pass_index=0, start=0):
 
 def test_no_divergence_when_everything_is_noise():
     result = localize(chain([0.1, 1.2, 0.9, 1.5, 1.1]))
-    assert not result.diverged and result.suspects == [] and bool(result)
+    assert not result.diverged and result.suspects == () and bool(result)
 
 
 def test_change_point_is_earliest_persistent_rise_not_the_largest():
@@ -69,10 +71,10 @@ def test_nonfinite_target_is_a_divergence():
     result = localize(seq)
     assert result.suspects[0].component == "logits_processor"
     assert "non-finite" in result.suspects[0].evidence
-    ratio, error, _ = compute_error_ratio(
+    found = compute_figures(
         torch.tensor([float("nan"), 1.0]), torch.ones(2), torch.ones(2), "float32"
     )
-    assert math.isinf(ratio) and math.isinf(error)
+    assert math.isinf(found.ratio) and math.isinf(found.error)
 
 
 def test_later_pass_divergence_is_found_in_that_pass():
@@ -115,13 +117,13 @@ def test_robust_ratio_uses_dtype_noise():
     y = torch.randn(8, 16)
     x_r = y + 1e-2 * torch.randn(8, 16)  # bf16-like noise of the reference
     x_t = y + 1e-2 * torch.randn(8, 16)  # the target: same amount of noise
-    ratio, _, _ = compute_error_ratio(x_t, x_r, y, "bfloat16")
+    ratio = compute_error_ratio(x_t, x_r, y, "bfloat16")
     assert 0.5 < ratio < 2
     bad = y + 1e-1 * torch.randn(8, 16)
-    assert compute_error_ratio(bad, x_r, y, "bfloat16")[0] > 5
+    assert compute_error_ratio(bad, x_r, y, "bfloat16") > 5
     # float32: the reference is its own float32 run, the floor is float32 noise
-    assert compute_error_ratio(y + 1e-7 * torch.randn(8, 16), y, y, "float32")[0] < 1
-    assert compute_error_ratio(y + 1e-4 * y, y, y, "float32")[0] > 10
+    assert compute_error_ratio(y + 1e-7 * torch.randn(8, 16), y, y, "float32") < 1
+    assert compute_error_ratio(y + 1e-4 * y, y, y, "float32") > 10
 
 
 def test_routing_tolerance_discounts_only_near_ties():
@@ -143,16 +145,15 @@ def test_matches_truth_globs():
 
 
 def test_single_token_divergence_is_not_diluted():
-    from ekka.tracer.compare import measure
-
     y = torch.randn(512, 64)
     x_r = y + 4e-3 * torch.randn(512, 64)
     x_t = y + 4e-3 * torch.randn(512, 64)
-    clean_ratio, _, _, clean_tokens = measure(x_t, x_r, y, "bfloat16")
+    clean = compute_figures(x_t, x_r, y, "bfloat16")
     x_t[300] += 0.1 * y[300]  # one token off by 10 %
-    ratio, _, _, tokens = measure(x_t, x_r, y, "bfloat16")
-    assert ratio < 2  # the pass-level ratio hides it
-    assert float(clean_tokens.max()) < 8 < float(tokens.max()) and int(tokens.argmax()) == 300
+    found = compute_figures(x_t, x_r, y, "bfloat16")
+    assert found.ratio < 2  # the pass-level ratio hides it
+    assert clean.token_ratio < 8 < found.token_ratio and found.worst_row == 300
+    assert max(found.token_ratios) == found.token_ratio
 
 
 def test_persistence_is_the_share_of_later_components_above_the_threshold():
@@ -171,32 +172,40 @@ def test_persistence_is_the_share_of_later_components_above_the_threshold():
             assert suspect.persistence == expected
 
 
-def test_one_row_figures_are_the_general_figures():
-    """A decode step's one token takes a shortcut past the sums and the median: same figures."""
-    import random
+def _norm(values):
+    return math.sqrt(math.fsum(v * v for v in values))
 
-    from ekka.tracer.compare import _figures_of_rows, figures
 
-    rng = random.Random(5)
-    for _ in range(5000):
-        y = rng.choice([0.0, rng.random() * 10])
-        t = rng.choice([0.0, rng.random(), 1e-7, math.inf, math.nan])
-        n = rng.choice([None, 0.0, rng.random() * 1e-3, math.inf])
-        floor = rng.choice([4e-6, 2.0**-9])
-        rows = None if n is None else [n]
-        short, general = figures([y], [t], rows, floor), _figures_of_rows([y], [t], rows, floor)
-        for a, b in zip([*short[:3], *short[3]], [*general[:3], *general[3]]):
-            assert (a != a and b != b) or a == b
+def _figures_by_hand(y_rows, t_rows, n_rows, floor):
+    """(ratio, error, noise, per-token ratios) of one comparison, worked out one float at a
+    time from the documented formula: the check on the product's vectorized figures."""
+    y_total = _norm(y_rows) or 1e-30
+    t_total = _norm(t_rows)
+    error = t_total / y_total if math.isfinite(t_total) else math.inf
+    noise = 0.0 if n_rows is None else _norm(n_rows) / y_total
+    noise = max(noise, floor) if math.isfinite(noise) else noise
+    ratio = error / noise if noise > 0 else math.inf
+    if n_rows is None:
+        token_noise = [floor * y for y in y_rows]
+    else:
+        token_noise = [max(n, floor * y) for n, y in zip(n_rows, y_rows)]
+    median = sorted(token_noise)[(len(token_noise) - 1) // 2]  # the lower median
+    tokens = []
+    for t, n in zip(t_rows, token_noise):
+        value = t / max(n, median, 1e-30)
+        tokens.append(math.inf if value != value else value)  # NaN -> inf
+    return ratio, error, noise, tokens
 
 
 def test_figures_of_many_comparisons_at_once_are_each_ones_figures():
     """The sink works out every comparison's figures with one vectorized pass: the same as
-    `figures` on each, the candidate `min` picks, and the first worst token."""
+    the formula worked out by hand on each, the candidate `min` picks, and the first worst
+    token."""
     import random
     from types import SimpleNamespace
 
     from ekka.tracer.align import Plan
-    from ekka.tracer.compare import _Figures, _norm, figures
+    from ekka.tracer.compare import _Figures
 
     rng = random.Random(11)
 
@@ -240,7 +249,9 @@ def test_figures_of_many_comparisons_at_once_are_each_ones_figures():
                 end = start + length
                 best = min([t[start:end] for t in ts], key=_norm)
                 expected[record.index] = (
-                    figures(y[start:end], best, None if n is None else n[start:end], floor),
+                    _figures_by_hand(
+                        y[start:end], best, None if n is None else n[start:end], floor
+                    ),
                     positions,
                 )
                 start = end

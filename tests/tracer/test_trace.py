@@ -269,67 +269,6 @@ def test_a_tensor_recorded_twice_is_stored_once_unless_it_changed(tmp_path):
     assert torch.allclose(reader.inputs(by["head"])["0"], 3 * expected)
 
 
-def test_discarded_passes_leave_the_trace_and_their_keys_are_never_reused(tmp_path):
-    writer = TraceWriter(
-        tmp_path / "t",
-        {"framework": "test", "dtype": "float32", "prompt_ids": [1]},
-        shard_bytes=1 << 30,
-    )
-    kept, dropped, again = torch.randn(2, 8), torch.randn(1, 8), torch.randn(1, 8)
-    writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
-    writer.add(
-        name="m",
-        module_class="Linear",
-        source_file=None,
-        source_line=None,
-        step=0,
-        pass_index=0,
-        call_index=0,
-        outputs=[kept],
-    )
-    writer.flush()  # pass 0 is in a shard; the dropped pass's tensor is still buffered
-    writer.add_pass(PassInfo(index=1, step=1, input_ids=(3,), positions=(2,)))
-    first = writer.add(
-        name="m",
-        module_class="Linear",
-        source_file=None,
-        source_line=None,
-        step=1,
-        pass_index=1,
-        call_index=0,
-        outputs=[dropped],
-        inputs={"0": dropped + 1},
-    )
-    writer.discard_passes(1)
-    assert writer._buffered == 0 and not writer._buffer
-    writer.add_pass(PassInfo(index=1, step=1, input_ids=(4,), positions=(2,)))
-    second = writer.add(
-        name="m",
-        module_class="Linear",
-        source_file=None,
-        source_line=None,
-        step=1,
-        pass_index=1,
-        call_index=0,
-        outputs=[again],
-    )
-    assert second.index == first.index and second.outputs[0].key != first.outputs[0].key
-    writer.close(generated_ids=[4])
-    reader = TraceReader(tmp_path / "t")
-    assert [(r.pass_index, r.index) for r in reader.records] == [(0, 0), (1, 1)]
-    assert [p.input_ids for p in reader.passes] == [(1, 2), (4,)]
-    assert torch.equal(reader.outputs(reader.records[0])[0], kept)
-    assert torch.equal(reader.outputs(reader.records[1])[0], again)
-
-
-def test_manifest_has_a_monotonic_closing_time_for_cross_process_timing(tmp_path):
-    import time
-
-    before = time.monotonic()
-    _write(tmp_path / "t", n=2)
-    assert before <= TraceReader(tmp_path / "t").manifest["closed_at"] <= time.monotonic()
-
-
 def _record_outer(tmp_path, name, *, pending_bytes=None, monkeypatch=None):
     from ekka.tracer import hooks
     from ekka.tracer.hooks import ModuleRecorder
@@ -366,30 +305,6 @@ def test_records_handed_over_mid_pass_are_the_same_as_handed_over_at_the_end(tmp
     assert by[(1, "same")].outputs[0].key == by[(1, "same.proj")].outputs[0].key
 
 
-def test_a_recorder_restarted_on_a_new_writer_records_from_its_first_pass(tmp_path):
-    """A warm-up request is traced into a scratch writer; the real trace starts at pass 0."""
-    from ekka.tracer.hooks import ModuleRecorder
-
-    model = _Outer()
-    scratch = TraceWriter(tmp_path / "scratch", {"framework": "test", "dtype": "float32"})
-    recorder = ModuleRecorder(scratch, model)
-    recorder.install()
-    with torch.no_grad():
-        recorder.begin_pass(0)
-        model(torch.randn(1, 4))
-        writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32"})
-        recorder.restart(writer)
-        recorder.begin_pass(0)
-        model(torch.randn(5, 4))
-    recorder.remove()
-    scratch.close(complete=False)
-    writer.close()
-    assert len(scratch.records) == 4
-    reader = TraceReader(tmp_path / "t")
-    assert [(r.index, r.pass_index) for r in reader.records] == [(i, 0) for i in range(4)]
-    assert reader.outputs(reader.records[0])[0].shape == (5, 4)
-
-
 def test_a_manifest_that_is_not_json_is_no_trace(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "manifest.json").write_text("{not json")
@@ -411,12 +326,10 @@ def test_reading_two_shards_in_turn_opens_each_once(tmp_path, monkeypatch):
     assert len(opened) == len(set(opened)) == 2
 
 
-@pytest.mark.parametrize("where", ["file", "memory"])
-def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path, where):
+def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path):
     """One component's tensors of successive steps, read with a few views and one copy: the
-    same rows as reading them one by one, wherever they lie in the shard (or in memory, while
-    the shard is being written)."""
-    from ekka.tracer.shards import MemoryShard, ShardFile, write_shard
+    same rows as reading them one by one, wherever they lie in the shard."""
+    from ekka.tracer.shards import ShardFile, write_shard
 
     torch.manual_seed(0)
     tensors = {"prefill": torch.randn(5, 8), "other0": torch.randn(5, 3)}
@@ -429,11 +342,7 @@ def test_stacked_rows_are_the_tensors_one_under_the_other(tmp_path, where):
     tensors["half"] = torch.randn(2, 8).to(torch.bfloat16)
     tensors["cube"] = torch.randn(1, 2, 8)
     write_shard(tmp_path / "s.safetensors", tensors)
-    shard = (
-        ShardFile(tmp_path / "s.safetensors")
-        if where == "file"
-        else MemoryShard(tmp_path / "s", tensors)
-    )
+    shard = ShardFile(tmp_path / "s.safetensors")
     for keys in (
         ["prefill"] + [f"step{s}" for s in range(1, 6)],
         [f"step{s}" for s in range(1, 6)] + ["odd", "late"],
@@ -466,86 +375,6 @@ def test_reader_stacks_rows_of_one_shard_only(tmp_path):
     assert reader.stacked_rows([TensorMeta("missing", (1, 64), "float32")]) is None
 
 
-def test_a_trace_closed_in_the_background_reads_the_same_at_once_and_on_disk(tmp_path, monkeypatch):
-    from ekka.tracer import trace as trace_module
-
-    writer = TraceWriter(
-        tmp_path / "t",
-        {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]},
-        shard_bytes=4096,
-    )
-    writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
-    tensors = [torch.randn(2, 64) * i for i in range(13)]
-    for i, t in enumerate(tensors):  # several shards flushed, the last one still in memory
-        writer.add(
-            name=f"m{i}",
-            module_class="Linear",
-            source_file="x.py",
-            source_line=i,
-            step=0,
-            pass_index=0,
-            call_index=i,
-            outputs=[t, None],
-            inputs={"0": t + 1},
-        )
-    assert len(writer.shards) >= 2 and writer._buffer
-    started, release = __import__("threading").Event(), __import__("threading").Event()
-    real_write = trace_module.write_buffers
-
-    def slow_write(*args, **kwargs):  # the thread's writing waits until the reader has read
-        started.set()
-        release.wait(30)
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(trace_module, "write_buffers", slow_write)
-    pending = writer.close_in_background(generated_ids=[5])
-    assert started.wait(30)
-    assert not (tmp_path / "t" / "manifest.json").exists()  # not on disk yet, readable already
-    reader = pending.reader
-    assert reader.generated_ids == [5] and [r.name for r in reader.records] == [
-        f"m{i}" for i in range(13)
-    ]
-    for record in reader.records:
-        assert torch.equal(reader.outputs(record)[0], tensors[record.index])
-        assert torch.equal(reader.inputs(record)["0"], tensors[record.index] + 1)
-    last = reader.records[-1]  # its tensors are the ones in memory
-    metas = [last.outputs[0], dict(last.inputs)["0"]]
-    assert torch.equal(reader.stacked_rows(metas), torch.cat([tensors[-1], tensors[-1] + 1]))
-    release.set()
-    assert pending.wait() == tmp_path / "t" and pending.seconds > 0
-    on_disk = TraceReader(tmp_path / "t")
-    assert on_disk.complete and on_disk.generated_ids == [5] and on_disk.records == reader.records
-    for record in on_disk.records:
-        assert torch.equal(on_disk.outputs(record)[0], tensors[record.index])
-    with pytest.raises(ValueError, match="closed already"):
-        writer.close_in_background()
-
-
-def test_a_background_write_that_fails_raises_when_waited_for(tmp_path, monkeypatch):
-    from ekka.tracer import trace as trace_module
-
-    writer = TraceWriter(tmp_path / "t", {"framework": "test"})
-    writer.add(
-        name="m",
-        module_class="Linear",
-        source_file=None,
-        source_line=None,
-        step=0,
-        pass_index=0,
-        call_index=0,
-        outputs=[torch.ones(2, 2)],
-    )
-
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(trace_module, "write_buffers", full_disk)
-    pending = writer.close_in_background()
-    assert torch.equal(pending.reader.outputs(pending.reader.records[0])[0], torch.ones(2, 2))
-    with pytest.raises(OSError, match="No space left"):
-        pending.wait()
-
-
 def test_manifest_lists_records_and_passes_as_their_fields(tmp_path):
     """The manifest's JSON, as other tools read it: a record's fields by name, its outputs as
     metas (null where not a tensor), its inputs as [name, meta] pairs; a pass's fields."""
@@ -573,30 +402,6 @@ def test_manifest_lists_records_and_passes_as_their_fields(tmp_path):
         {"index": 0, "step": 0, "input_ids": [1, 2], "positions": [0, 1], "extra": {}}
     ]
     assert list(manifest)[-2:] == ["passes", "records"]  # the header reads first
-
-
-def test_a_process_that_ends_while_a_trace_is_written_in_the_background_finishes_it(tmp_path):
-    import subprocess
-    import sys
-
-    script = f"""
-import time, torch
-from ekka.tracer import trace
-from ekka.tracer.trace import TraceWriter
-real = trace.write_buffers
-def slow(*args):
-    time.sleep(0.5)
-    real(*args)
-trace.write_buffers = slow
-writer = TraceWriter({str(tmp_path / "t")!r}, {{"framework": "test"}})
-writer.add(name="m", module_class="Linear", source_file=None, source_line=None, step=0, pass_index=0,
-           call_index=0, outputs=[torch.ones(2, 2)])
-writer.close_in_background(generated_ids=[7])
-"""  # the script ends at once, the shard's writing still asleep
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-    reader = TraceReader(tmp_path / "t")
-    assert reader.complete and reader.generated_ids == [7]
-    assert torch.equal(reader.outputs(reader.records[0])[0], torch.ones(2, 2))
 
 
 def test_manifest_header_values_are_written_as_json_would(tmp_path):

@@ -1,1 +1,2 @@
-"""One adapter module per framework; each imports its framework lazily and exposes `run(spec)`."""
+"""One adapter module per framework, each importing its framework lazily: `vllm` (and
+`vllm_replay`) run in the target's process, `transformers` (the reference) in the parent's."""

@@ -1,26 +1,26 @@
-"""Replay: run a target module alone on the *reference's* input (inside the target's process).
+"""vLLM replay: run a target module alone on the *reference's* input (in the target's process).
 
 A large local error confirms the module itself; a small one says its error arrived from
 upstream. Replayed here: norms, linear layers (fused projections too), fused activations
 (`act(gate) * up`), rotary embeddings. Attention needs the engine's per-pass metadata and is
 not replayed.
 
-The target process calls `replay_modules` after generation and after writing its trace, with a
-reference trace that covers the prompt (the teacher-forced reference in the serving dtype). In
-`ekka diagnose` it replays every leaf in call order while the caller analyses the traces, until
-the caller names its suspects; then only those not yet replayed. Outputs are written to a
-trace of their own (`<target>/replay`) as records of kind "replay" under the module's name, one
-row per position of the reference's first pass.
+The target's process calls `replay_modules` when the session asks (`Replay`), after its trace
+is written, with a reference trace that covers the prompt (the teacher-forced reference in the
+serving dtype) and the modules to replay (`ekka diagnose` names its suspects). Outputs are
+written to a trace of their own (`<target>/replay`) as records of kind "replay" under the
+module's name, one row per position of the reference's first pass. Which reference tensors a
+vLLM module takes (its fused projections, its rotary embedding's q and k) is vLLM's rule,
+kept here with the vLLM adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ekka.tracer.capture import NOT_YET
 from ekka.tracer.hooks import flatten_tensors, source_location
 from ekka.tracer.trace import Record, TraceReader, TraceWriter
 
@@ -97,15 +97,10 @@ def replay_modules(
     records: list[Record],
     writer: TraceWriter,
     reference_path: str,
-    only: list[str] | None = None,
-    *,
-    until: Callable[[], Any] | None = None,
+    only: Sequence[str] | None = None,
 ) -> int:
     """Replay the replayable leaf modules of the target's first pass (`records`, the target's),
-    or those named in `only`; writes one record per module to `writer`, returns how many.
-
-    `until()`, asked before each module, narrows the replay once it returns something other
-    than NOT_YET: the modules named (None: every one); those already replayed stay."""
+    or those named in `only`; writes one record per module to `writer`, returns how many."""
     reference = TraceReader(reference_path)
     first_pass = reference.passes[0].index if reference.passes else 0
     index = {r.name: r for r in reference.records if r.pass_index == first_pass}
@@ -115,10 +110,6 @@ def replay_modules(
     count = 0
     target_records = [r for r in records if r.pass_index == 0 and r.leaf and r.kind == "module"]
     for record in target_records:
-        if until is not None:
-            told = until()
-            if told is not NOT_YET:
-                wanted, until = (None if told is None else set(told)), None
         if record.name in done or (wanted is not None and record.name not in wanted):
             continue
         done.add(record.name)
