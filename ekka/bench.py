@@ -183,7 +183,8 @@ def run_case(
     say: Callable[[str], None] = lambda _m: None,
     db_url: str | None = None,
 ) -> CaseResult:
-    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis, write_reports
+    from ekka.report import write_reports
+    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 
     start = time.perf_counter()
     work = workdir / case.id
@@ -230,7 +231,7 @@ def run_case(
                 "first_bad": first_bad,
                 "bug_commit": history.bug,
                 "commits": len(history.commits),
-                "root_cause": (diagnosis.root_cause or {}).get("statement"),
+                "root_cause": diagnosis.root_cause.statement if diagnosis.root_cause else None,
             }
         else:
             say("copying and patching the framework's sources")

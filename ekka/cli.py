@@ -209,7 +209,7 @@ def _full_diagnosis(
     from ekka.bisect.search import PrintObserver
     from ekka.full import FullConfig, run_full_diagnosis
     from ekka.repo import installed_framework_dir
-    from ekka.tracer.diagnose import suspects_table, write_reports
+    from ekka.report import suspects_table, write_reports
 
     config = FullConfig(
         repo=str(repo),
@@ -241,7 +241,7 @@ def _full_diagnosis(
     paths = write_reports(diagnosis, out_dir)
     suspects_table(diagnosis, out)
     if diagnosis.root_cause:
-        out.print(f"[bold]root cause:[/] {escape_markup(diagnosis.root_cause['statement'])}")
+        out.print(f"[bold]root cause:[/] {escape_markup(diagnosis.root_cause.statement)}")
     else:
         out.print(
             f"bisection: {result.status.value}; candidates: {', '.join(c.short for c in result.candidates)}"
@@ -297,14 +297,9 @@ def diagnose(
     ),
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
+    from ekka.report import suspects_table, write_reports
     from ekka.tracer.capture import CaptureSpec, resolve_prompt, validate
-    from ekka.tracer.diagnose import (
-        AHEAD_MODES,
-        DiagnoseConfig,
-        run_diagnosis,
-        suspects_table,
-        write_reports,
-    )
+    from ekka.tracer.diagnose import AHEAD_MODES, DiagnoseConfig, run_diagnosis
 
     if threshold <= 0:
         raise UsageError("--threshold must be positive (default 2).")
