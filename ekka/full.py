@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ from ekka.bisect.attribution import attribute
 from ekka.bisect.cache import VerdictCache, default_url
 from ekka.bisect.history import commit_range
 from ekka.bisect.oracle import OracleConfig, TracerOracle
-from ekka.bisect.search import Bisector, NullObserver, Observer
+from ekka.bisect.search import Bisector, BisectResult, NullObserver, Observer
 from ekka.bisect.worktree import worktree
 from ekka.containers.local import LocalExecutor, overlay_compiled
-from ekka.tracer.diagnose import DiagnoseConfig, Diagnosis, run_diagnosis
+from ekka.report import BisectionSummary, Diagnosis, RootCause
+from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.tracer.trace import TraceReader
 
 
@@ -59,7 +60,7 @@ def run_full_diagnosis(
     *,
     progress: Callable[[str], None] | None = None,
     observer: Observer | None = None,
-) -> tuple[Diagnosis, Any]:
+) -> tuple[Diagnosis, BisectResult]:
     """Returns the diagnosis (with root cause and bisection filled in) and the BisectResult."""
     say = progress or (lambda _m: None)
     work = Path(config.workdir)
@@ -144,8 +145,15 @@ def run_full_diagnosis(
             diagnosis.localization.suspects,
             target,
         )
-        root_cause = attribution.to_json()
-    diagnosis.root_cause = root_cause
-    diagnosis.bisection = result.to_json()
-    diagnosis.seconds.update({"localize_at_bad": localize_seconds, "bisect": bisect_seconds})
+        root_cause = RootCause.from_json(attribution.to_json())
+    diagnosis = replace(
+        diagnosis,
+        root_cause=root_cause,
+        bisection=BisectionSummary.from_json(result.to_json()),
+        timings={
+            **diagnosis.timings,
+            "localize_at_bad": localize_seconds,
+            "bisect": bisect_seconds,
+        },
+    )
     return diagnosis, result
