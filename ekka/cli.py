@@ -6,8 +6,11 @@ Exit codes: 0 success (or "no divergence"), 1 a divergence found or a failure, 2
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 import typer
@@ -93,7 +96,8 @@ def trace(
     steps: str = typer.Option("all", help="prefill, all, or step numbers like 0,1."),
 ) -> None:
     """Capture every module's output of one prompt through one framework."""
-    from ekka.tracer.capture import CaptureSpec, capture, resolve_prompt
+    from ekka.tracer.capture import capture, resolve_prompt
+    from ekka.tracer.protocol import CaptureSpec
 
     ids = resolve_prompt(model, prompt, prompt_ids)
     spec = CaptureSpec(
@@ -202,10 +206,13 @@ def _full_diagnosis(
     workers: int,
     repeats: int,
     db: str | None,
+    engine: Mapping[str, Any] | None = None,
     github: tuple[str, str, str | None] | None = None,
 ) -> str | None:
     """Run the full diagnosis with progress, print the root cause, write the reports; returns
     the first bad commit's sha (None when none was found)."""
+    from dataclasses import replace
+
     from ekka.bisect.search import PrintObserver
     from ekka.full import FullConfig, run_full_diagnosis
     from ekka.repo import installed_framework_dir
@@ -221,17 +228,17 @@ def _full_diagnosis(
         package_dir=str(installed_framework_dir("vllm")),
         dtype=dtype,
         max_tokens=max_tokens,
+        engine=dict(engine or {}),
         threshold=threshold,
         workers=workers,
         repeats=repeats,
         db_url=db,
         prompt_text=prompt,
-        **(
-            {"github_repo": github[0], "github_api": github[1], "github_token": github[2]}
-            if github
-            else {}
-        ),
     )
+    if github:
+        config = replace(
+            config, github_repo=github[0], github_api=github[1], github_token=github[2]
+        )
     with console.status("diagnosing ...") as status:
         diagnosis, result = run_full_diagnosis(
             config,
@@ -248,6 +255,49 @@ def _full_diagnosis(
         )
     out.print(f"reports: {paths['md']}, {paths['json']}, {paths['html']}")
     return result.first_bad.sha if result.first_bad else None
+
+
+def parse_engine_args(items: Sequence[str], option: str = "--engine") -> dict[str, Any]:
+    """`KEY=VALUE` items (as `--engine` gives them) as keyword arguments for `vllm.LLM(...)`.
+
+    The value is read as JSON where it parses, else kept as text: `max_model_len=2048` -> 2048,
+    `enable_chunked_prefill=true` -> True, `kv_cache_dtype=auto` -> "auto", `x=null` -> None,
+    `x=[1,2]` -> [1, 2], `x="8"` -> "8". An item without '=', with an empty key or one that is
+    not a Python name, or a key given twice is a UsageError saying how to write it.
+    """
+    example = f"{option} max_model_len=2048 {option} enable_chunked_prefill=true"
+    engine: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UsageError(f"{option} {item!r} has no '=': write KEY=VALUE, e.g. {example}.")
+        if not key:
+            raise UsageError(
+                f"{option} {item!r} has no key before '=': write KEY=VALUE, e.g. {example}."
+            )
+        if not key.isidentifier():
+            hint = key.replace("-", "_")
+            raise UsageError(
+                f"{option} {item!r}: the key {key!r} is not a keyword argument of vllm.LLM; "
+                + (
+                    f"write it as a Python name ({hint}=...), e.g. {example}."
+                    if hint.isidentifier()
+                    else f"write KEY=VALUE with KEY a Python name, e.g. {example}."
+                )
+            )
+        if key in given:
+            raise UsageError(
+                f"{option} {key} is given twice ({key}={given[key]} and {item}); "
+                "give each key once."
+            )
+        given[key] = raw
+        try:
+            engine[key] = json.loads(raw)
+        except ValueError:
+            engine[key] = raw
+    return engine
 
 
 def escape_markup(text: str) -> str:
@@ -272,9 +322,9 @@ def diagnose(
     target_path: list[Path] = typer.Option(
         [], help="Put this folder first on the target's PYTHONPATH (a patched copy of vLLM)."
     ),
-    ahead: str | None = typer.Option(
-        None,
-        help="What the reference traces before the target's tokens come: off; prompt (once the target's engine has started); or guess (the prompt and its guess of the target's tokens, while the engine starts). Default: guess on 4 cores or more, else prompt.",
+    engine: list[str] = typer.Option(
+        [],
+        help="A keyword argument for vllm.LLM(...) as KEY=VALUE (repeatable), the value read as JSON where it parses, else as text: --engine enable_chunked_prefill=true --engine max_num_batched_tokens=64.",
     ),
     repo: Path | None = typer.Option(
         None, help="Full mode: the framework's git repository (vllm/ at its top)."
@@ -297,14 +347,15 @@ def diagnose(
     ),
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
-    from ekka.report import suspects_table, write_reports
-    from ekka.tracer.capture import CaptureSpec, resolve_prompt, validate
-    from ekka.tracer.diagnose import AHEAD_MODES, DiagnoseConfig, run_diagnosis
-
+    engine_args = parse_engine_args(engine)
     if threshold <= 0:
         raise UsageError("--threshold must be positive (default 2).")
-    if ahead is not None and ahead not in AHEAD_MODES:
-        raise UsageError(f"--ahead {ahead!r}: use one of {', '.join(AHEAD_MODES)}.")
+
+    from ekka.report import suspects_table, write_reports
+    from ekka.tracer.capture import resolve_prompt, validate
+    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+    from ekka.tracer.protocol import CaptureSpec
+
     full = [x is not None for x in (repo, good, bad)]
     if any(full) and not all(full):
         raise UsageError(
@@ -323,6 +374,7 @@ def diagnose(
             out=str(out_dir / "traces" / "target"),
             dtype=dtype,
             max_tokens=max_tokens,
+            engine=engine_args,
         )
     )
     if all(full):
@@ -339,6 +391,7 @@ def diagnose(
             dtype=dtype,
             max_tokens=max_tokens,
             threshold=threshold,
+            engine=engine_args,
             out_dir=out_dir,
             workers=workers,
             repeats=repeats,
@@ -357,7 +410,7 @@ def diagnose(
         threshold=threshold,
         prompt_text=prompt,
         target_pythonpath=tuple(str(p) for p in target_path),
-        ahead=ahead,
+        engine=engine_args,
     )
     with console.status("diagnosing ...") as status:
         diagnosis = run_diagnosis(config, progress=lambda msg: status.update(msg))
@@ -376,8 +429,6 @@ def bench(
     workdir: Path = typer.Option(Path(".ekka/bench"), help="Where models, traces and reports go."),
 ) -> None:
     """Run the silent-error benchmark and score top-1 / top-5 component accuracy."""
-    import json
-
     from rich.progress import Progress
     from rich.table import Table
 
@@ -389,12 +440,11 @@ def bench(
         task = progress.add_task("bench", total=len(cases))
         for c in cases:
             progress.update(task, description=f"{c.id}")
-            result = run_case(
-                c,
-                workdir,
-                bisect=not no_bisect,
-                say=lambda m, c=c: progress.update(task, description=f"{c.id}: {m}"),
-            )
+
+            def say(message: str, case_id: str = c.id) -> None:
+                progress.update(task, description=f"{case_id}: {message}")
+
+            result = run_case(c, workdir, bisect=not no_bisect, say=say)
             results.append(result)
             progress.advance(task)
             mark = "ok" if result.top1 else ("top-5" if result.top5 else "MISS")
@@ -459,8 +509,6 @@ def bisect(
     json_file: Path | None = typer.Option(None, "--json", help="Write the result as JSON here."),
 ) -> None:
     """Find the first bad commit between --good and --bad (first-parent history) with an oracle."""
-    import json
-
     from ekka.bisect import (
         Bisector,
         CommandOracle,
@@ -522,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     except exits as exc:
         return int(getattr(exc, "exit_code", 0))
     except usage as exc:
+        assert isinstance(exc, (click.ClickException, typer_click.ClickException))
         exc.show()
         return 2
     except aborts:
