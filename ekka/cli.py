@@ -94,11 +94,23 @@ def trace(
         [], help="Record only modules matching this glob (repeatable)."
     ),
     steps: str = typer.Option("all", help="prefill, all, or step numbers like 0,1."),
+    engine: list[str] = typer.Option(
+        [],
+        help="vLLM: a keyword argument for vllm.LLM(...) as KEY=VALUE (repeatable), as for `ekka diagnose`.",
+    ),
+    logits_only: bool = typer.Option(
+        False,
+        "--logits-only",
+        help="vLLM: record only each step's logits and the tokens, as a bisection probe does.",
+    ),
 ) -> None:
     """Capture every module's output of one prompt through one framework."""
     from ekka.tracer.capture import capture, resolve_prompt
     from ekka.tracer.protocol import CaptureSpec
 
+    engine_args = parse_engine_args(engine)
+    if framework != "vllm" and (engine_args or logits_only):
+        raise UsageError("--engine and --logits-only are for --framework vllm.")
     ids = resolve_prompt(model, prompt, prompt_ids)
     spec = CaptureSpec(
         framework=framework,
@@ -110,6 +122,8 @@ def trace(
         modules=tuple(modules),
         steps=steps,
         prompt_text=prompt,
+        engine=engine_args,
+        logits_only=logits_only,
     )
     with console.status(
         f"capturing {framework} ({len(ids)} prompt tokens, {max_tokens} steps) ..."

