@@ -255,7 +255,7 @@ class Aligner:
         self.reference32 = reference32
         self._index = {id(t): _index(t) for t in (reference, reference32) if t is not None}
 
-    def target_tensor(self, record: Record, plan: Plan, rows: int) -> torch.Tensor:
+    def target_tensor(self, record: Record, plan: Plan, rows: int | None) -> torch.Tensor:
         outputs = self.target.outputs(record)
         return transforms.TARGET_OPS[plan.target_op](outputs, rows).float()
 
@@ -339,11 +339,12 @@ def _pass_tensors(
         return None
     if slot == "in":
         inputs = trace.inputs(record)
-        tensors = [inputs.get("0", next(iter(inputs.values()), None))]
+        first = inputs.get("0", next(iter(inputs.values()), None))
+        tensors = [] if first is None else [first]
     else:
         outputs = [t for t in trace.outputs(record) if t is not None]
         tensors = outputs if slot == "outs" else outputs[:1]
-    if not tensors or any(t is None for t in tensors):
+    if not tensors:
         return None
     pass_len = len(index["passes"][pass_index].positions)
     rows = [_rows_of(t, pass_len) for t in tensors]

@@ -279,7 +279,7 @@ class _Batch:
     def _split(self, joined: list[torch.Tensor], lengths: list[int]) -> list[Segment]:
         """Segments of the records' rows, one under the other in `joined` (each candidate): their
         tensors are views made when asked for (`_Slices`); measured as a stack, they never are."""
-        segments = []
+        segments: list[Segment] = []
         start = 0
         for record, rows in zip(self.records, lengths):
             segments.append(
@@ -337,8 +337,8 @@ class _Batch:
         keys = [dict(record.inputs) for record in self.records]
         if not keys:
             return None
-        firsts = [k.get("0") for k in keys]
-        if any(m is None or len(m.shape) != 2 for m in firsts):
+        firsts = [m for m in (k.get("0") for k in keys) if m is not None]
+        if len(firsts) != len(keys) or any(len(m.shape) != 2 for m in firsts):
             return None
         seconds = [k.get("1") for k in keys]
         pair = all(m is not None and m.shape == f.shape for m, f in zip(seconds, firsts))
@@ -349,7 +349,7 @@ class _Batch:
             return None
         candidates = [first_in]
         if pair:
-            second = self.aligner.target.stacked_rows(seconds)
+            second = self.aligner.target.stacked_rows([m for m in seconds if m is not None])
             if second is None:
                 return None
             if second.is_floating_point():
@@ -359,7 +359,7 @@ class _Batch:
     def _fit(self, segments: list[Segment], width: int) -> list[Segment]:
         """Partial rotary: cut the target's q|k to the rotated dims the reference records."""
         heads = _qk_heads(self.aligner.target.manifest.get("model_config") or {})
-        fitted = []
+        fitted: list[Segment] = []
         for record, (x,), positions in segments:
             cut = (
                 _fit_partial(x, torch.empty(x.shape[0], width), heads)
@@ -560,8 +560,10 @@ def _fit_partial(x: torch.Tensor, y: torch.Tensor, heads: int | None = None) -> 
 def _qk_heads(config: dict[str, Any]) -> int | None:
     text = config.get("text_config") or config
     q = text.get("num_attention_heads")
+    if not q:
+        return None
     kv = text.get("num_key_value_heads") or q
-    return int(q) + int(kv) if q else None
+    return int(q) + int(kv)
 
 
 def compare_traces(

@@ -45,7 +45,9 @@ class Figures:
 def row_norms(t: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of each row (token), accumulated in float32 without a float64 copy."""
     rows = t.shape[0] if t.dim() > 1 else 1
-    return torch.linalg.vector_norm(t.float().reshape(rows, -1), dim=-1)
+    # torch's stubs leave torch.linalg's functions untyped (Any)
+    norms: torch.Tensor = torch.linalg.vector_norm(t.float().reshape(rows, -1), dim=-1)
+    return norms
 
 
 def segment_figures(

@@ -70,7 +70,7 @@ class CaptureSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CaptureSpec:
-        return _build(cls, data, "capture spec")
+        return typing.cast(CaptureSpec, _build(cls, data, "capture spec"))
 
 
 # --- messages ------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def shard_buffers(
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
     return [
         struct.pack("<Q", len(text)) + text,
-        *(memoryview(part.numpy()) for part in parts),
+        # numpy's stubs give ndarray `__buffer__` only on Python 3.12+, but it is a buffer
+        *(memoryview(part.numpy()) for part in parts),  # type: ignore[arg-type]
     ], offset
 
 
@@ -158,8 +159,9 @@ class ShardFile:
         each step's tensors in the same order and sizes, so one component's tensors of
         successive steps lie at a fixed distance: one strided view takes them all. None where
         they are not all 2-D tensors of one dtype and width, aligned for a typed view."""
-        entries = [self.header.get(key) for key in keys]
-        if not entries or any(e is None or len(e["shape"]) != 2 for e in entries):
+        found = [self.header.get(key) for key in keys]
+        entries = [e for e in found if e is not None]
+        if not entries or len(entries) != len(found) or any(len(e["shape"]) != 2 for e in entries):
             return None
         name, width = entries[0]["dtype"], entries[0]["shape"][1]
         if width == 0 or any(e["dtype"] != name or e["shape"][1] != width for e in entries):

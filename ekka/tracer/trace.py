@@ -140,7 +140,7 @@ def is_trace(path: str | Path) -> bool:
     if not manifest.is_file():
         return False
     try:
-        return orjson.loads(manifest.read_bytes()).get("format") == FORMAT
+        return bool(orjson.loads(manifest.read_bytes()).get("format") == FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -344,7 +344,7 @@ class TraceReader:
         self.records = [Record.from_json(r) for r in self.manifest["records"]]
         self.passes = [PassInfo.from_json(p) for p in self.manifest.get("passes", [])]
         self._key_shard: dict[str, int] = self.manifest.get("key_shards", {})
-        self._handles: dict[int, Any] = {}  # open shards, least recently used first
+        self._handles: dict[int, ShardFile] = {}  # open shards, least recently used first
 
     # header fields
     @property
@@ -393,9 +393,10 @@ class TraceReader:
         when they lie in one shard with one dtype and width; None otherwise (read them one by
         one)."""
         shards = {self._key_shard.get(m.key) for m in metas}
-        if len(shards) != 1 or None in shards:
+        shard = shards.pop() if len(shards) == 1 else None
+        if shard is None:
             return None
-        return self._shard(shards.pop()).stacked_rows([m.key for m in metas])
+        return self._shard(shard).stacked_rows([m.key for m in metas])
 
     def _shard(self, shard: int) -> ShardFile:
         handle = self._handles.pop(shard, None)

@@ -84,14 +84,15 @@ def _quiet_transformers() -> Iterator[None]:
 
     verbosity = logging.get_verbosity()
     progress = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    # transformers' logging functions carry no annotations: untyped calls
+    logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         logging.set_verbosity(verbosity)
         if progress:
-            logging.enable_progress_bar()
+            logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _config_errors() -> tuple[type[BaseException], ...]:
@@ -115,7 +116,7 @@ def _transformers_classes(spec: ArchSpec) -> tuple[type, type]:
     return getattr(transformers, spec.name), getattr(transformers, spec.config_class)
 
 
-def _known_config_keys(config_class: type, model_class: type) -> set[str]:
+def _known_config_keys(config_class: type[Any], model_class: type[Any]) -> set[str]:
     """Keys a config accepts: default-instance attributes, constructor parameters, properties,
     legacy RoPE keys, and keys the modeling code reads with `getattr(config, "...")`."""
     default = config_class()

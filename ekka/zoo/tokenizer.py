@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ekka.errors import UsageError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
@@ -79,7 +83,7 @@ what we can observe and measure, and shared with anyone who wants to understand 
 """
 
 
-def _train(vocab_size: int):  # -> tokenizers.Tokenizer
+def _train(vocab_size: int) -> Tokenizer:
     """Train the byte-level BPE on the embedded corpus and attach the `<s>` post-processor."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -103,7 +107,7 @@ def _train(vocab_size: int):  # -> tokenizers.Tokenizer
     return tokenizer
 
 
-def _check_special_ids(tokenizer) -> None:
+def _check_special_ids(tokenizer: Tokenizer) -> None:
     """The zoo configs use pad/bos/eos ids 0/1/2: make sure training kept them there."""
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         actual = tokenizer.token_to_id(token)

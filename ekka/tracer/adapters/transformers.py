@@ -100,12 +100,13 @@ def load_model(model_dir: str, dtype: str) -> Any:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # Ekka reports its own progress; no bar per reference load
+    # Ekka reports its own progress; no bar per reference load (an unannotated transformers call)
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch_dtype, attn_implementation="eager"
     )
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # transformers' eval() has no annotations
     return model
 
 

@@ -81,7 +81,7 @@ class VllmTarget:
             skip_tokenizer_init=True,
             enforce_eager=True,
             gpu_memory_utilization=0.3,
-            dtype=spec.dtype,
+            dtype=spec.dtype,  # type: ignore[arg-type]  # a Literal in vLLM's stubs; vLLM checks it
             seed=0,
             **engine,
         )
@@ -97,6 +97,7 @@ class VllmTarget:
     def generate(self) -> list[int]:
         """The spec's request, greedy, with the hooks on; the records are built afterwards."""
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         self.writer = TraceWriter(self.spec.out, self.header, shard_bytes=self.spec.shard_bytes)
         params = SamplingParams(max_tokens=self.spec.max_tokens, temperature=0.0, ignore_eos=True)
@@ -104,7 +105,7 @@ class VllmTarget:
             model_class = self.llm.apply_model(self._install)[0]
             started = time.perf_counter()
             outputs = self.llm.generate(
-                [{"prompt_token_ids": list(self.spec.prompt_ids)}], params, use_tqdm=False
+                [TokensPrompt(prompt_token_ids=list(self.spec.prompt_ids))], params, use_tqdm=False
             )
             self.timings["traced_generate"] = time.perf_counter() - started
             self.llm.apply_model(self._uninstall)  # hands the records to the writer
@@ -207,7 +208,8 @@ def attention_metadata() -> dict[str, Any]:
     try:
         from vllm.forward_context import get_forward_context
 
-        metadata = get_forward_context().attn_metadata
+        # any version's layout: a dict per layer, a list of them, or the metadata itself
+        metadata: object = get_forward_context().attn_metadata
     except Exception:  # no context outside a model run, or another version's layout
         return {}
     if isinstance(metadata, list):
