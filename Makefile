@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ekka-installed
 PYTEST_ARGS ?=
+LINT_PATHS := ekka tests benchmarks
 
 .PHONY: demo test venv lint clean
 
@@ -20,8 +21,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The quality gates that CI runs (.ci/run) before the tests: all three run, and the target
+# fails when any of them fails.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ekka tests
+	@rc=0; \
+	echo "CI: ruff check $(LINT_PATHS)"; \
+	$(VENV)/bin/ruff check $(LINT_PATHS) || { rc=1; echo "CI: ruff check failed"; }; \
+	echo "CI: ruff format --check $(LINT_PATHS)"; \
+	$(VENV)/bin/ruff format --check $(LINT_PATHS) \
+		|| { rc=1; echo "CI: ruff format --check failed (fix: $(VENV)/bin/ruff format FILE...)"; }; \
+	echo "CI: mypy --strict ekka"; \
+	$(VENV)/bin/mypy --strict ekka || { rc=1; echo "CI: mypy --strict failed"; }; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) .ekka .pytest_cache
