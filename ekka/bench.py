@@ -12,12 +12,11 @@ import fnmatch
 import os
 import shutil
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ekka.bisect.framework_repo import apply_patch
 from ekka.errors import UsageError

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,7 @@ class VerdictCache:
             "reason": result.reason,
             "seconds": float(result.seconds),
             "details_json": json.dumps(result.details, sort_keys=True, default=str),
-            "created_at": datetime.now(timezone.utc),
+            "created_at": datetime.now(UTC),
         }
         key = {"repo": repo, "commit": commit, "config_hash": config_hash}
         t = self.table
