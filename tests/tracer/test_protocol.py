@@ -163,3 +163,13 @@ def test_importing_the_target_adapter_loads_the_inside_only():
     assert done.returncode == 0, done.stderr
     loaded = set(ast.literal_eval(done.stdout.strip()))
     assert loaded <= INSIDE, sorted(loaded - INSIDE)
+
+
+def test_a_users_engine_arguments_win_over_ekkas_defaults():
+    from ekka.tracer.adapters.vllm import ENGINE_DEFAULTS, engine_arguments
+
+    assert engine_arguments({}, 128) == {**ENGINE_DEFAULTS, "max_model_len": 128}
+    assert engine_arguments({}, None)["max_model_len"] == 4096
+    chosen = engine_arguments({"gpu_memory_utilization": 0.9, "max_model_len": 64}, 8192)
+    assert chosen["gpu_memory_utilization"] == 0.9 and chosen["max_model_len"] == 64
+    assert chosen["enforce_eager"] is True

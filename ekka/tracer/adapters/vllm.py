@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,25 @@ from ekka.tracer.protocol import (
 from ekka.tracer.trace import REPLAY_FOLDER, PassInfo, TraceWriter
 
 MAX_MODEL_LEN = 4096  # the engine's context unless the engine arguments say otherwise
+# Ekka's engine settings; a user's engine argument of the same name wins. Eager mode, so that
+# the hooks see every module call (a captured CUDA graph replays without Python); a modest
+# memory share; greedy decoding seeded; token ids in and out (no tokenizer needed).
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "skip_tokenizer_init": True,
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.3,
+    "seed": 0,
+}
+
+
+def engine_arguments(user: Mapping[str, Any], context: int | None) -> dict[str, Any]:
+    """`vllm.LLM`'s keyword arguments: Ekka's defaults, the model's context up to
+    MAX_MODEL_LEN, then the user's engine arguments over them."""
+    return {
+        **ENGINE_DEFAULTS,
+        "max_model_len": min(context or MAX_MODEL_LEN, MAX_MODEL_LEN),
+        **user,
+    }
 
 
 class VllmTarget:
@@ -71,19 +91,11 @@ class VllmTarget:
             "engine": dict(spec.engine),
             "model_config": config,
         }
-        engine = dict(spec.engine)
-        engine.setdefault(
-            "max_model_len", min(context_length(config) or MAX_MODEL_LEN, MAX_MODEL_LEN)
-        )
         started = time.perf_counter()
         self.llm = vllm.LLM(
             model=spec.model,
-            skip_tokenizer_init=True,
-            enforce_eager=True,
-            gpu_memory_utilization=0.3,
             dtype=spec.dtype,  # type: ignore[arg-type]  # a Literal in vLLM's stubs; vLLM checks it
-            seed=0,
-            **engine,
+            **engine_arguments(spec.engine, context_length(config)),
         )
         self.timings = {"engine_start": time.perf_counter() - started}
         self.writer: TraceWriter | None = None
