@@ -9,8 +9,10 @@ MLP 14336, 32 query / 8 KV heads of 128, 512 prompt tokens, one prefill pass; ev
 output and the inputs of leaf modules, as the capture records them. Layer 20's MLP activation
 on the target gets a real error, so the change point has something to find.
 
-`analyze DIR` runs what `ekka diagnose` runs on them and prints one JSON line. Time it with
-`/usr/bin/time -v` for the peak resident memory:
+`analyze DIR` runs the analysis `ekka diagnose` runs on them (`ekka.tracer.diagnose.analyse`:
+the mapping, the comparisons, the localization) and prints one JSON line. Time it with
+`/usr/bin/time -v` (elapsed time; "Maximum resident set size" for the peak memory). The traces
+take 18 GB of disk.
 
     .venv/bin/python benchmarks/analysis_scale.py write /tmp/scale
     /usr/bin/time -v .venv/bin/python benchmarks/analysis_scale.py analyze /tmp/scale
@@ -291,19 +293,17 @@ def write(root: Path) -> None:
 
 
 def analyze(root: Path) -> None:
-    from ekka.tracer.align import infer_missing, plan_components
-    from ekka.tracer.compare import iter_comparisons
-    from ekka.tracer.localize import localize
+    from ekka.tracer.diagnose import analyse
     from ekka.tracer.trace import TraceReader
 
-    torch.set_num_threads(2)
     start = time.perf_counter()
     target = TraceReader(root / "target")
-    reference = TraceReader(root / "reference-bfloat16")
-    reference32 = TraceReader(root / "reference-float32")
-    mapping = infer_missing(plan_components(target, reference), target, reference)
-    comparisons = list(iter_comparisons(target, reference, reference32, mapping=mapping))
-    result = localize(comparisons)
+    references = {
+        "bfloat16": TraceReader(root / "reference-bfloat16"),
+        "float32": TraceReader(root / "reference-float32"),
+    }
+    found = analyse(target, references, "bfloat16", threshold=2.0)
+    comparisons, mapping, result = found.comparisons, found.mapping, found.localization
     elapsed = time.perf_counter() - start
     size = sum(f.stat().st_size for d in root.iterdir() for f in d.iterdir()) / 1e9
     print(
