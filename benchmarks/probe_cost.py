@@ -5,8 +5,11 @@ target's logits and greedy tokens, as a user would time it (`/usr/bin/time`: fro
 start to its exit, everything included: Python's start, the imports, the engine's start, the
 capture, the exit):
 
-    python -m ekka.cli trace --framework vllm --modules logits_processor --model M \\
+    python -m ekka.cli trace --framework vllm --logits-only --model M \\
         --prompt-ids 1,2,... --max-tokens N --dtype D --out DIR
+
+(`--probe logits-module` runs `--modules logits_processor` instead, for checkouts older than the
+tracer's redesign, which lack `--logits-only`.)
 
 The floor, run by this script in the same run: a fresh `python` process that imports vLLM,
 starts the same engine (`vllm.LLM(model=M, skip_tokenizer_init=True, enforce_eager=True,
@@ -24,7 +27,8 @@ Prints one line per run (wall seconds, CPU seconds of the process and its childr
 resident memory), the medians and ratios, then one JSON line with every figure.
 
     .venv/bin/python benchmarks/probe_cost.py --runs 5                     # tiny zoo llama
-    .venv/bin/python benchmarks/probe_cost.py --runs 5 --ekka-root /work/before   # another checkout
+    .venv/bin/python benchmarks/probe_cost.py --runs 5 --ekka-root /work/before \
+        --probe logits-module                                             # an older checkout
     .venv/bin/ekka zoo build llama --out /tmp/llama-114m --set hidden_size=768 \
         --set num_hidden_layers=12 --set num_attention_heads=12 --set num_key_value_heads=12 \
         --set intermediate_size=3072                                      # 114,051,840 parameters
@@ -52,6 +56,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+# How `ekka trace` is told to capture only what a bisection probe needs.
+PROBE_SELECTION = {
+    "logits-only": ("--logits-only",),
+    "logits-module": ("--modules", "logits_processor"),
+}
 
 # The floor: import vLLM, start the engine as the product does, generate untraced, exit at once.
 VLLM_FLOOR = r"""
@@ -274,6 +284,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common_args(parser, runs=5)
+    parser.add_argument(
+        "--probe",
+        choices=sorted(PROBE_SELECTION),
+        default="logits-only",
+        help="what the probe captures: the logits and tokens only (the bisection oracle's probe, "
+        "`--logits-only`), or the logits_processor module (`--modules logits_processor`, the "
+        "probe of checkouts older than the tracer's redesign, which lack --logits-only)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ekka-probe-cost-") as tmp:
         work = Path(tmp)
@@ -283,8 +301,7 @@ def main() -> None:
             "trace",
             "--framework",
             "vllm",
-            "--modules",
-            "logits_processor",
+            *PROBE_SELECTION[args.probe],
             "--model",
             str(model),
             "--prompt-ids",
@@ -323,6 +340,7 @@ def main() -> None:
             json.dumps(
                 {
                     "benchmark": "probe_cost",
+                    "probe": args.probe,
                     "model": str(model),
                     "parameters": parameter_count(model),
                     "dtype": args.dtype,
