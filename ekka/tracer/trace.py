@@ -18,12 +18,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ekka.errors import OutputFolderError, TraceFormatError
-from ekka.tracer.shards import ShardFile, write_shard
+
+if TYPE_CHECKING:
+    from ekka.tracer.shards import ShardFile
 
 FORMAT = "ekka-trace"
 VERSION = 1
@@ -275,6 +277,8 @@ class TraceWriter:
         for key in self._buffer:
             self._key_shard[key] = len(self.shards)
         self.shards.append(name)
+        from ekka.tracer.shards import write_shard  # torch: only where tensors are written
+
         write_shard(self.path / name, self._buffer)
         self._buffer, self._buffered = {}, 0
 
@@ -401,6 +405,8 @@ class TraceReader:
     def _shard(self, shard: int) -> ShardFile:
         handle = self._handles.pop(shard, None)
         if handle is None:
+            from ekka.tracer.shards import ShardFile  # torch: only where tensors are read
+
             handle = ShardFile(self.path / self.manifest["shards"][shard])
             # keep the mapped memory bounded: the least recently used go first
             open_bytes = handle.size + sum(h.size for h in self._handles.values())

@@ -312,13 +312,27 @@ def test_a_manifest_that_is_not_json_is_no_trace(tmp_path):
         TraceReader(tmp_path / "t")
 
 
+def test_the_parent_side_of_a_capture_does_not_import_torch():
+    """`ekka trace` and a session's parent start the target before anything imports torch
+    (seconds of the probe's wall time otherwise); torch comes with the first tensor read."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ekka.cli, ekka.tracer.capture, ekka.tracer.session, ekka.tracer.trace; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_reading_two_shards_in_turn_opens_each_once(tmp_path, monkeypatch):
-    from ekka.tracer import trace
+    from ekka.tracer import shards
 
     _write(tmp_path / "t", n=4, shard_bytes=1)  # one shard per record
     opened = []
-    real = trace.ShardFile
-    monkeypatch.setattr(trace, "ShardFile", lambda path: opened.append(path.name) or real(path))
+    real = shards.ShardFile
+    monkeypatch.setattr(shards, "ShardFile", lambda path: opened.append(path.name) or real(path))
     reader = TraceReader(tmp_path / "t")
     for _ in range(3):
         for record in reader.records[:2]:
