@@ -3,15 +3,18 @@
 Used as `commit_range(..., pr_lookup=GitHubPrLookup(...))` when a GitHub repository is
 configured; without one (or when the API has no answer) the PR comes from the commit message.
 Lookups are cached per sha; an API failure falls back to the message, never stops a bisection.
+The calls go through the project's one GitHub client, `ekka.bot.github.GitHubClient` (PyGithub,
+with its retries), imported when a lookup is made.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-import httpx
+from ekka.errors import EkkaError, UsageError
 
-from ekka.errors import UsageError
+if TYPE_CHECKING:
+    from ekka.bot.github import GitHubClient
 
 DEFAULT_API = "https://api.github.com"
 
@@ -26,16 +29,18 @@ class GitHubPrLookup:
         token: str | None = None,
         api: str = DEFAULT_API,
         timeout: float = 10,
+        client: GitHubClient | None = None,
     ) -> None:
         if repository.count("/") != 1 or not all(repository.split("/")):
             raise UsageError(
                 f"GitHub repository {repository!r}: give it as OWNER/NAME, e.g. vllm-project/vllm."
             )
         self.repository = repository
-        headers = {"Accept": "application/vnd.github+json", "User-Agent": "ekka"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.client = httpx.Client(base_url=api.rstrip("/"), headers=headers, timeout=timeout)
+        if client is None:
+            from ekka.bot.github import GitHubClient
+
+            client = GitHubClient(api, token=token, timeout=timeout, retries=2, backoff=0.25)
+        self.client = client
         self.cache: dict[str, int | None] = {}
         self.errors: list[str] = []
 
@@ -46,16 +51,11 @@ class GitHubPrLookup:
 
     def _lookup(self, sha: str) -> int | None:
         try:
-            response = self.client.get(f"/repos/{self.repository}/commits/{sha}/pulls")
-        except httpx.HTTPError as exc:
+            pulls = self.client.commit_pulls(self.repository, sha)
+        except EkkaError as exc:  # GitHubError: refused, or no answer after the retries
             self.errors.append(f"{sha[:10]}: {exc}")
             return None
-        if response.status_code != 200:
-            self.errors.append(f"{sha[:10]}: HTTP {response.status_code}")
-            return None
-        pulls: list[dict[str, Any]] = response.json()
-        merged = [p for p in pulls if p.get("merged_at")] or pulls
-        return int(merged[0]["number"]) if merged else None
+        return pulls[0] if pulls else None
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,346 @@
+"""The bot's configuration: one TOML file for what is public, the environment for secrets.
+
+Loaded once, when `ekka serve` or `ekka worker` starts (`load_config`), never at import time.
+Everything is a frozen dataclass; a missing secret or a malformed file is a `ConfigError`
+(exit 2) that names what is missing or wrong and where.
+
+    [github]       api_url                      (EKKA_GITHUB_API_URL overrides)
+    [server]       base_url, database_url, workdir (EKKA_DATABASE_URL overrides database_url)
+    [executor]     kind = "local" | "command", command (kind "command"), timeout, workers
+    [worker]       poll_seconds, lease_seconds, max_attempts
+    [permissions]  allow = ["login", ...]       (start work without write access)
+    [[repositories]] name, path, framework, good, bad
+    [[models]]     name, path, dtype, prompt | prompt_ids, max_tokens
+
+Environment: EKKA_WEBHOOK_SECRET; EKKA_GITHUB_TOKEN, or EKKA_GITHUB_APP_ID with
+EKKA_GITHUB_PRIVATE_KEY_PATH (a GitHub App); EKKA_GITHUB_API_URL; EKKA_DATABASE_URL;
+EKKA_REPOSITORIES (comma-separated allow-list when the file lists no repositories); EKKA_CONFIG.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekka.errors import UsageError
+
+DEFAULT_API_URL = "https://api.github.com"
+DEFAULT_DATABASE_URL = "sqlite:///ekka-bot.db"
+EXECUTOR_KINDS = ("local", "command")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(UsageError):
+    """Raised when the bot's configuration file is malformed or a secret it needs is missing
+    from the environment (the message names which, and where)."""
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A GitHub repository the bot accepts commands on, and its local clone."""
+
+    name: str  # owner/name on GitHub
+    path: str | None = None  # a clone the bot fetches before each job (None: commands only)
+    framework: str = "vllm"
+    good: str | None = None  # default `good=` of `/ekka diagnose`
+    bad: str | None = None  # default `bad=` (e.g. "main")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model `/ekka diagnose model=NAME` may name: a local folder and its defaults."""
+
+    name: str
+    path: str
+    dtype: str = "float32"
+    prompt: str | None = None
+    prompt_ids: tuple[int, ...] = ()
+    max_tokens: int = 4
+
+
+@dataclass(frozen=True)
+class Executor:
+    """How a job probes commits: "local" is the full diagnosis (vLLM traced against
+    transformers, each commit from a worktree); "command" bisects with an operator's shell
+    command as the oracle (exit 0 good, 125 skip, other bad), as `ekka bisect --cmd` does."""
+
+    kind: str = "local"
+    command: str | None = None
+    timeout: float = 600.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    poll_seconds: float = 1.0
+    lease_seconds: float = 120.0  # a running job whose heartbeat is older is resumed
+    max_attempts: int = 3  # a job interrupted this many times ends failed
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What comes from the environment only."""
+
+    webhook_secret: str
+    github_token: str | None = None
+    app_id: str | None = None
+    private_key: str | None = None  # the PEM text read from EKKA_GITHUB_PRIVATE_KEY_PATH
+
+    def __repr__(self) -> str:  # never print a secret
+        return "Secrets(...)"
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    secrets: Secrets
+    api_url: str = DEFAULT_API_URL
+    base_url: str | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    workdir: str = ".ekka/bot"
+    executor: Executor = field(default_factory=Executor)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    allow: tuple[str, ...] = ()
+    repositories: tuple[Repository, ...] = ()
+    models: tuple[Model, ...] = ()
+
+    def repository(self, name: str) -> Repository | None:
+        """The configured repository of that name (GitHub names compare case-insensitively)."""
+        return next((r for r in self.repositories if r.name.lower() == name.lower()), None)
+
+    def model(self, name: str) -> Model | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> BotConfig:
+    """The configuration from `path` (else $EKKA_CONFIG; no file is allowed when the
+    environment says enough) and the environment (`env`, default os.environ)."""
+    env = os.environ if env is None else env
+    where = str(path) if path is not None else env.get("EKKA_CONFIG")
+    data: dict[str, Any] = {}
+    if where:
+        file = Path(where)
+        if not file.is_file():
+            raise ConfigError(
+                f"configuration file {file} does not exist (--config or EKKA_CONFIG)."
+            )
+        try:
+            data = tomllib.loads(file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {file} is not valid TOML: {exc}") from None
+        where = str(file)
+    else:
+        where = "the configuration"
+    return from_mapping(data, env, where)
+
+
+def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) -> BotConfig:
+    """A BotConfig from a parsed TOML document and the environment."""
+    reader = _Reader(where)
+    reader.known(data, "", ("github", "server", "executor", "worker", "permissions",
+                            "repositories", "models"))  # fmt: skip
+    github = reader.table(data, "github", ("api_url",))
+    server = reader.table(data, "server", ("base_url", "database_url", "workdir"))
+    executor = reader.table(data, "executor", ("kind", "command", "timeout", "workers"))
+    worker = reader.table(data, "worker", ("poll_seconds", "lease_seconds", "max_attempts"))
+    permissions = reader.table(data, "permissions", ("allow",))
+
+    repositories = tuple(
+        _repository(reader, i, r) for i, r in enumerate(reader.array(data, "repositories"))
+    )
+    if not repositories and env.get("EKKA_REPOSITORIES"):
+        names = [n.strip() for n in env["EKKA_REPOSITORIES"].split(",") if n.strip()]
+        repositories = tuple(Repository(name=_repo_name(n, "EKKA_REPOSITORIES")) for n in names)
+    models = tuple(_model(reader, i, m) for i, m in enumerate(reader.array(data, "models")))
+    _unique([r.name.lower() for r in repositories], "repository", where)
+    _unique([m.name for m in models], "model", where)
+
+    kind = reader.string(executor, "executor.kind", "local")
+    if kind not in EXECUTOR_KINDS:
+        raise ConfigError(
+            f"{where}: executor.kind {kind!r} is not one of {', '.join(EXECUTOR_KINDS)}."
+        )
+    command = reader.optional_string(executor, "executor.command")
+    if kind == "command" and not command:
+        raise ConfigError(f'{where}: executor.kind "command" needs executor.command (the oracle).')
+
+    secret = env.get("EKKA_WEBHOOK_SECRET", "")
+    if not secret:
+        raise ConfigError(
+            "EKKA_WEBHOOK_SECRET is not set: the webhook secret comes from the environment only."
+        )
+    token = env.get("EKKA_GITHUB_TOKEN") or None
+    app_id = env.get("EKKA_GITHUB_APP_ID") or None
+    key_path = env.get("EKKA_GITHUB_PRIVATE_KEY_PATH") or None
+    private_key = None
+    if app_id or key_path:
+        if not (app_id and key_path):
+            missing = "EKKA_GITHUB_PRIVATE_KEY_PATH" if app_id else "EKKA_GITHUB_APP_ID"
+            raise ConfigError(
+                f"a GitHub App needs EKKA_GITHUB_APP_ID and EKKA_GITHUB_PRIVATE_KEY_PATH: {missing} is not set."
+            )
+        try:
+            private_key = Path(key_path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"EKKA_GITHUB_PRIVATE_KEY_PATH {key_path}: {exc.strerror}.") from None
+    elif not token:
+        raise ConfigError(
+            "no GitHub credentials: set EKKA_GITHUB_TOKEN, or EKKA_GITHUB_APP_ID and "
+            "EKKA_GITHUB_PRIVATE_KEY_PATH for a GitHub App."
+        )
+
+    allow = reader.get(permissions, "permissions.allow", list, [])
+    if not all(isinstance(a, str) for a in allow):
+        raise ConfigError(f"{where}: permissions.allow must be a list of GitHub logins.")
+    return BotConfig(
+        secrets=Secrets(secret, token, app_id, private_key),
+        api_url=(
+            env.get("EKKA_GITHUB_API_URL")
+            or reader.string(github, "github.api_url", DEFAULT_API_URL)
+        ).rstrip("/"),
+        base_url=(reader.optional_string(server, "server.base_url") or "").rstrip("/") or None,
+        database_url=env.get("EKKA_DATABASE_URL")
+        or reader.string(server, "server.database_url", DEFAULT_DATABASE_URL),
+        workdir=reader.string(server, "server.workdir", ".ekka/bot"),
+        executor=Executor(
+            kind=kind,
+            command=command,
+            timeout=reader.number(executor, "executor.timeout", 600.0),
+            workers=int(reader.number(executor, "executor.workers", 1, integer=True)),
+        ),
+        worker=WorkerSettings(
+            poll_seconds=reader.number(worker, "worker.poll_seconds", 1.0),
+            lease_seconds=reader.number(worker, "worker.lease_seconds", 120.0),
+            max_attempts=int(reader.number(worker, "worker.max_attempts", 3, integer=True)),
+        ),
+        allow=tuple(a.lower() for a in allow),
+        repositories=repositories,
+        models=models,
+    )
+
+
+def _repository(reader: _Reader, index: int, data: Any) -> Repository:
+    at = f"repositories[{index}]"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{reader.where}: {at} is not a table ([[repositories]]).")
+    reader.known(data, at, ("name", "path", "framework", "good", "bad"))
+    name = _repo_name(reader.required_string(data, f"{at}.name"), f"{reader.where}: {at}.name")
+    framework = reader.string(data, f"{at}.framework", "vllm")
+    if framework != "vllm":
+        raise ConfigError(f"{reader.where}: {at}.framework {framework!r}: only vllm is supported.")
+    return Repository(
+        name=name,
+        path=reader.optional_string(data, f"{at}.path"),
+        framework=framework,
+        good=reader.optional_string(data, f"{at}.good"),
+        bad=reader.optional_string(data, f"{at}.bad"),
+    )
+
+
+def _model(reader: _Reader, index: int, data: Any) -> Model:
+    at = f"models[{index}]"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{reader.where}: {at} is not a table ([[models]]).")
+    reader.known(data, at, ("name", "path", "dtype", "prompt", "prompt_ids", "max_tokens"))
+    dtype = reader.string(data, f"{at}.dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(
+            f"{reader.where}: {at}.dtype {dtype!r} is not one of {', '.join(DTYPES)}."
+        )
+    ids = reader.get(data, f"{at}.prompt_ids", list, [])
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"{reader.where}: {at}.prompt_ids must be a list of token ids.")
+    prompt = reader.optional_string(data, f"{at}.prompt")
+    if prompt and ids:
+        raise ConfigError(f"{reader.where}: {at} gives both prompt and prompt_ids; give one.")
+    max_tokens = int(reader.number(data, f"{at}.max_tokens", 4, integer=True))
+    if max_tokens < 1:
+        raise ConfigError(f"{reader.where}: {at}.max_tokens must be at least 1.")
+    return Model(
+        name=reader.required_string(data, f"{at}.name"),
+        path=reader.required_string(data, f"{at}.path"),
+        dtype=dtype,
+        prompt=prompt,
+        prompt_ids=tuple(ids),
+        max_tokens=max_tokens,
+    )
+
+
+def _repo_name(name: str, where: str) -> str:
+    owner, sep, repo = name.partition("/")
+    if not sep or not owner or not repo or "/" in repo:
+        raise ConfigError(f"{where}: repository {name!r}: write it as OWNER/NAME, e.g. acme/vllm.")
+    return name
+
+
+def _unique(names: list[str], what: str, where: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{where}: the {what} {name!r} is configured twice.")
+        seen.add(name)
+
+
+class _Reader:
+    """Typed reads from the parsed TOML with errors that name the file and the key."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def known(self, data: Mapping[str, Any], at: str, keys: tuple[str, ...]) -> None:
+        unknown = sorted(set(data) - set(keys))
+        if unknown:
+            place = f" in [{at}]" if at else ""
+            raise ConfigError(
+                f"{self.where}: unknown key {unknown[0]!r}{place}; the keys are {', '.join(keys)}."
+            )
+
+    def table(self, data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where}: [{name}] must be a table.")
+        self.known(value, name, keys)
+        return value
+
+    def array(self, data: Mapping[str, Any], name: str) -> list[Any]:
+        value = data.get(name, [])
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.where}: {name} must be an array of tables ([[{name}]]).")
+        return value
+
+    def get(self, data: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+        value = data.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise ConfigError(f"{self.where}: {key} must be a {kind.__name__}, not {value!r}.")
+        return value
+
+    def string(self, data: Mapping[str, Any], key: str, default: str) -> str:
+        value: str = self.get(data, key, str, default)
+        return value
+
+    def optional_string(self, data: Mapping[str, Any], key: str) -> str | None:
+        value = data.get(key.rsplit(".", 1)[-1])
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.where}: {key} must be a string, not {value!r}.")
+        return value
+
+    def required_string(self, data: Mapping[str, Any], key: str) -> str:
+        value = self.optional_string(data, key)
+        if not value:
+            raise ConfigError(f"{self.where}: {key} is missing.")
+        return value
+
+    def number(
+        self, data: Mapping[str, Any], key: str, default: float, *, integer: bool = False
+    ) -> float:
+        value = data.get(key.rsplit(".", 1)[-1], default)
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+            what = "a non-negative integer" if integer else "a non-negative number"
+            raise ConfigError(f"{self.where}: {key} must be {what}, not {value!r}.")
+        return float(value)

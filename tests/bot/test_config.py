@@ -1,0 +1,106 @@
+"""The configuration: TOML for what is public, the environment for secrets, exit 2 when wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from ekka.bot.config import ConfigError, load_config
+
+pytestmark = pytest.mark.bot
+
+TOML = """
+[github]
+api_url = "https://github.example.org/api/v3"
+[server]
+base_url = "https://ekka.example.org/"
+database_url = "sqlite:///ekka.db"
+[executor]
+kind = "local"
+[permissions]
+allow = ["Alice"]
+[[repositories]]
+name = "acme/vllm"
+path = "/srv/ekka/vllm"
+framework = "vllm"
+good = "v0.11.0"
+bad = "main"
+[[models]]
+name = "tiny-llama"
+path = "/srv/models/tiny-llama"
+dtype = "float32"
+prompt = "The quick brown fox"
+max_tokens = 6
+"""
+ENV = {"EKKA_WEBHOOK_SECRET": "s3cret", "EKKA_GITHUB_TOKEN": "t0k"}
+
+
+def write(tmp_path, text=TOML):
+    path = tmp_path / "ekka.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_issue_example_loads(tmp_path):
+    config = load_config(write(tmp_path), ENV)
+    assert config.api_url == "https://github.example.org/api/v3"
+    assert config.base_url == "https://ekka.example.org"
+    assert config.repository("ACME/vllm").path == "/srv/ekka/vllm"
+    assert config.model("tiny-llama").max_tokens == 6
+    assert config.allow == ("alice",)
+    assert config.secrets.webhook_secret == "s3cret" and "s3cret" not in repr(config)
+
+
+def test_the_environment_overrides(tmp_path):
+    env = {
+        **ENV,
+        "EKKA_GITHUB_API_URL": "http://127.0.0.1:9/",
+        "EKKA_DATABASE_URL": "postgresql+psycopg://x@y/z",
+        "EKKA_CONFIG": str(write(tmp_path)),
+    }
+    config = load_config(None, env)
+    assert config.api_url == "http://127.0.0.1:9" and config.database_url.startswith("postgresql")
+
+
+def test_repositories_from_the_environment_when_the_file_lists_none():
+    config = load_config(None, {**ENV, "EKKA_REPOSITORIES": "acme/vllm, acme/other"})
+    assert [r.name for r in config.repositories] == ["acme/vllm", "acme/other"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EKKA_GITHUB_TOKEN": "t"}, "EKKA_WEBHOOK_SECRET is not set"),
+        ({"EKKA_WEBHOOK_SECRET": "s"}, "no GitHub credentials"),
+        ({"EKKA_WEBHOOK_SECRET": "s", "EKKA_GITHUB_APP_ID": "1"}, "EKKA_GITHUB_PRIVATE_KEY_PATH"),
+        (
+            {
+                "EKKA_WEBHOOK_SECRET": "s",
+                "EKKA_GITHUB_APP_ID": "1",
+                "EKKA_GITHUB_PRIVATE_KEY_PATH": "/nope",
+            },
+            "/nope",
+        ),
+    ],
+)
+def test_missing_secrets_are_named(tmp_path, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path), env)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[github\n", "not valid TOML"),
+        ("[server]\nport = 3\n", "unknown key 'port' in \\[server\\]"),
+        ("[executor]\nkind = 'docker'\n", "executor.kind 'docker'"),
+        ("[executor]\nkind = 'command'\n", "needs executor.command"),
+        ("[[repositories]]\nname = 'vllm'\n", "OWNER/NAME"),
+        ("[[models]]\nname = 'm'\n", "models\\[0\\].path is missing"),
+        ("[[models]]\nname = 'm'\npath = 'p'\ndtype = 'int8'\n", "dtype 'int8'"),
+        ("[[models]]\nname = 'm'\npath = 'p'\nmax_tokens = 'six'\n", "max_tokens must be"),
+        ("[worker]\nlease_seconds = true\n", "lease_seconds must be"),
+    ],
+)
+def test_malformed_files_say_where(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), ENV)
