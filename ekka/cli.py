@@ -564,6 +564,46 @@ def bisect(
     raise typer.Exit(0 if result else 1)
 
 
+@app.command()
+def serve(
+    config: Path | None = typer.Option(
+        None, "--config", help="The bot's TOML file (default: $EKKA_CONFIG)."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    no_worker: bool = typer.Option(
+        False, "--no-worker", help="Run no worker in this process (run `ekka worker` apart)."
+    ),
+) -> None:
+    """The GitHub bot: the webhook server (POST /webhook, GET /healthz, /jobs/ID, /) with a
+    worker in the same process; secrets from the environment (README: Run the bot)."""
+    import logging
+
+    from ekka.bot.app import serve as run_server
+    from ekka.bot.config import load_config
+
+    settings = load_config(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_server(settings, host, port, with_worker=not no_worker)
+
+
+@app.command()
+def worker(
+    config: Path | None = typer.Option(
+        None, "--config", help="The bot's TOML file (default: $EKKA_CONFIG)."
+    ),
+) -> None:
+    """The GitHub bot's worker apart from the server: answers queued commands and runs jobs."""
+    import logging
+
+    from ekka.bot.config import load_config
+    from ekka.bot.worker import run_worker
+
+    settings = load_config(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_worker(settings)
+
+
 DEMO_PROMPT = (
     "The quick brown fox jumps over the lazy dog while seven small birds sing on an old "
     "wooden fence near the quiet river."

@@ -99,6 +99,7 @@ class BotConfig:
     secrets: Secrets
     api_url: str = DEFAULT_API_URL
     base_url: str | None = None
+    throttle: bool = True  # pace GitHub calls as GitHub asks (off only for a local test server)
     database_url: str = DEFAULT_DATABASE_URL
     workdir: str = ".ekka/bot"
     executor: Executor = field(default_factory=Executor)
@@ -142,7 +143,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
     reader = _Reader(where)
     reader.known(data, "", ("github", "server", "executor", "worker", "permissions",
                             "repositories", "models"))  # fmt: skip
-    github = reader.table(data, "github", ("api_url",))
+    github = reader.table(data, "github", ("api_url", "throttle"))
     server = reader.table(data, "server", ("base_url", "database_url", "workdir"))
     executor = reader.table(data, "executor", ("kind", "command", "timeout", "workers"))
     worker = reader.table(data, "worker", ("poll_seconds", "lease_seconds", "max_attempts"))
@@ -201,6 +202,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
             env.get("EKKA_GITHUB_API_URL")
             or reader.string(github, "github.api_url", DEFAULT_API_URL)
         ).rstrip("/"),
+        throttle=reader.get(github, "github.throttle", bool, True),
         base_url=(reader.optional_string(server, "server.base_url") or "").rstrip("/") or None,
         database_url=env.get("EKKA_DATABASE_URL")
         or reader.string(server, "server.database_url", DEFAULT_DATABASE_URL),

@@ -26,6 +26,7 @@ from ekka.bot.config import ConfigError
 class JobState(str, Enum):
     """Where a job is."""
 
+    NEW = "new"  # created; its reply comment is being posted, then it is queued
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -74,6 +75,28 @@ jobs = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("repository", "command_comment", "command_key", name="uq_bot_jobs_command"),
+)
+
+inbox = sa.Table(
+    "bot_commands",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery", sa.String(64), nullable=False),
+    sa.Column("repository", sa.String(256), nullable=False),
+    sa.Column("issue", sa.Integer, nullable=False),
+    sa.Column("comment", sa.BigInteger, nullable=False),
+    sa.Column("command_key", sa.String(64), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),  # set when the line is not a valid command
+    sa.Column("author", sa.String(256), nullable=False),
+    sa.Column("installation", sa.BigInteger, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),  # pending, done
+    sa.Column("outcome", sa.Text, nullable=False, default=""),
+    sa.Column("reply_comment", sa.BigInteger, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("repository", "comment", "command_key", name="uq_bot_commands_line"),
 )
 
 comments = sa.Table(
@@ -165,6 +188,24 @@ class Job:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+@dataclass(frozen=True)
+class InboxCommand:
+    """A command line the webhook received, waiting for the worker (permission, reply, job)."""
+
+    id: int
+    repository: str
+    issue: int
+    comment: int
+    text: str
+    error: str | None
+    author: str
+    installation: int | None
+    state: str
+    outcome: str
+    reply_comment: int | None
+    attempts: int
 
 
 def now() -> datetime:
@@ -296,7 +337,8 @@ class Store:
         installation: int | None,
         params: dict[str, Any],
     ) -> Job | None:
-        """Queue a job; None when this command of this comment already has one."""
+        """Make a job (state new: queue it once its reply is posted); None when this
+        command of this comment already has one."""
         stamp = now()
         try:
             with self.engine.begin() as conn:
@@ -309,7 +351,7 @@ class Store:
                         requested_by=requested_by,
                         installation=installation,
                         params_json=json.dumps(params, sort_keys=True),
-                        state=JobState.QUEUED.value,
+                        state=JobState.NEW.value,
                         progress="queued",
                         attempts=0,
                         cancel_requested=False,
@@ -329,6 +371,18 @@ class Store:
     def job(self, job_id: int) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        return None if row is None else _job(row)
+
+    def job_for_command(self, repository: str, comment: int, text: str) -> Job | None:
+        """The job a command line of a comment started, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(jobs).where(
+                    jobs.c.repository == repository,
+                    jobs.c.command_comment == comment,
+                    jobs.c.command_key == command_key(text),
+                )
+            ).first()
         return None if row is None else _job(row)
 
     def jobs(
@@ -446,23 +500,102 @@ class Store:
         assert job is not None
         return job.state
 
+    # --- the inbox of commands -----------------------------------------------------------------
+
+    def add_command(
+        self,
+        *,
+        delivery: str,
+        repository: str,
+        issue: int,
+        comment: int,
+        text: str,
+        error: str | None,
+        author: str,
+        installation: int | None,
+    ) -> int | None:
+        """Queue a command line for the worker; None when this line of this comment is known."""
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    sa.insert(inbox).values(
+                        delivery=delivery,
+                        repository=repository,
+                        issue=issue,
+                        comment=comment,
+                        command_key=command_key(text),
+                        text=text,
+                        error=error,
+                        author=author,
+                        installation=installation,
+                        state="pending",
+                        outcome="",
+                        attempts=0,
+                        created_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
+                key = result.inserted_primary_key
+                assert key is not None
+                return int(key[0])
+        except IntegrityError:
+            return None
+
+    def pending_commands(self, limit: int = 20) -> list[InboxCommand]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(inbox).where(inbox.c.state == "pending").order_by(inbox.c.id).limit(limit)
+            ).all()
+        return [
+            InboxCommand(
+                id=r.id,
+                repository=r.repository,
+                issue=r.issue,
+                comment=r.comment,
+                text=r.text,
+                error=r.error,
+                author=r.author,
+                installation=r.installation,
+                state=r.state,
+                outcome=r.outcome,
+                reply_comment=r.reply_comment,
+                attempts=r.attempts,
+            )
+            for r in rows
+        ]
+
+    def update_command(self, command: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(inbox).where(inbox.c.id == command).values(updated_at=now(), **values)
+            )
+
+    def commands(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(inbox).order_by(inbox.c.id))]
+
     # --- comments --------------------------------------------------------------------------
 
     def record_comment(
         self, job_id: int, kind: str, repository: str, issue: int, github_id: int
     ) -> None:
-        """Remember a comment the bot posted for a job (one per job and kind)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.insert(comments).values(
-                    job=job_id,
-                    kind=kind,
-                    repository=repository,
-                    issue=issue,
-                    github_id=github_id,
-                    created_at=now(),
+        """Remember a comment the bot posted for a job (one per job and kind: recording the
+        same again is a no-op)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(comments).values(
+                        job=job_id,
+                        kind=kind,
+                        repository=repository,
+                        issue=issue,
+                        github_id=github_id,
+                        created_at=now(),
+                    )
                 )
-            )
+        except IntegrityError:
+            pass
 
     def comments_of(self, job_id: int) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

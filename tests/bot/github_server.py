@@ -116,6 +116,10 @@ class FakeGitHub:
                 c for c in self.comments.values() if c["_repo"] == repo and c["_issue"] == issue
             ]
 
+    def bot_comments(self, repo: str, issue: int) -> list[dict[str, Any]]:
+        """The comments the bot posted there (its login), oldest first."""
+        return [c for c in self.comments_on(repo, issue) if c["user"]["login"] == self.bot_login]
+
     def seen(self, method: str, pattern: str) -> list[Seen]:
         with self.lock:
             return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]

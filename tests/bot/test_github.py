@@ -15,7 +15,7 @@ REPO = "acme/vllm"
 
 
 def client(github, **kw):
-    return GitHubClient(github.url, token="t0k", backoff=0.01, **kw)
+    return GitHubClient(github.url, token="t0k", backoff=0.01, throttle=False, **kw)
 
 
 def test_comments_reactions_permission_and_pulls(github):
@@ -56,7 +56,7 @@ def test_secondary_rate_limit_is_waited_out(github):
     github.fail(
         "PATCH", r"/comments/\d+$", 403, body={"message": "x"}, headers={"Retry-After": "3"}
     )
-    assert gh.permission(REPO, "alice") == "read"
+    assert gh.permission(REPO, "carol") == "read"
     comment = gh.create_comment(REPO, 1, "a")
     gh.edit_comment(REPO, comment, "b")
     assert waits == [0.01, 3.0]
@@ -77,7 +77,7 @@ def test_a_refusal_is_not_retried_and_persistent_failure_gives_up(github):
     github.fail("POST", r"/comments$", 503, times=5)
     with pytest.raises(GitHubError, match="kept failing .* after 3 attempts: HTTP 503"):
         gh.create_comment(REPO, 5, "x")
-    bad = GitHubClient(github.url, token="wrong", backoff=0.01)
+    bad = GitHubClient(github.url, token="wrong", backoff=0.01, throttle=False)
     with pytest.raises(GitHubError, match="401"):
         bad.create_comment(REPO, 5, "x")
 
@@ -97,7 +97,7 @@ def test_a_github_app_acts_with_installation_tokens():
     server = FakeGitHub(tokens=(), app_public_key=public)
     server.start()
     try:
-        app = GitHubClient(server.url, app_id="4242", private_key=pem, backoff=0.01)
+        app = GitHubClient(server.url, app_id="4242", private_key=pem, backoff=0.01, throttle=False)
         acting = app.for_installation(77)
         assert app.for_installation(77) is acting  # the token is reused until it expires
         acting.create_comment(REPO, 1, "as the app")

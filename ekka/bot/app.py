@@ -1,0 +1,195 @@
+"""The web server (Starlette): `POST /webhook`, `GET /healthz`, `GET /jobs/{id}` (JSON),
+`GET /jobs/{id}/report` (HTML), `GET /` (recent jobs).
+
+The webhook verifies the signature (401 when it is missing or wrong), remembers the delivery
+id (a replay is acknowledged and ignored, across restarts), runs the event's handler, which
+only records or enqueues, and answers: 400 for a payload that is not what its event says,
+never 5xx for anything a sender controls. `serve` runs it under uvicorn with a worker in the
+same process.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ekka.bot.config import BotConfig
+from ekka.bot.db import Job, Store
+from ekka.bot.handlers import Context, Event, MalformedPayload, dispatch
+from ekka.bot.signatures import verify
+
+log = logging.getLogger("ekka.bot")
+MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+
+
+def create_app(config: BotConfig, store: Store, *, worker: Any = None) -> Starlette:
+    """The ASGI app; `worker` (an `ekka.bot.worker.Worker`) is started and stopped with it."""
+    context = Context(config, store)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await run_in_threadpool(worker.shutdown)
+
+    async def webhook(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return _error(413, "the payload is larger than 25 MB")
+        if not verify(
+            config.secrets.webhook_secret, body, request.headers.get("x-hub-signature-256")
+        ):
+            return _error(401, "missing or wrong X-Hub-Signature-256")
+        name = request.headers.get("x-github-event")
+        delivery = request.headers.get("x-github-delivery")
+        if not name or not delivery or len(delivery) > 64 or len(name) > 64:
+            return _error(400, "X-GitHub-Event and X-GitHub-Delivery are required")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "the payload is not JSON")
+        if not isinstance(payload, dict):
+            return _error(400, "the payload is not a JSON object")
+        return await run_in_threadpool(_handle, Event(name, delivery, payload))
+
+    def _handle(event: Event) -> Response:
+        if not store.record_delivery(event.delivery, event.name, event.action, event.repository):
+            return JSONResponse({"status": "duplicate", "delivery": event.delivery})
+        try:
+            outcome = dispatch(event, context)
+        except MalformedPayload as exc:
+            store.delivery_outcome(event.delivery, f"malformed: {exc}")
+            return _error(400, str(exc))
+        store.delivery_outcome(event.delivery, outcome)
+        return JSONResponse({"status": "accepted", "outcome": outcome}, status_code=202)
+
+    async def healthz(_request: Request) -> Response:
+        ok = await run_in_threadpool(_database_ok, store)
+        alive = worker is None or all(t.is_alive() for t in worker.threads)
+        status = 200 if ok and alive else 503
+        return JSONResponse(
+            {"status": "ok" if status == 200 else "unhealthy", "database": ok, "worker": alive},
+            status_code=status,
+        )
+
+    async def job_json(request: Request) -> Response:
+        job = await run_in_threadpool(_job, store, request.path_params["id"])
+        if job is None:
+            return _error(404, "no such job")
+        data = job.to_json()
+        data["links"] = _links(config, job)
+        return JSONResponse(data)
+
+    async def job_report(request: Request) -> Response:
+        job = await run_in_threadpool(_job, store, request.path_params["id"])
+        if job is None or not job.report_dir:
+            return _error(404, "no report for this job (yet)")
+        folder = Path(job.report_dir)
+        if (folder / "report.html").is_file():
+            return HTMLResponse((folder / "report.html").read_text())
+        if (folder / "comment.md").is_file():
+            import markdown_it
+
+            text = (folder / "comment.md").read_text()
+            page = markdown_it.MarkdownIt("commonmark").enable("table").render(text)
+            return HTMLResponse(f"<!doctype html><html><body>{page}</body></html>")
+        return _error(404, "the report's files are gone")
+
+    async def index(_request: Request) -> Response:
+        jobs = await run_in_threadpool(store.jobs, limit=50)
+        rows = "".join(
+            f"<tr><td><a href='jobs/{j.id}'>{j.id}</a></td><td>{html.escape(j.repository)}#{j.issue}</td>"
+            f"<td>{j.state.value}</td><td>{html.escape(j.progress)}</td>"
+            f"<td>{html.escape(j.params.get('model', ''))}</td>"
+            f"<td>{'<a href=' + repr(f'jobs/{j.id}/report') + '>report</a>' if j.report_dir else ''}</td></tr>"
+            for j in jobs
+        )
+        return HTMLResponse(
+            "<!doctype html><html><head><meta charset='utf-8'><title>Ekka bot</title></head><body>"
+            "<h1>Ekka: recent jobs</h1><table border='1' cellpadding='4'>"
+            "<tr><th>job</th><th>issue</th><th>state</th><th>progress</th><th>model</th><th></th></tr>"
+            f"{rows}</table></body></html>"
+        )
+
+    return Starlette(
+        routes=[
+            Route("/webhook", webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/jobs/{id:int}", job_json, methods=["GET"]),
+            Route("/jobs/{id:int}/report", job_report, methods=["GET"]),
+            Route("/", index, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _job(store: Store, job_id: int) -> Job | None:
+    return store.job(job_id)
+
+
+def _database_ok(store: Store) -> bool:
+    try:
+        store.jobs(limit=1)
+    except Exception:  # any failure of the database is "unhealthy", never a crash
+        return False
+    return True
+
+
+def _links(config: BotConfig, job: Job) -> dict[str, str | None]:
+    from ekka.bot.messages import issue_url
+
+    base = config.base_url or ""
+    return {
+        "self": f"{base}/jobs/{job.id}",
+        "report": f"{base}/jobs/{job.id}/report" if job.report_dir else None,
+        "comment": issue_url(job.repository, job.issue, job.reply_comment),
+    }
+
+
+def build(config: BotConfig, *, with_worker: bool = True) -> tuple[Starlette, Store, Any]:
+    """The app, its store and (with_worker) its worker, from a configuration."""
+    from ekka.bot.github import GitHubClient
+    from ekka.bot.worker import Worker
+
+    store = Store(config.database_url)
+    worker = None
+    if with_worker:
+        github = GitHubClient(
+            config.api_url,
+            token=config.secrets.github_token,
+            app_id=config.secrets.app_id,
+            private_key=config.secrets.private_key,
+            throttle=config.throttle,
+        )
+        worker = Worker(config, store, github)
+    return create_app(config, store, worker=worker), store, worker
+
+
+def serve(config: BotConfig, host: str, port: int, *, with_worker: bool = True) -> None:
+    """Run the server (and its worker) until interrupted."""
+    import uvicorn
+
+    app, store, _ = build(config, with_worker=with_worker)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    finally:
+        store.close()
