@@ -9,6 +9,7 @@ report.json) or, for a command-oracle bisection, from the bisection's JSON.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from collections.abc import Sequence
@@ -233,9 +234,7 @@ def ratio_chart(diagnosis: Diagnosis, limit: int = 48) -> str:
     error starts, with the threshold ("" when there is nothing to draw)."""
     change = diagnosis.localization.change_point
     pass_index = change.pass_index if change is not None else 0
-    points = [
-        c for c in diagnosis.comparisons if c.pass_index == pass_index and c.kind != "metadata"
-    ]
+    points = [c for c in diagnosis.comparisons if c.pass_index == pass_index and c.kind == "output"]
     if not points:
         return ""
     points = _thin(points, limit, change)
@@ -273,8 +272,6 @@ def reproduce_command(params: dict[str, Any], bisection: BisectionSummary) -> st
         f"--max-tokens {int(params.get('max_tokens', 4))}",
     ]
     for key, value in sorted((params.get("engine") or {}).items()):
-        import json
-
         words.append("--engine " + shlex.quote(f"{key}={json.dumps(value)}"))
     words += [
         "--repo /path/to/vllm",
