@@ -24,18 +24,19 @@ def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'bot.db'}"
     if not POSTGRES:
+        if os.environ.get("EKKA_REQUIRE_POSTGRES"):
+            pytest.fail("EKKA_TEST_POSTGRES_URL is not set, and CI requires PostgreSQL")
         pytest.skip("EKKA_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server)")
     import sqlalchemy as sa
 
-    schema_free = POSTGRES  # each test drops the bot's tables first: a clean database
-    engine = sa.create_engine(schema_free)
+    engine = sa.create_engine(POSTGRES)  # each test drops the tables first: a clean database
     from ekka.bot.db import metadata
 
     metadata.drop_all(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS verdicts"))
     engine.dispose()
-    return schema_free
+    return POSTGRES
 
 
 def new_job(store: Store, comment: int = 1, command: str = "/ekka diagnose"):
