@@ -112,19 +112,8 @@ def create_app(config: BotConfig, store: Store, *, worker: Any = None) -> Starle
 
     async def index(_request: Request) -> Response:
         jobs = await run_in_threadpool(store.jobs, limit=50)
-        rows = "".join(
-            f"<tr><td><a href='jobs/{j.id}'>{j.id}</a></td><td>{html.escape(j.repository)}#{j.issue}</td>"
-            f"<td>{j.state.value}</td><td>{html.escape(j.progress)}</td>"
-            f"<td>{html.escape(j.params.get('model', ''))}</td>"
-            f"<td>{'<a href=' + repr(f'jobs/{j.id}/report') + '>report</a>' if j.report_dir else ''}</td></tr>"
-            for j in jobs
-        )
-        return HTMLResponse(
-            "<!doctype html><html><head><meta charset='utf-8'><title>Ekka bot</title></head><body>"
-            "<h1>Ekka: recent jobs</h1><table border='1' cellpadding='4'>"
-            "<tr><th>job</th><th>issue</th><th>state</th><th>progress</th><th>model</th><th></th></tr>"
-            f"{rows}</table></body></html>"
-        )
+        rows = "".join(_index_row(job) for job in jobs)
+        return HTMLResponse(INDEX.format(rows=rows))
 
     return Starlette(
         routes=[
@@ -136,6 +125,25 @@ def create_app(config: BotConfig, store: Store, *, worker: Any = None) -> Starle
         ],
         lifespan=lifespan,
     )
+
+
+INDEX = """<!doctype html><html><head><meta charset='utf-8'><title>Ekka bot</title></head>
+<body><h1>Ekka: recent jobs</h1><table border='1' cellpadding='4'>
+<tr><th>job</th><th>issue</th><th>state</th><th>progress</th><th>model</th><th>report</th></tr>
+{rows}</table></body></html>"""
+
+
+def _index_row(job: Job) -> str:
+    report = f"<a href='jobs/{job.id}/report'>report</a>" if job.report_dir else ""
+    cells = [
+        f"<a href='jobs/{job.id}'>{job.id}</a>",
+        html.escape(f"{job.repository}#{job.issue}"),
+        job.state.value,
+        html.escape(job.progress),
+        html.escape(str(job.params.get("model", ""))),
+        report,
+    ]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
 def _error(status: int, message: str) -> Response:

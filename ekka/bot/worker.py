@@ -243,11 +243,16 @@ class Worker:
             else:
                 outcome = COMMANDS[parsed.action](command, parsed, context)
             self.store.update_command(command.id, state="done", outcome=outcome)
-        except GitHubError as exc:
+        except GitHubError as exc:  # retried at the next poll, up to max_attempts
             attempts = command.attempts + 1
             state = "failed" if attempts >= self.config.worker.max_attempts else "pending"
             log.warning("command %s: %s (attempt %s)", command.id, exc, attempts)
             self.store.update_command(command.id, state=state, outcome=str(exc), attempts=attempts)
+        except Exception as exc:  # a bug or a database failure: logged, never retried forever
+            log.exception("command %s", command.id)
+            self.store.update_command(
+                command.id, state="failed", outcome=f"internal error: {type(exc).__name__}: {exc}"
+            )
 
     # --- jobs ----------------------------------------------------------------------------------
 

@@ -1,0 +1,98 @@
+"""The whole product through the bot: a signed `/ekka diagnose` delivered over HTTP to the
+real server, the worker running the full diagnosis (real vLLM CPU against transformers, the
+local executor) on a local history of vLLM's sources with a planted regression, the final
+comment on the issue naming the bug commit and its PR, and one comment on that PR."""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from ekka.bench import base_repository
+from ekka.bisect.framework_repo import make_bug_history
+from ekka.bot.config import from_mapping
+from ekka.bot.db import JobState
+from tests.bot.conftest import MAINTAINER, REPO, SECRET, TOKEN, wait_for
+from tests.conftest import PROMPT_IDS
+
+pytestmark = [pytest.mark.vllm, pytest.mark.bot, pytest.mark.slow]
+
+
+def test_diagnose_on_an_issue_names_the_commit_and_comments_on_its_pr(
+    tmp_path, github, zoo_model, start_bot
+):
+    patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
+    history = make_bug_history(
+        base_repository(tmp_path), tmp_path / "vllm", patch, "[Model] Llama norms use defaults"
+    )
+    model = zoo_model("llama", rms_norm_eps=1e-5)
+    # GitHub knows the bug commit's PR (the commit-to-pulls endpoint); the others fall back to
+    # their squash messages
+    github.commit_pulls[(REPO, history.bug)] = [
+        {"number": history.bug_pr, "merged_at": "2026-11-30T10:00:00Z"}
+    ]
+    config = from_mapping(
+        {
+            "github": {"throttle": False},
+            "server": {
+                "base_url": "http://ekka.test",
+                "database_url": f"sqlite:///{tmp_path / 'bot.db'}",
+                "workdir": str(tmp_path / "work"),
+            },
+            "executor": {"kind": "local", "timeout": 600},
+            "repositories": [
+                {"name": REPO, "path": str(history.repo), "good": history.good, "bad": "main"}
+            ],
+            "models": [
+                {
+                    "name": "tiny-llama",
+                    "path": str(model),
+                    "prompt_ids": list(PROMPT_IDS),
+                    "max_tokens": 3,
+                }  # fmt: skip
+            ],
+        },
+        {
+            "EKKA_WEBHOOK_SECRET": SECRET,
+            "EKKA_GITHUB_TOKEN": TOKEN,
+            "EKKA_GITHUB_API_URL": github.url,
+        },
+        "the end-to-end configuration",
+    )
+    bot = start_bot(config)
+    answer = bot.command(
+        github, "Llama's answers changed on main.\n/ekka diagnose model=tiny-llama"
+    )
+    assert answer.status_code == 202
+    job = wait_for(
+        lambda: (
+            (j := bot.store.job(1)) is not None
+            and j.state in (JobState.DONE, JobState.FAILED)
+            and j
+        ),
+        timeout=1500,
+        what="the diagnosis",
+    )
+    replies = github.bot_comments(REPO, 12)
+    final = replies[-1]["body"] if replies else ""
+    out = os.environ.get("EKKA_BOT_E2E_COMMENT")
+    if out:  # keep the comment as the server received it, for a human to read
+        Path(out).write_text(final)
+    assert job.state is JobState.DONE, (job.error, final)
+    assert len(replies) == 1 and replies[0]["_edits"] >= 3  # progress, then the report
+    assert f"(https://github.com/{REPO}/commit/{history.bug})" in final
+    assert f"[PR #{history.bug_pr}](https://github.com/{REPO}/pull/{history.bug_pr})" in final
+    assert "LlamaDecoderLayer.__init__" in final and "model.layers.0.input_layernorm" in final
+    assert "```mermaid\nxychart-beta" in final and "| 1 | `model.layers.0" in final
+    assert "http://ekka.test/jobs/1/report" in final
+    assert github.seen("GET", f"/commits/{history.bug}/pulls")
+    [pr_comment] = github.bot_comments(REPO, history.bug_pr)
+    assert "#12" in pr_comment["body"] and "LlamaDecoderLayer" in pr_comment["body"]
+    assert [r["content"] for r in github.reactions] == ["eyes"]
+    assert github.permissions[(REPO, MAINTAINER)] == "write"
+    report = bot.http.get("/jobs/1/report")
+    assert report.status_code == 200 and "Root cause" in report.text
+    assert bot.http.get("/jobs/1").json()["result"]["first_bad"]["sha"] == history.bug
