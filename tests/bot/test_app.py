@@ -246,3 +246,56 @@ def test_cancel_stops_a_running_job(tmp_path, github, history, start_bot, monkey
     bodies = [c["body"] for c in github.bot_comments(REPO, 12)]
     assert any("was cancelled by @alice" in b for b in bodies)
     assert any("stopping after the current probe" in b for b in bodies)
+
+
+def test_as_a_github_app_the_bot_acts_with_the_installations_token(tmp_path, history, start_bot):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ekka.bot.config import from_mapping
+    from tests.bot.conftest import SECRET
+    from tests.bot.github_server import FakeGitHub
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    github = FakeGitHub(tokens=(), app_public_key=public.decode())
+    github.start()
+    try:
+        github.permissions[(REPO, MAINTAINER)] = "admin"
+        config = from_mapping(
+            {
+                "github": {"throttle": False},
+                "server": {"database_url": f"sqlite:///{tmp_path / 'bot.db'}"},
+                "worker": {"poll_seconds": 0.05},
+                "repositories": [{"name": REPO}],
+            },
+            {
+                "EKKA_WEBHOOK_SECRET": SECRET,
+                "EKKA_GITHUB_APP_ID": "4242",
+                "EKKA_GITHUB_PRIVATE_KEY_PATH": str(pem),
+                "EKKA_GITHUB_API_URL": github.url,
+            },
+            "the App's configuration",
+        )
+        bot = start_bot(config)
+        comment = github.add_comment(REPO, 3, "/ekka help", MAINTAINER)
+        payload = comment_payload("/ekka help", issue=3, comment=comment["id"])
+        payload["installation"] = {"id": 77}
+        assert bot.deliver("issue_comment", payload).status_code == 202
+        [reply] = wait_for(lambda: github.bot_comments(REPO, 3), what="the App's reply")
+        assert "/ekka diagnose" in reply["body"]
+        assert github.issued == [(77, "4242")]  # a JWT signed with the App's key, verified
+        [post] = github.seen("POST", r"/issues/3/comments$")[-1:]
+        assert post.headers["Authorization"] == "Bearer ghs_installation_77_0"
+    finally:
+        github.stop()
