@@ -98,6 +98,14 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         )
         return f"no {missing}"
     prompt = options.get("prompt")
+    if prompt is None and model.prompt is None and not model.prompt_ids:
+        how = f'write `prompt="TEXT"`; the model `{model.name}` has no default prompt.'
+        reply(
+            context,
+            command,
+            messages.NEEDS.format(marker=marker, user=user, what="a prompt", how=how),
+        )
+        return "no prompt"
     params: dict[str, Any] = {
         "model": model.name,
         "model_path": model.path,
