@@ -95,7 +95,13 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     return make_history(tmp_path_factory.mktemp("history"))
 
 
-def bot_config(tmp_path: Path, github: FakeGitHub, history: History, **server: object) -> BotConfig:
+def bot_config(
+    tmp_path: Path,
+    github: FakeGitHub,
+    history: History,
+    models: list[dict[str, object]] | None = None,
+    **server: object,
+) -> BotConfig:
     data = {
         "github": {"throttle": False},
         "server": {
@@ -108,7 +114,9 @@ def bot_config(tmp_path: Path, github: FakeGitHub, history: History, **server: o
         "worker": {"poll_seconds": 0.05, "lease_seconds": 2, "max_attempts": 3},
         "permissions": {"allow": ["trusted-bob"]},
         "repositories": [{"name": REPO, "path": str(history.repo), "bad": "main"}],
-        "models": [{"name": "tiny-llama", "path": str(tmp_path / "model"), "prompt": "Hello"}],
+        "models": models
+        if models is not None
+        else [{"name": "tiny-llama", "path": str(tmp_path / "model"), "prompt": "Hello"}],
     }
     env = {
         "EKKA_WEBHOOK_SECRET": SECRET,

@@ -299,3 +299,21 @@ def test_as_a_github_app_the_bot_acts_with_the_installations_token(tmp_path, his
         assert post.headers["Authorization"] == "Bearer ghs_installation_77_0"
     finally:
         github.stop()
+
+
+def test_missing_values_without_defaults_are_asked_for(tmp_path, github, history, start_bot):
+    models = [
+        {"name": "a", "path": str(tmp_path / "a")},
+        {"name": "b", "path": str(tmp_path / "b"), "prompt_ids": [1, 2, 3]},
+    ]
+    config = bot_config(tmp_path, github, history, models=models)
+    bot = start_bot(config)
+    bot.command(github, "/ekka diagnose good=v1")  # two models: which one?
+    bot.command(github, "/ekka diagnose model=a good=v1")  # a has no default prompt
+    replies = wait_for(
+        lambda: len(github.bot_comments(REPO, 12)) == 2 and github.bot_comments(REPO, 12)
+    )
+    bodies = sorted(r["body"] for r in replies)
+    assert any("needs a model" in b and "`a`, `b`" in b for b in bodies)
+    assert any('needs a prompt: write `prompt="TEXT"`' in b for b in bodies)
+    assert bot.store.jobs() == []
