@@ -146,10 +146,12 @@ def run_full_diagnosis(
             target,
         )
         root_cause = RootCause.from_json(attribution.to_json())
+    bisection = BisectionSummary.from_json(result.to_json())
     diagnosis = replace(
         diagnosis,
         root_cause=root_cause,
-        bisection=BisectionSummary.from_json(result.to_json()),
+        bisection=bisection,
+        notes=diagnosis.notes + agreement_notes(diagnosis, bisection),
         timings={
             **diagnosis.timings,
             "localize_at_bad": localize_seconds,
@@ -157,3 +159,27 @@ def run_full_diagnosis(
         },
     )
     return diagnosis, result
+
+
+def agreement_notes(diagnosis: Diagnosis, bisection: BisectionSummary) -> tuple[str, ...]:
+    """A note where the localization at the bad commit and the oracle's verdict on that
+    commit disagree (one found a divergence there, the other did not)."""
+    bad = bisection.bad.sha
+    judged = [s for s in bisection.steps if s.commit == bad and s.verdict in ("good", "bad")]
+    if not judged:
+        return ()
+    oracle_bad = judged[-1].verdict == "bad"
+    localized = diagnosis.localization.diverged
+    if oracle_bad == localized:
+        return ()
+    if oracle_bad:
+        return (
+            f"the bisection's oracle judged the bad commit {bad[:10]} bad ({judged[-1].reason}), "
+            "but no traced component crosses the threshold there: the cause is outside the "
+            "traced modules, or hidden below the threshold in them; see the closest components",
+        )
+    return (
+        f"the localization at the bad commit {bad[:10]} finds a diverging component, but the "
+        f"bisection's oracle judged that commit good ({judged[-1].reason}): the divergence "
+        "does not reach the output's logits and tokens in this run",
+    )

@@ -121,15 +121,21 @@ def touched_symbols(repo: str | Path, commit: str) -> list[Touched]:
 # module's class: attention reads the KV cache through metadata (sequence lengths, slot
 # mapping, block tables) that the model runner, the scheduler's KV-cache manager and the
 # backend's metadata builder prepare before the forward pass.
+_RUNNER = ("vllm/v1/worker/", "vllm/v1/core/", "vllm/forward_context.py")
+# Per class (a regex on its name): the serving machinery that prepares what it reads. The
+# attention reads the attention metadata and the KV-cache blocks; the rotary embedding reads
+# the positions; the embedding reads the input ids; the model runner and the scheduler
+# prepare all of them.
 MACHINERY: dict[str, tuple[str, ...]] = {
-    "Attention": (
-        "vllm/v1/worker/",
-        "vllm/v1/attention/",
-        "vllm/v1/core/",
-        "vllm/attention/",
-        "vllm/forward_context.py",
-    ),
+    r"Attention": _RUNNER + ("vllm/v1/attention/", "vllm/attention/"),
+    r".*(Rotary|RoPE|Rope).*": _RUNNER,
+    r".*Embedding": _RUNNER,
 }
+
+
+def machinery_of(cls: str) -> tuple[str, ...]:
+    """The source folders of the serving machinery that prepares what class `cls` reads."""
+    return next((p for pattern, p in MACHINERY.items() if re.fullmatch(pattern, cls)), ())
 
 
 @dataclass(frozen=True)
@@ -189,10 +195,16 @@ def attribute(
         which = (
             "the first component that diverges" if suspect.rank == 1 else f"suspect #{suspect.rank}"
         )
+        metadata = getattr(suspect, "metadata", "")
+        evidence = (
+            f", which consumed wrong serving metadata first ({metadata})"
+            if metadata
+            else f" (ratio {suspect.ratio:.3g})"
+        )
         return Attribution(
             commit,
             pr,
-            f"commit {short}{pr_text} {text} {which}: {suspect.component} (ratio {suspect.ratio:.3g})",
+            f"commit {short}{pr_text} {text} {which}: {suspect.component}{evidence}",
             True,
             level,
             suspect.component,
@@ -234,13 +246,13 @@ def attribute(
                             f"{what}, the file of {loc.cls} ({loc.role} of {suspect.component}), for",
                         )
                     if level == "machinery" and loc.role == "module":
-                        prefixes = MACHINERY.get(loc.cls, ())
+                        prefixes = machinery_of(loc.cls)
                         if any(t.file.startswith(p) for p in prefixes):
                             return found(
                                 level,
                                 suspect,
-                                f"{what}, serving machinery that prepares what {loc.cls} reads (attention metadata, "
-                                "KV-cache blocks), for",
+                                f"{what}, serving machinery that prepares what {loc.cls} reads "
+                                "(positions, input ids, attention metadata, KV-cache blocks), for",
                             )
     changed = ", ".join(f"{t.qualname} in {t.file}" for t in touched[:6]) or "no Python code"
     listed = (

@@ -2,8 +2,9 @@
 
 The reference does not change from commit to commit: `TracerOracle.prepare()` runs it once per
 job (transformers, greedy, in the serving dtype and in float32) and keeps the logits of every
-step. A probe captures only the target's logits (`logits_processor`) and greedy tokens; the
-oracle then compares, step by step while the target's tokens still equal the reference's:
+step. A probe captures only the target's logits and greedy tokens; the oracle then judges,
+step by step while the target's tokens still equal the reference's, with the judgement the
+diagnosis uses too (`ekka.tracer.output.judge_step`):
 
 - the robust error ratio of the logits (as in localization): above `logits_threshold` is bad;
 - the greedy token: a different token where the float32 reference is decisive (its top-1 /
@@ -23,7 +24,7 @@ from typing import Any
 
 from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.tracer.capture import capture
-from ekka.tracer.metrics import compute_error_ratio
+from ekka.tracer.output import judge_step
 from ekka.tracer.protocol import CaptureSpec
 from ekka.tracer.trace import TraceReader
 
@@ -130,37 +131,23 @@ class TracerOracle:
             "ratios": [],
         }
         for step, (x, x_r, y_r) in enumerate(zip(logits, self.reference, self.reference32)):
-            ratio = compute_error_ratio(x, x_r, y_r, self.config.dtype)
+            ratio, reason, near_tie = judge_step(
+                step,
+                x,
+                x_r,
+                y_r,
+                tokens[step] if step < len(tokens) else None,
+                self.reference_tokens[step] if step < len(self.reference_tokens) else None,
+                self.config.dtype,
+                self.config.logits_threshold,
+                self.config.margin_factor,
+            )
             details["ratios"].append(ratio if math.isfinite(ratio) else "inf")
             worst = max(worst, ratio)
-            if ratio > self.config.logits_threshold:
-                return ProbeResult(
-                    Verdict.BAD,
-                    f"logits of step {step} diverge: error ratio {ratio:.3g}",
-                    seconds,
-                    details,
-                )
-            if (
-                step < len(tokens)
-                and step < len(self.reference_tokens)
-                and tokens[step] != self.reference_tokens[step]
-            ):
-                top2 = y_r.topk(2).values
-                margin = float(top2[0] - top2[1])
-                noise = (
-                    float((x_r - y_r).abs().max())
-                    if self.config.dtype != "float32"
-                    else 1e-5 * float(y_r.abs().max())
-                )
-                if margin > self.config.margin_factor * noise:
-                    return ProbeResult(
-                        Verdict.BAD,
-                        f"greedy token of step {step} is {tokens[step]}, the reference's {self.reference_tokens[step]} "
-                        f"(reference margin {margin:.3g} against noise {noise:.2g})",
-                        seconds,
-                        details,
-                    )
-                break  # a near tie: the sequences part here, later steps are not comparable
+            if reason is not None:
+                return ProbeResult(Verdict.BAD, reason, seconds, details)
+            if near_tie:
+                break  # the sequences part here, later steps are not comparable
         return ProbeResult(
             Verdict.GOOD,
             f"logits match the reference (largest error ratio {worst:.3g})",

@@ -73,9 +73,13 @@ class Comparison:
     nonfinite: bool
     worst_position: int
     rows: int
+    # "output", "input" (what the module received), or "metadata" (the serving metadata that
+    # `target` consumes first: input ids, positions, attention metadata)
     kind: str = "output"
     discounted_tokens: int = 0  # MoE: tokens at a near-tied router choice, left out of the ratio
     token_ratio: float = 0.0  # the largest per-token ratio (at worst_position)
+    # kind "metadata": what the serving metadata held against what it should have
+    detail: str = ""
 
     def passed(self, threshold: float) -> bool:
         return self.ratio <= threshold
@@ -101,6 +105,7 @@ class Comparison:
             "kind": self.kind,
             "discounted_tokens": self.discounted_tokens,
             "token_ratio": dump_float(self.token_ratio),
+            "detail": self.detail,
         }
 
     @classmethod
@@ -128,6 +133,7 @@ class Comparison:
             kind=data.get("kind", "output"),
             discounted_tokens=data.get("discounted_tokens", 0),
             token_ratio=load_float(data.get("token_ratio", 0.0)),
+            detail=data.get("detail", ""),
         )
 
 
@@ -148,6 +154,7 @@ class Suspect:
     position: int
     evidence: str
     confirmed: bool | None = None  # replay: True = the module alone reproduces the error
+    metadata: str = ""  # the wrong serving metadata it consumed first, where that is the cause
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,6 +171,7 @@ class Suspect:
             "position": self.position,
             "evidence": self.evidence,
             "confirmed": self.confirmed,
+            "metadata": self.metadata,
         }
 
     @classmethod
@@ -185,6 +193,7 @@ class Suspect:
             position=get("position"),
             evidence=get("evidence"),
             confirmed=data.get("confirmed"),
+            metadata=data.get("metadata", ""),
         )
 
 
@@ -218,6 +227,32 @@ class Localization:
             suspects=tuple(Suspect.from_json(s) for s in _get(data, "suspects", "Localization")),
             change_point=None if change is None else Comparison.from_json(change),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OutputCheck:
+    """The end-to-end check of the target's output (`ekka.tracer.output`): its logits and
+    greedy tokens against the reference's, step by step."""
+
+    diverged: bool
+    step: int | None  # the first step that diverges
+    reason: str  # why it diverges, or what matched
+    worst_ratio: float  # the largest error ratio of the logits up to there
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "diverged": self.diverged,
+            "step": self.step,
+            "reason": self.reason,
+            "worst_ratio": dump_float(self.worst_ratio),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OutputCheck:
+        def get(key: str) -> Any:
+            return _get(data, key, "OutputCheck")
+
+        return cls(get("diverged"), data.get("step"), get("reason"), load_float(get("worst_ratio")))
 
 
 # --- the target -------------------------------------------------------------------------------
@@ -455,6 +490,8 @@ class Diagnosis:
     root_cause: RootCause | None = None
     bisection: BisectionSummary | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    output: OutputCheck | None = None  # the end-to-end check of the target's output
+    notes: tuple[str, ...] = ()  # what a reader must know beside the verdict
 
     def __post_init__(self) -> None:
         if self.localization.threshold != self.threshold:
@@ -465,7 +502,8 @@ class Diagnosis:
 
     @property
     def diverged(self) -> bool:
-        return self.localization.diverged
+        """A component diverges, or the output does (never "no divergence" while it does)."""
+        return self.localization.diverged or (self.output is not None and self.output.diverged)
 
     @property
     def verdict(self) -> str:
@@ -473,13 +511,34 @@ class Diagnosis:
             return self.root_cause.statement
         if not self.diverged:
             return "no divergence"
+        change = self.localization.change_point
+        if change is None and self.output is not None:
+            closest = ", ".join(f"{name} ({ratio:.3g})" for name, ratio in self.closest())
+            return (
+                f"the output diverges at step {self.output.step} ({self.output.reason}), but no "
+                "traced component does: the cause is outside the traced modules, e.g. the "
+                "sampler or the serving metadata" + (f"; closest: {closest}" if closest else "")
+            )
         if not self.localization.suspects:
-            change = self.localization.change_point
             return f"divergence at {change.target if change else '?'}"
         top = self.localization.suspects[0]
+        if change is not None and change.kind == "metadata":
+            return (
+                f"divergence: {top.component} ({top.module_class}) consumed wrong serving "
+                f"metadata first: {change.detail}"
+            )
         return (
             f"divergence: {top.component} ({top.module_class}) is the first component that diverges"
         )
+
+    def closest(self, count: int = 5) -> list[tuple[str, float]]:
+        """The components with the largest error ratios (each once): where to look when the
+        output diverges and no component crosses the threshold."""
+        best: dict[str, float] = {}
+        for c in self.comparisons:
+            if c.kind != "metadata" and math.isfinite(c.ratio):
+                best[c.target] = max(best.get(c.target, 0.0), c.ratio)
+        return sorted(best.items(), key=lambda item: -item[1])[:count]
 
     def to_json(self) -> dict[str, Any]:
         """The report.json object: "verdict" and "diverged" (derived, for readers) first; the
@@ -502,6 +561,8 @@ class Diagnosis:
             "suspects": [s.to_json() for s in loc.suspects],
             "root_cause": None if self.root_cause is None else self.root_cause.to_json(),
             "bisection": None if self.bisection is None else self.bisection.to_json(),
+            "output": None if self.output is None else self.output.to_json(),
+            "notes": list(self.notes),
             "unmapped": dict(self.unmapped),
             "comparisons": [c.to_json() for c in self.comparisons],
             "timings": {k: dump_float(v) for k, v in self.timings.items()},
@@ -540,4 +601,6 @@ class Diagnosis:
             root_cause=None if root_cause is None else RootCause.from_json(root_cause),
             bisection=None if bisection is None else BisectionSummary.from_json(bisection),
             timings={k: load_float(v) for k, v in (data.get("timings") or {}).items()},
+            output=None if data.get("output") is None else OutputCheck.from_json(data["output"]),
+            notes=tuple(data.get("notes") or ()),
         )

@@ -57,12 +57,16 @@ def render_markdown(diagnosis: Diagnosis) -> str:
         f"- {len(diagnosis.comparisons)} aligned comparisons, threshold {loc.threshold:g}, "
         f"{len(diagnosis.unmapped)} unmapped components",
     ]
+    if diagnosis.output is not None:
+        lines.append(f"- output (logits and greedy tokens): {diagnosis.output.reason}")
     if diagnosis.engine:
         settings = ", ".join(
             f"`{k}={json.dumps(v, default=str)}`" for k, v in diagnosis.engine.items()
         )
         lines.append(f"- engine arguments: {settings}")
     lines.append("")
+    if diagnosis.notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in diagnosis.notes] + [""]
     if diagnosis.bisection is not None:
         lines += _bisection_markdown(diagnosis.bisection, diagnosis.root_cause)
     if loc.suspects:
@@ -87,9 +91,10 @@ def render_markdown(diagnosis: Diagnosis) -> str:
     start_pass = loc.change_point.pass_index if loc.change_point else 0
     for c in diagnosis.comparisons:
         if c.pass_index == start_pass or c.target == "logits_processor":
+            pairing = f"{c.plan}: {c.detail}" if c.detail else c.plan
             lines.append(
                 f"| {c.pass_index} | {c.step} | `{c.target}` | {_fmt(c.ratio)} | {c.error:.2e} "
-                f"| {c.plan} |"
+                f"| {pairing} |"
             )
     if diagnosis.unmapped:
         lines += ["", "## Unmapped components", ""]

@@ -1,10 +1,12 @@
 """The tracer: capture traces from the target and the reference, align them, localize errors.
 
 Two sides, kept apart by imports. Inside the framework's process (what a container image or a
-remote worker runs): `hooks`, `adapters.vllm`, `adapters.vllm_replay`, and what both sides
-share: `protocol` (the messages), `trace` and `shards` (storage), `model_config`. They import
-nothing of the parent's side: `session` (the target session), `capture`, `adapters.transformers`
-(the reference), `align`, `transforms`, `metrics`, `compare`, `localize`, `diagnose`.
+remote worker runs): `hooks`, `adapters.vllm`, `adapters.vllm_replay`,
+`adapters.vllm_requests`, and what both sides share: `protocol` (the messages), `trace` and
+`shards` (storage), `model_config`. They import nothing of the parent's side: `session` (the
+target session), `capture`, `adapters.transformers` (the reference), `align`, `transforms`,
+`metrics`, `serving` (the serving metadata's checks), `compare`, `localize`, `verdict`,
+`diagnose`.
 
 This package's names are imported on first use, so that importing the inside loads nothing of
 the parent's side.

@@ -2,13 +2,18 @@
 
 Each aligned component is measured with the robust error ratio (`ekka.tracer.metrics`), every
 pass of it against one gather of the reference rows, and every comparison's figures worked out
-at once from the row norms (`metrics.segment_figures`).
+at once from the row norms (`metrics.segment_figures`). The stream also holds, per pass, the
+serving metadata's checks (`ekka.tracer.serving`) just before the module that consumes the
+metadata, and the inputs of the decoder layers just before their first call inside: the
+localization walks up them to find where glue code went wrong.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,8 +22,10 @@ import torch
 from ekka.report.records import Comparison
 from ekka.tracer import transforms
 from ekka.tracer.align import Aligner, ComponentMap, Plan, plan_components, positions_for
+from ekka.tracer.hooks import DECODER_LAYER
 from ekka.tracer.metrics import noise_floor, row_norms, segment_figures
-from ekka.tracer.trace import TraceReader
+from ekka.tracer.serving import ATTENTION, EMBEDDING, ROTARY, MetadataCheck, check_passes
+from ekka.tracer.trace import Record, TraceReader
 
 
 def iter_comparisons(
@@ -48,14 +55,57 @@ def iter_comparisons(
             continue
         if record.name in mapping.plans and record.pass_index in passes:
             components.setdefault(record.name, []).append(record)
-    sink = _Figures(noise_floor(dtype))
+    sink = _Figures(noise_floor(dtype), _first_inside(target.records))
     for name, records in components.items():
         plan = mapping.plans[name]
         batch = _Batch(aligner, plan, records, passes, reference, high, sink)
-        if _input_comparable(plan):
+        if _input_comparable(plan) or DECODER_LAYER.fullmatch(name):
             batch.inputs()
         batch.outputs(routing)
+    checked = [p for p in target.passes if step is None or p.step == step]
+    sink.add_metadata(
+        check_passes(checked, target.prompt_ids + target.generated_ids),
+        _consumers(target.records),
+    )
     yield from sink.comparisons()
+
+
+def _first_inside(records: Sequence[Record]) -> dict[tuple[int, str], int]:
+    """(pass, module) -> the index of the first record inside the module (where its call
+    began, as the records are written when calls end)."""
+    first: dict[tuple[int, str], int] = {}
+    for record in records:
+        parts = record.name.split("#")[0].split(".")
+        for cut in range(1, len(parts)):
+            first.setdefault((record.pass_index, ".".join(parts[:cut])), record.index)
+    return first
+
+
+def _consumers(records: Sequence[Record]) -> dict[tuple[int, str], Record]:
+    """(pass, consumer kind) -> the module of the pass that reads that metadata first: the
+    embedding (input ids), the rotary embedding (positions; without one, the attention), the
+    attention that reads the KV cache (vLLM's `Attention` at `.attn`; else the first leaf
+    module whose class is an attention)."""
+    found: dict[tuple[int, str], Record] = {}
+    fallback: dict[int, Record] = {}  # pass -> the first leaf attention of another name
+    for record in records:
+        if record.kind != "module":
+            continue
+        p, cls = record.pass_index, record.module_class
+        if "Embedding" in cls and "Rotary" not in cls:
+            found.setdefault((p, EMBEDDING), record)
+        if re.search(r"Rotary|RoPE|Rope", cls):
+            found.setdefault((p, ROTARY), record)
+        if record.name.endswith(".attn") or cls == "Attention":
+            found.setdefault((p, ATTENTION), record)
+        elif "Attention" in cls and record.leaf:
+            fallback.setdefault(p, record)
+    for p, record in fallback.items():
+        found.setdefault((p, ATTENTION), record)
+    for p in {p for p, _ in found}:
+        if (p, ATTENTION) in found:
+            found.setdefault((p, ROTARY), found[(p, ATTENTION)])
+    return found
 
 
 class RoutingTolerance:
@@ -103,6 +153,22 @@ class RoutingTolerance:
         if not discounted:
             return None
         return [i for i in range(rows) if i not in discounted]
+
+
+FLOATING = ("float", "bfloat", "half")
+
+
+def _input_keys(record: Record) -> tuple[str, str | None] | None:
+    """The input a module's comparison reads: its first floating-point tensor argument, and a
+    second of the same shape (a fused add-norm's residual, a decoder layer's residual stream),
+    whose sum with the first is the other reading; None without a floating-point input (an
+    embedding's ids)."""
+    floats = [(k, m) for k, m in record.inputs if m is not None and m.dtype.startswith(FLOATING)]
+    if not floats:
+        return None
+    key, meta = floats[0]
+    second = next((k for k, m in floats[1:] if m.shape == meta.shape), None)
+    return key, second
 
 
 def _input_comparable(plan: Plan) -> bool:
@@ -218,15 +284,16 @@ class _Batch:
             return
         segments = []
         for record in self.records:
-            if not record.inputs:
+            keys = _input_keys(record)
+            if keys is None:
                 continue
             inputs = self.aligner.target.inputs(record)
-            first_in = inputs.get("0")
-            if first_in is None or not first_in.is_floating_point():
+            first_in = inputs.get(keys[0])
+            if first_in is None:
                 continue
             candidates = [first_in]
-            second = inputs.get("1")
-            if second is not None and second.shape == first_in.shape and second.is_floating_point():
+            second = inputs.get(keys[1]) if keys[1] is not None else None
+            if second is not None and second.shape == first_in.shape:
                 candidates.append(first_in + second)
             rows = len(self.passes[record.pass_index].positions)
             try:
@@ -334,13 +401,17 @@ class _Batch:
     def _stacked_inputs(self) -> tuple[list[torch.Tensor], list[int]] | None:
         """`inputs`' candidates for every record, one under the other, read with one gather
         per argument; None where the records' inputs are not all alike and 2-D."""
-        keys = [dict(record.inputs) for record in self.records]
-        if not keys:
+        chosen = [_input_keys(record) for record in self.records]
+        if not chosen or any(c is None for c in chosen):
             return None
-        firsts = [m for m in (k.get("0") for k in keys) if m is not None]
-        if len(firsts) != len(keys) or any(len(m.shape) != 2 for m in firsts):
+        metas = [dict(record.inputs) for record in self.records]
+        firsts = [m[c[0]] for m, c in zip(metas, chosen) if c is not None]
+        if len(firsts) != len(metas) or any(len(m.shape) != 2 for m in firsts):
             return None
-        seconds = [k.get("1") for k in keys]
+        seconds = [
+            m.get(c[1]) if c is not None and c[1] is not None else None
+            for m, c in zip(metas, chosen)
+        ]
         pair = all(m is not None and m.shape == f.shape for m, f in zip(seconds, firsts))
         if not pair and any(m is not None and m.shape == f.shape for m, f in zip(seconds, firsts)):
             return None  # some records have a second reading, others not
@@ -421,8 +492,10 @@ class _Figures:
     reference is its own float32 run) carries -1 there, since a norm is never negative.
     """
 
-    def __init__(self, floor: float) -> None:
+    def __init__(self, floor: float, first_inside: dict[tuple[int, str], int]) -> None:
         self.floor = floor
+        self.first_inside = first_inside
+        self.fixed: list[tuple[tuple[int, int], Comparison]] = []  # metadata, already measured
         self.y: list[float] = []  # every row of every comparison, back to back
         self.t: list[float] = []
         self.n: list[float] = []
@@ -454,19 +527,68 @@ class _Figures:
         self.y.extend(y.tolist())
         self.t.extend(t)
         self.n.extend([-1.0] * len(t) if n is None else n.tolist())
-        order = 0 if kind == "input" else 1
         for record, _, positions in segments:
-            self.items.append(((record.index, order), record, plan, kind, discounted, positions))
+            self.items.append(
+                (self._order(record, kind), record, plan, kind, discounted, positions)
+            )
         self.lengths.extend(lengths)
 
+    def _order(self, record: Record, kind: str) -> tuple[int, int]:
+        """Where a comparison goes in the stream: a module's input before its output; a
+        container's input where its call began (before everything inside it)."""
+        if kind != "input":
+            return (record.index, 1)
+        inside = self.first_inside.get((record.pass_index, record.name))
+        return (record.index, 0) if inside is None else (inside, -2)
+
+    def add_metadata(
+        self, checks: Sequence[MetadataCheck], consumers: dict[tuple[int, str], Record]
+    ) -> None:
+        """Each check just before the module that consumes its metadata (none without one: a
+        trace of the logits alone)."""
+        for check in checks:
+            record = consumers.get((check.pass_index, check.consumer))
+            if record is None:
+                continue
+            bad = not check.ok
+            self.fixed.append(
+                (
+                    (record.index, -1),
+                    Comparison(
+                        0,
+                        record.name,
+                        record.module_class,
+                        record.source_file,
+                        record.source_line,
+                        record.pass_index,
+                        record.step,
+                        record.call_index,
+                        "serving metadata: " + ", ".join(check.checked),
+                        False,
+                        math.inf if bad else 0.0,
+                        math.inf if bad else 0.0,
+                        0.0,
+                        False,
+                        check.first_wrong if check.first_wrong is not None else check.start,
+                        check.count,
+                        "metadata",
+                        detail=check.describe(),
+                    ),
+                )
+            )
+
     def comparisons(self) -> Iterator[Comparison]:
-        if not self.items:
-            return
-        figures = self._figures()
-        order = sorted(range(len(self.items)), key=lambda i: self.items[i][0])
+        figures = self._figures() if self.items else []
+        # measured comparisons by index, metadata ones by -1 - their index; in stream order
+        keys = [(item[0], i) for i, item in enumerate(self.items)]
+        keys += [(key, -1 - j) for j, (key, _) in enumerate(self.fixed)]
+        order = [i for _, i in sorted(keys)]
         described: dict[int, str] = {}  # by the plan's id: hashing a plan costs more than this
         items, isfinite = self.items, math.isfinite
         for sequence, i in enumerate(order):
+            if i < 0:
+                yield replace(self.fixed[-1 - i][1], sequence=sequence)
+                continue
             _, record, plan, kind, discounted, positions = items[i]
             ratio, error, noise, worst, token_ratio = figures[i]
             text = described.get(id(plan))

@@ -7,7 +7,9 @@
    the references run teacher-forced on the prompt and those tokens, one pass each, so that
    every target pass (prefill chunk or decode step) is compared at the same positions with
    the same inputs.
-3. Each aligned component gets its robust error ratio; the change point names the suspects.
+3. Each aligned component gets its robust error ratio, each pass's serving metadata its check;
+   the change point names the suspects. The output itself (logits, greedy tokens) is checked
+   end to end: a diverging output is a divergence whatever the components say.
 4. The target replays the suspects alone on the reference's inputs: a module that reproduces
    the error by itself is confirmed, one whose error arrives from upstream goes behind.
 """
@@ -27,6 +29,7 @@ from ekka.tracer.capture import resolved, validate
 from ekka.tracer.compare import iter_comparisons
 from ekka.tracer.localize import DEFAULT_THRESHOLD, localize
 from ekka.tracer.metrics import compute_error_ratio
+from ekka.tracer.output import check_output
 from ekka.tracer.protocol import CaptureSpec
 from ekka.tracer.session import TargetSession
 from ekka.tracer.trace import TraceReader
@@ -114,15 +117,23 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         say("aligning and measuring")
         t = time.perf_counter()
         found = analyse(target, references, config.dtype, config.threshold)
+        output = check_output(
+            target,
+            references[config.dtype],
+            references.get("float32") if config.dtype != "float32" else None,
+            config.dtype,
+            config.threshold,
+        )
         timings["analysis"] = time.perf_counter() - t
         localization = found.localization
-        if localization.suspects:
+        # a suspect that consumed wrong metadata is not replayed: alone, on the reference's
+        # inputs, it gets the right metadata
+        replayable = [s.component for s in localization.suspects if not s.metadata]
+        if replayable:
             say("target: replaying the suspects on the reference's inputs")
             t = time.perf_counter()
             try:
-                replayed = session.replay(
-                    references[config.dtype].path, [s.component for s in localization.suspects]
-                )
+                replayed = session.replay(references[config.dtype].path, replayable)
             except CaptureError as exc:
                 say(f"target: the replay failed ({str(exc).splitlines()[0]}); no replay verdict")
             else:
@@ -152,6 +163,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         unmapped=unmapped_components(target, found),
         engine=dict(config.engine),
         timings=timings,
+        output=output,
     )
 
 
@@ -163,7 +175,8 @@ def analyse(
     reference32 = references.get("float32") if dtype != "float32" else None
     mapping = infer_missing(plan_components(target, reference), target, reference)
     comparisons = tuple(iter_comparisons(target, reference, reference32, mapping=mapping))
-    return Analysis(mapping, comparisons, localize(comparisons, threshold))
+    modules = target.manifest.get("modules") or {}
+    return Analysis(mapping, comparisons, localize(comparisons, threshold, modules))
 
 
 def unmapped_components(target: TraceReader, found: Analysis) -> tuple[tuple[str, str], ...]:
@@ -192,6 +205,8 @@ def confirm_by_replay(
     aligner = Aligner(replays, reference, reference32)
     suspects = list(localization.suspects)
     for i, suspect in enumerate(suspects):
+        if suspect.metadata:
+            continue
         record = replayed.get(suspect.component)
         plan = mapping.plans.get(suspect.component)
         if record is None or plan is None:

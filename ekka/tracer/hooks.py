@@ -12,6 +12,10 @@ What it records, per forward pass and in call order:
   What such a module receives is what the code around it (its parent's forward) produced, so
   comparing it finds a bug in that glue. Parameter-free leaves (activations, rotary, attention)
   receive the outputs of the module before them, already recorded; their inputs are not.
+- for the decoder layers (`DECODER_LAYER`), their inputs too, though they are containers: a
+  layer's input that diverges while the outputs before it match puts the glue in the caller's
+  forward (the backbone's), not in the layer's. They are the outputs of the module before,
+  stored once.
 
 A tensor a module returns or receives that was recorded earlier in the same pass with the same
 contents (a layer returns its MLP's output; a projection receives the norm's output) is stored
@@ -68,6 +72,9 @@ def clone(t: torch.Tensor | None) -> torch.Tensor | None:
 PENDING_BYTES = 64 * 1024 * 1024  # copies waiting for their records before they are handed over
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
+# Decoder layers: containers whose inputs are recorded too (where the glue between two layers
+# goes wrong, the layer's input diverges while every output before it matches).
+DECODER_LAYER = re.compile(r"(?:.*\.)?layers\.\d+")
 
 _SOURCE_CACHE: dict[Any, tuple[str | None, int | None]] = {}
 
@@ -158,7 +165,13 @@ class ModuleRecorder:
         self._seen: dict[str, int] = {}
         self._handles: list[Any] = []
         self.modules_by_name: dict[str, torch.nn.Module] = {}  # effective name -> module (replay)
-        self._input_candidates: dict[int, bool] = {}  # module id -> holds weights, may be a leaf
+        # module id -> its inputs are recorded: it holds weights and may be a leaf, or it is a
+        # decoder layer
+        self._input_candidates: dict[int, bool] = {}
+        self._containers: set[int] = set()  # decoder layers: inputs kept although not leaves
+        # every module by name: class, source file, line (also those whose calls the hooks do
+        # not see, such as a backbone whose compiled `__call__` bypasses them)
+        self.module_classes: dict[str, list[Any]] = {}
         self._classes: dict[
             int, tuple[str, str | None, int | None]
         ] = {}  # module id -> class, file, line
@@ -227,7 +240,11 @@ class ModuleRecorder:
                 continue
             cls = type(module)
             self._classes[id(module)] = (cls.__name__, *source_location(cls))
+            self.module_classes[name] = list(self._classes[id(module)])
             self._input_candidates[id(module)] = _records_inputs(module)
+            if DECODER_LAYER.fullmatch(name):
+                self._input_candidates[id(module)] = True
+                self._containers.add(id(module))
             self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
 
@@ -368,7 +385,8 @@ class ModuleRecorder:
             "module",
             not had_child,
         )
-        self._emit(fields, outputs, None if had_child else inputs)
+        keep = not had_child or id(module) in self._containers
+        self._emit(fields, outputs, inputs if keep else None)
         self.call_index += 1
 
     def record_function(

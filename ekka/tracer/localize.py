@@ -6,15 +6,18 @@ stays above it for most of what follows in its forward pass: the change point. S
 ranked by that evidence: the jump at the component against what precedes it, and the
 persistence after it.
 
-When the first divergent comparison is a module's *input* (its output before still matched),
-the code between the two modules is at fault: the parent module's forward, and the suspect
-named is that parent.
+When the first divergent comparison is a module's *input* (the outputs before it still matched),
+the code between the modules is at fault: the forward of the module that called it, found by
+walking up while the callers' inputs diverge too (`_Glue`). When it is a serving metadata check
+(positions, input ids, attention metadata that differ from what the request implies), the
+suspect is the module that consumed the metadata first, with the check as its evidence.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ekka.report.records import Comparison, Localization, Suspect
 
@@ -35,42 +38,43 @@ def _above(c: Comparison, threshold: float) -> bool:
     )
 
 
-def _component_of(c: Comparison) -> str:
-    if c.kind == "input":
-        return c.target.rsplit(".", 1)[0] if "." in c.target else c.target
-    return c.target
-
-
 def localize(
-    comparisons: Iterable[Comparison], threshold: float = DEFAULT_THRESHOLD
+    comparisons: Iterable[Comparison],
+    threshold: float = DEFAULT_THRESHOLD,
+    modules: Mapping[str, Sequence[Any]] | None = None,
 ) -> Localization:
-    """Find the change point and rank up to five suspects."""
+    """Find the change point and rank up to five suspects. `modules`: the target's modules by
+    name, (class, source file, line) each (a trace manifest's "modules"), for the class and
+    source of a glue suspect that no comparison names."""
     comps = sorted(comparisons, key=lambda c: c.sequence)
-    by_pass: dict[int, list[Comparison]] = {}
-    for c in comps:
-        by_pass.setdefault(c.pass_index, []).append(c)
-    scored: list[
-        tuple[float, Comparison, float, float]
-    ] = []  # (score, comparison, jump, persistence)
-    for pass_index in sorted(by_pass):
-        seq = by_pass[pass_index]
-        above = [_above(c, threshold) for c in seq]
-        later = [0] * (len(seq) + 1)  # later[i]: how many of seq[i:] are above the threshold
-        for i in range(len(seq) - 1, -1, -1):
-            later[i] = later[i + 1] + above[i]
-        for i, c in enumerate(seq):
-            if not above[i]:
-                continue
-            after = len(seq) - i - 1
-            persistence = 1.0 if not after else later[i + 1] / after
-            before = [b.ratio for b in seq[max(0, i - 8) : i] if math.isfinite(b.ratio)]
-            base = max([1.0] + before)
-            jump = c.ratio / base if math.isfinite(c.ratio) else math.inf
-            scored.append((0.0, c, jump, persistence))
-    persistent = [(c, j, p) for _, c, j, p in scored if p > PERSISTENCE]
+    above = [_above(c, threshold) for c in comps]
+    later = [0] * (len(comps) + 1)  # later[i]: how many of comps[i:] are above the threshold
+    for i in range(len(comps) - 1, -1, -1):
+        later[i] = later[i + 1] + above[i]
+    pass_end: dict[int, int] = {}  # pass -> the index after its last comparison
+    for i, c in enumerate(comps):
+        pass_end[c.pass_index] = i + 1
+    scored: list[tuple[Comparison, float, float]] = []  # (comparison, jump, persistence)
+    pass_start = 0
+    for i, c in enumerate(comps):
+        if i and comps[i - 1].pass_index != c.pass_index:
+            pass_start = i
+        if not above[i]:
+            continue
+        # "stays up": over the rest of the pass; for wrong metadata, over the rest of the run
+        # (a wrong cache slot or block is read back in later passes)
+        end = len(comps) if c.kind == "metadata" else pass_end[c.pass_index]
+        after = end - i - 1
+        persistence = 1.0 if not after else (later[i + 1] - later[end]) / after
+        before = [b.ratio for b in comps[max(pass_start, i - 8) : i] if math.isfinite(b.ratio)]
+        base = max([1.0] + before)
+        jump = c.ratio / base if math.isfinite(c.ratio) else math.inf
+        scored.append((c, jump, persistence))
+    persistent = [(c, j, p) for c, j, p in scored if p > PERSISTENCE]
     if not persistent:
         return Localization(threshold)
     change = persistent[0][0]
+    glue = _Glue(comps, threshold, modules or {})
     # Rank: the change point first; then the other persistent crossings of its pass and the
     # passes after it, by jump; each component once.
     ranked: list[tuple[Comparison, float, float]] = [persistent[0]]
@@ -80,14 +84,73 @@ def localize(
     seen: set[str] = set()
     suspects: list[Suspect] = []
     for c, jump, persistence in ranked:
-        name = _component_of(c)
+        name = glue.component(c)
         if name in seen:
             continue
         seen.add(name)
-        suspects.append(_suspect(len(suspects) + 1, c, jump, persistence, threshold))
+        suspects.append(
+            _suspect(
+                len(suspects) + 1, c, name, jump, persistence, threshold, glue.source.get(name)
+            )
+        )
         if len(suspects) == MAX_SUSPECTS:
             break
     return Localization(threshold, tuple(suspects), change)
+
+
+class _Glue:
+    """Which module's forward holds the glue code that feeds a diverging input.
+
+    A module whose input diverges while the outputs before it match received a wrong value
+    from the code around it. Walk up its ancestors while their inputs (where compared: the
+    decoder layers) diverge too; the caller of the highest one holds that code: a layer's
+    forward when the layer's own input still matched, the backbone's when it did not.
+    """
+
+    def __init__(
+        self,
+        comps: Sequence[Comparison],
+        threshold: float,
+        modules: Mapping[str, Sequence[Any]],
+    ) -> None:
+        self.threshold = threshold
+        self.source: dict[str, tuple[str, str | None, int | None]] = {
+            name: (str(m[0]), m[1], m[2]) for name, m in modules.items() if len(m) == 3
+        }
+        for c in comps:
+            if c.kind == "output":
+                self.source.setdefault(c.target, (c.module_class, c.source_file, c.source_line))
+        self.inputs: dict[tuple[int, str], Comparison] = {
+            (c.pass_index, c.target): c for c in comps if c.kind == "input"
+        }
+
+    def component(self, c: Comparison) -> str:
+        if c.kind != "input":
+            return c.target
+        name = c.target
+        while True:
+            parent = self._compared_ancestor(c.pass_index, name)
+            if parent is None or not _above(self.inputs[(c.pass_index, parent)], self.threshold):
+                break
+            name = parent
+        return self._caller(name)
+
+    def _compared_ancestor(self, pass_index: int, name: str) -> str | None:
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:cut])
+            if (pass_index, prefix) in self.inputs:
+                return prefix
+        return None
+
+    @staticmethod
+    def _caller(name: str) -> str:
+        """The module whose forward calls `name`: its parent, past the list that holds a
+        numbered layer (`model.layers.0` is called by `model`)."""
+        parts = name.split(".")
+        if len(parts) > 2 and parts[-1].isdigit():
+            return ".".join(parts[:-2])
+        return ".".join(parts[:-1]) or name
 
 
 def _log(x: float) -> float:
@@ -95,8 +158,16 @@ def _log(x: float) -> float:
 
 
 def _suspect(
-    rank: int, c: Comparison, jump: float, persistence: float, threshold: float
+    rank: int,
+    c: Comparison,
+    component: str,
+    jump: float,
+    persistence: float,
+    threshold: float,
+    where_from: tuple[str, str | None, int | None] | None = None,
 ) -> Suspect:
+    """`component`: the module suspected (the glue's owner for an input, the consumer for
+    metadata); `where_from`: its class and source, where they differ from `c`'s."""
     where = f"pass {c.pass_index} (step {c.step}), worst at token position {c.worst_position}"
     if c.nonfinite:
         how = "non-finite values (NaN/inf) where the reference is finite"
@@ -106,22 +177,28 @@ def _suspect(
         )
         if c.ratio <= threshold:
             how += f", confined to few tokens: {c.token_ratio:.3g} at token position {c.worst_position}"
-    if c.kind == "input":
+    if c.kind == "metadata":
+        evidence = (
+            f"it consumed wrong serving metadata first: {c.detail}; what follows stays above "
+            f"the threshold {threshold:g} for {persistence:.0%} of the run"
+        )
+    elif c.kind == "input":
         evidence = (
             f"the input of {c.target} diverges ({how}) while the outputs before it match: "
-            f"the glue code in {_component_of(c)}.forward is the suspect; {where}"
+            f"the glue code in {component}.forward is the suspect; {where}"
         )
     else:
         evidence = (
             f"{how}, {jump:.3g}x the ratio of the components before it; above the threshold "
             f"{threshold:g} for {persistence:.0%} of what follows in its pass; {where}"
         )
+    cls, file, line = where_from or (c.module_class, c.source_file, c.source_line)
     return Suspect(
         rank=rank,
-        component=_component_of(c),
-        module_class=c.module_class,
-        source_file=c.source_file,
-        source_line=c.source_line,
+        component=component,
+        module_class=cls,
+        source_file=file,
+        source_line=line,
         ratio=c.ratio,
         jump=jump,
         persistence=persistence,
@@ -129,4 +206,5 @@ def _suspect(
         step=c.step,
         position=c.worst_position,
         evidence=evidence,
+        metadata=c.detail if c.kind == "metadata" else "",
     )

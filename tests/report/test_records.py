@@ -19,6 +19,7 @@ from ekka.report import (
     Comparison,
     Diagnosis,
     Localization,
+    OutputCheck,
     ProbeStep,
     RootCause,
     Suspect,
@@ -135,7 +136,13 @@ RECORDS = [
     comparison(0, 1.5),
     comparison(1, math.inf, token_ratio=math.inf),
     comparison(2, 3.0, kind="input", discounted_tokens=1),
+    comparison(
+        3, math.inf, kind="metadata", detail="pass 1: positions 16..31 expected, 32..47 given"
+    ),
     suspect(),
+    suspect(3, math.inf, metadata="pass 1: positions 16..31 expected, 32..47 given"),
+    OutputCheck(False, None, "the logits match (largest error ratio 1.2)", 1.2),
+    OutputCheck(True, 0, "the logits of step 0 diverge: error ratio inf", math.inf),
     suspect(2, 3.5, jump=-math.inf, confirmed=False),
     Localization(2.0),
     Localization(3.0, (suspect(),), comparison(1, math.inf)),
@@ -150,6 +157,11 @@ RECORDS = [
     BisectionSummary("ambiguous", CommitRef("1" * 40), CommitRef("2" * 40), None, 3, 0, 2),
     diagnosis(),
     diagnosis(root_cause=ROOT_CAUSE, bisection=BISECTION),
+    diagnosis(
+        localization=Localization(2.0),
+        output=OutputCheck(True, 1, "the greedy token of step 1 is 7, the reference's 9", 1.1),
+        notes=("the oracle and the localization disagree",),
+    ),
     diagnosis(
         threshold=math.inf,
         localization=Localization(math.inf),
@@ -222,6 +234,39 @@ def test_verdicts() -> None:
         "divergence: model.layers.0.input_layernorm (RMSNorm) is the first component that diverges"
     )
     assert diagnosis(root_cause=ROOT_CAUSE).verdict == ROOT_CAUSE.statement
+
+
+def test_a_diverging_output_is_never_no_divergence() -> None:
+    """No component crosses the threshold, the output does: diverged, and the verdict says
+    where to look."""
+    output = OutputCheck(True, 1, "the greedy token of step 1 is 7, the reference's 9", 1.1)
+    found = diagnosis(localization=Localization(2.0), output=output)
+    assert found.diverged
+    assert found.verdict.startswith(
+        "the output diverges at step 1 (the greedy token of step 1 is 7, the reference's 9), "
+        "but no traced component does: the cause is outside the traced modules"
+    )
+    assert found.verdict.endswith(
+        "closest: model.layers.2.mlp (35), model.layers.3.mlp (1.1), model.layers.0.mlp (0.9)"
+    )
+    matching = diagnosis(
+        localization=Localization(2.0), output=dataclasses.replace(output, diverged=False)
+    )
+    assert not matching.diverged and matching.verdict == "no divergence"
+
+
+def test_a_metadata_change_point_is_named_in_the_verdict() -> None:
+    change = comparison(
+        1,
+        math.inf,
+        kind="metadata",
+        detail="pass 1 (step 0, positions 16..31): positions 16..31 expected, 32..47 given",
+    )
+    found = diagnosis(localization=Localization(2.0, (suspect(1),), change))
+    assert found.verdict.endswith(
+        "consumed wrong serving metadata first: pass 1 (step 0, positions 16..31): positions "
+        "16..31 expected, 32..47 given"
+    )
 
 
 def test_a_missing_key_names_the_record_and_the_key() -> None:
@@ -322,6 +367,7 @@ def test_exported_names() -> None:
         "Comparison",
         "Diagnosis",
         "Localization",
+        "OutputCheck",
         "ProbeStep",
         "RootCause",
         "Suspect",

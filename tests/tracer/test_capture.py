@@ -96,7 +96,12 @@ def test_vllm_chunked_prefill_records_each_chunk(captured):
     prefill = [p for p in reader.passes if p.step == 0]
     assert [len(p.positions) for p in prefill] == [16, 16]
     assert prefill[1].positions == tuple(range(16, 32))
-    assert prefill[1].extra["seq_lens"] == [32]
+    # placed from the scheduler's state; what the model was given recorded beside it
+    assert prefill[1].extra["request"]["start"] == 16
+    assert prefill[1].extra["request"]["count"] == 16
+    assert prefill[1].extra["given_positions"] == list(range(16, 32))
+    assert prefill[1].extra["attention"]["0"]["seq_lens"] == [32]
+    assert prefill[1].extra["attention"]["0"]["query_start_loc"] == [0, 16]
 
 
 @pytest.mark.vllm

@@ -33,6 +33,9 @@ def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
         )
     )
     assert len(diagnosis.comparisons) > 20
+    metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
+    assert len(metadata) == 3 * 3, "input ids, positions, attention metadata in each pass"
+    assert all(c.ratio == 0 for c in metadata), [c.detail for c in metadata if c.ratio]
     if arch == "Cohere2ForCausalLM":
         # vLLM widens Cohere2's sliding window by one on purpose; transformers does not.
         assert diagnosis.diverged
@@ -41,10 +44,36 @@ def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
         assert not diagnosis.diverged, [
             (s.component, s.ratio) for s in diagnosis.localization.suspects
         ]
+        assert diagnosis.output is not None and not diagnosis.output.diverged
         worst = max(diagnosis.comparisons, key=lambda c: c.ratio)
         assert worst.ratio < 4, (
             f"a mapping that does not fit: {worst.target} ratio {worst.ratio:.3g}"
         )
+
+
+# 37 tokens: with 16 tokens a step, the prefill runs in chunks of 16, 16 and 5
+LONG_PROMPT = tuple([1] + [(5 * i + 7) % 480 + 16 for i in range(36)])
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Gemma3ForCausalLM", "Qwen3MoeForCausalLM"])
+def test_unmodified_vllm_chunked_prefill_matches_the_request_everywhere(arch, zoo_model, tmp_path):
+    """Chunked prefill and decode on a pristine engine (one KV-cache group, a sliding-window
+    and a full one, an MoE): every pass placed and every metadata check as expected."""
+    diagnosis = run_diagnosis(
+        DiagnoseConfig(
+            model=str(zoo_model(arch)),
+            prompt_ids=LONG_PROMPT,
+            workdir=str(tmp_path),
+            max_tokens=3,
+            engine={"max_num_batched_tokens": 16},
+        )
+    )
+    passes = {c.pass_index: c.step for c in diagnosis.comparisons}
+    assert passes == {0: 0, 1: 0, 2: 0, 3: 1, 4: 2}
+    metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
+    assert len(metadata) == 5 * 3
+    assert all(c.ratio == 0 for c in metadata), [c.detail for c in metadata if c.ratio]
+    assert not diagnosis.diverged, diagnosis.verdict
 
 
 def _patched_copy(case_id: str, root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -105,6 +106,66 @@ def test_diverging_input_names_the_parent_module():
     result = localize(seq)
     assert result.suspects[0].component == "model.layers.0.mlp"
     assert "glue" in result.suspects[0].evidence
+
+
+def test_a_layers_diverging_input_puts_the_glue_in_the_backbone():
+    """The embedding matches, the first layer's input does not: the code between them is in
+    the backbone's forward (`model`), not in the layer's."""
+    seq = [
+        comp(0, "model.embed_tokens", 0.3),
+        comp(1, "model.layers.0", 50, kind="input"),
+        comp(2, "model.layers.0.input_layernorm", 50, kind="input"),
+        comp(3, "model.layers.0.input_layernorm", 1.0),
+        comp(4, "model.layers.0.self_attn.qkv_proj", 30),
+        comp(5, "model.layers.0", 40),
+        comp(6, "model", 40),
+    ]
+    top = localize(seq).suspects[0]
+    assert top.component == "model"
+    assert "glue code in model.forward" in top.evidence
+
+
+def test_a_layers_matching_input_keeps_the_glue_in_the_layer():
+    seq = [
+        comp(0, "model.embed_tokens", 0.3),
+        comp(1, "model.layers.0", 1.0, kind="input"),
+        comp(2, "model.layers.0.self_attn.o_proj", 0.8),
+        comp(3, "model.layers.0.post_attention_layernorm", 60, kind="input"),
+        comp(4, "model.layers.0.post_attention_layernorm", 60),
+        comp(5, "model.layers.0", 40),
+    ]
+    top = localize(seq).suspects[0]
+    assert top.component == "model.layers.0"
+    assert top.source_line == 5  # the layer's own class and source, not the norm's
+
+
+def test_wrong_metadata_names_its_consumer_with_the_check_as_evidence():
+    wrong = replace(
+        comp(2, "model.layers.0.self_attn.rotary_emb", math.inf, pass_index=1, kind="metadata"),
+        detail="pass 1 (step 1, positions 32): positions 32 expected, 33 given",
+    )
+    seq = [
+        comp(0, "model.embed_tokens", 0.3, pass_index=1),
+        comp(1, "model.layers.0.self_attn.qkv_proj", 0.4, pass_index=1),
+        wrong,
+        comp(3, "model.layers.0.self_attn.rotary_emb", 30, pass_index=1),
+        comp(4, "model.layers.0.self_attn.attn", 30, pass_index=1),
+        comp(5, "model.layers.0", 30, pass_index=1),
+    ]
+    result = localize(seq)
+    assert result.change_point == wrong
+    top = result.suspects[0]
+    assert top.component == "model.layers.0.self_attn.rotary_emb"
+    assert "positions 32 expected, 33 given" in top.evidence
+
+
+def test_wrong_metadata_stays_up_when_the_passes_after_it_diverge():
+    """A wrong cache slot in the prefill is read back later: persistence counts the run."""
+    wrong = comp(1, "model.layers.0.self_attn.attn", math.inf, kind="metadata")
+    seq = [comp(0, "model.layers.0.self_attn.qkv_proj", 0.4), wrong]
+    seq += [comp(2 + i, f"c{i}", 0.5) for i in range(3)]  # the prefill reads its own K/V
+    seq += [comp(5 + i, f"d{i}", 40, pass_index=1) for i in range(8)]
+    assert localize(seq).change_point == wrong
 
 
 def test_threshold_is_configurable():
@@ -220,7 +281,7 @@ def test_figures_of_many_comparisons_at_once_are_each_ones_figures():
     for trial in range(40):
         floor = rng.choice([4e-6, 2.0**-9])
         noisy = rng.random() < 0.5
-        sink = _Figures(floor)
+        sink = _Figures(floor, {})
         expected = {}
         index = 0
         for _ in range(rng.randint(1, 6)):  # groups: one component's segments each

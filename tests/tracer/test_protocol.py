@@ -121,6 +121,7 @@ INSIDE = {
     "ekka.tracer.adapters",
     "ekka.tracer.adapters.vllm",
     "ekka.tracer.adapters.vllm_replay",
+    "ekka.tracer.adapters.vllm_requests",
     "ekka.tracer.hooks",
     "ekka.tracer.model_config",
     "ekka.tracer.protocol",

@@ -10,12 +10,13 @@ This module runs inside the framework's process, as a container image or a remot
 would run it: it imports nothing of Ekka's parent side (only the protocol, the model
 configuration, the trace writer and the hooks).
 
-Per forward pass it records the pass's token ids and positions (copied at once: vLLM reuses
-its input buffers), the CPU attention metadata of the first attention layer (seq_lens,
-query_start_loc, slot_mapping, block table row), every module call (none for a bisection
-probe, `logits_only`), and the logits of the pass. The step of a pass is derived from its
-positions: rows before the prompt's end are the prefill (step 0, possibly in several chunks),
-a row at position P + k - 1 is decode step k.
+Per forward pass it records where the pass's rows lie in the request, from the scheduler
+(`vllm_requests`: the tokens computed before the step and those scheduled in it, never the
+model's own positions, which a serving bug may have corrupted), what the model was given
+(input ids, positions, the attention metadata of each KV-cache group), every module call (none
+for a bisection probe, `logits_only`), and the logits of the pass. The step of a pass follows
+from its span: a span that ends inside the prompt or at its end is the prefill (step 0,
+possibly in several chunks), one that ends at P + k is decode step k.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ekka.tracer.adapters.vllm_requests import SchedulerSpans, attention_metadata
 from ekka.tracer.model_config import context_length, read_config
 from ekka.tracer.protocol import (
     CaptureSpec,
@@ -104,6 +106,7 @@ class VllmTarget:
         self.header_extra: dict[str, Any] = {}
         self.delegates: dict[str, list[list[Any]]] = {}
         self.root_source: tuple[str | None, int | None] = (None, None)
+        self.spans = SchedulerSpans()
         self._handles: list[Any] = []
 
     def generate(self) -> list[int]:
@@ -113,7 +116,10 @@ class VllmTarget:
 
         self.writer = TraceWriter(self.spec.out, self.header, shard_bytes=self.spec.shard_bytes)
         params = SamplingParams(max_tokens=self.spec.max_tokens, temperature=0.0, ignore_eos=True)
+        spans = SchedulerSpans()
+        self.spans = spans
         try:
+            self.llm.collective_rpc(spans.install)
             model_class = self.llm.apply_model(self._install)[0]
             started = time.perf_counter()
             outputs = self.llm.generate(
@@ -121,7 +127,9 @@ class VllmTarget:
             )
             self.timings["traced_generate"] = time.perf_counter() - started
             self.llm.apply_model(self._uninstall)  # hands the records to the writer
+            spans.remove()
         except BaseException:
+            spans.remove()
             if self.recorder is not None:  # keep what was recorded before the failure
                 self.recorder.remove()
             self.writer.close(complete=False)
@@ -131,6 +139,7 @@ class VllmTarget:
             "model_class": model_class,
             "model_source": list(self.root_source),
             "delegates": self.delegates,
+            "modules": self.recorder.module_classes if self.recorder is not None else {},
         }
         return self.generated
 
@@ -167,7 +176,7 @@ class VllmTarget:
         from ekka.tracer.hooks import ModuleRecorder, source_location
 
         assert self.writer is not None
-        writer, prompt_len = self.writer, len(self.spec.prompt_ids)
+        writer, prompt_len, spans = self.writer, len(self.spec.prompt_ids), self.spans
         recorder = ModuleRecorder(
             writer,
             model,
@@ -183,9 +192,17 @@ class VllmTarget:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
             ids = [] if input_ids is None else input_ids.detach().flatten().tolist()
-            pos = [] if positions is None else positions.detach().flatten().tolist()
-            last = max(pos) if pos else 0
-            step = 0 if last < prompt_len else last - prompt_len + 1
+            given = [] if positions is None else positions.detach().tolist()
+            span = spans.placement()
+            extra: dict[str, Any] = {"given_positions": given}
+            if span is not None:  # the request's own tokens, as the scheduler placed them
+                pos = list(range(span["start"], span["start"] + span["count"]))
+                extra["request"] = span
+                extra["attention"] = attention_metadata(spans.group_of)
+            else:  # no scheduler step seen: the model's own positions (not checked)
+                pos = _flat_positions(given)
+            end = pos[-1] + 1 if pos else 0
+            step = max(0, end - prompt_len)
             recorder.begin_pass(step)
             writer.add_pass(
                 PassInfo(
@@ -193,7 +210,7 @@ class VllmTarget:
                     step=step,
                     input_ids=tuple(ids),
                     positions=tuple(pos),
-                    extra=attention_metadata(),
+                    extra=extra,
                 )
             )
 
@@ -215,27 +232,12 @@ class VllmTarget:
         self.recorder.remove()
 
 
-def attention_metadata() -> dict[str, Any]:
-    """seq_lens, query_start_loc, slot_mapping and block table of the pass (first layer)."""
-    try:
-        from vllm.forward_context import get_forward_context
-
-        # any version's layout: a dict per layer, a list of them, or the metadata itself
-        metadata: object = get_forward_context().attn_metadata
-    except Exception:  # no context outside a model run, or another version's layout
-        return {}
-    if isinstance(metadata, list):
-        metadata = metadata[0] if metadata else None
-    if isinstance(metadata, dict):
-        metadata = next(iter(metadata.values()), None)
-    if metadata is None:
-        return {}
-    extra: dict[str, Any] = {}
-    for key in ("seq_lens", "query_start_loc", "slot_mapping", "block_table"):
-        value = getattr(metadata, key, None)
-        if value is not None and hasattr(value, "tolist"):
-            extra[key] = value.detach().cpu().tolist()
-    return extra
+def _flat_positions(given: Any) -> list[int]:
+    """Token positions of the rows from the model's positions (M-RoPE's `[3, tokens]`: the
+    first row, the text positions)."""
+    if given and isinstance(given[0], list):
+        given = given[0]
+    return [int(p) for p in given]
 
 
 def module_delegates(model: Any) -> dict[str, list[list[Any]]]:

@@ -1,0 +1,183 @@
+"""The serving metadata of each target pass against what a correct engine derives from the request.
+
+The target records, per forward pass, where the pass's rows lie in the request (from the
+scheduler: the tokens computed before the step and those scheduled in it, with the KV-cache
+blocks allocated to the request) and what the model was given. A correct engine gives:
+
+- input ids: the request's tokens (the prompt, then the generated ones) over the span;
+- positions: the span's positions, `start .. start + count - 1`;
+- attention metadata, per KV-cache group: sequence length `start + count`, query offsets
+  `[0, count]`, the block table row starting with the request's blocks, and the slot mapping
+  `block[p // block_size] * block_size + p % block_size` of each position p of the span.
+
+Each check names the module that consumes the metadata first (the embedding, the rotary
+embedding, the attention), so that the comparison stream holds it just before that module and
+the change point can land on it; a mismatch is said as "positions 16..31 expected, 32..47 given".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ekka.tracer.trace import PassInfo
+
+# What consumes each check's metadata first (`consumer_of` finds that module in a pass).
+EMBEDDING, ROTARY, ATTENTION = "embedding", "rotary", "attention"
+
+
+@dataclass(frozen=True)
+class MetadataCheck:
+    """One pass's metadata for one consumer, against the expectation."""
+
+    pass_index: int
+    step: int
+    consumer: str  # EMBEDDING, ROTARY or ATTENTION
+    checked: tuple[str, ...]  # the metadata compared ("input ids", "positions", ...)
+    mismatches: tuple[str, ...]  # one sentence per wrong field; empty when all match
+    start: int  # the span's first position
+    count: int  # the span's tokens
+    first_wrong: int | None  # the first position where a field is wrong, when known
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def describe(self) -> str:
+        where = (
+            f"pass {self.pass_index} (step {self.step}, positions {_range(self.start, self.count)})"
+        )
+        if self.ok:
+            return f"{where}: {', '.join(self.checked)} as expected"
+        return f"{where}: " + "; ".join(self.mismatches)
+
+
+def check_passes(passes: Sequence[PassInfo], tokens: Sequence[int]) -> list[MetadataCheck]:
+    """Every check of every pass placed by the scheduler (`tokens`: prompt then generated)."""
+    checks: list[MetadataCheck] = []
+    for info in passes:
+        checks.extend(check_pass(info, tokens))
+    return checks
+
+
+def check_pass(info: PassInfo, tokens: Sequence[int]) -> list[MetadataCheck]:
+    span = info.extra.get("request")
+    if not isinstance(span, dict):
+        return []  # placed by the model's own positions: nothing independent to check against
+    start, count = int(span["start"]), int(span["count"])
+    checks = [
+        _check(
+            info, EMBEDDING, start, count, {"input ids": _input_ids(info, tokens, start, count)}
+        ),
+        _check(
+            info,
+            ROTARY,
+            start,
+            count,
+            {"positions": _positions(info.extra.get("given_positions"), start, count)},
+        ),
+    ]
+    attention = info.extra.get("attention") or {}
+    fields: dict[str, tuple[str, int | None] | None] = {}
+    for group, given in sorted(attention.items()):
+        label = "" if len(attention) == 1 else f" (KV-cache group {group})"
+        for name, found in _attention(given, span, int(group), start, count).items():
+            fields[name + label] = found
+    if fields:
+        checks.append(_check(info, ATTENTION, start, count, fields))
+    return checks
+
+
+def _check(
+    info: PassInfo,
+    consumer: str,
+    start: int,
+    count: int,
+    fields: dict[str, tuple[str, int | None] | None],
+) -> MetadataCheck:
+    """`fields`: per metadata name, None where it matches, else (the sentence, first wrong
+    position)."""
+    wrong = [(name, found) for name, found in fields.items() if found is not None]
+    firsts = [f[1] for _, f in wrong if f[1] is not None]
+    return MetadataCheck(
+        pass_index=info.index,
+        step=info.step,
+        consumer=consumer,
+        checked=tuple(fields),
+        mismatches=tuple(f"{name} {found[0]}" for name, found in wrong),
+        start=start,
+        count=count,
+        first_wrong=min(firsts) if firsts else None,
+    )
+
+
+def _compare(
+    expected: Sequence[int], given: Sequence[int], start: int
+) -> tuple[str, int | None] | None:
+    """None where `given` holds `expected` first (padding after it is allowed)."""
+    head = list(given[: len(expected)])
+    if head == list(expected):
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(expected, head)) if a != b), len(head))
+    return f"{_values(expected)} expected, {_values(head)} given", start + first
+
+
+def _input_ids(
+    info: PassInfo, tokens: Sequence[int], start: int, count: int
+) -> tuple[str, int | None] | None:
+    known = list(tokens[start : start + count])  # the last generated token is never fed
+    return _compare(known, info.input_ids, start)
+
+
+def _positions(given: Any, start: int, count: int) -> tuple[str, int | None] | None:
+    expected = list(range(start, start + count))
+    rows = given if given and isinstance(given[0], list) else [given or []]
+    for row in rows:  # M-RoPE: every section of a text token holds its position
+        found = _compare(expected, row, start)
+        if found is not None:
+            return found
+    return None
+
+
+def _attention(
+    given: dict[str, Any], span: dict[str, Any], group: int, start: int, count: int
+) -> dict[str, tuple[str, int | None] | None]:
+    end = start + count
+    out: dict[str, tuple[str, int | None] | None] = {}
+    if "seq_lens" in given:
+        out["sequence length"] = _compare([end], given["seq_lens"], start)
+    if "query_start_loc" in given:
+        out["query offsets"] = _compare([0, count], given["query_start_loc"], start)
+    blocks = span.get("block_ids") or []
+    sizes = span.get("block_sizes") or []
+    if group >= len(blocks) or group >= len(sizes) or not sizes[group]:
+        return out
+    ids, size = blocks[group], int(sizes[group])
+    needed = -(-end // size)
+    if "block_table" in given and len(ids) >= needed:
+        rows = given["block_table"]
+        row = rows[0] if rows and isinstance(rows[0], list) else rows
+        out["block table"] = _compare(ids[:needed], row, 0)
+        if out["block table"] is not None:  # which position first reads a wrong block
+            wrong = out["block table"][1] or 0
+            out["block table"] = (out["block table"][0], max(start, wrong * size))
+    if "slot_mapping" in given and len(ids) >= needed:
+        slots = [ids[p // size] * size + p % size for p in range(start, end)]
+        out["slot mapping"] = _compare(slots, given["slot_mapping"], start)
+    return out
+
+
+def _range(start: int, count: int) -> str:
+    return str(start) if count == 1 else f"{start}..{start + count - 1}"
+
+
+def _values(values: Sequence[int]) -> str:
+    """`16..31` for a run of consecutive values, else the values (the first eight)."""
+    values = list(values)
+    if not values:
+        return "nothing"
+    if len(values) > 2 and values == list(range(values[0], values[0] + len(values))):
+        return f"{values[0]}..{values[-1]}"
+    shown = ", ".join(str(v) for v in values[:8])
+    return f"[{shown}{', ...' if len(values) > 8 else ''}]"
