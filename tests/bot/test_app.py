@@ -317,3 +317,31 @@ def test_missing_values_without_defaults_are_asked_for(tmp_path, github, history
     assert any("needs a model" in b and "`a`, `b`" in b for b in bodies)
     assert any('needs a prompt: write `prompt="TEXT"`' in b for b in bodies)
     assert bot.store.jobs() == []
+
+
+@pytest.mark.postgres
+def test_a_whole_job_with_the_queue_on_postgresql(tmp_path, github, history, start_bot):
+    import os
+
+    import sqlalchemy as sa
+
+    from ekka.bot.db import metadata
+
+    url = os.environ.get("EKKA_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("EKKA_REQUIRE_POSTGRES"):
+            pytest.fail("EKKA_TEST_POSTGRES_URL is not set, and CI requires PostgreSQL")
+        pytest.skip("EKKA_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server)")
+    engine = sa.create_engine(url)
+    metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS verdicts"))
+    engine.dispose()
+    bot = start_bot(bot_config(tmp_path, github, history, database_url=url))
+    bot.command(github, f"/ekka diagnose good={history.good}")
+    bot.deliver("ping", {"zen": "x"}, delivery="pg-1")
+    assert bot.deliver("ping", {"zen": "x"}, delivery="pg-1").json()["status"] == "duplicate"
+    job = wait_for(lambda: (j := bot.store.job(1)) is not None and j.state is JobState.DONE and j)
+    assert job.result["first_bad"]["sha"] == history.bug and job.pr_number == history.bug_pr
+    [reply] = github.bot_comments(REPO, 12)
+    assert history.bug[:10] in reply["body"]

@@ -150,9 +150,9 @@ def test_a_worker_killed_mid_job_is_resumed_without_duplicate_comments(
     first = start_worker(config_file, github, log)
     try:
         wait_for(
-            lambda: (j := bot.store.job(1)) is not None and "probed 2 of" in j.progress,
+            lambda: (j := bot.store.job(1)) is not None and "probed 3 of" in j.progress,
             timeout=60,
-            what="two probes",
+            what="three verdicts (the endpoints are cached once both are known)",
         )
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # no clean-up of any kind
