@@ -46,8 +46,7 @@ def test_the_final_comment_says_what_a_maintainer_needs(diagnosis):
     assert rows[0].startswith("| 1 | `model.layers.0.input_layernorm` | RMSNorm |")
     assert "wrong by itself" in rows[0]
     assert (
-        "--engine enable_chunked_prefill=true" in text
-        and "--prompt 'The quick brown fox'" in text
+        "--engine enable_chunked_prefill=true" in text and "--prompt 'The quick brown fox'" in text
     )
     assert text.rstrip().endswith("https://ekka.example.org/jobs/7/report")
     assert "jobs/7/report" not in final(diagnosis, base_url=None)
