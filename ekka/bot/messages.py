@@ -70,6 +70,9 @@ Job #{job} ({link}): **{state}**. {progress}"""
 NO_JOB = """{marker}
 There is no Ekka job on this issue yet. `/ekka diagnose` starts one."""
 
+BUSY = """{marker}
+@{user}, job #{job} is already {state} on this issue ({link}); one job per issue at a time. `/ekka cancel` stops it."""
+
 CANCEL_ACK = """{marker}
 Job #{job}: {what}."""
 

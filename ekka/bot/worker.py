@@ -97,6 +97,20 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
             context, command, messages.NEEDS.format(marker=marker, user=user, what=missing, how=how)
         )
         return f"no {missing}"
+    current = context.store.job_for_command(command.repository, command.comment, command.text)
+    busy = [
+        j
+        for j in context.store.jobs(repository=command.repository, issue=command.issue, limit=5)
+        if j.state not in FINAL_STATES and (current is None or j.id != current.id)
+    ]
+    if busy:
+        other = busy[0]
+        link = messages.issue_url(command.repository, command.issue, other.reply_comment)
+        body = messages.BUSY.format(
+            marker=marker, user=user, job=other.id, state=other.state.value, link=link
+        )
+        reply(context, command, body)
+        return f"busy: job {other.id}"
     prompt = options.get("prompt")
     if prompt is None and model.prompt is None and not model.prompt_ids:
         how = f'write `prompt="TEXT"`; the model `{model.name}` has no default prompt.'

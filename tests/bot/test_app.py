@@ -345,3 +345,18 @@ def test_a_whole_job_with_the_queue_on_postgresql(tmp_path, github, history, sta
     assert job.result["first_bad"]["sha"] == history.bug and job.pr_number == history.bug_pr
     [reply] = github.bot_comments(REPO, 12)
     assert history.bug[:10] in reply["body"]
+
+
+def test_one_job_per_issue_at_a_time(tmp_path, github, history, start_bot, monkeypatch):
+    monkeypatch.setenv("EKKA_TEST_SLEEP", "0.3")
+    bot = start_bot(bot_config(tmp_path, github, history))
+    bot.command(github, f"/ekka diagnose good={history.good}")
+    wait_for(lambda: (j := bot.store.job(1)) is not None and j.state is JobState.RUNNING)
+    bot.command(github, f"/ekka diagnose good={history.good} max-tokens=2")
+    busy = wait_for(
+        lambda: [c for c in github.bot_comments(REPO, 12) if "already running" in c["body"]]
+    )
+    assert "job #1 is already running" in busy[0]["body"] and len(bot.store.jobs()) == 1
+    wait_for(lambda: bot.store.job(1).state is JobState.DONE)
+    bot.command(github, f"/ekka diagnose good={history.good} max-tokens=2")  # now it may
+    wait_for(lambda: len(bot.store.jobs()) == 2)
