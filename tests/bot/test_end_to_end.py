@@ -79,8 +79,10 @@ def test_diagnose_on_an_issue_names_the_commit_and_comments_on_its_pr(
     replies = github.bot_comments(REPO, 12)
     final = replies[-1]["body"] if replies else ""
     out = os.environ.get("EKKA_BOT_E2E_COMMENT")
-    if out:  # keep the comment as the server received it, for a human to read
+    if out:  # keep the comments as the server received them, for a human to read
         Path(out).write_text(final)
+        pulls = github.bot_comments(REPO, history.bug_pr)
+        Path(out + ".pr").write_text(pulls[-1]["body"] if pulls else "")
     assert job.state is JobState.DONE, (job.error, final)
     assert len(replies) == 1 and replies[0]["_edits"] >= 3  # progress, then the report
     assert f"(https://github.com/{REPO}/commit/{history.bug})" in final
