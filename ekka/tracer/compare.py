@@ -98,7 +98,11 @@ def _consumers(records: Sequence[Record]) -> dict[tuple[int, str], Record]:
             found.setdefault((p, ROTARY), record)
         if record.name.endswith(".attn") or cls == "Attention":
             found.setdefault((p, ATTENTION), record)
-        elif "Attention" in cls and record.leaf:
+        elif "Attention" in cls and (record.leaf or p not in fallback):
+            # another attention leaf; else the module holding the attention (where the hooks do
+            # not see the inner call, as in vLLM's Phi, OLMo 2, Starcoder2)
+            if record.leaf and p in fallback and not fallback[p].leaf:
+                fallback[p] = record
             fallback.setdefault(p, record)
     for p, record in fallback.items():
         found.setdefault((p, ATTENTION), record)
@@ -551,9 +555,11 @@ class _Figures:
             if record is None:
                 continue
             bad = not check.ok
+            # before the consumer's call began (a container's record comes after its insides)
+            began = self.first_inside.get((record.pass_index, record.name), record.index)
             self.fixed.append(
                 (
-                    (record.index, -1),
+                    (min(began, record.index), -1),
                     Comparison(
                         0,
                         record.name,
