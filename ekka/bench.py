@@ -39,6 +39,7 @@ class Case:
     truth_components: tuple[str, ...]
     truth_files: tuple[str, ...]
     framework: str = "vllm"
+    pretrained: str | None = None  # a pretrained zoo model (real weights) instead of random init
 
 
 @dataclass
@@ -77,11 +78,18 @@ def load_case(folder: Path) -> Case:
         raise UsageError(f"{toml}: not valid TOML ({exc}).") from None
     try:
         model, run, truth = data["model"], data["run"], data["truth"]
+        pretrained = model.get("pretrained")
+        if pretrained is not None:
+            from ekka.zoo.pretrained import get_pretrained
+
+            architecture = model.get("architecture") or get_pretrained(pretrained).architecture
+        else:
+            architecture = model["architecture"]
         return Case(
             id=data.get("id", folder.name),
             path=folder,
             summary=data.get("summary", ""),
-            architecture=model["architecture"],
+            architecture=architecture,
             dtype=model.get("dtype", "float32"),
             seed=int(model.get("seed", 0)),
             config=dict(model.get("config", {})),
@@ -92,6 +100,7 @@ def load_case(folder: Path) -> Case:
             truth_components=tuple(truth["components"]),
             truth_files=tuple(truth.get("files", ())),
             framework=data.get("framework", "vllm"),
+            pretrained=pretrained,
         )
     except KeyError as exc:
         raise UsageError(f"{toml}: missing key {exc} (see bench/FORMAT.md).") from None
@@ -143,8 +152,16 @@ def copy_sources(package_dir: Path, dest_root: Path) -> Path:
 
 
 def build_case_model(case: Case, out: Path) -> Path:
+    """The case's model: random weights from its config, or a pretrained zoo model (prepared
+    once and cached) with `[model.config]` as runtime overrides."""
     from ekka.zoo import build_model
 
+    if case.pretrained is not None:
+        from ekka.zoo.pretrained import build_pretrained, set_runtime_config
+
+        build_pretrained(case.pretrained, out)
+        set_runtime_config(out, case.config)
+        return out
     return build_model(
         case.architecture,
         out,

@@ -70,13 +70,41 @@ def zoo_build(
     seed: int = typer.Option(0, help="torch.manual_seed before random init."),
     set_: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
 ) -> None:
-    """Write a tiny random-weight model and a locally trained tokenizer into --out."""
+    """Write a tiny random-weight model and a locally trained tokenizer into --out, or a
+    pretrained zoo model (`gemma3-270m`: real weights, from the `real` extra) prepared once and
+    cached."""
     from ekka.zoo import build_model, parse_set_values
+    from ekka.zoo.pretrained import is_pretrained
 
+    if is_pretrained(arch):
+        if set_ or seed:
+            raise UsageError(
+                f"{arch} is a pretrained model: --set and --seed apply to random-weight models only."
+            )
+        path = _build_pretrained(arch, out_dir, dtype)
+        out.print(f"built {arch} into {path}")
+        return
     overrides = parse_set_values(set_)
     with console.status(f"building {arch} ..."):
         path = build_model(arch, out_dir, dtype=dtype, seed=seed, overrides=overrides)
     out.print(f"built {arch} into {path}")
+
+
+def _build_pretrained(name: str, out_dir: Path, dtype: str) -> Path:
+    """A pretrained zoo model into `out_dir`, with a progress bar while it is first prepared."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ekka.zoo.pretrained import build_pretrained
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"{name}: cached?", total=None)
+
+        def step(number: int, steps: int, what: str) -> None:
+            bar.update(task, total=steps, completed=number - 1, description=f"{name}: {what}")
+
+        path = build_pretrained(name, out_dir, dtype=dtype, progress=step)
+    return path
 
 
 @app.command()

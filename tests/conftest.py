@@ -66,3 +66,19 @@ def captured(
         return cache[key]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pretrained Gemma 3 270M (real weights), prepared once into Ekka's cache (minutes the
+    first time) and linked into a session folder. Needs the `real` extra: without it the tests
+    skip, except in CI, which installs it (a skip there would hide the tests)."""
+    from ekka.zoo.pretrained import build_pretrained, get_pretrained, missing_packages
+
+    missing = missing_packages(get_pretrained("gemma3-270m"))
+    if missing:
+        message = f"the `real` extra is not installed (missing: {', '.join(missing)})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return build_pretrained("gemma3-270m", tmp_path_factory.mktemp("gemma3-270m"))

@@ -78,7 +78,7 @@ def _parse_value(raw: str) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' warnings about class-default configs and its save progress bar."""
     from transformers.utils import logging
 
@@ -323,7 +323,7 @@ def build_model(
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
     _check_json_values(overrides)
-    with _quiet_transformers():
+    with quiet_transformers():
         config = _make_config(spec, overrides, zoo_defaults)
         _check_vocab(config, DEFAULT_VOCAB_SIZE)
         _check_size(spec, config)
