@@ -624,13 +624,17 @@ class _Figures:
             )
 
     def _figures(self) -> list[tuple[float, float, float, int, float]]:
-        """(ratio, error, noise, worst row, its token ratio) of each comparison."""
+        """(ratio, error, noise, worst row, its token ratio) of each comparison; a component's
+        passes and steps pool their noise (`segment_figures`)."""
+        ids: dict[tuple[str, str], int] = {}
+        groups = [ids.setdefault((item[1].name, item[3]), len(ids)) for item in self.items]
         ratio, error, noise, worst, top, _ = segment_figures(
             np.array(self.y, dtype=np.float64),
             np.array(self.t, dtype=np.float64),
             np.array(self.n, dtype=np.float64),
             self.lengths,
             self.floor,
+            groups,
         )
         return list(
             zip(ratio.tolist(), error.tolist(), noise.tolist(), worst.tolist(), top.tolist())

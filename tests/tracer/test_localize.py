@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,12 +245,14 @@ def _figures_by_hand(y_rows, t_rows, n_rows, floor):
     t_total = _norm(t_rows)
     error = t_total / y_total if math.isfinite(t_total) else math.inf
     noise = 0.0 if n_rows is None else _norm(n_rows) / y_total
+    # each comparison here is its own component: its pooled noise is its own
+    pooled = floor if n_rows is None or not math.isfinite(noise) else max(noise, floor)
     noise = max(noise, floor) if math.isfinite(noise) else noise
     ratio = error / noise if noise > 0 else math.inf
     if n_rows is None:
         token_noise = [floor * y for y in y_rows]
     else:
-        token_noise = [max(n, floor * y) for n, y in zip(n_rows, y_rows)]
+        token_noise = [max(n, pooled * y) for n, y in zip(n_rows, y_rows)]
     median = sorted(token_noise)[(len(token_noise) - 1) // 2]  # the lower median
     tokens = []
     for t, n in zip(t_rows, token_noise):
@@ -332,3 +335,23 @@ def test_figures_of_many_comparisons_at_once_are_each_ones_figures():
             ):
                 assert (a != a and b != b) or a == pytest.approx(b, rel=1e-5), (trial, key)
             assert c.worst_position == positions[worst] and c.rows == len(positions)
+
+
+def test_a_component_pools_its_noise_over_its_passes():
+    """A decode step's one row whose serving-dtype reference happened to round well is not
+    taken for the component's noise: the component's noise over the run is the floor."""
+    from ekka.tracer.metrics import segment_figures
+
+    # component 0: a prefill of 4 rows (relative noise 0.01) and a decode row (0.002);
+    # component 1: one row alone (0.002), pooled with nothing
+    y = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    n = np.array([0.01, 0.01, 0.01, 0.01, 0.002, 0.002])
+    t = np.array([0.01, 0.01, 0.01, 0.01, 0.008, 0.008])
+    ratio, _, noise, _, top, _ = segment_figures(y, t, n, [4, 1, 1], 2.0**-9, [0, 0, 1])
+    pooled = math.sqrt((4 * 0.01**2 + 0.002**2) / 5)
+    assert noise[1] == pytest.approx(pooled)
+    assert ratio[1] == pytest.approx(0.008 / pooled) and top[1] == pytest.approx(ratio[1])
+    assert ratio[2] == pytest.approx(0.008 / 0.002)  # alone: its own noise
+    # float32 (no serving-dtype reference, -1): only the dtype's floor
+    quiet = segment_figures(y, t, -np.ones(6), [4, 1, 1], 4e-6, [0, 0, 1])
+    assert quiet[0][1] == pytest.approx(0.008 / 4e-6)
