@@ -186,9 +186,14 @@ def demo(
     db: str | None = typer.Option(
         None, help="Verdict cache URL (default: a SQLite file in --workdir)."
     ),
+    model: str = typer.Option(
+        "llama",
+        help="llama (a tiny random-weight zoo model: fast) or gemma3-270m (real weights, from "
+        "the `real` extra; prepared once, minutes).",
+    ),
 ) -> None:
     """The main job on embedded defaults: a local history of the installed vLLM release's Python
-    sources with a regression among harmless commits, a zoo model, the local executor; prints the
+    sources with a regression among harmless commits, a model, the local executor; prints the
     root-cause report (which commit, which component)."""
     from importlib.resources import files
 
@@ -197,29 +202,35 @@ def demo(
     from ekka.tracer.capture import resolve_prompt
     from ekka.zoo import build_model
 
+    if model not in DEMOS:
+        raise UsageError(f"--model must be one of {', '.join(DEMOS)}, got {model!r}.")
+    patch_name, title, prompt = DEMOS[model]
     workdir.mkdir(parents=True, exist_ok=True)
-    patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
+    if model == "llama":
+        with console.status("building zoo model llama ..."):
+            model_dir = build_model("llama", workdir / "model", overrides={"rms_norm_eps": 1e-5})
+    else:
+        model_dir = _build_pretrained(model, workdir / f"model-{model}", "float32")
+    patch = Path(str(files("ekka") / "data" / patch_name))
     with console.status("making a vLLM history: harmless commits around a regression ..."):
         history = make_bug_history(
             base_repository(workdir),
-            workdir / "vllm-repo",
+            workdir / ("vllm-repo" if model == "llama" else f"vllm-repo-{model}"),
             patch,
-            "[Model] Llama: build the decoder norms with RMSNorm defaults",
+            title,
         )
     console.print(f"history: {len(history.commits)} commits after the release in {history.repo}")
-    with console.status("building zoo model llama ..."):
-        model_dir = build_model("llama", workdir / "model", overrides={"rms_norm_eps": 1e-5})
-    ids = resolve_prompt(model_dir, DEMO_PROMPT, None)
+    ids = resolve_prompt(model_dir, prompt, None)
     found = _full_diagnosis(
         repo=history.repo,
         good=history.good,
         bad=history.bad,
         model=model_dir,
         ids=ids,
-        prompt=DEMO_PROMPT,
+        prompt=prompt,
         dtype="float32",
         max_tokens=4,
-        threshold=2.0,
+        threshold=None,
         out_dir=workdir / "diagnosis",
         workers=1,
         repeats=1,
@@ -243,7 +254,7 @@ def _full_diagnosis(
     prompt: str | None,
     dtype: str,
     max_tokens: int,
-    threshold: float,
+    threshold: float | None,
     out_dir: Path,
     workers: int,
     repeats: int,
@@ -357,7 +368,11 @@ def diagnose(
     prompt_ids: str | None = typer.Option(None, help="Prompt token ids, comma-separated."),
     dtype: str = typer.Option("float32", help="Serving dtype: float32 or bfloat16."),
     max_tokens: int = typer.Option(4, help="Greedy tokens the target generates."),
-    threshold: float = typer.Option(2.0, help="Error-ratio threshold of the change point."),
+    threshold: float | None = typer.Option(
+        None,
+        help="Error-ratio threshold of the change point (default: the dtype's calibrated one, "
+        "float32 4, bfloat16 6).",
+    ),
     out_dir: Path = typer.Option(
         Path(".ekka/diagnosis"), "--out", help="Folder for traces and reports."
     ),
@@ -390,8 +405,8 @@ def diagnose(
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     engine_args = parse_engine_args(engine)
-    if threshold <= 0:
-        raise UsageError("--threshold must be positive (default 2).")
+    if threshold is not None and threshold <= 0:
+        raise UsageError("--threshold must be positive (default: the dtype's calibrated one).")
 
     from ekka.report import suspects_table, write_reports
     from ekka.tracer.capture import resolve_prompt, validate
@@ -636,6 +651,21 @@ DEMO_PROMPT = (
     "The quick brown fox jumps over the lazy dog while seven small birds sing on an old "
     "wooden fence near the quiet river."
 )
+# `ekka demo --model M`: the regression planted in the history (ekka/data), its commit title,
+# the prompt. gemma3-270m's is the real-weight bench case gemma3-local-rope-base-ignored.
+DEMOS = {
+    "llama": (
+        "demo-regression.patch",
+        "[Model] Llama: build the decoder norms with RMSNorm defaults",
+        DEMO_PROMPT,
+    ),
+    "gemma3-270m": (
+        "demo-regression-gemma3.patch",
+        "[Model] Gemma 3: one RoPE table for every layer",
+        "Gemma is a family of lightweight, open models. A small model is useful when it runs "
+        "quickly on a laptop and still answers questions about history, science and cooking.",
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

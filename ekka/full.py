@@ -44,7 +44,7 @@ class FullConfig:
     dtype: str = "float32"
     max_tokens: int = 4
     engine: Mapping[str, Any] = field(default_factory=dict)
-    threshold: float = 2.0
+    threshold: float | None = None  # None: the dtype's calibrated one (localize.threshold_for)
     workers: int = 1
     repeats: int = 1
     db_url: str | None = None

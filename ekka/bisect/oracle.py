@@ -24,6 +24,7 @@ from typing import Any
 
 from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.tracer.capture import capture
+from ekka.tracer.localize import threshold_for
 from ekka.tracer.output import judge_step
 from ekka.tracer.protocol import CaptureSpec
 from ekka.tracer.trace import TraceReader
@@ -38,7 +39,7 @@ class OracleConfig:
     dtype: str = "float32"
     max_tokens: int = 4
     engine: Mapping[str, Any] = field(default_factory=dict)
-    logits_threshold: float = 2.0
+    logits_threshold: float | None = None  # None: the dtype's calibrated threshold
     margin_factor: float = 4.0
 
     def to_json(self) -> dict[str, Any]:
@@ -125,6 +126,9 @@ class TracerOracle:
         logits = _step_logits(target)
         tokens = target.generated_ids
         worst = 0.0
+        threshold = self.config.logits_threshold
+        if threshold is None:
+            threshold = threshold_for(self.config.dtype)
         details: dict[str, Any] = {
             "tokens": tokens,
             "reference_tokens": self.reference_tokens,
@@ -139,7 +143,7 @@ class TracerOracle:
                 tokens[step] if step < len(tokens) else None,
                 self.reference_tokens[step] if step < len(self.reference_tokens) else None,
                 self.config.dtype,
-                self.config.logits_threshold,
+                threshold,
                 self.config.margin_factor,
             )
             details["ratios"].append(ratio if math.isfinite(ratio) else "inf")

@@ -27,7 +27,7 @@ from ekka.report.records import Comparison, Diagnosis, Localization, TargetInfo
 from ekka.tracer.align import Aligner, ComponentMap, infer_missing, plan_components
 from ekka.tracer.capture import resolved, validate
 from ekka.tracer.compare import iter_comparisons
-from ekka.tracer.localize import DEFAULT_THRESHOLD, localize
+from ekka.tracer.localize import localize, threshold_for
 from ekka.tracer.metrics import compute_error_ratio
 from ekka.tracer.output import check_output
 from ekka.tracer.protocol import CaptureSpec
@@ -45,7 +45,7 @@ class DiagnoseConfig:
     workdir: str
     dtype: str = "float32"
     max_tokens: int = 4
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None  # None: the dtype's calibrated one (localize.threshold_for)
     engine: Mapping[str, Any] = field(default_factory=dict)
     prompt_text: str | None = None
     target_pythonpath: tuple[str, ...] = ()
@@ -66,6 +66,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    threshold = config.threshold if config.threshold is not None else threshold_for(config.dtype)
 
     def spec(framework: str, name: str, dtype: str, **fields: Any) -> CaptureSpec:
         return resolved(
@@ -116,13 +117,13 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
 
         say("aligning and measuring")
         t = time.perf_counter()
-        found = analyse(target, references, config.dtype, config.threshold)
+        found = analyse(target, references, config.dtype, threshold)
         output = check_output(
             target,
             references[config.dtype],
             references.get("float32") if config.dtype != "float32" else None,
             config.dtype,
-            config.threshold,
+            threshold,
         )
         timings["analysis"] = time.perf_counter() - t
         localization = found.localization
@@ -152,7 +153,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         prompt=config.prompt_text,
         prompt_ids=tuple(config.prompt_ids),
         max_tokens=config.max_tokens,
-        threshold=config.threshold,
+        threshold=threshold,
         target=TargetInfo(
             framework=ready.framework, version=ready.version, commit=ready.commit, path=ready.path
         ),

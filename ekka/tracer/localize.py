@@ -21,12 +21,40 @@ from typing import Any
 
 from ekka.report.records import Comparison, Localization, Suspect
 
-DEFAULT_THRESHOLD = 2.0
+# The change point's threshold per serving dtype: a component "diverges" when its error ratio
+# is above it. Set from measurements (benchmarks/noise_calibration.py; the figures in
+# benchmarks/results/noise-*.json): pristine vLLM against transformers, every comparison, on the
+# trained Gemma 3 270M at 64, 256, 600 and 1000 prompt tokens and on six zoo architectures at
+# 64 and 256, 4 generated tokens; and the change points of the planted bugs (the public bench,
+# the real-weight cases in bench/real).
+# - float32: the largest pristine ratio is 1.88 (Gemma 3 270M, 256 tokens, a decode step's
+#   post_feedforward_layernorm: trained weights put the float32 rounding in a few large
+#   channels; random weights stay below 0.2), the smallest planted one 33.9 (exact GELU).
+#   2, the threshold before real weights, stood 1.06x above that noise; 4 is twice it.
+# - bfloat16: the largest pristine ratio is 3.54 (Gemma 3 270M, 64 tokens, a decode step's
+#   o_proj: vLLM's decode attention kernel rounds otherwise than transformers' eager one; the
+#   zoo stays below 1.2), the smallest planted one 11.7 (the sliding window applied to every
+#   layer, at layer 5's attention: the 81 tokens past the window diverge, the first 512 match).
+#   Twice the noise (7) would sit too near that bug: at 8 its change point is lost (the
+#   layers after it fall below the threshold and logits_processor is named). 6 is about the
+#   geometric middle of 3.54 and 11.7.
+# Thresholds only place the line; the margin (smallest planted / largest pristine ratio) is the
+# measure's, widened by pooling a component's noise over its passes (metrics.segment_figures):
+# in bfloat16 the largest pristine ratio was 4.66 without it.
+THRESHOLDS = {"float32": 4.0, "bfloat16": 6.0}
+DEFAULT_THRESHOLD = THRESHOLDS["float32"]
 PERSISTENCE = 0.5  # "stays up": above the threshold for more than this share of what follows
 MAX_SUSPECTS = 5
 # A divergence confined to a few tokens is diluted in the pass's ratio; one token alone counts
 # when its own ratio is this many times the threshold (a stricter bar: one token is noisier).
 TOKEN_FACTOR = 4.0
+
+
+def threshold_for(dtype: str) -> float:
+    """The calibrated threshold of a serving dtype (float16: bfloat16's, the nearer kind)."""
+    return THRESHOLDS.get(
+        dtype, THRESHOLDS["bfloat16"] if dtype == "float16" else DEFAULT_THRESHOLD
+    )
 
 
 def _above(c: Comparison, threshold: float) -> bool:
