@@ -281,3 +281,10 @@ def test_the_cpu_shape_check_applies_only_to_vllms_cpu_build(monkeypatch, zoo_mo
         capture.validate(spec)
     monkeypatch.setattr(capture, "cpu_backend", lambda: False)
     capture.validate(spec)
+
+
+def test_demo_names_the_models_it_knows(capsys, tmp_path):
+    code, text = run(capsys, "demo", "--model", "gpt5", "--workdir", str(tmp_path))
+    assert code == 2
+    assert "--model must be one of llama, gemma3-270m, got 'gpt5'" in text
+    assert "Traceback" not in text
