@@ -87,11 +87,14 @@ def build(name: str, folder: Path, python: str, env: dict[str, str], longest: in
 def diagnose(
     model: Path, ids: list[int], dtype: str, out: Path, python: str, env: dict[str, str]
 ) -> dict[str, Any]:
+    # `python -m` puts the working directory first on sys.path: run from the checkout whose
+    # ekka is meant (PYTHONPATH's first entry), not from this one.
+    cwd = env.get("PYTHONPATH", "").split(os.pathsep)[0] or str(ROOT)
     cmd = [python, "-m", "ekka.cli", "diagnose", "--model", str(model)]
     cmd += ["--prompt-ids", ",".join(map(str, ids)), "--max-tokens", "4", "--dtype", dtype]
     cmd += ["--out", str(out)]
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     seconds = time.perf_counter() - start
     report = out / "report.json"
     if not report.is_file():
