@@ -2,8 +2,8 @@
 
 The image comes from `ImageStore` (reused, pulled, overlaid or built). The container gets the
 GPUs asked for (device requests), a shared-memory size, memory and process limits, the model
-folder read-only at /model, a fresh output folder at /out for the trace, no network, and an
-environment made only of an explicit allow-list (no token or other secret of the host enters
+folder read-only at /model, a fresh output folder at /out for the trace, no network, no
+capabilities (the host user's ids), and an environment made only of an explicit allow-list (no token or other secret of the host enters
 it). Past the time limit it is killed and the probe skips. The build's and the container's
 logs are kept in the probe's folder and named in its record; the container is removed after.
 The host then judges the trace with the same oracle as the local executor, so the bisection
@@ -51,7 +51,6 @@ PROBE_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "PYTHONUNBUFFERED": "1",
 }
-PROBE_USER = "65534:65534"  # nobody: the code under test runs unprivileged
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,6 @@ class DockerExecutor:
         details.update(image=image.to_json(), build_log=str(folder / "build.log"))
         out = folder / "out"
         out.mkdir()
-        out.chmod(0o777)  # the probe runs as nobody and writes its trace here
         spec = replace(self.oracle.spec("/out/trace"), model="/model")
         command = ["python", "-m", "ekka.containers.probe", json.dumps(spec.to_json())]
         with self.images.hold(image.tag):
@@ -254,7 +252,11 @@ class DockerExecutor:
             environment=environment or probe_environment(limits.env_allow),
             network_mode="none",
             mounts=mounts,
-            user=PROBE_USER,
+            # the host user's ids (the mounts are theirs) without any capability: even as
+            # root inside, the code under test cannot override file permissions or escalate
+            user=f"{os.getuid()}:{os.getgid()}",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
             working_dir="/tmp",
             shm_size=limits.shm_size,
             mem_limit=limits.memory,

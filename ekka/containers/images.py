@@ -3,7 +3,8 @@ reused by tag, and pruned least-recently-used under a disk budget.
 
 Strategies, in order:
 
-1. **reuse**: an image with the commit's tag (`ekka/vllm:<sha>`) exists: never rebuilt.
+1. **reuse**: an image with the commit's tag (`ekka/vllm:<sha>`) exists: never rebuilt (unless
+   Ekka built it on another base image: another Ekka or release inside, so another image).
 2. **pull**: a per-commit image published by the project (`pull_template`, e.g. vLLM's
    post-merge images), retagged with the commit's tag. A failed pull falls through.
 3. **overlay**: `FROM` the base image (the release's compiled extensions and Ekka), the
@@ -104,10 +105,14 @@ class ImageStore:
             tag_lock = self._tag_locks.setdefault(tag, threading.Lock())
         with tag_lock:
             start = time.perf_counter()
-            if image_exists(self.client, tag):
-                self.touch(tag)
-                return CommitImage(tag, "reused", time.perf_counter() - start)
             log: list[str] = []
+            if image_exists(self.client, tag):
+                built_on = (self.client.images.get(tag).labels or {}).get("ekka.base")
+                if not built_on or built_on == self.settings.base_image:
+                    self.touch(tag)
+                    return CommitImage(tag, "reused", time.perf_counter() - start)
+                # built on another base (another Ekka or release): that image is not this one
+                log.append(f"{tag} was built on {built_on}, not {self.settings.base_image}")
             strategy = self._obtain(sha, tag, progress, log)
             self.touch(tag)
         image = CommitImage(tag, strategy, time.perf_counter() - start, "\n".join(log))

@@ -1,0 +1,123 @@
+"""The full diagnosis with the docker executor on real vLLM (CPU) in containers, against the
+local executor on the same history. The history holds a commit that changes a compiled source:
+the local executor skips it, the docker executor builds its image (the test's own Dockerfile)
+and probes it, and both find the same first bad commit.
+
+    good (release) - H1 - C (adds csrc/) - H2 - B (the bug) - H3 = bad
+
+Binary search probes C first (the middle of H1..B), then H2, then B.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from ekka.bench import base_repository
+from ekka.bisect.framework_repo import apply_patch_commit, clone, harmless_commit
+from ekka.bisect.history import commit_range
+from ekka.bisect.oracle import OracleConfig, TracerOracle
+from ekka.bisect.search import Bisector
+from ekka.cli import main
+from ekka.containers.local import LocalExecutor
+from ekka.repo import git, installed_framework_dir
+from tests.conftest import PROMPT_IDS
+
+pytestmark = [pytest.mark.docker, pytest.mark.vllm]
+
+FULL_DOCKERFILE = """\
+ARG EKKA_BASE
+FROM ${EKKA_BASE}
+COPY vllm /src/vllm
+COPY csrc /src/csrc
+RUN python -m ekka.containers.overlay /src vllm && echo "compiled: $(ls /src/csrc)"
+"""
+PROMPT = PROMPT_IDS[:12]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    work = tmp_path_factory.mktemp("docker-full")
+    repo = clone(base_repository(work), work / "repo")
+    good = git(repo, "rev-parse", "HEAD")
+    llama = "vllm/model_executor/models/llama.py"
+    harmless_commit(repo, "vllm/sampling_params.py", 1, 9101)
+    (repo / "csrc").mkdir()
+    (repo / "csrc" / "fused_norm.cpp").write_text("// a new kernel, not yet used\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "[Kernel] Add a fused norm kernel (#9102)")
+    compiled = git(repo, "rev-parse", "HEAD")
+    harmless_commit(repo, "vllm/utils/__init__.py", 3, 9103)
+    patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
+    bug = apply_patch_commit(repo, patch, "[Model] Llama norms use defaults", 9104)
+    harmless_commit(repo, llama, 5, 9105)
+    return repo, good, compiled, bug
+
+
+def test_docker_full_diagnosis_builds_the_compiled_commit_and_agrees_with_local(
+    history, zoo_model, tmp_path, capsys
+):
+    repo, good, compiled, bug = history
+    model = zoo_model("llama", rms_norm_eps=1e-5)
+    dockerfile = tmp_path / "Dockerfile.full"
+    dockerfile.write_text(FULL_DOCKERFILE)
+    tag = f"ekka-test/{tmp_path.name.lower()}:{{sha}}"
+    code = main(
+        [
+            "diagnose",
+            "--model",
+            str(model),
+            "--prompt-ids",
+            ",".join(map(str, PROMPT)),
+            "--max-tokens",
+            "2",
+            "--repo",
+            str(repo),
+            "--good",
+            good,
+            "--bad",
+            "HEAD",
+            "--db",
+            f"sqlite:///{tmp_path / 'docker.db'}",
+            "--out",
+            str(tmp_path / "docker"),
+            "--executor",
+            "docker",
+            "--image-tag",
+            tag,
+            "--dockerfile",
+            str(dockerfile),
+            "--memory",
+            "12g",
+        ]
+    )
+    printed = capsys.readouterr()
+    assert code == 1, printed.out + printed.err
+    report = json.loads((tmp_path / "docker" / "report.json").read_text())
+    bisection = report["bisection"]
+    assert bisection["status"] == "found" and bisection["first_bad"]["sha"] == bug
+    steps = {s["commit"]: s for s in bisection["steps"]}
+    built = steps[compiled]
+    assert built["verdict"] == "good", built
+    details = built["runs"][0]["details"] if "runs" in built else built["details"]
+    assert details["image"]["strategy"] == "build"
+    assert Path(details["container_log"]).is_file() and Path(details["build_log"]).is_file()
+
+    # the local executor on the same history: skips the compiled commit, same first bad
+    config = OracleConfig(model=str(model), prompt_ids=PROMPT, max_tokens=2)
+    oracle = TracerOracle(config, tmp_path / "local")
+    oracle.prepare()
+    local = Bisector(
+        LocalExecutor(
+            repo,
+            oracle,
+            package_dir=installed_framework_dir(),
+            base=good,
+            workdir=tmp_path / "local",
+        )
+    ).run(commit_range(repo, good, "HEAD"))
+    assert local.first_bad is not None and local.first_bad.sha == bug
+    assert compiled in local.skipped
