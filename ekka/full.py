@@ -74,8 +74,12 @@ def run_full_diagnosis(
     *,
     progress: Callable[[str], None] | None = None,
     observer: Observer | None = None,
+    build_output: Callable[[str], None] | None = None,
 ) -> tuple[Diagnosis, BisectResult]:
-    """Returns the diagnosis (with root cause and bisection filled in) and the BisectResult."""
+    """Returns the diagnosis (with root cause and bisection filled in) and the BisectResult.
+
+    `build_output` receives the docker executor's image builds line by line (default:
+    `progress`, which a terminal shows as it comes; the bot passes a throttled one)."""
     say = progress or (lambda _m: None)
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -138,7 +142,7 @@ def run_full_diagnosis(
     oracle.prepare()
     executor: Executor
     if client is not None:
-        executor = docker_executor(client, config, oracle, commits.good.sha, say)
+        executor = docker_executor(client, config, oracle, commits.good.sha, build_output or say)
     else:
         executor = LocalExecutor(
             config.repo,
