@@ -159,7 +159,7 @@ class DockerExecutor:
                 time.perf_counter() - start,
                 {**details, "build_log": str(folder / "build.log"), "log_tail": tail(str(exc))},
             )
-        (folder / "build.log").write_text(image.log)
+        (folder / "build.log").write_text(image.log + "\n")
         details.update(image=image.to_json(), build_log=str(folder / "build.log"))
         out = folder / "out"
         out.mkdir()

@@ -1,11 +1,13 @@
 """The full diagnosis with the docker executor on real vLLM (CPU) in containers, against the
-local executor on the same history. The history holds a commit that changes a compiled source:
-the local executor skips it, the docker executor builds its image (the test's own Dockerfile)
-and probes it, and both find the same first bad commit.
+local executor on the same history. The history holds a commit that changes a compiled source
+(and its revert): the local executor skips it (and its neighbour, whose tree still differs from
+the release in csrc/), the docker executor builds its image with the test's own Dockerfile and
+probes it; both find the same first bad commit.
 
-    good (release) - H1 - C (adds csrc/) - H2 - B (the bug) - H3 = bad
+    good (release) - H1 - H2 - C (adds csrc/) - R (reverts C) - B (the bug) - H3 = bad
 
-Binary search probes C first (the middle of H1..B), then H2, then B.
+Binary search probes C first (the middle of H1..B; docker: good), then R and B. The local
+executor skips C, then probes H2, R and B.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ RUN python -m ekka.containers.overlay /src vllm && echo "compiled: $(ls /src/csr
 PROMPT = PROMPT_IDS[:12]
 
 
+def _remove_images(client, repository: str) -> None:
+    for image in client.images.list(name=repository):
+        for tag in image.tags:
+            client.images.remove(tag, force=True)
+
+
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     work = tmp_path_factory.mktemp("docker-full")
@@ -45,26 +53,29 @@ def history(tmp_path_factory):
     good = git(repo, "rev-parse", "HEAD")
     llama = "vllm/model_executor/models/llama.py"
     harmless_commit(repo, "vllm/sampling_params.py", 1, 9101)
+    harmless_commit(repo, "vllm/utils/__init__.py", 2, 9102)
     (repo / "csrc").mkdir()
     (repo / "csrc" / "fused_norm.cpp").write_text("// a new kernel, not yet used\n")
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "[Kernel] Add a fused norm kernel (#9102)")
+    git(repo, "commit", "-q", "-m", "[Kernel] Add a fused norm kernel (#9103)")
     compiled = git(repo, "rev-parse", "HEAD")
-    harmless_commit(repo, "vllm/utils/__init__.py", 3, 9103)
+    git(repo, "rm", "-q", "-r", "csrc")
+    git(repo, "commit", "-q", "-m", "Revert [Kernel] Add a fused norm kernel (#9104)")
     patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
-    bug = apply_patch_commit(repo, patch, "[Model] Llama norms use defaults", 9104)
-    harmless_commit(repo, llama, 5, 9105)
+    bug = apply_patch_commit(repo, patch, "[Model] Llama norms use defaults", 9105)
+    harmless_commit(repo, llama, 5, 9106)
     return repo, good, compiled, bug
 
 
 def test_docker_full_diagnosis_builds_the_compiled_commit_and_agrees_with_local(
-    history, zoo_model, tmp_path, capsys
+    history, zoo_model, tmp_path, capsys, request, docker_client, base_image
 ):
     repo, good, compiled, bug = history
     model = zoo_model("llama", rms_norm_eps=1e-5)
     dockerfile = tmp_path / "Dockerfile.full"
     dockerfile.write_text(FULL_DOCKERFILE)
     tag = f"ekka-test/{tmp_path.name.lower()}:{{sha}}"
+    request.addfinalizer(lambda: _remove_images(docker_client, tag.rpartition(":")[0]))
     code = main(
         [
             "diagnose",
@@ -92,6 +103,8 @@ def test_docker_full_diagnosis_builds_the_compiled_commit_and_agrees_with_local(
             str(dockerfile),
             "--memory",
             "12g",
+            "--base-image",
+            base_image,
         ]
     )
     printed = capsys.readouterr()
@@ -105,6 +118,8 @@ def test_docker_full_diagnosis_builds_the_compiled_commit_and_agrees_with_local(
     (folder,) = (tmp_path / "docker" / "traces" / "bisect").glob(f"probe-{compiled[:12]}-*")
     assert "compiled: fused_norm.cpp" in (folder / "build.log").read_text()
     assert (folder / "container.log").is_file()
+    (folder,) = (tmp_path / "docker" / "traces" / "bisect").glob(f"probe-{bug[:12]}-*")
+    assert "ekka.containers.overlay" in (folder / "build.log").read_text(), "reverted: overlay"
 
     # the local executor on the same history: skips the compiled commit, same first bad
     config = OracleConfig(model=str(model), prompt_ids=PROMPT, max_tokens=2)
