@@ -453,6 +453,10 @@ def diagnose(
         raise UsageError(
             "full mode needs all of --repo, --good and --bad (or none of them for localize mode)."
         )
+    if executor not in ("local", "docker"):
+        raise UsageError(f"--executor {executor!r}: use local or docker.")
+    if executor != "local" and not all(full):
+        raise UsageError("--executor is for full mode (--repo, --good and --bad).")
     if all(full) and target_path:
         raise UsageError(
             "--target-path is for localize mode; full mode runs the target from the repository's commits."

@@ -155,7 +155,7 @@ class DockerExecutor:
             (folder / "build.log").write_text(exc.log or str(exc))
             return ProbeResult(
                 Verdict.SKIP,
-                f"no image: {_last_line(str(exc))}",
+                f"no image: {_last_lines(str(exc))}",
                 time.perf_counter() - start,
                 {**details, "build_log": str(folder / "build.log"), "log_tail": tail(str(exc))},
             )
@@ -183,7 +183,7 @@ class DockerExecutor:
             return ProbeResult(
                 Verdict.SKIP,
                 f"the target did not run in the container (exit {run.exit_code}): "
-                f"{_last_line(run.log)}",
+                f"{_last_lines(run.log)}",
                 seconds,
                 {**details, "log_tail": tail(run.log)},
             )
@@ -275,6 +275,7 @@ class DockerExecutor:
             pass  # already stopped
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+def _last_lines(text: str, count: int = 3) -> str:
+    """A log's last lines on one line: a skip's reason."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-count:]) if lines else "no output"

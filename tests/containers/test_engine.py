@@ -62,3 +62,11 @@ def test_options_policy_without_an_engine():
     assert device_requests(None) == []
     assert device_requests("0,1")[0]["DeviceIDs"] == ["0", "1"]
     assert tail("a\n\nb\nc\n", 2) == "b\nc"
+
+
+def test_executor_option_is_checked(tmp_path, capsys):
+    base = ["diagnose", "--model", str(tmp_path), "--prompt-ids", "1,2"]
+    assert main(base + ["--executor", "ray"]) == 2
+    assert "use local or docker" in capsys.readouterr().err
+    assert main(base + ["--executor", "docker"]) == 2
+    assert "--executor is for full mode" in capsys.readouterr().err
