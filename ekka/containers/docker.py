@@ -149,8 +149,17 @@ class DockerExecutor:
         self.workdir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"probe-{commit.sha[:12]}-", dir=self.workdir))
         details: dict[str, Any] = {"probe_dir": str(folder)}
+        import docker
+
         try:
             image = self.images.ensure(commit.sha, self.progress)
+        except docker.errors.DockerException as exc:  # the engine failed, not the build
+            return ProbeResult(
+                Verdict.SKIP,
+                f"the engine failed while getting the image: {_last_lines(str(exc))}",
+                time.perf_counter() - start,
+                {**details, TRANSIENT: True},
+            )
         except ImageBuildError as exc:
             (folder / "build.log").write_text(exc.log or str(exc))
             return ProbeResult(
@@ -165,8 +174,18 @@ class DockerExecutor:
         out.mkdir()
         spec = replace(self.oracle.spec("/out/trace"), model="/model")
         command = ["python", "-m", "ekka.containers.probe", json.dumps(spec.to_json())]
-        with self.images.hold(image.tag):
-            run = self.run(image.tag, command, model=Path(self.oracle.config.model), out=out)
+        try:
+            with self.images.hold(image.tag):
+                run = self.run(image.tag, command, model=Path(self.oracle.config.model), out=out)
+        except (
+            docker.errors.DockerException
+        ) as exc:  # the engine refused: says nothing of the commit
+            return ProbeResult(
+                Verdict.SKIP,
+                f"the probe's container did not start: {_last_lines(str(exc))}",
+                time.perf_counter() - start,
+                {**details, TRANSIENT: True},
+            )
         (folder / "container.log").write_text(run.log)
         details.update(container_log=str(folder / "container.log"), container_seconds=run.seconds)
         seconds = time.perf_counter() - start

@@ -4,10 +4,11 @@ local executor on the same history. The history holds a commit that changes a co
 the release in csrc/), the docker executor builds its image with the test's own Dockerfile and
 probes it; both find the same first bad commit.
 
-    good (release) - H1 - H2 - C (adds csrc/) - R (reverts C) - B (the bug) - H3 = bad
+    good (release) - C (adds csrc/) - R (reverts C) - B (the bug) = bad
 
-Binary search probes C first (the middle of H1..B; docker: good), then R and B. The local
-executor skips C, then probes H2, R and B.
+After both endpoints, binary search probes C (docker: a full build, good), then R. The local
+executor skips C (and would skip every commit whose tree still has csrc/ changes against the
+release), then probes R. Kept this short on purpose: each probe starts vLLM (~30 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ekka.bench import base_repository
-from ekka.bisect.framework_repo import apply_patch_commit, clone, harmless_commit
+from ekka.bisect.framework_repo import apply_patch_commit, clone
 from ekka.bisect.history import commit_range
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.search import Bisector
@@ -51,19 +52,15 @@ def history(tmp_path_factory):
     work = tmp_path_factory.mktemp("docker-full")
     repo = clone(base_repository(work), work / "repo")
     good = git(repo, "rev-parse", "HEAD")
-    llama = "vllm/model_executor/models/llama.py"
-    harmless_commit(repo, "vllm/sampling_params.py", 1, 9101)
-    harmless_commit(repo, "vllm/utils/__init__.py", 2, 9102)
     (repo / "csrc").mkdir()
     (repo / "csrc" / "fused_norm.cpp").write_text("// a new kernel, not yet used\n")
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "[Kernel] Add a fused norm kernel (#9103)")
+    git(repo, "commit", "-q", "-m", "[Kernel] Add a fused norm kernel (#9101)")
     compiled = git(repo, "rev-parse", "HEAD")
     git(repo, "rm", "-q", "-r", "csrc")
-    git(repo, "commit", "-q", "-m", "Revert [Kernel] Add a fused norm kernel (#9104)")
+    git(repo, "commit", "-q", "-m", "Revert [Kernel] Add a fused norm kernel (#9102)")
     patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
-    bug = apply_patch_commit(repo, patch, "[Model] Llama norms use defaults", 9105)
-    harmless_commit(repo, llama, 5, 9106)
+    bug = apply_patch_commit(repo, patch, "[Model] Llama norms use defaults", 9103)
     return repo, good, compiled, bug
 
 

@@ -19,6 +19,10 @@ from ekka.repo import git
 pytestmark = pytest.mark.docker
 
 
+def gpu_here() -> bool:
+    return Path("/dev/nvidiactl").exists()
+
+
 def _executor(client, image: str, tmp_path: Path, **limits) -> DockerExecutor:
     store = ImageStore(
         client, tmp_path, ImageSettings(base_image=image, state_dir=str(tmp_path)), release="HEAD"
@@ -104,14 +108,21 @@ def test_probe_past_its_time_limit_skips(docker_client, base_image, tmp_path, zo
     executor = DockerExecutor(
         docker_client, store, oracle, workdir=tmp_path / "w", limits=ContainerLimits(timeout=3)
     )
+    no_gpu = DockerExecutor(
+        docker_client, store, oracle, workdir=tmp_path / "g", limits=ContainerLimits(gpus="all")
+    )
     try:
         result = executor.probe(commit)
+        unstarted = no_gpu.probe(commit) if not gpu_here() else None
     finally:
         for tag, _, _ in store.managed():
             docker_client.images.remove(tag, force=True)
     assert result.verdict is Verdict.SKIP and result.transient
     assert "time limit of 3 s" in result.reason
     assert Path(result.details["container_log"]).is_file()
+    if unstarted is not None:  # no GPU runtime here: the container cannot start, a skip
+        assert unstarted.verdict is Verdict.SKIP and unstarted.transient
+        assert "did not start" in unstarted.reason and "gpu" in unstarted.reason
 
 
 @pytest.mark.parametrize(
