@@ -15,6 +15,15 @@ import pytest
 
 from ekka.errors import ContainerEngineError
 
+# The tests' own full build: the commit's sources (compiled ones included) on Ekka's base.
+FULL_DOCKERFILE = """\
+ARG EKKA_BASE
+FROM ${EKKA_BASE}
+COPY vllm /src/vllm
+COPY csrc /src/csrc
+RUN python -m ekka.containers.overlay /src vllm && echo "compiled: $(ls /src/csrc)"
+"""
+
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("EKKA_REQUIRE_DOCKER"):

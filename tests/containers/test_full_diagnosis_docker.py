@@ -28,16 +28,10 @@ from ekka.cli import main
 from ekka.containers.local import LocalExecutor
 from ekka.repo import git, installed_framework_dir
 from tests.conftest import PROMPT_IDS
+from tests.containers.conftest import FULL_DOCKERFILE
 
 pytestmark = [pytest.mark.docker, pytest.mark.vllm]
 
-FULL_DOCKERFILE = """\
-ARG EKKA_BASE
-FROM ${EKKA_BASE}
-COPY vllm /src/vllm
-COPY csrc /src/csrc
-RUN python -m ekka.containers.overlay /src vllm && echo "compiled: $(ls /src/csrc)"
-"""
 PROMPT = PROMPT_IDS[:12]
 
 

@@ -13,17 +13,9 @@ from ekka.bisect.verdict import Verdict
 from ekka.containers.docker import ContainerLimits, DockerExecutor
 from ekka.containers.images import ImageSettings, ImageStore
 from ekka.repo import git
+from tests.containers.conftest import FULL_DOCKERFILE
 
 pytestmark = pytest.mark.docker
-
-# The test's own full build: the commit's sources (compiled ones included) on Ekka's base.
-FULL_DOCKERFILE = """\
-ARG EKKA_BASE
-FROM ${EKKA_BASE}
-COPY vllm /src/vllm
-COPY csrc /src/csrc
-RUN python -m ekka.containers.overlay /src vllm && echo "compiled: $(ls /src/csrc)"
-"""
 
 
 def _repo(tmp_path: Path) -> tuple[Path, list[str]]:
