@@ -161,7 +161,10 @@ def run_full_diagnosis(
             observer=observer or NullObserver(),
             cache=cache,
             repo_key=str(Path(config.repo).resolve()),
-            config_hash=oracle.config.digest(),
+            # a skip depends on the executor (the local one skips compiled changes that the
+            # docker one builds): each executor's verdicts apart, the local one's key unchanged
+            config_hash=oracle.config.digest()
+            + ("" if config.executor == "local" else f"+{config.executor}"),
         ).run(commits)
     finally:
         cache.close()
