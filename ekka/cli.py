@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(no_args_is_help=True, help="Tiny random-weight models built locally.")
 app.add_typer(zoo_app, name="zoo")
+containers_app = typer.Typer(no_args_is_help=True, help="The docker executor's images.")
+app.add_typer(containers_app, name="containers")
 
 console = Console(stderr=True)
 out = Console()
@@ -261,6 +263,9 @@ def _full_diagnosis(
     db: str | None,
     engine: Mapping[str, Any] | None = None,
     github: tuple[str, str, str | None] | None = None,
+    executor: str = "local",
+    timeout: float = 600,
+    docker: tuple[Any, Any] | None = None,
 ) -> str | None:
     """Run the full diagnosis with progress, print the root cause, write the reports; returns
     the first bad commit's sha (None when none was found)."""
@@ -287,6 +292,10 @@ def _full_diagnosis(
         repeats=repeats,
         db_url=db,
         prompt_text=prompt,
+        executor=executor,
+        timeout=timeout,
+        images=docker[0] if docker else None,
+        limits=docker[1] if docker else None,
     )
     if github:
         config = replace(
@@ -308,6 +317,43 @@ def _full_diagnosis(
         )
     out.print(f"reports: {paths['md']}, {paths['json']}, {paths['html']}")
     return result.first_bad.sha if result.first_bad else None
+
+
+def docker_options(
+    *,
+    base_image: str | None,
+    image_tag: str,
+    pull_image: str | None,
+    dockerfile: str | None,
+    build_arg: Sequence[str],
+    gpus: str | None,
+    shm_size: str,
+    memory: str | None,
+    pids_limit: int,
+    image_budget: float | None,
+) -> tuple[Any, Any]:
+    """The docker executor's (ImageSettings, ContainerLimits) from the command's options."""
+    from ekka.containers.docker import ContainerLimits
+    from ekka.containers.images import ImageSettings
+
+    args = {}
+    for item in build_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--build-arg {item!r} is not KEY=VALUE.")
+        args[key] = value
+    if "{sha}" not in image_tag:
+        raise UsageError(f"--image-tag {image_tag!r} must hold {{sha}} (one image per commit).")
+    images = ImageSettings(
+        base_image=base_image,
+        tag_template=image_tag,
+        pull_template=pull_image,
+        dockerfile=dockerfile,
+        build_args=args,
+        budget_gb=image_budget,
+    )
+    limits = ContainerLimits(gpus=gpus, shm_size=shm_size, memory=memory, pids=pids_limit)
+    return images, limits
 
 
 def parse_engine_args(items: Sequence[str], option: str = "--engine") -> dict[str, Any]:
@@ -402,6 +448,38 @@ def diagnose(
     github_api: str = typer.Option(
         "https://api.github.com", help="Full mode: GitHub API base URL."
     ),
+    executor: str = typer.Option(
+        "local",
+        help="Full mode: where each commit runs: local (a worktree on the installed release) or docker (the commit's image).",
+    ),
+    timeout: float = typer.Option(600, help="Full mode: seconds per probe, then it skips."),
+    base_image: str | None = typer.Option(
+        None,
+        help="Docker: the overlay's base image (the release's compiled extensions and Ekka); default: built offline once (`ekka containers base`).",
+    ),
+    image_tag: str = typer.Option(
+        "ekka/{framework}:{sha}", help="Docker: the per-commit image's tag template."
+    ),
+    pull_image: str | None = typer.Option(
+        None,
+        help="Docker: a published per-commit image to pull first, e.g. REGISTRY/vllm-ci-postmerge-repo:{sha}.",
+    ),
+    dockerfile: str | None = typer.Option(
+        None,
+        help="Docker: the full build's Dockerfile, a path in the repository (docker/Dockerfile.cpu) or on the host.",
+    ),
+    build_arg: list[str] = typer.Option(
+        [], help="Docker: KEY=VALUE for the full build (repeatable)."
+    ),
+    gpus: str | None = typer.Option(
+        None, help="Docker: GPUs per probe: all, a count (2) or device ids (0,1)."
+    ),
+    shm_size: str = typer.Option("2g", help="Docker: the probe's shared memory."),
+    memory: str | None = typer.Option(None, help="Docker: the probe's memory limit (16g)."),
+    pids_limit: int = typer.Option(4096, help="Docker: the probe's process limit."),
+    image_budget: float | None = typer.Option(
+        None, help="Docker: GB of per-commit images kept; the least recently used are pruned."
+    ),
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     engine_args = parse_engine_args(engine)
@@ -418,6 +496,10 @@ def diagnose(
         raise UsageError(
             "full mode needs all of --repo, --good and --bad (or none of them for localize mode)."
         )
+    if executor not in ("local", "docker"):
+        raise UsageError(f"--executor {executor!r}: use local or docker.")
+    if executor != "local" and not all(full):
+        raise UsageError("--executor is for full mode (--repo, --good and --bad).")
     if all(full) and target_path:
         raise UsageError(
             "--target-path is for localize mode; full mode runs the target from the repository's commits."
@@ -456,6 +538,22 @@ def diagnose(
             github=(github_repo, github_api, os.environ.get("GITHUB_TOKEN"))
             if github_repo
             else None,
+            executor=executor,
+            timeout=timeout,
+            docker=docker_options(
+                base_image=base_image,
+                image_tag=image_tag,
+                pull_image=pull_image,
+                dockerfile=dockerfile,
+                build_arg=build_arg,
+                gpus=gpus,
+                shm_size=shm_size,
+                memory=memory,
+                pids_limit=pids_limit,
+                image_budget=image_budget,
+            )
+            if executor == "docker"
+            else None,
         )
         raise typer.Exit(1 if found else 0)
     config = DiagnoseConfig(
@@ -475,6 +573,33 @@ def diagnose(
     suspects_table(diagnosis, out)
     out.print(f"{diagnosis.verdict}\nreports: {paths['md']}, {paths['json']}, {paths['html']}")
     raise typer.Exit(1 if diagnosis.diverged else 0)
+
+
+@containers_app.command("base")
+def containers_base(
+    mirror: str = typer.Option(
+        "http://deb.debian.org/debian", help="Debian mirror for debootstrap."
+    ),
+) -> None:
+    """Build (or reuse) the docker executor's base image offline and print its tag."""
+    import time
+
+    from ekka.containers.base import ensure_base_image
+    from ekka.containers.engine import connect
+
+    start = time.perf_counter()
+    image = ensure_base_image(
+        connect(),
+        progress=lambda line: console.print(line, markup=False, highlight=False),
+        mirror=mirror,
+    )
+    debian, runtime, base = image.seconds
+    console.print(
+        f"layers: {image.debian} {debian:.0f} s, {image.runtime} {runtime:.0f} s, "
+        f"{image.base} {base:.0f} s; total {time.perf_counter() - start:.0f} s",
+        highlight=False,
+    )
+    out.print(image.base, highlight=False)
 
 
 @app.command()

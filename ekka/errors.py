@@ -15,10 +15,12 @@
     │   ├── DirtyRepositoryError
     │   ├── EndpointError           a bisection endpoint does not probe as claimed
     │   ├── OracleStartError
-    │   └── VerdictCacheError
+    │   ├── VerdictCacheError
+    │   └── ContainerEngineError    no docker package, or no engine answering
     ├── CaptureError                a framework failed while capturing (exit code 1)
     │   └── ProtocolError           a message between the parent and the target is not one
-    └── WorktreeError               git could not make a worktree for a commit (exit code 1)
+    ├── WorktreeError               git could not make a worktree for a commit (exit code 1)
+    └── ImageBuildError             a commit's image could not be obtained (a probe skips)
 
 Every class says when it is raised. The CLI catches EkkaError once, prints the message
 (never a traceback) and exits with `exit_code`.
@@ -116,3 +118,18 @@ class VerdictCacheError(UsageError):
 
 class WorktreeError(EkkaError):
     """Raised when `git worktree add` fails for a commit (the message carries git's stderr)."""
+
+
+class ContainerEngineError(UsageError):
+    """Raised when the docker executor cannot reach a container engine: the `docker` package
+    is not installed (the `docker` extra) or no Docker daemon answers."""
+
+
+class ImageBuildError(EkkaError):
+    """Raised when no strategy gives a commit's image (the build failed); carries the commit
+    and the build's log, whose last lines become the probe's skip reason."""
+
+    def __init__(self, message: str, *, commit: str = "", log: str = "") -> None:
+        super().__init__(message)
+        self.commit = commit
+        self.log = log

@@ -2,13 +2,15 @@
 
 It composes the parts: the tracer (localization and the bisection's oracle), the bisection
 (the range, the search, the verdict cache, attribution) and an executor from ekka.containers
-(the local one), which the bisection receives through `ekka.bisect.executor.Executor`.
+(the local one, or the docker one: `executor="docker"`), which the bisection receives through
+`ekka.bisect.executor.Executor` and cannot tell apart.
 
 1. The range (first-parent chain good..bad) is checked first: refs, ancestry, a clean tree.
 2. Localize at `bad`: the localize-mode diagnosis with the target run from a worktree of `bad`
    (its Python sources overlaid on the installed release's compiled extensions).
 3. Bisect with the tracer's oracle (reference computed once, cached verdicts reused), the
-   local executor probing each commit.
+   executor probing each commit (local: a worktree; docker: the commit's image). The localization
+   at `bad` runs from a worktree in both cases.
 4. Attribute: the first bad commit's diff joined with the suspects.
 """
 
@@ -18,18 +20,24 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ekka.bisect.attribution import attribute
 from ekka.bisect.cache import VerdictCache, default_url
+from ekka.bisect.executor import Executor
 from ekka.bisect.history import commit_range
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.search import Bisector, BisectResult, NullObserver, Observer
 from ekka.bisect.worktree import worktree
 from ekka.containers.local import LocalExecutor, overlay_compiled
+from ekka.errors import UsageError
 from ekka.report import BisectionSummary, Diagnosis, RootCause
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.tracer.trace import TraceReader
+
+if TYPE_CHECKING:
+    from ekka.containers.docker import ContainerLimits
+    from ekka.containers.images import ImageSettings
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,12 @@ class FullConfig:
     github_repo: str | None = None  # OWNER/NAME: PRs from GitHub's API, else from commit messages
     github_api: str = "https://api.github.com"
     github_token: str | None = None
+    executor: str = "local"  # "local" or "docker"
+    images: ImageSettings | None = None  # docker: how per-commit images are obtained
+    limits: ContainerLimits | None = None  # docker: GPUs and limits (timeout: `timeout`)
+
+
+EXECUTORS = ("local", "docker")
 
 
 def run_full_diagnosis(
@@ -60,12 +74,26 @@ def run_full_diagnosis(
     *,
     progress: Callable[[str], None] | None = None,
     observer: Observer | None = None,
+    build_output: Callable[[str], None] | None = None,
 ) -> tuple[Diagnosis, BisectResult]:
-    """Returns the diagnosis (with root cause and bisection filled in) and the BisectResult."""
+    """Returns the diagnosis (with root cause and bisection filled in) and the BisectResult.
+
+    `build_output` receives the docker executor's image builds line by line (default:
+    `progress`, which a terminal shows as it comes; the bot passes a throttled one)."""
     say = progress or (lambda _m: None)
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
     package_dir = Path(config.package_dir)
+
+    if config.executor not in EXECUTORS:
+        raise UsageError(
+            f"unknown executor {config.executor!r}; use one of {', '.join(EXECUTORS)}."
+        )
+    client = None
+    if config.executor == "docker":  # before the long localization: no engine, no job
+        from ekka.containers.engine import connect
+
+        client = connect()
 
     say("checking the commit range")
     lookup = None
@@ -112,14 +140,18 @@ def run_full_diagnosis(
         work / "bisect",
     )
     oracle.prepare()
-    executor = LocalExecutor(
-        config.repo,
-        oracle,
-        package_dir=package_dir,
-        base=commits.good.sha,
-        workdir=work / "bisect",
-        timeout=config.timeout,
-    )
+    executor: Executor
+    if client is not None:
+        executor = docker_executor(client, config, oracle, commits.good.sha, build_output or say)
+    else:
+        executor = LocalExecutor(
+            config.repo,
+            oracle,
+            package_dir=package_dir,
+            base=commits.good.sha,
+            workdir=work / "bisect",
+            timeout=config.timeout,
+        )
     cache = VerdictCache(config.db_url or default_url())
     try:
         result = Bisector(
@@ -129,7 +161,10 @@ def run_full_diagnosis(
             observer=observer or NullObserver(),
             cache=cache,
             repo_key=str(Path(config.repo).resolve()),
-            config_hash=oracle.config.digest(),
+            # a skip depends on the executor (the local one skips compiled changes that the
+            # docker one builds): each executor's verdicts apart, the local one's key unchanged
+            config_hash=oracle.config.digest()
+            + ("" if config.executor == "local" else f"+{config.executor}"),
         ).run(commits)
     finally:
         cache.close()
@@ -159,6 +194,25 @@ def run_full_diagnosis(
         },
     )
     return diagnosis, result
+
+
+def docker_executor(
+    client: Any, config: FullConfig, oracle: TracerOracle, release: str, say: Callable[[str], None]
+) -> Executor:
+    """The docker executor for `config`: the base image built (or reused) when none is named."""
+    from ekka.containers.base import ensure_base_image
+    from ekka.containers.docker import ContainerLimits, DockerExecutor
+    from ekka.containers.images import ImageSettings, ImageStore
+
+    settings = config.images or ImageSettings()
+    if settings.base_image is None:
+        say("docker: the base image (built once, then reused)")
+        settings = replace(settings, base_image=ensure_base_image(client, progress=say).base)
+    limits = replace(config.limits or ContainerLimits(), timeout=config.timeout)
+    images = ImageStore(client, config.repo, settings, release=release)
+    return DockerExecutor(
+        client, images, oracle, workdir=Path(config.workdir) / "bisect", limits=limits, progress=say
+    )
 
 
 def agreement_notes(diagnosis: Diagnosis, bisection: BisectionSummary) -> tuple[str, ...]:

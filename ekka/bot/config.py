@@ -6,7 +6,9 @@ Everything is a frozen dataclass; a missing secret or a malformed file is a `Con
 
     [github]       api_url                      (EKKA_GITHUB_API_URL overrides)
     [server]       base_url, database_url, workdir (EKKA_DATABASE_URL overrides database_url)
-    [executor]     kind = "local" | "command", command (kind "command"), timeout, workers
+    [executor]     kind = "local" | "docker" | "command", command (kind "command"), timeout,
+                   workers; docker: base_image, image_tag, pull_image, dockerfile, build_args
+                   (a table), gpus, shm_size, memory, pids_limit, image_budget_gb
     [worker]       poll_seconds, lease_seconds, max_attempts
     [permissions]  allow = ["login", ...]       (start work without write access)
     [[repositories]] name, path, framework, good, bad
@@ -30,7 +32,10 @@ from ekka.errors import UsageError
 
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_DATABASE_URL = "sqlite:///ekka-bot.db"
-EXECUTOR_KINDS = ("local", "command")
+EXECUTOR_KINDS = ("local", "docker", "command")
+EXECUTOR_KEYS = ("kind", "command", "timeout", "workers", "base_image", "image_tag", "pull_image",
+                 "dockerfile", "build_args", "gpus", "shm_size", "memory", "pids_limit",
+                 "image_budget_gb")  # fmt: skip
 DTYPES = ("float32", "bfloat16")
 
 
@@ -65,13 +70,25 @@ class Model:
 @dataclass(frozen=True)
 class Executor:
     """How a job probes commits: "local" is the full diagnosis (vLLM traced against
-    transformers, each commit from a worktree); "command" bisects with an operator's shell
-    command as the oracle (exit 0 good, 125 skip, other bad), as `ekka bisect --cmd` does."""
+    transformers, each commit from a worktree); "docker" the same with each commit probed in
+    its own image (`ekka.containers`: the image and container options below); "command"
+    bisects with an operator's shell command as the oracle (exit 0 good, 125 skip, other bad),
+    as `ekka bisect --cmd` does."""
 
     kind: str = "local"
     command: str | None = None
     timeout: float = 600.0
     workers: int = 1
+    base_image: str | None = None  # docker: None builds the offline base image once
+    image_tag: str = "ekka/{framework}:{sha}"
+    pull_image: str | None = None
+    dockerfile: str | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    gpus: str | None = None
+    shm_size: str = "2g"
+    memory: str | None = None
+    pids_limit: int = 4096
+    image_budget_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +162,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
                             "repositories", "models"))  # fmt: skip
     github = reader.table(data, "github", ("api_url", "throttle"))
     server = reader.table(data, "server", ("base_url", "database_url", "workdir"))
-    executor = reader.table(data, "executor", ("kind", "command", "timeout", "workers"))
+    executor = reader.table(data, "executor", EXECUTOR_KEYS)
     worker = reader.table(data, "worker", ("poll_seconds", "lease_seconds", "max_attempts"))
     permissions = reader.table(data, "permissions", ("allow",))
 
@@ -167,6 +184,14 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
     command = reader.optional_string(executor, "executor.command")
     if kind == "command" and not command:
         raise ConfigError(f'{where}: executor.kind "command" needs executor.command (the oracle).')
+
+    build_args = reader.get(executor, "executor.build_args", dict, {})
+    if not all(isinstance(v, str) for v in build_args.values()):
+        raise ConfigError(f"{where}: executor.build_args must map names to strings.")
+    image_tag = reader.string(executor, "executor.image_tag", "ekka/{framework}:{sha}")
+    if "{sha}" not in image_tag:
+        raise ConfigError(f"{where}: executor.image_tag must hold {{sha}} (one image per commit).")
+    budget = executor.get("image_budget_gb")
 
     secret = env.get("EKKA_WEBHOOK_SECRET", "")
     if not secret:
@@ -212,6 +237,18 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
             command=command,
             timeout=reader.number(executor, "executor.timeout", 600.0),
             workers=int(reader.number(executor, "executor.workers", 1, integer=True)),
+            base_image=reader.optional_string(executor, "executor.base_image"),
+            image_tag=image_tag,
+            pull_image=reader.optional_string(executor, "executor.pull_image"),
+            dockerfile=reader.optional_string(executor, "executor.dockerfile"),
+            build_args=dict(build_args),
+            gpus=reader.optional_string(executor, "executor.gpus"),
+            shm_size=reader.string(executor, "executor.shm_size", "2g"),
+            memory=reader.optional_string(executor, "executor.memory"),
+            pids_limit=int(reader.number(executor, "executor.pids_limit", 4096, integer=True)),
+            image_budget_gb=None
+            if budget is None
+            else reader.number(executor, "executor.image_budget_gb", 0.0),
         ),
         worker=WorkerSettings(
             poll_seconds=reader.number(worker, "worker.poll_seconds", 1.0),

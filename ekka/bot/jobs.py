@@ -264,6 +264,32 @@ class JobRunner:
             return self._bisect_with_command(job, github, progress, folder, repository.path)
         return self._full_diagnosis(job, github, progress, folder, repository.path, params)
 
+    def _docker_options(self) -> dict[str, Any]:
+        """FullConfig's executor fields from `[executor]` (kind "docker": images and limits)."""
+        settings = self.config.executor
+        if settings.kind != "docker":
+            return {}
+        from ekka.containers.docker import ContainerLimits
+        from ekka.containers.images import ImageSettings
+
+        return {
+            "executor": "docker",
+            "images": ImageSettings(
+                base_image=settings.base_image,
+                tag_template=settings.image_tag,
+                pull_template=settings.pull_image,
+                dockerfile=settings.dockerfile,
+                build_args=dict(settings.build_args),
+                budget_gb=settings.image_budget_gb,
+            ),
+            "limits": ContainerLimits(
+                gpus=settings.gpus,
+                shm_size=settings.shm_size,
+                memory=settings.memory,
+                pids=settings.pids_limit,
+            ),
+        }
+
     def _full_diagnosis(
         self,
         job: Job,
@@ -312,9 +338,11 @@ class JobRunner:
                 github_repo=job.repository,
                 github_api=self.config.api_url,
                 github_token=github.token,
+                **self._docker_options(),
             ),
             progress=lambda text: progress.say(text, force=True),
             observer=progress,
+            build_output=progress.say,  # image builds: every line recorded, edits throttled
         )
         write_reports(diagnosis, folder)
         assert diagnosis.bisection is not None

@@ -7,8 +7,6 @@ binaries: only valid while the commit changes no compiled source, so a commit th
 
 from __future__ import annotations
 
-import fnmatch
-import os
 import threading
 import time
 from pathlib import Path
@@ -17,46 +15,11 @@ from ekka.bisect.history import CommitInfo
 from ekka.bisect.oracle import TracerOracle
 from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
 from ekka.bisect.worktree import worktree
-from ekka.errors import CaptureError, UsageError
-from ekka.repo import git
+from ekka.containers.overlay import compiled_changes, overlay_compiled
+from ekka.errors import CaptureError
 from ekka.tracer.capture import capture
 
-COMPILED_PATTERNS = (
-    "csrc/*",
-    "*.cu",
-    "*.cuh",
-    "*.cpp",
-    "*.cc",
-    "*.c",
-    "*.h",
-    "*.hpp",
-    "CMakeLists.txt",
-    "*.cmake",
-)
-
-
-def compiled_changes(repo: Path, base: str, commit: str) -> list[str]:
-    """Files matching COMPILED_PATTERNS that differ between `base` and `commit`."""
-    names = git(repo, "diff", "--name-only", base, commit).splitlines()
-    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in COMPILED_PATTERNS)]
-
-
-def overlay_compiled(tree: Path, package_dir: Path) -> int:
-    """Link the installed release's compiled extensions into the worktree's package folder."""
-    target_root = tree / package_dir.name
-    if not target_root.is_dir():
-        raise UsageError(
-            f"the repository has no {package_dir.name}/ folder at its top level: it is not the "
-            f"{package_dir.name} repository (or not its Python sources)."
-        )
-    count = 0
-    for so in package_dir.rglob("*.so"):
-        dest = target_root / so.relative_to(package_dir)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            os.symlink(so, dest)
-            count += 1
-    return count
+__all__ = ["LocalExecutor", "compiled_changes", "overlay_compiled"]
 
 
 class LocalExecutor:

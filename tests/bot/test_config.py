@@ -50,6 +50,23 @@ def test_the_issue_example_loads(tmp_path):
     assert config.secrets.webhook_secret == "s3cret" and "s3cret" not in repr(config)
 
 
+def test_the_docker_executor_and_its_options(tmp_path):
+    text = TOML.replace(
+        'kind = "local"',
+        'kind = "docker"\nbase_image = "ekka/base:1"\npull_image = "reg/vllm:{sha}"\n'
+        'dockerfile = "docker/Dockerfile.cpu"\nbuild_args = {MAX_JOBS = "2"}\ngpus = "0,1"\n'
+        'memory = "32g"\nimage_budget_gb = 200',
+    )
+    executor = load_config(write(tmp_path, text), ENV).executor
+    assert executor.kind == "docker" and executor.base_image == "ekka/base:1"
+    assert (
+        executor.image_tag == "ekka/{framework}:{sha}" and executor.pull_image == "reg/vllm:{sha}"
+    )
+    assert executor.build_args == {"MAX_JOBS": "2"} and executor.gpus == "0,1"
+    assert executor.memory == "32g" and executor.image_budget_gb == 200
+    assert executor.shm_size == "2g" and executor.pids_limit == 4096
+
+
 def test_the_environment_overrides(tmp_path):
     env = {
         **ENV,
@@ -92,7 +109,9 @@ def test_missing_secrets_are_named(tmp_path, env, message):
     [
         ("[github\n", "not valid TOML"),
         ("[server]\nport = 3\n", "unknown key 'port' in \\[server\\]"),
-        ("[executor]\nkind = 'docker'\n", "executor.kind 'docker'"),
+        ("[executor]\nkind = 'ray'\n", "executor.kind 'ray'"),
+        ("[executor]\nkind = 'docker'\nimage_tag = 'x:latest'\n", "must hold \\{sha\\}"),
+        ("[executor]\nkind = 'docker'\nbuild_args = {JOBS = 2}\n", "build_args must map"),
         ("[executor]\nkind = 'command'\n", "needs executor.command"),
         ("[[repositories]]\nname = 'vllm'\n", "OWNER/NAME"),
         ("[[models]]\nname = 'm'\n", "models\\[0\\].path is missing"),
