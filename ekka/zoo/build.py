@@ -272,7 +272,7 @@ def _copy_canonical(staging: Path, out: Path) -> None:
 # ---------------------------------------------------------------------------- output folder
 
 
-def _prepare_out(out: Path) -> None:
+def prepare_out(out: Path) -> None:
     """Create `out`, or clear a previous zoo build there; refuse any other non-empty folder."""
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out} exists and is not a folder")
@@ -329,7 +329,7 @@ def build_model(
         _check_size(spec, config)
         model = _init_model(spec, config, seed)
         out = Path(out)
-        _prepare_out(out)
+        prepare_out(out)
         with tempfile.TemporaryDirectory(prefix="ekka-zoo-") as tmp:
             staging = Path(tmp)
             _save_model(model, dtype, staging)

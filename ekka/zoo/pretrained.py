@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ekka.errors import OutputFolderError, UsageError
-from ekka.zoo.build import quiet_transformers
+from ekka.errors import UsageError
+from ekka.zoo.build import prepare_out, quiet_transformers
 
 MANIFEST = "ekka-zoo.json"
 FILES = (
@@ -184,17 +184,7 @@ def build_pretrained(
     """
     source = prepare(name, dtype, progress)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise OutputFolderError(
-                f"{out} is not empty and holds no {MANIFEST}: refusing to write a model there"
-            )
-        for child in out.iterdir():
-            if child.is_file() or child.is_symlink():
-                child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)  # the zoo's files (FILES among them) go; another folder is refused
     for file in FILES:
         try:
             os.link(source / file, out / file)
