@@ -164,7 +164,7 @@ def _relation(label: str, request: ScenarioRequest, traced: ScenarioRequest, blo
     if shared == 0:
         prefix = "shares no prefix with it"
     elif blocks == 0:
-        prefix = f"shares its first {shared} tokens (less than a block)"
+        prefix = f"shares no whole KV-cache block with it (its first {shared} tokens)"
     else:
         prefix = f"shares its first {_blocks(blocks)} ({shared} tokens)"
     kind, number = label.split(" ")
