@@ -1,7 +1,7 @@
 """Scenarios on the real engine: silent errors that show only when requests meet.
 
-- the public scenario case (a prefix-cache hit one block too long), through `ekka bench
-  --bisect`: localized top-1, its first bad commit found, reduced to the request before it;
+- the public scenario case (a prefix-cache hit one block too long), through the full
+  diagnosis: localized top-1, its first bad commit found, reduced to the request before it;
 - this suite's own cases (tests/fixtures/scenarios, the bench's format): a batching bug (the
   sampled rows gathered in reverse batch order) and a preemption bug (a preempted request
   resuming at its old position), each localized top-1 and reduced to the request it needs;
@@ -11,13 +11,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from ekka.bench import load_case, run_case
-from ekka.cli import main
+from ekka.bench import (
+    base_repository,
+    build_case_model,
+    case_prompt_ids,
+    case_scenario,
+    load_case,
+    matches_truth,
+    run_case,
+)
+from ekka.bisect.framework_repo import make_bug_history
+from ekka.full import FullConfig, run_full_diagnosis
+from ekka.repo import installed_framework_dir
 from ekka.scenario import Scenario
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.tracer.protocol import ScenarioRequest
@@ -29,16 +38,40 @@ OWN = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios"
 
 
 @pytest.mark.skipif(not SCENARIOS.is_dir(), reason="shared/bench is not beside the checkout")
-def test_public_scenario_case_localized_bisected_and_reduced(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = main(["bench", str(SCENARIOS), "--json", str(out), "--workdir", str(tmp_path / "w")])
-    assert code == 0, capsys.readouterr().out
-    (case,) = json.loads(out.read_text())["cases"]
-    assert "error" not in case, case
-    assert case["top1"], case["suspects"][:3]
-    assert case["bisect"] and case["first_bad"] == case["bug_commit"], case
-    assert case["reduction"]["kept"] == ["before 0"]
-    assert "shares its first 2 blocks (64 tokens)" in case["reduction"]["statement"]
+def test_public_scenario_case_localized_bisected_and_reduced(tmp_path):
+    """The full diagnosis, as `ekka bench --bisect` runs it, on a shorter history (two
+    harmless commits, the bug, one harmless commit): every probe runs the scenario."""
+    case = load_case(SCENARIOS / "prefix-cache-hit-length-one-block-over")
+    model = build_case_model(case, tmp_path / "model")
+    history = make_bug_history(
+        base_repository(tmp_path),
+        tmp_path / "repo",
+        case.path / "bug.patch",
+        "cache hit",
+        before=2,
+        after=1,
+    )
+    diagnosis, result = run_full_diagnosis(
+        FullConfig(
+            repo=str(history.repo),
+            good=history.good,
+            bad=history.bad,
+            model=str(model),
+            prompt_ids=tuple(case_prompt_ids(case, model)),
+            workdir=str(tmp_path / "traces"),
+            package_dir=str(installed_framework_dir()),
+            max_tokens=case.max_tokens,
+            engine=case.engine,
+            db_url=f"sqlite:///{tmp_path / 'verdicts.db'}",
+            scenario=case_scenario(case, model),
+        )
+    )
+    suspects = [s.component for s in diagnosis.localization.suspects]
+    assert suspects and matches_truth(suspects[0], case.truth_components), suspects[:3]
+    assert result.first_bad is not None and result.first_bad.sha == history.bug
+    assert diagnosis.reduction is not None and diagnosis.reduction.kept == ("before 0",)
+    assert "shares its first 2 blocks (64 tokens)" in diagnosis.reduction.statement
+    assert "--scenario" in diagnosis.reduction.command
 
 
 @pytest.mark.parametrize(
