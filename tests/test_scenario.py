@@ -183,3 +183,30 @@ def test_the_serving_checks_cover_every_request_of_a_batch():
     assert len(wrong) == 1 and wrong[0].consumer == "attention"
     assert wrong[0].mismatches == ("slot mapping of request alongside 0 [17] expected, [29] given",)
     assert wrong[0].first_wrong == 3  # placed at the traced request's span
+
+
+def _span_pass(index: int, start: int, count: int, blocks: list[int], batch: int = 1) -> PassInfo:
+    span = {"request": "1-a", "label": "traced", "start": start, "count": count}
+    span["block_ids"] = [blocks]
+    others = [{"request": f"{i}-b", "label": f"alongside {i}"} for i in range(batch - 1)]
+    extra = {"request": span, **({"batch": others + [span]} if batch > 1 else {})}
+    return PassInfo(index, 0, (), tuple(range(start, start + count)), extra)
+
+
+def test_what_the_traced_request_met_is_said_from_its_spans():
+    from ekka.tracer.serving import scenario_events
+
+    prefix_then_preempted = [
+        _span_pass(0, 32, 8, [1, 2], batch=3),
+        _span_pass(1, 40, 1, [1, 2]),
+        _span_pass(2, 32, 10, [1, 2, 5]),  # recomputed after the prefix-cache hit
+    ]
+    events = scenario_events(prefix_then_preempted, 40)
+    assert events[0].startswith("the traced request took its first 32 prompt tokens (of 40)")
+    assert (
+        "1 of its 3 passes were batched with other requests (alongside 0, alongside 1)" in events[1]
+    )
+    assert "pass 2 starts again at position 32 after position 40" in events[2]
+    resumed_in_place = [_span_pass(0, 0, 8, [1]), _span_pass(1, 8, 1, [4])]
+    assert "resumed at position 8 without recomputing" in scenario_events(resumed_in_place, 8)[0]
+    assert scenario_events([_span_pass(0, 0, 8, [1]), _span_pass(1, 8, 1, [1, 2])], 8) == []

@@ -32,6 +32,7 @@ from ekka.tracer.localize import localize, threshold_for
 from ekka.tracer.metrics import compute_error_ratio
 from ekka.tracer.output import check_output
 from ekka.tracer.protocol import CaptureSpec
+from ekka.tracer.serving import scenario_events
 from ekka.tracer.session import TargetSession
 from ekka.tracer.trace import TraceReader
 
@@ -180,6 +181,9 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         timings=timings,
         output=output,
         scenario=None if config.scenario.empty else config.scenario.to_json(),
+        notes=()
+        if config.scenario.empty
+        else tuple(scenario_events(target.passes, len(config.prompt_ids))),
     )
     if diagnosis.diverged and config.reduce and not config.scenario.empty:
         from ekka.reduce import reduce_scenario

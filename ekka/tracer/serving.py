@@ -221,3 +221,50 @@ def _values(values: Sequence[int]) -> str:
         return f"{values[0]}..{values[-1]}"
     shown = ", ".join(str(v) for v in values[:8])
     return f"[{shown}{', ...' if len(values) > 8 else ''}]"
+
+
+def scenario_events(passes: Sequence[PassInfo], prompt_len: int) -> list[str]:
+    """What the traced request met in its engine, from the scheduler's spans: a prefix-cache
+    hit, the requests batched with it, a preemption (a span that starts again before where
+    the last one ended: the request was recomputed)."""
+    spans = [(p, p.extra["request"]) for p in passes if isinstance(p.extra.get("request"), dict)]
+    if not spans:
+        return []
+    events: list[str] = []
+    first = spans[0][1]
+    if int(first["start"]) > 0:
+        events.append(
+            f"the traced request took its first {first['start']} prompt tokens (of {prompt_len}) "
+            "from the prefix cache"
+        )
+    batched = [p for p, _ in spans if len(p.extra.get("batch") or ()) > 1]
+    if batched:
+        others = sorted(
+            {
+                str(b.get("label"))
+                for p in batched
+                for b in p.extra["batch"]
+                if b["request"] != first["request"]
+            }
+        )
+        events.append(
+            f"{len(batched)} of its {len(spans)} passes were batched with other requests "
+            f"({', '.join(others)})"
+        )
+    end, blocks = None, None
+    for info, span in spans:
+        start, own = int(span["start"]), [list(g) for g in span.get("block_ids") or []]
+        kept = blocks is None or all(g[: len(b)] == b for g, b in zip(own, blocks))
+        if end is not None and start < end:
+            events.append(
+                f"it was preempted and recomputed: pass {info.index} starts again at position "
+                f"{start} after position {end - 1} had been computed"
+            )
+        elif not kept and blocks is not None:
+            events.append(
+                f"its KV-cache blocks were replaced before pass {info.index} ({blocks} became "
+                f"{own}: it was preempted) and it resumed at position {start} without "
+                "recomputing the tokens before it"
+            )
+        end, blocks = start + int(span["count"]), own
+    return events

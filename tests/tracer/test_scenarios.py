@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,10 @@ def test_own_scenario_cases_localized_and_reduced(case_id, kept, tmp_path):
     assert result.extra["reduction"]["kept"] == kept
     # alone, the traced request is right: the reduction's first run said so
     assert result.extra["reduction"]["runs"] >= 2
+    notes = json.loads((tmp_path / case_id / "report" / "report.json").read_text())["notes"]
+    assert any("batched with other requests (alongside 0" in n for n in notes), notes
+    if "preempted" in case_id:  # what the scheduler's spans show: resumed, not recomputed
+        assert any("without recomputing" in n for n in notes), notes
 
 
 def _ids(seed: int, n: int) -> tuple[int, ...]:
