@@ -728,6 +728,9 @@ def bench(
             if not no_bisect:
                 mark += f", bisect {'ok' if result.extra.get('bisect') else 'MISS'} in {result.extra.get('probes')} probes"
             console.print(f"{c.id}: {mark} ({result.seconds:.0f} s) {result.error or ''}")
+            if result.extra.get("reduction"):
+                reduced = result.extra["reduction"]
+                console.print(f"  reduced scenario: {escape_markup(reduced['statement'])}")
     summary = summarize(results)
     title = f"ekka bench: top-1 {summary['top1']:.0%}, top-5 {summary['top5']:.0%}"
     if "bisect" in summary:

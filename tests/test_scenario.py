@@ -210,3 +210,17 @@ def test_what_the_traced_request_met_is_said_from_its_spans():
     resumed_in_place = [_span_pass(0, 0, 8, [1]), _span_pass(1, 8, 1, [4])]
     assert "resumed at position 8 without recomputing" in scenario_events(resumed_in_place, 8)[0]
     assert scenario_events([_span_pass(0, 0, 8, [1]), _span_pass(1, 8, 1, [1, 2])], 8) == []
+
+
+def test_diagnose_scenario_mistakes_exit_2_with_one_line(tmp_path, capsys):
+    from ekka.cli import main
+
+    (tmp_path / "s.toml").write_text("[run]\nprompt_token_ids = [1, 2]\nalongside = 3\n")
+    base = ["diagnose", "--model", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*base, "--scenario", str(tmp_path / "s.toml")]) == 2
+    assert "run.alongside must be an array of tables" in capsys.readouterr().err
+    assert main([*base, "--prompt-ids", "1,2", "--compare", "all"]) == 2
+    assert "--compare all is for a --scenario" in capsys.readouterr().err
+    (tmp_path / "ok.toml").write_text("[run]\nprompt_token_ids = [1, 2]\n")
+    assert main([*base, "--scenario", str(tmp_path / "ok.toml"), "--prompt-ids", "1,2"]) == 2
+    assert "drop --prompt/--prompt-ids" in capsys.readouterr().err
