@@ -40,8 +40,8 @@ OWN = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios"
 
 @pytest.mark.skipif(not SCENARIOS.is_dir(), reason="shared/bench is not beside the checkout")
 def test_public_scenario_case_localized_bisected_and_reduced(tmp_path):
-    """The full diagnosis, as `ekka bench --bisect` runs it, on a shorter history (two
-    harmless commits, the bug, one harmless commit): every probe runs the scenario."""
+    """The full diagnosis, as `ekka bench --bisect` runs it, on a shorter history (a
+    harmless commit, the bug, a harmless commit): every probe runs the scenario."""
     case = load_case(SCENARIOS / "prefix-cache-hit-length-one-block-over")
     model = build_case_model(case, tmp_path / "model")
     history = make_bug_history(
@@ -49,7 +49,7 @@ def test_public_scenario_case_localized_bisected_and_reduced(tmp_path):
         tmp_path / "repo",
         case.path / "bug.patch",
         "cache hit",
-        before=2,
+        before=1,
         after=1,
     )
     diagnosis, result = run_full_diagnosis(
