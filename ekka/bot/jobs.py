@@ -27,6 +27,8 @@ from ekka.bot.db import Job, JobState, Store
 from ekka.bot.github import GitHubClient, GitHubError
 from ekka.errors import EkkaError
 from ekka.report import BisectionSummary, Diagnosis
+from ekka.scenario import Scenario
+from ekka.tracer.protocol import ScenarioRequest
 
 log = logging.getLogger("ekka.bot")
 
@@ -404,11 +406,13 @@ def fetch(path: str) -> None:
             raise EkkaError(f"git fetch in {path} failed: {done.stderr.strip()[-500:]}")
 
 
-def job_scenario(params: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+def job_scenario(
+    params: dict[str, Any],
+) -> tuple[Scenario, dict[str, Any], ScenarioRequest | None]:
     """A job's scenario (from the configured file it names), its engine arguments (the
     command's engine.KEY over the file's [run.engine]), and the traced request where the file
     gives it (else None: the command's or the model's prompt is traced)."""
-    from ekka.scenario import Scenario, load_run
+    from ekka.scenario import load_run
     from ekka.tracer.capture import tokenize
 
     engine = dict(params.get("engine") or {})
