@@ -161,9 +161,10 @@ class ModuleRecorder:
         self.pass_index = -1
         self._recording = False  # set per pass by begin_pass
         # Where the traced request's rows lie in a batch of several requests: (first row,
-        # rows, the batch's rows); a tensor of the batch's rows is recorded as those rows only.
-        # Set by the adapter from the scheduler's spans, never from the model's tensors.
-        self.rows: tuple[int, int, int] | None = None
+        # rows, the batch's rows as the scheduler counts them, the rows the model ran with
+        # padding); a tensor of the batch's rows is recorded as those rows only. Set by the
+        # adapter from the scheduler's spans, never from the model's tensors.
+        self.rows: tuple[int, int, int, int] | None = None
         self.call_index = 0
         self._stack: list[list[Any]] = []  # [name, had_child_call, cloned_inputs]
         self._seen: dict[str, int] = {}
@@ -217,8 +218,8 @@ class ModuleRecorder:
         """The traced request's rows of a tensor holding one row per row of the batch."""
         if self.rows is None or t.dim() == 0:
             return t
-        first, count, total = self.rows
-        if t.shape[0] != total or (first == 0 and count == total):
+        first, count, total, padded = self.rows
+        if t.shape[0] not in (total, padded) or (first == 0 and count == t.shape[0]):
             return t
         return t[first : first + count]
 

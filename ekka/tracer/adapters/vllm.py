@@ -251,8 +251,11 @@ class VllmTarget:
             end = pos[-1] + 1 if pos else 0
             step = max(0, end - prompt_len)
             recorder.begin_pass(step)
-            # the traced request's rows of the batch (the scheduler's span, not the tensors)
-            recorder.rows = None if span is None else (span["offset"], span["count"], len(ids_all))
+            # the traced request's rows of the batch (the scheduler's spans, not the tensors)
+            recorder.rows = None
+            if span is not None:
+                total = sum(s["count"] for s in batch or [span])
+                recorder.rows = (span["offset"], span["count"], total, len(ids_all))
             writer.add_pass(
                 PassInfo(
                     index=recorder.pass_index,
@@ -268,7 +271,7 @@ class VllmTarget:
             the batch's order; the traced request's is its index."""
             span = spans.placement()
             batch = spans.batch() or []
-            recorder.rows = None if span is None else (span["index"], 1, len(batch))
+            recorder.rows = None if span is None else (span["index"], 1, len(batch), len(batch))
 
         def logits(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if not recorder.recording:
