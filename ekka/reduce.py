@@ -167,11 +167,11 @@ def _relation(label: str, request: ScenarioRequest, traced: ScenarioRequest, blo
         prefix = f"shares no whole KV-cache block with it (its first {shared} tokens)"
     else:
         prefix = f"shares its first {_blocks(blocks)} ({shared} tokens)"
-    kind, number = label.split(" ")
-    if kind == "before":
+    if label.startswith("before"):
         return f"the request before it ({label}, run first) {prefix}"
     size = f"{len(request.prompt_ids)} prompt tokens, {request.max_tokens} generated"
-    return f"it is batched with request {label} ({size}), which {prefix}"
+    shares = f", which {prefix}" if blocks else ""
+    return f"it is batched with request {label} ({size}){shares}"
 
 
 def _blocks(count: int) -> str:
