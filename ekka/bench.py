@@ -21,6 +21,7 @@ from typing import Any
 from ekka.bisect.framework_repo import apply_patch
 from ekka.errors import UsageError
 from ekka.repo import installed_framework_dir
+from ekka.scenario import RunSpec, Scenario, parse_run
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Case:
     truth_files: tuple[str, ...]
     framework: str = "vllm"
     pretrained: str | None = None  # a pretrained zoo model (real weights) instead of random init
+    # the requests around the traced one (bench/scenarios: [[run.before]], [[run.alongside]])
+    run: RunSpec | None = None
 
 
 @dataclass
@@ -97,6 +100,7 @@ def load_case(folder: Path) -> Case:
             prompt_ids=tuple(run["prompt_token_ids"]) if "prompt_token_ids" in run else None,
             max_tokens=int(run.get("max_tokens", 4)),
             engine=dict(run.get("engine", {})),
+            run=parse_run(run, str(toml)),
             truth_components=tuple(truth["components"]),
             truth_files=tuple(truth.get("files", ())),
             framework=data.get("framework", "vllm"),
@@ -172,6 +176,15 @@ def build_case_model(case: Case, out: Path) -> Path:
     )
 
 
+def case_scenario(case: Case, model_dir: Path) -> Scenario:
+    """The case's requests around the traced one (none for a case of one request)."""
+    from ekka.tracer.capture import tokenize
+
+    if case.run is None:
+        return Scenario()
+    return case.run.resolve(lambda text: tokenize(model_dir, text))[1]
+
+
 def case_prompt_ids(case: Case, model_dir: Path) -> list[int]:
     from ekka.tracer.capture import tokenize
 
@@ -212,6 +225,7 @@ def run_case(
         say("building the model")
         model_dir = build_case_model(case, work / "model")
         ids = case_prompt_ids(case, model_dir)
+        scenario = case_scenario(case, model_dir)
         if bisect:
             from ekka.bisect.framework_repo import make_bug_history
             from ekka.full import FullConfig, run_full_diagnosis
@@ -237,6 +251,7 @@ def run_case(
                     engine=case.engine,
                     prompt_text=case.prompt,
                     db_url=db_url or f"sqlite:///{(work / 'verdicts.db').resolve()}",
+                    scenario=scenario,
                 ),
                 progress=say,
             )
@@ -265,6 +280,7 @@ def run_case(
                     engine=case.engine,
                     prompt_text=case.prompt,
                     target_pythonpath=(str(src_root),),
+                    scenario=scenario,
                 ),
                 progress=say,
             )
@@ -285,6 +301,14 @@ def run_case(
     suspects = [s.component for s in diagnosis.localization.suspects]
     hits = [matches_truth(s, case.truth_components) for s in suspects]
     extra["verdict"] = diagnosis.verdict
+    if diagnosis.reduction is not None:
+        reduction = diagnosis.reduction
+        extra["reduction"] = {
+            "kept": list(reduction.kept),
+            "statement": reduction.statement,
+            "runs": reduction.runs,
+            "seconds": round(reduction.seconds, 1),
+        }
     return CaseResult(
         case.id,
         top1=bool(hits[:1] and hits[0]),

@@ -266,6 +266,7 @@ def _full_diagnosis(
     executor: str = "local",
     timeout: float = 600,
     docker: tuple[Any, Any] | None = None,
+    scenario: Any = None,
 ) -> str | None:
     """Run the full diagnosis with progress, print the root cause, write the reports; returns
     the first bad commit's sha (None when none was found)."""
@@ -297,6 +298,8 @@ def _full_diagnosis(
         images=docker[0] if docker else None,
         limits=docker[1] if docker else None,
     )
+    if scenario is not None:
+        config = replace(config, scenario=scenario)
     if github:
         config = replace(
             config, github_repo=github[0], github_api=github[1], github_token=github[2]
@@ -480,9 +483,21 @@ def diagnose(
     image_budget: float | None = typer.Option(
         None, help="Docker: GB of per-commit images kept; the least recently used are pruned."
     ),
+    scenario: Path | None = typer.Option(
+        None,
+        help="A scenario file: the traced request's [run] with [[run.before]], [[run.alongside]] and [run.engine] (bench/FORMAT.md, 'Scenarios'); a diverging scenario is reduced to the requests it needs.",
+    ),
+    compare: str = typer.Option(
+        "traced",
+        help="With --scenario: traced (the traced request) or all (every request of the scenario in turn).",
+    ),
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     engine_args = parse_engine_args(engine)
+    if compare not in ("traced", "all"):
+        raise UsageError(f"--compare {compare!r}: use traced or all.")
+    if compare == "all" and scenario is None:
+        raise UsageError("--compare all is for a --scenario (every request of it in turn).")
     if threshold is not None and threshold <= 0:
         raise UsageError("--threshold must be positive (default: the dtype's calibrated one).")
 
@@ -504,7 +519,15 @@ def diagnose(
         raise UsageError(
             "--target-path is for localize mode; full mode runs the target from the repository's commits."
         )
-    ids = resolve_prompt(model, prompt, prompt_ids)
+    from ekka.scenario import Scenario
+
+    scene = Scenario()
+    if scenario is not None:
+        ids, prompt, max_tokens, scene, engine_args = _scenario_run(
+            model, scenario, prompt, prompt_ids, max_tokens, engine_args
+        )
+    else:
+        ids = resolve_prompt(model, prompt, prompt_ids)
     validate(
         CaptureSpec(
             framework="vllm",
@@ -514,8 +537,12 @@ def diagnose(
             dtype=dtype,
             max_tokens=max_tokens,
             engine=engine_args,
+            before=scene.before,
+            alongside=scene.alongside,
         )
     )
+    if compare == "all" and all(full):
+        raise UsageError("--compare all is for localize mode (no --repo/--good/--bad).")
     if all(full):
         assert repo is not None and good is not None and bad is not None
         import os
@@ -554,6 +581,7 @@ def diagnose(
             )
             if executor == "docker"
             else None,
+            scenario=scene,
         )
         raise typer.Exit(1 if found else 0)
     config = DiagnoseConfig(
@@ -566,13 +594,80 @@ def diagnose(
         prompt_text=prompt,
         target_pythonpath=tuple(str(p) for p in target_path),
         engine=engine_args,
+        scenario=scene,
     )
+    if compare == "all":
+        raise typer.Exit(_compare_all(config, out_dir))
     with console.status("diagnosing ...") as status:
         diagnosis = run_diagnosis(config, progress=lambda msg: status.update(msg))
     paths = write_reports(diagnosis, out_dir)
     suspects_table(diagnosis, out)
     out.print(f"{diagnosis.verdict}\nreports: {paths['md']}, {paths['json']}, {paths['html']}")
+    if diagnosis.reduction is not None:
+        out.print(
+            f"reduced scenario: {escape_markup(diagnosis.reduction.statement)}\n"
+            f"reproduce: {escape_markup(diagnosis.reduction.command)}"
+        )
     raise typer.Exit(1 if diagnosis.diverged else 0)
+
+
+def _scenario_run(
+    model: Path,
+    file: Path,
+    prompt: str | None,
+    prompt_ids: str | None,
+    max_tokens: int,
+    engine: dict[str, Any],
+) -> tuple[list[int], str | None, int, Any, dict[str, Any]]:
+    """The traced request (from the file's [run], or from --prompt/--prompt-ids), its
+    scenario, and the engine arguments (--engine over the file's [run.engine])."""
+    from ekka.scenario import load_run
+    from ekka.tracer.capture import resolve_prompt, tokenize
+
+    run = load_run(file)
+    in_file = run.prompt.text is not None or run.prompt.ids is not None
+    if in_file and (prompt is not None or prompt_ids is not None):
+        raise UsageError(
+            f"{file} gives the traced request in [run]; drop --prompt/--prompt-ids (or the "
+            "file's prompt)."
+        )
+    traced, scene = run.resolve(lambda text: tokenize(model, text))
+    if in_file:
+        ids, prompt, max_tokens = list(traced.prompt_ids), run.prompt.text, traced.max_tokens
+    else:
+        ids = resolve_prompt(model, prompt, prompt_ids)
+    return ids, prompt, max_tokens, scene, {**run.engine, **engine}
+
+
+def _compare_all(config: Any, out_dir: Path) -> int:
+    """Every request of the scenario traced in turn; a report per request under `out_dir`.
+    1 when any diverges."""
+    from dataclasses import replace
+
+    from ekka.report import write_reports
+    from ekka.tracer.diagnose import run_diagnosis
+    from ekka.tracer.protocol import ScenarioRequest
+
+    diverged = False
+    traced = ScenarioRequest(config.prompt_ids, config.max_tokens)
+    for label, request, scene in config.scenario.each_traced(traced):
+        folder = out_dir / label.replace(" ", "-")
+        each = replace(
+            config,
+            prompt_ids=request.prompt_ids,
+            max_tokens=request.max_tokens,
+            prompt_text=config.prompt_text if label == "traced" else None,
+            workdir=str(folder / "traces"),
+            scenario=scene,
+        )
+        with console.status(f"diagnosing {label} ...") as status:
+            diagnosis = run_diagnosis(each, progress=lambda msg: status.update(msg))
+        paths = write_reports(diagnosis, folder)
+        diverged = diverged or diagnosis.diverged
+        out.print(f"{label}: {escape_markup(diagnosis.verdict)} ({paths['md']})")
+        if diagnosis.reduction is not None:
+            out.print(f"  reduced: {escape_markup(diagnosis.reduction.statement)}")
+    return 1 if diverged else 0
 
 
 @containers_app.command("base")
@@ -633,6 +728,9 @@ def bench(
             if not no_bisect:
                 mark += f", bisect {'ok' if result.extra.get('bisect') else 'MISS'} in {result.extra.get('probes')} probes"
             console.print(f"{c.id}: {mark} ({result.seconds:.0f} s) {result.error or ''}")
+            if result.extra.get("reduction"):
+                reduced = result.extra["reduction"]
+                console.print(f"  reduced scenario: {escape_markup(reduced['statement'])}")
     summary = summarize(results)
     title = f"ekka bench: top-1 {summary['top1']:.0%}, top-5 {summary['top5']:.0%}"
     if "bisect" in summary:

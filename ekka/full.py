@@ -32,6 +32,7 @@ from ekka.bisect.worktree import worktree
 from ekka.containers.local import LocalExecutor, overlay_compiled
 from ekka.errors import UsageError
 from ekka.report import BisectionSummary, Diagnosis, RootCause
+from ekka.scenario import Scenario
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.tracer.trace import TraceReader
 
@@ -64,6 +65,8 @@ class FullConfig:
     executor: str = "local"  # "local" or "docker"
     images: ImageSettings | None = None  # docker: how per-commit images are obtained
     limits: ContainerLimits | None = None  # docker: GPUs and limits (timeout: `timeout`)
+    # the requests around the traced one: localization and every probe run them
+    scenario: Scenario = field(default_factory=Scenario)
 
 
 EXECUTORS = ("local", "docker")
@@ -121,6 +124,7 @@ def run_full_diagnosis(
                 prompt_text=config.prompt_text,
                 target_pythonpath=(str(tree),),
                 timeout=config.timeout,
+                scenario=config.scenario,
             ),
             progress=say,
         )
@@ -136,6 +140,7 @@ def run_full_diagnosis(
             max_tokens=config.max_tokens,
             engine=config.engine,
             logits_threshold=config.threshold,
+            scenario=config.scenario,
         ),
         work / "bisect",
     )

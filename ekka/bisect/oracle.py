@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ekka.bisect.verdict import ProbeResult, Verdict
+from ekka.scenario import Scenario
 from ekka.tracer.capture import capture
 from ekka.tracer.localize import threshold_for
 from ekka.tracer.output import judge_step
@@ -41,11 +42,17 @@ class OracleConfig:
     engine: Mapping[str, Any] = field(default_factory=dict)
     logits_threshold: float | None = None  # None: the dtype's calibrated threshold
     margin_factor: float = 4.0
+    # the requests around the traced one in each probe's engine (the reference runs it alone)
+    scenario: Scenario = field(default_factory=Scenario)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["prompt_ids"] = list(self.prompt_ids)
         data["engine"] = dict(self.engine)
+        if self.scenario.empty and self.scenario.traced_at is None:
+            del data["scenario"]  # a lone request keys its verdicts as before scenarios
+        else:
+            data["scenario"] = self.scenario.to_json()
         return data
 
     def digest(self) -> str:
@@ -108,7 +115,8 @@ class TracerOracle:
                 self.reference32 = _step_logits(trace)
 
     def spec(self, out: str | Path) -> CaptureSpec:
-        """What a probe captures: the target's logits only (cheap), greedy tokens."""
+        """What a probe captures: the target's logits only (cheap), greedy tokens, of the
+        traced request in its scenario."""
         return CaptureSpec(
             framework="vllm",
             model=self.config.model,
@@ -118,6 +126,9 @@ class TracerOracle:
             max_tokens=self.config.max_tokens,
             engine=dict(self.config.engine),
             logits_only=True,
+            before=self.config.scenario.before,
+            alongside=self.config.scenario.alongside,
+            traced_at=self.config.scenario.traced_at,
         )
 
     def judge(self, target: TraceReader, seconds: float = 0.0) -> ProbeResult:

@@ -16,16 +16,17 @@ from enum import Enum
 from typing import Any
 
 PREFIX = "/ekka"
-KEYS = ("model", "good", "bad", "prompt", "dtype", "max-tokens")
+KEYS = ("model", "good", "bad", "prompt", "dtype", "max-tokens", "scenario")
 DTYPES = ("float32", "bfloat16")
 MAX_LINE = 2000
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-^~@{}]*$")
 
 USAGE = """\
 /ekka diagnose [model=NAME] [good=REF] [bad=REF] [prompt="TEXT"] [dtype=float32|bfloat16]
-               [max-tokens=N] [engine.KEY=VALUE ...]
+               [max-tokens=N] [scenario=NAME] [engine.KEY=VALUE ...]
     bisect the repository between good and bad and find the commit and the component
-    (values left out come from the bot's configuration)
+    (values left out come from the bot's configuration; scenario: one the bot configures,
+    requests run before and beside the traced one)
 /ekka status   the state of this issue's latest job
 /ekka cancel   cancel this issue's queued or running job
 /ekka help     this text"""

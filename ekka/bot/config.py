@@ -13,6 +13,8 @@ Everything is a frozen dataclass; a missing secret or a malformed file is a `Con
     [permissions]  allow = ["login", ...]       (start work without write access)
     [[repositories]] name, path, framework, good, bad
     [[models]]     name, path, dtype, prompt | prompt_ids, max_tokens
+    [[scenarios]]  name, path (a scenario file: [run] with [[run.before]], [[run.alongside]],
+                   [run.engine]; `/ekka diagnose scenario=NAME` runs it)
 
 Environment: EKKA_WEBHOOK_SECRET; EKKA_GITHUB_TOKEN, or EKKA_GITHUB_APP_ID with
 EKKA_GITHUB_PRIVATE_KEY_PATH (a GitHub App); EKKA_GITHUB_API_URL; EKKA_DATABASE_URL;
@@ -65,6 +67,15 @@ class Model:
     prompt: str | None = None
     prompt_ids: tuple[int, ...] = ()
     max_tokens: int = 4
+
+
+@dataclass(frozen=True)
+class ScenarioFile:
+    """A scenario `/ekka diagnose scenario=NAME` may name: its file (read when the bot starts,
+    so that a mistake in it stops the bot with the file's error, not a job)."""
+
+    name: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,7 @@ class BotConfig:
     allow: tuple[str, ...] = ()
     repositories: tuple[Repository, ...] = ()
     models: tuple[Model, ...] = ()
+    scenarios: tuple[ScenarioFile, ...] = ()
 
     def repository(self, name: str) -> Repository | None:
         """The configured repository of that name (GitHub names compare case-insensitively)."""
@@ -131,6 +143,9 @@ class BotConfig:
 
     def model(self, name: str) -> Model | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def scenario(self, name: str) -> ScenarioFile | None:
+        return next((s for s in self.scenarios if s.name == name), None)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> BotConfig:
@@ -159,7 +174,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
     """A BotConfig from a parsed TOML document and the environment."""
     reader = _Reader(where)
     reader.known(data, "", ("github", "server", "executor", "worker", "permissions",
-                            "repositories", "models"))  # fmt: skip
+                            "repositories", "models", "scenarios"))  # fmt: skip
     github = reader.table(data, "github", ("api_url", "throttle"))
     server = reader.table(data, "server", ("base_url", "database_url", "workdir"))
     executor = reader.table(data, "executor", EXECUTOR_KEYS)
@@ -175,6 +190,10 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
     models = tuple(_model(reader, i, m) for i, m in enumerate(reader.array(data, "models")))
     _unique([r.name.lower() for r in repositories], "repository", where)
     _unique([m.name for m in models], "model", where)
+    scenarios = tuple(
+        _scenario(reader, i, s) for i, s in enumerate(reader.array(data, "scenarios"))
+    )
+    _unique([s.name for s in scenarios], "scenario", where)
 
     kind = reader.string(executor, "executor.kind", "local")
     if kind not in EXECUTOR_KINDS:
@@ -258,6 +277,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
         allow=tuple(a.lower() for a in allow),
         repositories=repositories,
         models=models,
+        scenarios=scenarios,
     )
 
 
@@ -306,6 +326,21 @@ def _model(reader: _Reader, index: int, data: Any) -> Model:
         prompt_ids=tuple(ids),
         max_tokens=max_tokens,
     )
+
+
+def _scenario(reader: _Reader, index: int, data: Any) -> ScenarioFile:
+    from ekka.scenario import load_run
+
+    at = f"scenarios[{index}]"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{reader.where}: {at} is not a table ([[scenarios]]).")
+    reader.known(data, at, ("name", "path"))
+    path = reader.required_string(data, f"{at}.path")
+    try:
+        load_run(path)
+    except UsageError as exc:
+        raise ConfigError(f"{reader.where}: {at}.path: {exc}") from None
+    return ScenarioFile(name=reader.required_string(data, f"{at}.name"), path=path)
 
 
 def _repo_name(name: str, where: str) -> str:

@@ -27,6 +27,8 @@ from ekka.bot.db import Job, JobState, Store
 from ekka.bot.github import GitHubClient, GitHubError
 from ekka.errors import EkkaError
 from ekka.report import BisectionSummary, Diagnosis
+from ekka.scenario import Scenario
+from ekka.tracer.protocol import ScenarioRequest
 
 log = logging.getLogger("ekka.bot")
 
@@ -307,7 +309,12 @@ class JobRunner:
 
         prompt = params.get("prompt")
         ids = params.get("prompt_ids") or None
-        ids = resolve_prompt(params["model_path"], None if ids else prompt, ids)
+        scenario, engine, from_file = job_scenario(params)
+        if from_file is not None:  # the scenario file gives the traced request
+            ids, prompt = list(from_file.prompt_ids), None
+            params = {**params, "prompt_ids": ids, "max_tokens": from_file.max_tokens}
+        else:
+            ids = resolve_prompt(params["model_path"], None if ids else prompt, ids)
         validate(
             CaptureSpec(
                 framework="vllm",
@@ -316,7 +323,9 @@ class JobRunner:
                 out=str(folder / "traces" / "target"),
                 dtype=params["dtype"],
                 max_tokens=params["max_tokens"],
-                engine=params.get("engine") or {},
+                engine=engine,
+                before=scenario.before,
+                alongside=scenario.alongside,
             )
         )
         diagnosis, _ = run_full_diagnosis(
@@ -330,7 +339,8 @@ class JobRunner:
                 package_dir=str(installed_framework_dir("vllm")),
                 dtype=params["dtype"],
                 max_tokens=params["max_tokens"],
-                engine=params.get("engine") or {},
+                engine=engine,
+                scenario=scenario,
                 workers=self.config.executor.workers,
                 db_url=self.config.database_url,
                 timeout=self.config.executor.timeout,
@@ -394,3 +404,22 @@ def fetch(path: str) -> None:
         )
         if done.returncode != 0:
             raise EkkaError(f"git fetch in {path} failed: {done.stderr.strip()[-500:]}")
+
+
+def job_scenario(
+    params: dict[str, Any],
+) -> tuple[Scenario, dict[str, Any], ScenarioRequest | None]:
+    """A job's scenario (from the configured file it names), its engine arguments (the
+    command's engine.KEY over the file's [run.engine]), and the traced request where the file
+    gives it (else None: the command's or the model's prompt is traced)."""
+    from ekka.scenario import load_run
+    from ekka.tracer.capture import tokenize
+
+    engine = dict(params.get("engine") or {})
+    named = params.get("scenario")
+    if not named:
+        return Scenario(), engine, None
+    run = load_run(named["path"])
+    traced, scenario = run.resolve(lambda text: tokenize(params["model_path"], text))
+    in_file = run.prompt.text is not None or run.prompt.ids is not None
+    return scenario, {**run.engine, **engine}, traced if in_file else None

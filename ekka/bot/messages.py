@@ -44,6 +44,9 @@ REFUSED = """{marker}
 UNKNOWN_MODEL = """{marker}
 @{user}, the bot has no model `{model}`. The configured models are: {models}. Write `/ekka diagnose model=NAME ...`."""
 
+UNKNOWN_SCENARIO = """{marker}
+@{user}, the bot has no scenario `{scenario}`. The configured scenarios are: {scenarios}. Write `/ekka diagnose scenario=NAME ...`."""
+
 NEEDS = """{marker}
 @{user}, `/ekka diagnose` needs {what}: {how}"""
 

@@ -85,6 +85,16 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         body = messages.UNKNOWN_MODEL.format(marker=marker, user=user, model=name, models=names)
         reply(context, command, body)
         return f"unknown model {name}"
+    scenario = None
+    if options.get("scenario") is not None:
+        scenario = config.scenario(options["scenario"])
+        if scenario is None:
+            known = ", ".join(f"`{s.name}`" for s in config.scenarios) or "(none)"
+            body = messages.UNKNOWN_SCENARIO.format(
+                marker=marker, user=user, scenario=options["scenario"], scenarios=known
+            )
+            reply(context, command, body)
+            return f"unknown scenario {options['scenario']}"
     if repository.path is None:
         reply(context, command, messages.NO_CLONE.format(marker=marker, user=user))
         return "no clone"
@@ -112,7 +122,7 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         reply(context, command, body)
         return f"busy: job {other.id}"
     prompt = options.get("prompt")
-    if prompt is None and model.prompt is None and not model.prompt_ids:
+    if prompt is None and model.prompt is None and not model.prompt_ids and scenario is None:
         how = f'write `prompt="TEXT"`; the model `{model.name}` has no default prompt.'
         reply(
             context,
@@ -128,6 +138,7 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         "dtype": options.get("dtype", model.dtype),
         "max_tokens": options.get("max-tokens", model.max_tokens),
         "engine": parsed.engine,
+        "scenario": None if scenario is None else {"name": scenario.name, "path": scenario.path},
         "good": good,
         "bad": bad,
         "command": command.text,

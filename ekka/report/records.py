@@ -466,6 +466,53 @@ class BisectionSummary:
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """A diverging scenario reduced to the requests it needs (`ekka.reduce`).
+
+    `kept`: the labels of the other requests the divergence needs ("before 0"); empty with
+    `alone` True when the traced request diverges by itself. `statement` says it in a
+    sentence, `command` reproduces the reduced scenario (written to `scenario_file`).
+    """
+
+    kept: tuple[str, ...]
+    alone: bool
+    statement: str
+    command: str
+    scenario_file: str
+    runs: int  # scenarios run to find it
+    seconds: float
+    requests: int  # the other requests of the scenario before reducing
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kept": list(self.kept),
+            "alone": self.alone,
+            "statement": self.statement,
+            "command": self.command,
+            "scenario_file": self.scenario_file,
+            "runs": self.runs,
+            "seconds": dump_float(self.seconds),
+            "requests": self.requests,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Reduction:
+        def get(key: str) -> Any:
+            return _get(data, key, "Reduction")
+
+        return cls(
+            kept=tuple(get("kept")),
+            alone=bool(get("alone")),
+            statement=get("statement"),
+            command=get("command"),
+            scenario_file=get("scenario_file"),
+            runs=int(get("runs")),
+            seconds=load_float(get("seconds")),
+            requests=int(get("requests")),
+        )
+
+
+@dataclass(frozen=True)
 class Diagnosis:
     """A whole diagnosis: the run's settings, both sides' tokens, every comparison, the
     localization and, in full mode, the root cause and the bisection.
@@ -492,6 +539,9 @@ class Diagnosis:
     timings: Mapping[str, float] = field(default_factory=dict)
     output: OutputCheck | None = None  # the end-to-end check of the target's output
     notes: tuple[str, ...] = ()  # what a reader must know beside the verdict
+    # the requests around the traced one (`Scenario.to_json`), None for a lone request
+    scenario: Mapping[str, Any] | None = None
+    reduction: Reduction | None = None  # a diverging scenario reduced to what it needs
 
     def __post_init__(self) -> None:
         if self.localization.threshold != self.threshold:
@@ -563,6 +613,8 @@ class Diagnosis:
             "bisection": None if self.bisection is None else self.bisection.to_json(),
             "output": None if self.output is None else self.output.to_json(),
             "notes": list(self.notes),
+            "scenario": None if self.scenario is None else dict(self.scenario),
+            "reduction": None if self.reduction is None else self.reduction.to_json(),
             "unmapped": dict(self.unmapped),
             "comparisons": [c.to_json() for c in self.comparisons],
             "timings": {k: dump_float(v) for k, v in self.timings.items()},
@@ -603,4 +655,8 @@ class Diagnosis:
             timings={k: load_float(v) for k, v in (data.get("timings") or {}).items()},
             output=None if data.get("output") is None else OutputCheck.from_json(data["output"]),
             notes=tuple(data.get("notes") or ()),
+            scenario=data.get("scenario"),
+            reduction=None
+            if data.get("reduction") is None
+            else Reduction.from_json(data["reduction"]),
         )

@@ -64,7 +64,25 @@ def render_markdown(diagnosis: Diagnosis) -> str:
             f"`{k}={json.dumps(v, default=str)}`" for k, v in diagnosis.engine.items()
         )
         lines.append(f"- engine arguments: {settings}")
+    if diagnosis.scenario is not None:
+        before = len(diagnosis.scenario.get("before") or [])
+        alongside = len(diagnosis.scenario.get("alongside") or [])
+        lines.append(
+            f"- scenario: {before} request(s) before the traced one, {alongside} alongside it "
+            "(the reference runs the traced request alone)"
+        )
     lines.append("")
+    if diagnosis.reduction is not None:
+        r = diagnosis.reduction
+        lines += [
+            "## Reduced scenario",
+            "",
+            f"- {r.statement}",
+            f"- found in {r.runs} runs of the scenario ({r.seconds:.0f} s), from "
+            f"{r.requests} other request(s)",
+            f"- reproduce: `{r.command}`",
+            "",
+        ]
     if diagnosis.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in diagnosis.notes] + [""]
     if diagnosis.bisection is not None:

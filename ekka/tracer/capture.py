@@ -122,6 +122,14 @@ def validate(spec: CaptureSpec) -> dict[str, Any]:
         check_cpu_shapes(config)
     check_prompt_length(config, len(spec.prompt_ids), spec.max_tokens)
     check_vocab(config, spec.prompt_ids)
+    for request in spec.before + spec.alongside:  # the scenario's other requests
+        check_prompt_length(config, len(request.prompt_ids), request.max_tokens)
+        check_vocab(config, request.prompt_ids)
+    if spec.traced_at is not None and not 0 <= spec.traced_at <= len(spec.alongside):
+        raise UsageError(
+            f"the traced request's place {spec.traced_at} is outside its generate call "
+            f"(0..{len(spec.alongside)})."
+        )
     out = Path(spec.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_trace(out))):
         raise OutputFolderError(

@@ -64,7 +64,9 @@ def iter_comparisons(
         batch.outputs(routing)
     checked = [p for p in target.passes if step is None or p.step == step]
     sink.add_metadata(
-        check_passes(checked, target.prompt_ids + target.generated_ids),
+        check_passes(
+            checked, target.prompt_ids + target.generated_ids, target.manifest.get("requests")
+        ),
         _consumers(target.records),
     )
     yield from sink.comparisons()

@@ -24,6 +24,7 @@ from typing import Any
 
 from ekka.errors import CaptureError
 from ekka.report.records import Comparison, Diagnosis, Localization, TargetInfo
+from ekka.scenario import Scenario
 from ekka.tracer.align import Aligner, ComponentMap, infer_missing, plan_components
 from ekka.tracer.capture import resolved, validate
 from ekka.tracer.compare import iter_comparisons
@@ -31,6 +32,7 @@ from ekka.tracer.localize import localize, threshold_for
 from ekka.tracer.metrics import compute_error_ratio
 from ekka.tracer.output import check_output
 from ekka.tracer.protocol import CaptureSpec
+from ekka.tracer.serving import scenario_events
 from ekka.tracer.session import TargetSession
 from ekka.tracer.trace import TraceReader
 
@@ -50,6 +52,11 @@ class DiagnoseConfig:
     prompt_text: str | None = None
     target_pythonpath: tuple[str, ...] = ()
     timeout: float | None = 900
+    # the requests around the traced one in the target's engine (the reference runs the
+    # traced request alone); empty: the traced request alone
+    scenario: Scenario = field(default_factory=Scenario)
+    # a diverging scenario is reduced to the requests it needs (`ekka.reduce`)
+    reduce: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,15 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
 
     from ekka.tracer.adapters import transformers as reference_adapter
 
-    target_spec = spec("vllm", "target", config.dtype, engine=dict(config.engine))
+    target_spec = spec(
+        "vllm",
+        "target",
+        config.dtype,
+        engine=dict(config.engine),
+        before=config.scenario.before,
+        alongside=config.scenario.alongside,
+        traced_at=config.scenario.traced_at,
+    )
     validate(target_spec)
     dtypes = list(dict.fromkeys([config.dtype, "float32"]))
     references: dict[str, TraceReader] = {}
@@ -147,7 +162,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
                     config.dtype,
                 )
             timings["replay"] = time.perf_counter() - t
-    return Diagnosis(
+    diagnosis = Diagnosis(
         model=config.model,
         dtype=config.dtype,
         prompt=config.prompt_text,
@@ -165,7 +180,19 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         engine=dict(config.engine),
         timings=timings,
         output=output,
+        scenario=None if config.scenario.empty else config.scenario.to_json(),
+        notes=()
+        if config.scenario.empty
+        else tuple(scenario_events(target.passes, len(config.prompt_ids))),
     )
+    if diagnosis.diverged and config.reduce and not config.scenario.empty:
+        from ekka.reduce import reduce_scenario
+
+        t = time.perf_counter()
+        reduction = reduce_scenario(config, progress=say)
+        timings["reduction"] = time.perf_counter() - t
+        diagnosis = replace(diagnosis, reduction=reduction, timings=timings)
+    return diagnosis
 
 
 def analyse(

@@ -160,6 +160,11 @@ class ModuleRecorder:
         self.step = 0
         self.pass_index = -1
         self._recording = False  # set per pass by begin_pass
+        # Where the traced request's rows lie in a batch of several requests: (first row,
+        # rows, the batch's rows as the scheduler counts them, the rows the model ran with
+        # padding); a tensor of the batch's rows is recorded as those rows only. Set by the
+        # adapter from the scheduler's spans, never from the model's tensors.
+        self.rows: tuple[int, int, int, int] | None = None
         self.call_index = 0
         self._stack: list[list[Any]] = []  # [name, had_child_call, cloned_inputs]
         self._seen: dict[str, int] = {}
@@ -201,6 +206,22 @@ class ModuleRecorder:
         self._stack = []
         self._kept = {}
         self._recording = self.want_step(step)
+
+    def skip_pass(self) -> None:
+        """A pass without the traced request (another request of its scenario): not recorded."""
+        if self._stored:
+            self._hand_over_all()
+        self._recording = False
+        self.rows = None
+
+    def take_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The traced request's rows of a tensor holding one row per row of the batch."""
+        if self.rows is None or t.dim() == 0:
+            return t
+        first, count, total, padded = self.rows
+        if t.shape[0] not in (total, padded) or (first == 0 and count == t.shape[0]):
+            return t
+        return t[first : first + count]
 
     @property
     def recording(self) -> bool:
@@ -333,6 +354,7 @@ class ModuleRecorder:
         fresh one, remembered by where `t` lives."""
         if t is None:
             return None
+        t = self.take_rows(t)
         key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
         kept = self._kept.get(key)
         if kept is not None and torch.equal(kept, t):
@@ -419,7 +441,11 @@ class ModuleRecorder:
             kind,
             True,
         )
-        self._emit(fields, [clone(t) for t in outputs], {k: clone(v) for k, v in inputs.items()})
+        self._emit(
+            fields,
+            [None if t is None else clone(self.take_rows(t)) for t in outputs],
+            {k: None if v is None else clone(self.take_rows(v)) for k, v in inputs.items()},
+        )
         self.call_index += 1
 
     def record_tensor(self, name: str, tensor: torch.Tensor, *, kind: str) -> None:

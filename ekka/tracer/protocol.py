@@ -38,6 +38,15 @@ DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
+class ScenarioRequest:
+    """A request of a scenario besides the traced one: its prompt's token ids and how many
+    tokens it generates (greedy)."""
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int = 4
+
+
+@dataclass(frozen=True)
 class CaptureSpec:
     """Everything one capture needs: which framework runs which model on which prompt, what
     to record and where the trace goes."""
@@ -62,6 +71,13 @@ class CaptureSpec:
     # tokens the target generated, but the last), so that every target pass can be compared
     # at the same positions
     forced_ids: tuple[int, ...] = ()
+    # vLLM: the scenario around the traced request (`ekka.scenario`): requests that run to
+    # completion first, one generate call each, in order; requests submitted in the traced
+    # request's generate call (the engine batches them), the traced one at index `traced_at`
+    # of that call (None: after them all)
+    before: tuple[ScenarioRequest, ...] = ()
+    alongside: tuple[ScenarioRequest, ...] = ()
+    traced_at: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -232,11 +248,11 @@ def _value(hint: Any, value: Any) -> Any:
         if value is None:
             return None
         raise TypeError(f"is {value!r}, not null")
-    if hint is CaptureSpec:
+    if hint in (CaptureSpec, ScenarioRequest):
         try:
-            return CaptureSpec.from_json(value)
+            return _build(hint, value, hint.__name__)
         except ProtocolError as exc:
-            raise TypeError(f"is not a capture spec ({exc})") from None
+            raise TypeError(f"is not a {hint.__name__} ({exc})") from None
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise TypeError(f"is {value!r}, not a list")

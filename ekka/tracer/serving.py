@@ -17,7 +17,7 @@ the change point can land on it; a mismatch is said as "positions 16..31 expecte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,40 +53,73 @@ class MetadataCheck:
         return f"{where}: " + "; ".join(self.mismatches)
 
 
-def check_passes(passes: Sequence[PassInfo], tokens: Sequence[int]) -> list[MetadataCheck]:
-    """Every check of every pass placed by the scheduler (`tokens`: prompt then generated)."""
+def check_passes(
+    passes: Sequence[PassInfo],
+    tokens: Sequence[int],
+    others: Mapping[str, Sequence[int]] | None = None,
+) -> list[MetadataCheck]:
+    """Every check of every pass placed by the scheduler (`tokens`: the traced request's
+    prompt then generated tokens; `others`: those of the scenario's other requests, by label)."""
     checks: list[MetadataCheck] = []
     for info in passes:
-        checks.extend(check_pass(info, tokens))
+        checks.extend(check_pass(info, tokens, others))
     return checks
 
 
-def check_pass(info: PassInfo, tokens: Sequence[int]) -> list[MetadataCheck]:
+def check_pass(
+    info: PassInfo,
+    tokens: Sequence[int],
+    others: Mapping[str, Sequence[int]] | None = None,
+) -> list[MetadataCheck]:
+    """The pass's checks, one per consumer, covering every request the pass served: each
+    request's input ids, positions and attention metadata at its own rows of the batch. In a
+    batch, a mismatch names its request ("slot mapping of request alongside 0 ...")."""
     span = info.extra.get("request")
     if not isinstance(span, dict):
         return []  # placed by the model's own positions: nothing independent to check against
     start, count = int(span["start"]), int(span["count"])
-    checks = [
-        _check(
-            info, EMBEDDING, start, count, {"input ids": _input_ids(info, tokens, start, count)}
-        ),
-        _check(
-            info,
-            ROTARY,
-            start,
-            count,
-            {"positions": _positions(info.extra.get("given_positions"), start, count)},
-        ),
-    ]
+    batch = info.extra.get("batch") or [{**span, "index": 0, "offset": 0}]
+    all_ids = info.extra.get("batch_input_ids", info.input_ids)
+    given_positions = info.extra.get("given_positions")
     attention = info.extra.get("attention") or {}
-    fields: dict[str, tuple[str, int | None] | None] = {}
-    for group, given in sorted(attention.items()):
-        label = "" if len(attention) == 1 else f" (KV-cache group {group})"
-        for name, found in _attention(given, span, int(group), start, count).items():
-            fields[name + label] = found
-    if fields:
-        checks.append(_check(info, ATTENTION, start, count, fields))
-    return checks
+    consumers: dict[str, dict[str, tuple[str, int | None] | None]] = {
+        EMBEDDING: {},
+        ROTARY: {},
+        ATTENTION: {},
+    }
+    for request in batch:
+        traced = request["request"] == span["request"]
+        own = tokens if traced else (others or {}).get(str(request.get("label")))
+        label = "" if len(batch) == 1 else f" of {_who(request, traced)}"
+        s, c = int(request["start"]), int(request["count"])
+        index, offset = int(request.get("index", 0)), int(request.get("offset", 0))
+        found: dict[str, dict[str, tuple[str, int | None] | None]] = {
+            EMBEDDING: {}
+            if own is None
+            else {"input ids": _compare(list(own[s : s + c]), all_ids[offset : offset + c], s)},
+            ROTARY: {"positions": _positions(given_positions, s, c, offset)},
+            ATTENTION: {},
+        }
+        for group, given in sorted(attention.items()):
+            group_label = "" if len(attention) == 1 else f" (KV-cache group {group})"
+            for name, wrong in _attention(given, request, int(group), s, c, index, offset).items():
+                found[ATTENTION][name + group_label] = wrong
+        for consumer, fields in found.items():
+            for name, wrong in fields.items():
+                if wrong is not None and not traced:  # placed at the traced request's start
+                    wrong = (wrong[0], start)
+                consumers[consumer][name + label] = wrong
+    return [
+        _check(info, consumer, start, count, fields)
+        for consumer, fields in consumers.items()
+        if fields
+    ]
+
+
+def _who(request: Mapping[str, Any], traced: bool) -> str:
+    if traced:
+        return "the traced request"
+    return f"request {request.get('label') or request.get('request')}"
 
 
 def _check(
@@ -123,32 +156,35 @@ def _compare(
     return f"{_values(expected)} expected, {_values(head)} given", start + first
 
 
-def _input_ids(
-    info: PassInfo, tokens: Sequence[int], start: int, count: int
-) -> tuple[str, int | None] | None:
-    known = list(tokens[start : start + count])  # the last generated token is never fed
-    return _compare(known, info.input_ids, start)
-
-
-def _positions(given: Any, start: int, count: int) -> tuple[str, int | None] | None:
+def _positions(given: Any, start: int, count: int, offset: int) -> tuple[str, int | None] | None:
     expected = list(range(start, start + count))
     rows = given if given and isinstance(given[0], list) else [given or []]
     for row in rows:  # M-RoPE: every section of a text token holds its position
-        found = _compare(expected, row, start)
+        found = _compare(expected, row[offset : offset + count], start)
         if found is not None:
             return found
     return None
 
 
 def _attention(
-    given: dict[str, Any], span: dict[str, Any], group: int, start: int, count: int
+    given: dict[str, Any],
+    span: Mapping[str, Any],
+    group: int,
+    start: int,
+    count: int,
+    index: int = 0,
+    offset: int = 0,
 ) -> dict[str, tuple[str, int | None] | None]:
+    """The request's attention metadata: its row `index` of the per-request fields, its rows
+    `offset ..` of the per-token ones."""
     end = start + count
     out: dict[str, tuple[str, int | None] | None] = {}
     if "seq_lens" in given:
-        out["sequence length"] = _compare([end], given["seq_lens"], start)
+        out["sequence length"] = _compare([end], given["seq_lens"][index:], start)
     if "query_start_loc" in given:
-        out["query offsets"] = _compare([0, count], given["query_start_loc"], start)
+        out["query offsets"] = _compare(
+            [offset, offset + count], given["query_start_loc"][index:], start
+        )
     blocks = span.get("block_ids") or []
     sizes = span.get("block_sizes") or []
     if group >= len(blocks) or group >= len(sizes) or not sizes[group]:
@@ -157,14 +193,18 @@ def _attention(
     needed = -(-end // size)
     if "block_table" in given and len(ids) >= needed:
         rows = given["block_table"]
-        row = rows[0] if rows and isinstance(rows[0], list) else rows
+        row = (
+            (rows[index] if index < len(rows) else [])
+            if rows and isinstance(rows[0], list)
+            else rows
+        )
         out["block table"] = _compare(ids[:needed], row, 0)
         if out["block table"] is not None:  # which position first reads a wrong block
             wrong = out["block table"][1] or 0
             out["block table"] = (out["block table"][0], max(start, wrong * size))
     if "slot_mapping" in given and len(ids) >= needed:
         slots = [ids[p // size] * size + p % size for p in range(start, end)]
-        out["slot mapping"] = _compare(slots, given["slot_mapping"], start)
+        out["slot mapping"] = _compare(slots, given["slot_mapping"][offset:], start)
     return out
 
 
@@ -181,3 +221,50 @@ def _values(values: Sequence[int]) -> str:
         return f"{values[0]}..{values[-1]}"
     shown = ", ".join(str(v) for v in values[:8])
     return f"[{shown}{', ...' if len(values) > 8 else ''}]"
+
+
+def scenario_events(passes: Sequence[PassInfo], prompt_len: int) -> list[str]:
+    """What the traced request met in its engine, from the scheduler's spans: a prefix-cache
+    hit, the requests batched with it, a preemption (a span that starts again before where
+    the last one ended: the request was recomputed)."""
+    spans = [(p, p.extra["request"]) for p in passes if isinstance(p.extra.get("request"), dict)]
+    if not spans:
+        return []
+    events: list[str] = []
+    first = spans[0][1]
+    if int(first["start"]) > 0:
+        events.append(
+            f"the traced request took its first {first['start']} prompt tokens (of {prompt_len}) "
+            "from the prefix cache"
+        )
+    batched = [p for p, _ in spans if len(p.extra.get("batch") or ()) > 1]
+    if batched:
+        others = sorted(
+            {
+                str(b.get("label"))
+                for p in batched
+                for b in p.extra["batch"]
+                if b["request"] != first["request"]
+            }
+        )
+        events.append(
+            f"{len(batched)} of its {len(spans)} passes were batched with other requests "
+            f"({', '.join(others)})"
+        )
+    end, blocks = None, None
+    for info, span in spans:
+        start, own = int(span["start"]), [list(g) for g in span.get("block_ids") or []]
+        kept = blocks is None or all(g[: len(b)] == b for g, b in zip(own, blocks))
+        if end is not None and start < end:
+            events.append(
+                f"it was preempted and recomputed: pass {info.index} starts again at position "
+                f"{start} after position {end - 1} had been computed"
+            )
+        elif not kept and blocks is not None:
+            events.append(
+                f"its KV-cache blocks were replaced before pass {info.index} ({blocks} became "
+                f"{own}: it was preempted) and it resumed at position {start} without "
+                "recomputing the tokens before it"
+            )
+        end, blocks = start + int(span["count"]), own
+    return events

@@ -158,14 +158,16 @@ def test_help_status_and_bad_commands_get_replies(tmp_path, github, history, sta
     bot.command(github, "/ekka help\n/ekka status")
     bot.command(github, "/ekka diagnose colour=red")
     bot.command(github, "/ekka diagnose model=gpt-9 good=x")
+    bot.command(github, "/ekka diagnose scenario=prefix-hit")
     replies = wait_for(
-        lambda: len(github.bot_comments(REPO, 12)) >= 4 and github.bot_comments(REPO, 12)
+        lambda: len(github.bot_comments(REPO, 12)) >= 5 and github.bot_comments(REPO, 12)
     )
     bodies = [c["body"] for c in replies]
     assert any("/ekka diagnose [model=NAME]" in b and "<!-- ekka-command:" in b for b in bodies)
     assert any("no Ekka job on this issue" in b for b in bodies)
     assert any("unknown key 'colour'" in b and "```text" in b for b in bodies)
     assert any("no model `gpt-9`" in b and "`tiny-llama`" in b for b in bodies)
+    assert any("no scenario `prefix-hit`" in b and "(none)" in b for b in bodies)
     assert bot.store.jobs() == []
 
 

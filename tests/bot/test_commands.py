@@ -13,7 +13,7 @@ def test_diagnose_with_every_kind_of_key():
     body = (
         "Looks broken since last week.\n/ekka diagnose model=tiny-llama good=v0.11.0 bad=main "
         'prompt="The quick \\"brown\\" fox" dtype=bfloat16 max-tokens=6 '
-        "engine.enable_chunked_prefill=true engine.kv_cache_dtype=auto\nthanks"
+        "scenario=prefix-hit engine.enable_chunked_prefill=true engine.kv_cache_dtype=auto\nthanks"
     )
     [command] = parse_comment(body)
     assert isinstance(command, Command) and command.action is Action.DIAGNOSE
@@ -24,6 +24,7 @@ def test_diagnose_with_every_kind_of_key():
         "prompt": 'The quick "brown" fox',
         "dtype": "bfloat16",
         "max-tokens": 6,
+        "scenario": "prefix-hit",
     }
     assert command.engine == {"enable_chunked_prefill": True, "kv_cache_dtype": "auto"}
 

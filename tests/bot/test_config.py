@@ -123,3 +123,42 @@ def test_missing_secrets_are_named(tmp_path, env, message):
 def test_malformed_files_say_where(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), ENV)
+
+
+SCENARIO = """
+[[run.before]]
+prompt_token_ids = [1, 5, 6, 7]
+max_tokens = 1
+
+[run]
+prompt_token_ids = [1, 5, 6, 8]
+
+[run.engine]
+enable_prefix_caching = true
+"""
+
+
+def test_scenarios_name_their_files_and_a_job_runs_the_one_it_names(tmp_path):
+    from ekka.bot.jobs import job_scenario
+
+    (tmp_path / "prefix.toml").write_text(SCENARIO)
+    text = TOML + f'[[scenarios]]\nname = "prefix-hit"\npath = "{tmp_path / "prefix.toml"}"\n'
+    config = load_config(write(tmp_path, text), ENV)
+    found = config.scenario("prefix-hit")
+    assert found is not None and config.scenario("other") is None
+    params = {
+        "model_path": "unused: the file gives token ids",
+        "engine": {"block_size": 32},
+        "scenario": {"name": found.name, "path": found.path},
+    }
+    scenario, engine, traced = job_scenario(params)
+    assert [r.prompt_ids for r in scenario.before] == [(1, 5, 6, 7)]
+    assert engine == {"enable_prefix_caching": True, "block_size": 32}
+    assert traced is not None and traced.prompt_ids == (1, 5, 6, 8)
+
+
+def test_a_broken_scenario_file_stops_the_bot_with_its_error(tmp_path):
+    (tmp_path / "bad.toml").write_text("[run]\nprompt_token_ids = [1]\nbefor = 2\n")
+    text = TOML + f'[[scenarios]]\nname = "x"\npath = "{tmp_path / "bad.toml"}"\n'
+    with pytest.raises(ConfigError, match=r"scenarios\[0\].path: .*unknown key\(s\) befor"):
+        load_config(write(tmp_path, text), ENV)

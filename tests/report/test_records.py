@@ -21,6 +21,7 @@ from ekka.report import (
     Localization,
     OutputCheck,
     ProbeStep,
+    Reduction,
     RootCause,
     Suspect,
     TargetInfo,
@@ -132,6 +133,19 @@ def diagnosis(**fields: Any) -> Diagnosis:
     return Diagnosis(**values)
 
 
+REDUCTION = Reduction(
+    kept=("before 0",),
+    alone=False,
+    statement="diverges only when the request before it (before 0, run first) shares its "
+    "first 2 blocks (64 tokens)",
+    command="ekka diagnose --model m --scenario reduced.toml",
+    scenario_file="reduced.toml",
+    runs=1,
+    seconds=35.5,
+    requests=1,
+)
+
+
 RECORDS = [
     comparison(0, 1.5),
     comparison(1, math.inf, token_ratio=math.inf),
@@ -161,6 +175,18 @@ RECORDS = [
         localization=Localization(2.0),
         output=OutputCheck(True, 1, "the greedy token of step 1 is 7, the reference's 9", 1.1),
         notes=("the oracle and the localization disagree",),
+    ),
+    REDUCTION,
+    diagnosis(
+        scenario={
+            "before": [{"prompt_token_ids": [1, 2], "max_tokens": 1}],
+            "alongside": [],
+            "traced_at": None,
+        },
+        reduction=REDUCTION,
+        notes=(
+            "the traced request took its first 64 prompt tokens (of 100) from the prefix cache",
+        ),
     ),
     diagnosis(
         threshold=math.inf,
@@ -369,6 +395,7 @@ def test_exported_names() -> None:
         "Localization",
         "OutputCheck",
         "ProbeStep",
+        "Reduction",
         "RootCause",
         "Suspect",
         "TargetInfo",
@@ -380,3 +407,12 @@ def test_exported_names() -> None:
         "write_reports",
     ]
     assert all(hasattr(ekka.report, name) for name in ekka.report.__all__)
+
+
+def test_markdown_of_a_reduced_scenario() -> None:
+    md = render_markdown(
+        diagnosis(scenario={"before": [[1]], "alongside": []}, reduction=REDUCTION)
+    )
+    assert "scenario: 1 request(s) before the traced one, 0 alongside it" in md
+    assert "## Reduced scenario" in md and REDUCTION.statement in md
+    assert "reproduce: `ekka diagnose --model m --scenario reduced.toml`" in md

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.adapters.vllm_requests import SchedulerSpans, attention_metadata
+from ekka.tracer.adapters.vllm_requests import TRACED, SchedulerSpans, attention_metadata
 from ekka.tracer.model_config import context_length, read_config
 from ekka.tracer.protocol import (
     CaptureSpec,
@@ -40,6 +40,7 @@ from ekka.tracer.protocol import (
     Ready,
     Replay,
     Replayed,
+    ScenarioRequest,
     Start,
     Tokens,
     Trace,
@@ -92,6 +93,11 @@ class VllmTarget:
             "max_tokens": spec.max_tokens,
             "engine": dict(spec.engine),
             "model_config": config,
+            "scenario": {
+                "before": [list(r.prompt_ids) for r in spec.before],
+                "alongside": [list(r.prompt_ids) for r in spec.alongside],
+                "traced_at": spec.traced_at,
+            },
         }
         started = time.perf_counter()
         self.llm = vllm.LLM(
@@ -110,21 +116,16 @@ class VllmTarget:
         self._handles: list[Any] = []
 
     def generate(self) -> list[int]:
-        """The spec's request, greedy, with the hooks on; the records are built afterwards."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
+        """The spec's scenario, greedy, with the hooks on (only the traced request's passes
+        are recorded); the records are built afterwards."""
         self.writer = TraceWriter(self.spec.out, self.header, shard_bytes=self.spec.shard_bytes)
-        params = SamplingParams(max_tokens=self.spec.max_tokens, temperature=0.0, ignore_eos=True)
         spans = SchedulerSpans()
         self.spans = spans
         try:
             self.llm.collective_rpc(spans.install)
             model_class = self.llm.apply_model(self._install)[0]
             started = time.perf_counter()
-            outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=list(self.spec.prompt_ids))], params, use_tqdm=False
-            )
+            tokens = self._run_scenario()
             self.timings["traced_generate"] = time.perf_counter() - started
             self.llm.apply_model(self._uninstall)  # hands the records to the writer
             spans.remove()
@@ -134,14 +135,51 @@ class VllmTarget:
                 self.recorder.remove()
             self.writer.close(complete=False)
             raise
-        self.generated = [int(t) for t in outputs[0].outputs[0].token_ids]
+        self.generated = tokens[TRACED]
         self.header_extra = {
             "model_class": model_class,
             "model_source": list(self.root_source),
             "delegates": self.delegates,
             "modules": self.recorder.module_classes if self.recorder is not None else {},
         }
+        if len(tokens) > 1:  # every request's tokens (prompt, then generated), by label
+            self.header_extra["requests"] = tokens_by_label(self.spec, tokens)
         return self.generated
+
+    def _run_scenario(self) -> dict[str, list[int]]:
+        """The requests before the traced one, one generate call each, then the traced
+        request's call with the requests alongside it; the generated tokens by label."""
+        spec = self.spec
+        traced = ScenarioRequest(spec.prompt_ids, spec.max_tokens)
+        calls: list[list[tuple[str, ScenarioRequest]]] = [
+            [(f"before {i}", r)] for i, r in enumerate(spec.before)
+        ]
+        main = [(f"alongside {i}", r) for i, r in enumerate(spec.alongside)]
+        at = len(main) if spec.traced_at is None else spec.traced_at
+        calls.append(main[:at] + [(TRACED, traced)] + main[at:])
+        tokens: dict[str, list[int]] = {}
+        for call in calls:
+            for label, ids in self._generate(call).items():
+                tokens[label] = ids
+        return tokens
+
+    def _generate(self, call: list[tuple[str, ScenarioRequest]]) -> dict[str, list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        counter = getattr(getattr(self.llm, "request_counter", None), "counter", None)
+        if isinstance(counter, int):  # the ids this call's requests get, in order
+            self.spans.expect({str(counter + i): label for i, (label, _) in enumerate(call)})
+        params = [
+            SamplingParams(max_tokens=r.max_tokens, temperature=0.0, ignore_eos=True)
+            for _, r in call
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for _, r in call]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)  # in the prompts' order
+        return {
+            label: [int(t) for t in out.outputs[0].token_ids]
+            for (label, _), out in zip(call, outputs)
+        }
 
     def write(self) -> Path:
         """Close the trace: the last shard and the manifest."""
@@ -192,18 +230,32 @@ class VllmTarget:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
             ids = [] if input_ids is None else input_ids.detach().flatten().tolist()
+            ids_all = ids
             given = [] if positions is None else positions.detach().tolist()
+            batch = spans.batch()
             span = spans.placement()
+            if batch and span is None and spans.labels:  # a pass of other requests only
+                recorder.skip_pass()
+                return
             extra: dict[str, Any] = {"given_positions": given}
             if span is not None:  # the request's own tokens, as the scheduler placed them
                 pos = list(range(span["start"], span["start"] + span["count"]))
                 extra["request"] = span
                 extra["attention"] = attention_metadata(spans.group_of)
+                if batch is not None and len(batch) > 1:  # the batch's spans and its ids
+                    extra["batch"] = batch
+                    extra["batch_input_ids"] = ids
+                    ids = ids[span["offset"] : span["offset"] + span["count"]]
             else:  # no scheduler step seen: the model's own positions (not checked)
                 pos = _flat_positions(given)
             end = pos[-1] + 1 if pos else 0
             step = max(0, end - prompt_len)
             recorder.begin_pass(step)
+            # the traced request's rows of the batch (the scheduler's spans, not the tensors)
+            recorder.rows = None
+            if span is not None:
+                total = sum(s["count"] for s in batch or [span])
+                recorder.rows = (span["offset"], span["count"], total, len(ids_all))
             writer.add_pass(
                 PassInfo(
                     index=recorder.pass_index,
@@ -214,12 +266,24 @@ class VllmTarget:
                 )
             )
 
-        def logits(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.numel():
-                last = output.reshape(-1, output.shape[-1])[-1]
-                recorder.record_tensor("logits", last, kind="logits")
+        def sampled_rows(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            """After the model's forward: the logits have one row per request of the batch, in
+            the batch's order; the traced request's is its index."""
+            span = spans.placement()
+            batch = spans.batch() or []
+            recorder.rows = None if span is None else (span["index"], 1, len(batch), len(batch))
 
-        self._handles = [model.register_forward_pre_hook(begin, with_kwargs=True)]
+        def logits(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if not recorder.recording:
+                return
+            if isinstance(output, torch.Tensor) and output.numel():
+                rows = recorder.take_rows(output.reshape(-1, output.shape[-1]))
+                recorder.record_tensor("logits", rows[-1], kind="logits")
+
+        self._handles = [
+            model.register_forward_pre_hook(begin, with_kwargs=True),
+            model.register_forward_hook(sampled_rows),
+        ]
         recorder.install()
         for name, module in model.named_modules():
             if name.endswith("logits_processor"):
@@ -230,6 +294,14 @@ class VllmTarget:
         for handle in self._handles:
             handle.remove()
         self.recorder.remove()
+
+
+def tokens_by_label(spec: CaptureSpec, generated: Mapping[str, list[int]]) -> dict[str, list[int]]:
+    """Every request's tokens, prompt then generated, by its label."""
+    prompts = {TRACED: spec.prompt_ids}
+    prompts.update({f"before {i}": r.prompt_ids for i, r in enumerate(spec.before)})
+    prompts.update({f"alongside {i}": r.prompt_ids for i, r in enumerate(spec.alongside)})
+    return {label: list(prompts[label]) + list(ids) for label, ids in generated.items()}
 
 
 def _flat_positions(given: Any) -> list[int]:

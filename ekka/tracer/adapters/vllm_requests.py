@@ -23,11 +23,16 @@ from typing import Any
 ATTENTION_FIELDS = ("seq_lens", "query_start_loc", "slot_mapping", "block_table")
 
 
+TRACED = "traced"  # the label of the traced request (the others: "before 0", "alongside 1")
+
+
 class SchedulerSpans:
-    """Follows the scheduler's steps for the traced request, one `execute_model` at a time."""
+    """Follows the scheduler's steps for every request of a scenario, one `execute_model` at a
+    time: each request's span and blocks, and where its rows lie in the flattened batch."""
 
     def __init__(self) -> None:
         self.current: dict[str, Any] | None = None  # the step the runner is executing
+        self.labels: dict[str, str] = {}  # request id -> its label in the scenario
         self.block_ids: dict[str, list[list[int]]] = {}  # per request, per KV-cache group
         self.group_of: dict[str, int] = {}  # attention layer name -> KV-cache group
         self.block_sizes: list[int] = []
@@ -86,22 +91,59 @@ class SchedulerSpans:
             spans.append(self._span(req_id, cached.num_computed_tokens[i], scheduled))
         self.current = {"requests": spans}
 
+    def expect(self, external_ids: dict[str, str]) -> None:
+        """The labels of the requests a generate call is about to add, by the id it gives them
+        (the engine adds a suffix of its own: `7-1a2b3c4d` is request 7's)."""
+        self.labels.update(external_ids)
+
+    def label(self, req_id: str) -> str | None:
+        found = self.labels.get(req_id)
+        if found is None and "-" in req_id:
+            found = self.labels.get(req_id.rsplit("-", 1)[0])
+        return found
+
     def _span(self, req_id: str, computed: int, scheduled: dict[str, int]) -> dict[str, Any]:
         return {
             "request": str(req_id),
+            "label": self.label(str(req_id)),
             "start": int(computed),
             "count": int(scheduled.get(req_id, 0)),
             "block_ids": [list(g) for g in self.block_ids.get(req_id, [])],
             "block_sizes": list(self.block_sizes),
         }
 
-    def placement(self) -> dict[str, Any] | None:
-        """The request's span of the pass now running (one request: the traced one), or None
-        when no scheduler step is running or it holds several requests."""
+    def batch(self) -> list[dict[str, Any]] | None:
+        """The spans of the pass now running, in the order of their rows in the flattened
+        batch, each with its `index` (its row among the sampled rows) and `offset` (its first
+        row); None when no scheduler step is running.
+
+        The order is the runner's host-side batch (`input_batch.req_ids`, after any reordering
+        the attention backend asked for), which the runner lays the rows out by; where it does
+        not hold exactly the scheduled requests, the scheduler's order."""
         if self.current is None:
             return None
-        spans = [s for s in self.current["requests"] if s["count"] > 0]
-        return spans[0] if len(spans) == 1 else None
+        spans = {s["request"]: s for s in self.current["requests"] if s["count"] > 0}
+        input_batch = getattr(self._runner, "input_batch", None)
+        order = [str(r) for r in (getattr(input_batch, "req_ids", None) or [])]
+        order = order[: getattr(input_batch, "num_reqs", len(order))]
+        if sorted(order) != sorted(spans):
+            order = list(spans)
+        out, offset = [], 0
+        for index, req_id in enumerate(order):
+            out.append({**spans[req_id], "index": index, "offset": offset})
+            offset += spans[req_id]["count"]
+        return out
+
+    def placement(self) -> dict[str, Any] | None:
+        """The traced request's span in the pass now running (with its rows in the batch), or
+        None when no scheduler step is running or the traced request is not in it (without
+        labels, a pass of one request is the traced request's)."""
+        batch = self.batch()
+        if not batch:
+            return None
+        if not self.labels:
+            return batch[0] if len(batch) == 1 else None
+        return next((s for s in batch if s["label"] == TRACED), None)
 
 
 def attention_metadata(group_of: dict[str, int]) -> dict[str, dict[str, Any]]:
