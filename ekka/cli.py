@@ -33,25 +33,44 @@ out = Console()
 
 
 @zoo_app.command("list")
-def zoo_list() -> None:
-    """Show the zoo's architectures."""
+def zoo_list(
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON list of objects (name, family, ...) for scripts."
+    ),
+) -> None:
+    """Show the zoo's architectures: the hand-written ones, then every other decoder-only
+    architecture that the installed vLLM's registry and transformers both have (derived)."""
     from rich.table import Table
 
     from ekka.zoo import list_architectures
+    from ekka.zoo.derive import is_derived
 
+    specs = list_architectures(derived=True)
+    if as_json:
+        rows = [
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "config_class": spec.config_class,
+                "vllm_backend": spec.vllm_backend,
+                "derived": is_derived(spec),
+                "settings": dict(spec.defaults),
+            }
+            for spec in specs
+        ]
+        out.print_json(json.dumps(rows))
+        return
     table = Table(title="Ekka zoo: tiny models that vLLM (CPU) and transformers both load")
     table.add_column("architecture")
     table.add_column("family")
     table.add_column("vLLM backend")
     table.add_column("zoo settings beyond the common base")
-    for spec in list_architectures():
+    for spec in specs:
         extra = {k: v for k, v in spec.defaults.items() if k not in _COMMON_BASE}
-        table.add_row(
-            spec.name,
-            spec.family,
-            spec.vllm_backend,
-            ", ".join(f"{k}={v}" for k, v in extra.items()),
-        )
+        settings = ", ".join(f"{k}={v}" for k, v in extra.items())
+        if is_derived(spec):
+            settings = "derived: class defaults scaled down" + (f"; {settings}" if settings else "")
+        table.add_row(spec.name, spec.family, spec.vllm_backend, settings)
     out.print(table)
 
 
