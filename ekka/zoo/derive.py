@@ -52,6 +52,13 @@ OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "BloomForCausalLM": {"n_head": 2},
         "OPTForCausalLM": {"word_embed_proj_dim": 128},
         "GPTJForCausalLM": {"rotary_dim": 32},
+        "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
+        "Mamba2ForCausalLM": {"num_heads": 4},  # hidden * expand == num_heads * head_dim
+        "Zamba2ForCausalLM": {"layers_block_type": ["mamba", "hybrid"]},
+        "Gemma3nForCausalLM": {
+            "num_kv_shared_layers": 0,
+            "activation_sparsity_pattern": [0.0, 0.0],
+        },
     }
 )
 
@@ -135,6 +142,8 @@ def is_derived(spec: ArchSpec) -> bool:
 def scale_config(default: Mapping[str, Any]) -> dict[str, Any]:
     """The scaled-down keys for a config whose class defaults are `default` (its to_dict())."""
     out = {k: v for k, v in SCALED.items() if k in default and default[k] is not None}
+    if "num_key_value_heads" in default and default["num_key_value_heads"] is None:
+        out["num_key_value_heads"] = SCALED["num_key_value_heads"]  # else no class builds
     if default.get("sliding_window") is not None:
         out["sliding_window"] = SLIDING_WINDOW
     layers = out.get("num_hidden_layers", out.get("num_layers", out.get("n_layer")))

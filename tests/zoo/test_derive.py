@@ -27,6 +27,7 @@ def test_scaling_keeps_what_the_defaults_have():
     assert scaled == {
         "hidden_size": 128,
         "num_hidden_layers": 2,
+        "num_key_value_heads": 1,  # None builds no class: one KV head
         "sliding_window": 8,
         "layer_types": ["sliding_attention", "full_attention"],
     }
