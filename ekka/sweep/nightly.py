@@ -385,8 +385,13 @@ def _sweep_pair(state: _Run, model: Model, dtype: str) -> SweepResult:
             result, regression=open_regression.id, report_dir=open_regression.report_dir
         )
     elif probe.verdict is Verdict.BAD and last_good is not None and last_good.commit != state.head:
-        regression = _bisect_and_report(state, model, dtype, last_good.commit, workdir)
-        result = replace(result, regression=regression.id, report_dir=regression.report_dir)
+        try:
+            regression = _bisect_and_report(state, model, dtype, last_good.commit, workdir)
+        except EkkaError as exc:  # this pair's; the next sweep bisects again (no regression)
+            state.say(f"{model.name} {dtype}: the bisection failed: {exc}")
+            result = replace(result, reason=f"{probe.reason}; the bisection failed: {exc}")
+        else:
+            result = replace(result, regression=regression.id, report_dir=regression.report_dir)
     elif probe.verdict is Verdict.BAD:
         result = replace(result, reason=f"{probe.reason}; no earlier good sweep to bisect from")
     store.record_sweep_result(result)
@@ -431,33 +436,47 @@ def _bisect_and_report(
         head=state.head,
     )
     (report_dir / "issue.md").write_text(body)
-    issue = state.reporter.open_issue(regression, title, body)
-    state.store.update_regression(regression.id, issue=issue)
-    regression = replace(regression, issue=issue)
-    state.actions.append(f"opened {state.reporter.where(regression)}: {title}")
-    if first is not None and first.pr is not None:
-        comment = state.reporter.comment_pull(
-            regression,
-            first.pr,
-            messages.REGRESSION_PR.format(
-                marker=messages.regression_marker(state.sweep.name, regression.id, "pr"),
-                sweep=state.sweep.name,
-                model=model.name,
-                dtype=dtype,
-                branch=state.sweep.branch,
-                short=first.short,
-                statement=regression.summary,
-                issue_ref=state.reporter.where(regression),
-            ),
-        )
-        state.store.update_regression(regression.id, pr_comment=comment)
-        state.actions.append(f"commented on PR #{first.pr}")
+    try:
+        issue = state.reporter.open_issue(regression, title, body)
+        state.store.update_regression(regression.id, issue=issue)
+        regression = replace(regression, issue=issue)
+        state.actions.append(f"opened {state.reporter.where(regression)}: {title}")
+        if regression.pr is not None:
+            _comment_pull(state, regression)
+    except EkkaError as exc:  # GitHub kept failing: the regression is kept, the next run posts
+        state.say(f"{model.name} {dtype}: reporting failed ({exc}); the next sweep posts it")
+        state.actions.append(f"reporting regression {regression.id} failed: {exc}")
     return regression
 
 
+def _comment_pull(state: _Run, regression: Regression) -> None:
+    """One comment on the first bad commit's pull request (found again by its marker)."""
+    assert regression.pr is not None and regression.first_bad is not None
+    comment = state.reporter.comment_pull(
+        regression,
+        regression.pr,
+        messages.REGRESSION_PR.format(
+            marker=messages.regression_marker(state.sweep.name, regression.id, "pr"),
+            sweep=state.sweep.name,
+            model=regression.model,
+            dtype=regression.dtype,
+            branch=state.sweep.branch,
+            short=regression.first_bad[:10],
+            statement=regression.summary,
+            issue_ref=state.reporter.where(regression),
+        ),
+    )
+    state.store.update_regression(regression.id, pr_comment=comment)
+    state.actions.append(f"commented on PR #{regression.pr}")
+
+
 def _seen_again(state: _Run, regression: Regression) -> None:
-    """The regression is still there: its issue says at which head (once per head)."""
-    if regression.last_head == state.head:
+    """The regression is still there: its issue says at which head (once per head); what an
+    earlier run could not post (GitHub failed) is posted now."""
+    unposted = isinstance(state.reporter, GitHubReporter) and (
+        regression.issue is None or (regression.pr is not None and regression.pr_comment is None)
+    )
+    if regression.last_head == state.head and not unposted:
         return
     body_file = Path(regression.report_dir or "") / "issue.md"
     if body_file.is_file():
@@ -468,6 +487,8 @@ def _seen_again(state: _Run, regression: Regression) -> None:
         regression = replace(regression, issue=issue)
         state.store.update_regression(regression.id, issue=issue)
         state.actions.append(f"updated {state.reporter.where(regression)}")
+    if unposted and regression.pr is not None and regression.pr_comment is None:
+        _comment_pull(state, regression)
     state.store.update_regression(regression.id, last_head=state.head)
 
 

@@ -95,12 +95,14 @@ def registry_architectures() -> tuple[str, ...]:
 @functools.cache
 def transformers_causal_lms() -> Mapping[str, str]:
     """Causal-LM class name -> its config class name, from transformers' auto mappings."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto import configuration_auto
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config_names: Mapping[str, str] = getattr(configuration_auto, "CONFIG_MAPPING_NAMES")  # noqa: B009 (not re-exported)
 
     out: dict[str, str] = {}
     for model_type, names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
-        config = CONFIG_MAPPING_NAMES.get(model_type)
+        config = config_names.get(model_type)
         for name in (names,) if isinstance(names, str) else tuple(names):
             # a causal LM of a multimodal family: its text config, not the composite one
             if config and (name not in out or config.endswith("TextConfig")):
@@ -114,7 +116,7 @@ def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
     classes = transformers_causal_lms()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    family = {}
+    family: dict[str, str] = {}
     for model_type, names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
         for name in (names,) if isinstance(names, str) else tuple(names):
             family.setdefault(name, model_type)
