@@ -293,7 +293,10 @@ def _unknown_message(name: str) -> str:
     close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
     hint = f" Did you mean {get_arch(lowered[close[0]]).name!r}?" if close else ""
     known = ", ".join(f"{spec.name} ({spec.family})" for spec in ARCHITECTURES.values())
-    return f"Unknown architecture {name!r}.{hint} Known architectures: {known}."
+    return (
+        f"Unknown architecture {name!r}.{hint} Known architectures: {known}; and those derived "
+        "from vLLM's registry and transformers (`ekka zoo list`)."
+    )
 
 
 def get_arch(name: str) -> ArchSpec:
