@@ -289,6 +289,7 @@ class SweepReport:
             rows = [r for r in self.rows if r.dtype == dtype]
             out[dtype] = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
         out["new_findings"] = sum(1 for r in self.rows if r.status == "diverges" and not r.note)
+        out["match_with_transient_ratio"] = sum(1 for r in self.rows if _transient(r))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -329,7 +330,7 @@ def run_sweep(
     try:
         for i, (architecture, dtype) in enumerate(pairs):
             kept = store.arch_row(f"{key}-{spec_digest(architecture)}", architecture, dtype)
-            if kept is not None:
+            if kept is not None and kept["status"] != "error":  # Ekka's own failure: again
                 rows.append(ArchRow.from_json(kept))
                 resumed += 1
                 tick(i + 1, len(pairs), f"{architecture} {dtype}: kept")
@@ -358,6 +359,15 @@ def run_sweep(
 # --- the reports ------------------------------------------------------------------------------
 
 
+def _transient(row: ArchRow) -> bool:
+    """A match whose largest component ratio is above the dtype's threshold: that component's
+    error does not persist downstream (the localization's rule) and the logits match; often a
+    component whose output the two frameworks define otherwise (an alignment gap)."""
+    from ekka.tracer.localize import threshold_for
+
+    return row.status == "match" and row.ratio is not None and row.ratio > threshold_for(row.dtype)
+
+
 def _fmt(x: float | None) -> str:
     if x is None:
         return "-"
@@ -378,6 +388,13 @@ def render_markdown(report: SweepReport) -> str:
     for dtype in sorted({r.dtype for r in report.rows}):
         counts = ", ".join(f"{n} {status}" for status, n in s[dtype].items() if n)
         lines.append(f"- {dtype}: {counts}")
+    lines += [
+        "",
+        "The largest ratio is over every aligned component and the logits. "
+        f"{s['match_with_transient_ratio']} matching rows have a component above the threshold "
+        "whose error does not persist (marked *transient*): the logits match; often a component "
+        "whose output the two frameworks define otherwise (an alignment gap to examine).",
+    ]
     new = [r for r in report.rows if r.status == "diverges" and not r.note]
     known = [r for r in report.rows if r.status == "diverges" and r.note]
     lines += ["", "## New findings", ""]
@@ -399,7 +416,7 @@ def render_markdown(report: SweepReport) -> str:
     for r in report.rows:
         reason = r.reason.replace("|", "\\|").replace("\n", " ")[:200]
         lines.append(
-            f"| {r.architecture} | {r.dtype} | {r.status} | {yes[r.vllm_loads]} | "
+            f"| {r.architecture} | {r.dtype} | {r.status}{' (transient)' if _transient(r) else ''} | {yes[r.vllm_loads]} | "
             f"{yes[r.transformers_loads]} | {_fmt(r.ratio)} | {r.component or '-'} | "
             f"{', '.join(r.suspects) or '-'} | {reason} |"
         )
