@@ -30,7 +30,9 @@ from ekka.errors import CaptureError, EkkaError, UsageError
 PROMPT_IDS = tuple([1] + [(7 * i + 11) % 500 + 3 for i in range(31)])  # 32 tokens
 MAX_TOKENS = 3
 TIMEOUT = 300.0
-STATUSES = ("match", "diverges", "build-failed", "vllm-failed", "transformers-failed", "error")
+STATUSES = ("match", "diverges", "build-failed", "vllm-failed", "transformers-failed", "error",
+            "not-run")  # fmt: skip
+RETRIED = ("error", "build-failed")  # on resume: Ekka's own failure, or a zoo setting (cheap)
 
 
 @dataclass(frozen=True)
@@ -311,7 +313,8 @@ def run_sweep(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> SweepReport:
     """Sweep every (dtype, architecture), dtype by dtype; rows finished before (same key) are
-    skipped; the reports are rewritten in `out` after each row."""
+    skipped; a later dtype runs only the architectures that loaded on both sides in the first
+    (the others are "not-run" rows); the reports are rewritten in `out` after each row."""
     from ekka.bot.db import Store
 
     for dtype in dtypes:
@@ -330,7 +333,7 @@ def run_sweep(
     try:
         for i, (architecture, dtype) in enumerate(pairs):
             kept = store.arch_row(f"{key}-{spec_digest(architecture)}", architecture, dtype)
-            if kept is not None and kept["status"] != "error":  # Ekka's own failure: again
+            if kept is not None and kept["status"] not in RETRIED:
                 rows.append(ArchRow.from_json(kept))
                 resumed += 1
                 tick(i + 1, len(pairs), f"{architecture} {dtype}: kept")
@@ -339,7 +342,12 @@ def run_sweep(
             def say(what: str, done: int = i, label: str = f"{architecture} {dtype}") -> None:
                 tick(done, len(pairs), f"{label}: {what}")
 
-            row = sweep_one(architecture, dtype, out / "work", say)
+            first = next((r for r in rows if r.architecture == architecture), None)
+            if first is not None and not first.loads_both:  # a later dtype: loads in the first?
+                row = ArchRow(architecture, dtype, "not-run", first.builds, None, None,
+                              f"not run: {first.status} in {first.dtype}", command=first.command)  # fmt: skip
+            else:
+                row = sweep_one(architecture, dtype, out / "work", say)
             row = ArchRow.from_json({**row.to_json(), "note": note_for(findings, row, versions)})
             store.record_arch_row(
                 f"{key}-{spec_digest(architecture)}", architecture, dtype, row.to_json()
