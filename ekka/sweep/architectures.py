@@ -334,7 +334,10 @@ def run_sweep(
         for i, (architecture, dtype) in enumerate(pairs):
             kept = store.arch_row(f"{key}-{spec_digest(architecture)}", architecture, dtype)
             if kept is not None and kept["status"] not in RETRIED:
-                rows.append(ArchRow.from_json(kept))
+                found = ArchRow.from_json(kept)  # the notes as they are now
+                rows.append(
+                    ArchRow.from_json({**kept, "note": note_for(findings, found, versions)})
+                )
                 resumed += 1
                 tick(i + 1, len(pairs), f"{architecture} {dtype}: kept")
                 continue
