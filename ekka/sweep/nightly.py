@@ -184,6 +184,7 @@ def run_nightly(
     fetch(repo)
     head = branch_head(repo, sweep.branch)
     store = Store(config.database_url)
+    own_client = None
     try:
         run = store.start_sweep_run(sweep.name, repository.name, sweep.branch, head)
         folder = Path(config.workdir).resolve() / "sweeps" / sweep.name / f"run-{run}"
@@ -191,9 +192,16 @@ def run_nightly(
         if github is None and config.secrets.github_token:
             from ekka.bot.github import GitHubClient
 
-            github = GitHubClient(
+            github = own_client = GitHubClient(
                 config.api_url, token=config.secrets.github_token, throttle=config.throttle
             )
+        if github is None:
+            why = (
+                "a GitHub App's credentials name no installation here: set EKKA_GITHUB_TOKEN"
+                if config.secrets.app_id
+                else "no EKKA_GITHUB_TOKEN"
+            )
+            say(f"{why}; regressions are reported in files under {folder / 'reports'}")
         reporter: Reporter = (
             GitHubReporter(github, repository.name)
             if github is not None
@@ -237,6 +245,8 @@ def run_nightly(
         return outcome
     finally:
         store.close()
+        if own_client is not None:
+            own_client.close()
 
 
 def _choose(config: BotConfig, name: str | None) -> Sweep:
