@@ -32,7 +32,8 @@ MAX_TOKENS = 3
 TIMEOUT = 300.0
 STATUSES = ("match", "diverges", "build-failed", "vllm-failed", "transformers-failed", "error",
             "not-run")  # fmt: skip
-RETRIED = ("error", "build-failed")  # on resume: Ekka's own failure, or a zoo setting (cheap)
+# on resume, done again: Ekka's own failure, a zoo setting (cheap), what depended on another row
+RETRIED = ("error", "build-failed", "not-run")
 
 
 @dataclass(frozen=True)
@@ -313,8 +314,9 @@ def run_sweep(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> SweepReport:
     """Sweep every (dtype, architecture), dtype by dtype; rows finished before (same key) are
-    skipped; a later dtype runs only the architectures that loaded on both sides in the first
-    (the others are "not-run" rows); the reports are rewritten in `out` after each row."""
+    skipped; a later dtype runs first the architectures that loaded on both sides in the first,
+    and not those that did not build or load in transformers there ("not-run" rows); the reports
+    are rewritten in `out` after each row."""
     from ekka.bot.db import Store
 
     for dtype in dtypes:
@@ -328,43 +330,58 @@ def run_sweep(
     started = time.perf_counter()
     rows: list[ArchRow] = []
     resumed = 0
-    pairs = [(a, d) for d in dtypes for a in architectures]
+    total = len(architectures) * len(dtypes)
     tick = progress or (lambda _i, _n, _m: None)
     try:
-        for i, (architecture, dtype) in enumerate(pairs):
-            kept = store.arch_row(f"{key}-{spec_digest(architecture)}", architecture, dtype)
-            if kept is not None and kept["status"] not in RETRIED:
-                found = ArchRow.from_json(kept)  # the notes as they are now
-                rows.append(
-                    ArchRow.from_json({**kept, "note": note_for(findings, found, versions)})
+        for index, dtype in enumerate(dtypes):
+            for architecture in _order(architectures, rows, dtypes[0] if index else None):
+                i = len(rows)
+                kept = store.arch_row(f"{key}-{spec_digest(architecture)}", architecture, dtype)
+                if kept is not None and kept["status"] not in RETRIED:
+                    found = ArchRow.from_json(kept)  # the notes as they are now
+                    rows.append(
+                        ArchRow.from_json({**kept, "note": note_for(findings, found, versions)})
+                    )
+                    resumed += 1
+                    tick(i + 1, total, f"{architecture} {dtype}: kept")
+                    continue
+
+                def say(what: str, done: int = i, label: str = f"{architecture} {dtype}") -> None:
+                    tick(done, total, f"{label}: {what}")
+
+                first = next((r for r in rows if r.architecture == architecture), None)
+                if first is not None and first.status in ("build-failed", "transformers-failed"):
+                    row = ArchRow(architecture, dtype, "not-run", first.builds, None, None,
+                                  f"not run: {first.status} in {first.dtype}",
+                                  command=first.command)  # fmt: skip
+                else:
+                    row = sweep_one(architecture, dtype, out / "work", say)
+                row = ArchRow.from_json(
+                    {**row.to_json(), "note": note_for(findings, row, versions)}
                 )
-                resumed += 1
-                tick(i + 1, len(pairs), f"{architecture} {dtype}: kept")
-                continue
-
-            def say(what: str, done: int = i, label: str = f"{architecture} {dtype}") -> None:
-                tick(done, len(pairs), f"{label}: {what}")
-
-            first = next((r for r in rows if r.architecture == architecture), None)
-            if first is not None and not first.loads_both:  # a later dtype: loads in the first?
-                row = ArchRow(architecture, dtype, "not-run", first.builds, None, None,
-                              f"not run: {first.status} in {first.dtype}", command=first.command)  # fmt: skip
-            else:
-                row = sweep_one(architecture, dtype, out / "work", say)
-            row = ArchRow.from_json({**row.to_json(), "note": note_for(findings, row, versions)})
-            store.record_arch_row(
-                f"{key}-{spec_digest(architecture)}", architecture, dtype, row.to_json()
-            )
-            rows.append(row)
-            tick(i + 1, len(pairs), f"{architecture} {dtype}: {row.status}")
-            write_reports(
-                SweepReport(versions, tuple(rows), time.perf_counter() - started, resumed), out
-            )
+                store.record_arch_row(
+                    f"{key}-{spec_digest(architecture)}", architecture, dtype, row.to_json()
+                )
+                rows.append(row)
+                tick(i + 1, total, f"{architecture} {dtype}: {row.status}")
+                write_reports(
+                    SweepReport(versions, tuple(rows), time.perf_counter() - started, resumed),
+                    out,
+                )
     finally:
         store.close()
     report = SweepReport(versions, tuple(rows), time.perf_counter() - started, resumed)
     write_reports(report, out)
     return report
+
+
+def _order(architectures: Sequence[str], rows: Sequence[ArchRow], first: str | None) -> list[str]:
+    """A later dtype's order: what loaded on both sides in the `first` dtype goes first (the
+    comparisons that matter most, should the sweep be stopped)."""
+    if first is None:
+        return list(architectures)
+    both = {r.architecture for r in rows if r.dtype == first and r.loads_both}
+    return sorted(architectures, key=lambda a: a not in both)
 
 
 # --- the reports ------------------------------------------------------------------------------
