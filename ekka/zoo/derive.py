@@ -52,6 +52,7 @@ OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "BloomForCausalLM": {"n_head": 2},
         "OPTForCausalLM": {"word_embed_proj_dim": 128},
         "GPTJForCausalLM": {"rotary_dim": 32},
+        "Glm4MoeForCausalLM": {"head_dim": 64},  # vLLM reads config.head_dim; no default
         "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
         "Mamba2ForCausalLM": {"num_heads": 4},  # hidden * expand == num_heads * head_dim
         "Zamba2ForCausalLM": {"layers_block_type": ["mamba", "hybrid"]},
