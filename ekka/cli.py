@@ -814,6 +814,9 @@ def sweep(
         help="Architecture sweep: database of finished rows (resume; default in --out).",
     ),
     json_file: Path | None = typer.Option(None, "--json", help="Also write the result as JSON."),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="Architecture sweep: report the rows kept, run nothing."
+    ),
 ) -> None:
     """Nightly regression sweep of a branch (--config: probe each model at the head, bisect and
     report what broke), or a sweep over architectures against transformers (--architectures)."""
@@ -848,7 +851,10 @@ def sweep(
     from ekka.sweep.architectures import run_cli
 
     assert architectures is not None
-    code = run_cli(architectures, dtype, out_dir, db, json_file, out=out, console=console)
+    code = run_cli(
+        architectures, dtype, out_dir, db, json_file, out=out, console=console,
+        report_only=report_only,
+    )  # fmt: skip
     raise typer.Exit(code)
 
 

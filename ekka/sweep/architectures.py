@@ -312,9 +312,10 @@ def run_sweep(
     db_url: str | None = None,
     *,
     progress: Callable[[int, int, str], None] | None = None,
+    report_only: bool = False,
 ) -> SweepReport:
     """Sweep every (dtype, architecture), dtype by dtype; rows finished before (same key) are
-    skipped; a later dtype runs first the architectures that loaded on both sides in the first,
+    skipped (`report_only`: only those are reported, nothing runs); a later dtype runs first the architectures that loaded on both sides in the first,
     and not those that did not build or load in transformers there ("not-run" rows); the reports
     are rewritten in `out` after each row."""
     from ekka.bot.db import Store
@@ -344,6 +345,9 @@ def run_sweep(
                     )
                     resumed += 1
                     tick(i + 1, total, f"{architecture} {dtype}: kept")
+                    continue
+
+                if report_only:
                     continue
 
                 def say(what: str, done: int = i, label: str = f"{architecture} {dtype}") -> None:
@@ -521,6 +525,7 @@ def run_cli(
     *,
     out: Any,
     console: Any,
+    report_only: bool = False,
 ) -> int:
     """`ekka sweep --architectures`: the sweep with a progress bar; 1 when a new finding."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -536,7 +541,7 @@ def run_cli(
         def tick(done: int, total: int, message: str) -> None:
             bar.update(task, completed=done, description=message[:70])
 
-        report = run_sweep(names, chosen, out_dir, db, progress=tick)
+        report = run_sweep(names, chosen, out_dir, db, progress=tick, report_only=report_only)
     s = report.summary()
     out.print(render_markdown(report).split("## All rows")[0], markup=False, highlight=False)
     out.print(f"reports: {out_dir / 'sweep.md'}, sweep.html, sweep.json", markup=False)
