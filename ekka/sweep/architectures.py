@@ -338,7 +338,7 @@ def run_sweep(
             for architecture in _order(architectures, rows, dtypes[0] if index else None):
                 i = len(rows)
                 kept = store.arch_row(f"{key}-{spec_digest(architecture)}", architecture, dtype)
-                if kept is not None and kept["status"] not in RETRIED:
+                if kept is not None and (report_only or kept["status"] not in RETRIED):
                     found = ArchRow.from_json(kept)  # the notes as they are now
                     rows.append(
                         ArchRow.from_json({**kept, "note": note_for(findings, found, versions)})
