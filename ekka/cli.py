@@ -33,25 +33,44 @@ out = Console()
 
 
 @zoo_app.command("list")
-def zoo_list() -> None:
-    """Show the zoo's architectures."""
+def zoo_list(
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON list of objects (name, family, ...) for scripts."
+    ),
+) -> None:
+    """Show the zoo's architectures: the hand-written ones, then every other decoder-only
+    architecture that the installed vLLM's registry and transformers both have (derived)."""
     from rich.table import Table
 
     from ekka.zoo import list_architectures
+    from ekka.zoo.derive import is_derived
 
+    specs = list_architectures(derived=True)
+    if as_json:
+        rows = [
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "config_class": spec.config_class,
+                "vllm_backend": spec.vllm_backend,
+                "derived": is_derived(spec),
+                "settings": dict(spec.defaults),
+            }
+            for spec in specs
+        ]
+        out.print_json(json.dumps(rows))
+        return
     table = Table(title="Ekka zoo: tiny models that vLLM (CPU) and transformers both load")
     table.add_column("architecture")
     table.add_column("family")
     table.add_column("vLLM backend")
     table.add_column("zoo settings beyond the common base")
-    for spec in list_architectures():
+    for spec in specs:
         extra = {k: v for k, v in spec.defaults.items() if k not in _COMMON_BASE}
-        table.add_row(
-            spec.name,
-            spec.family,
-            spec.vllm_backend,
-            ", ".join(f"{k}={v}" for k, v in extra.items()),
-        )
+        settings = ", ".join(f"{k}={v}" for k, v in extra.items())
+        if is_derived(spec):
+            settings = "derived: class defaults scaled down" + (f"; {settings}" if settings else "")
+        table.add_row(spec.name, spec.family, spec.vllm_backend, settings)
     out.print(table)
 
 
@@ -868,6 +887,73 @@ def worker(
     settings = load_config(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run_worker(settings)
+
+
+@app.command()
+def sweep(
+    config: Path | None = typer.Option(
+        None, "--config", help="Nightly sweep: the bot's TOML file with [[sweeps]] entries."
+    ),
+    sweep_name: str | None = typer.Option(
+        None, "--sweep", help="Nightly sweep: which [[sweeps]] entry (default: the only one)."
+    ),
+    architectures: str | None = typer.Option(
+        None, "--architectures", help="Architecture sweep: all, or NAME,NAME,... (ekka zoo list)."
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Architecture sweep: dtypes, e.g. float32,bfloat16."
+    ),
+    out_dir: Path = typer.Option(
+        Path("ekka-sweep"), "--out", help="Architecture sweep: folder of the reports."
+    ),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Architecture sweep: database of finished rows (resume; default in --out).",
+    ),
+    json_file: Path | None = typer.Option(None, "--json", help="Also write the result as JSON."),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="Architecture sweep: report the rows kept, run nothing."
+    ),
+) -> None:
+    """Nightly regression sweep of a branch (--config: probe each model at the head, bisect and
+    report what broke), or a sweep over architectures against transformers (--architectures)."""
+    if (config is None) == (architectures is None):
+        raise UsageError(
+            "give --config ekka.toml (the nightly sweep) or --architectures all|NAME,... "
+            "(the architecture sweep), one of them."
+        )
+    if config is not None:
+        from ekka.bot.config import load_config
+        from ekka.sweep.nightly import run_nightly
+
+        settings = load_config(config, secrets_required=False)
+        outcome = run_nightly(
+            settings,
+            sweep_name,
+            say=lambda m: console.print(m, markup=False, highlight=False),
+        )
+        for result in outcome.results:
+            out.print(
+                f"{result.model} {result.dtype} at {result.commit[:10]}: {result.verdict}"
+                f" ({result.reason})",
+                markup=False,
+                highlight=False,
+            )
+        for action in outcome.actions:
+            out.print(action, markup=False, highlight=False)
+        out.print(f"reports: {outcome.folder}", markup=False, highlight=False)
+        if json_file is not None:
+            json_file.write_text(json.dumps(outcome.to_json(), indent=1) + "\n")
+        raise typer.Exit(1 if outcome.regressed else 0)
+    from ekka.sweep.architectures import run_cli
+
+    assert architectures is not None
+    code = run_cli(
+        architectures, dtype, out_dir, db, json_file, out=out, console=console,
+        report_only=report_only,
+    )  # fmt: skip
+    raise typer.Exit(code)
 
 
 DEMO_PROMPT = (

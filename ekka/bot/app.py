@@ -1,5 +1,6 @@
 """The web server (Starlette): `POST /webhook`, `GET /healthz`, `GET /jobs/{id}` (JSON),
-`GET /jobs/{id}/report` (HTML), `GET /` (recent jobs).
+`GET /jobs/{id}/report` (HTML), `GET /` (recent jobs), `GET /sweeps` (the nightly sweeps' history:
+JSON, or HTML for a browser), `GET /sweeps/{run}/{model}/{dtype}/report` (a regression's report).
 
 The webhook verifies the signature (401 when it is missing or wrong), remembers the delivery
 id (a replay is acknowledged and ignored, across restarts), runs the event's handler, which
@@ -115,8 +116,27 @@ def create_app(config: BotConfig, store: Store, *, worker: Any = None) -> Starle
         rows = "".join(_index_row(job) for job in jobs)
         return HTMLResponse(INDEX.format(rows=rows))
 
+    async def sweeps(request: Request) -> Response:
+        runs = await run_in_threadpool(_sweep_history, config, store)
+        if "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(_sweeps_page(runs))
+        return JSONResponse({"runs": runs})
+
+    async def sweep_report(request: Request) -> Response:
+        runs = await run_in_threadpool(store.sweep_runs, limit=10_000)
+        p = request.path_params
+        for run in runs:
+            for result in run["results"] if run["id"] == p["run"] else []:
+                if (result.model, result.dtype) == (p["model"], p["dtype"]) and result.report_dir:
+                    page = Path(result.report_dir) / "report.html"
+                    if page.is_file():
+                        return HTMLResponse(page.read_text())
+        return _error(404, "no report for this sweep result")
+
     return Starlette(
         routes=[
+            Route("/sweeps", sweeps, methods=["GET"]),
+            Route("/sweeps/{run:int}/{model}/{dtype}/report", sweep_report, methods=["GET"]),
             Route("/webhook", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/jobs/{id:int}", job_json, methods=["GET"]),
@@ -144,6 +164,82 @@ def _index_row(job: Job) -> str:
         report,
     ]
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def _sweep_history(config: BotConfig, store: Store) -> list[dict[str, Any]]:
+    """Each sweep run, newest first: its head and each (model, dtype): verdict, the regression
+    it belongs to (with its tracking issue) and the link to its report."""
+    from ekka.bot.messages import issue_url
+
+    base = config.base_url or ""
+    runs = []
+    for run in store.sweep_runs(limit=100):
+        results = []
+        for result in run["results"]:
+            data = result.to_json()
+            data.pop("report_dir")
+            data["report"] = (
+                f"{base}/sweeps/{run['id']}/{result.model}/{result.dtype}/report"
+                if result.report_dir
+                else None
+            )
+            regression = store.regression(result.regression) if result.regression else None
+            if regression is not None:
+                data["regression"] = {
+                    **regression.to_json(),
+                    "issue_url": issue_url(regression.repository, regression.issue)
+                    if regression.issue
+                    else None,
+                }
+            results.append(data)
+        runs.append(
+            {
+                "id": run["id"],
+                "sweep": run["sweep"],
+                "repository": run["repository"],
+                "branch": run["branch"],
+                "head": run["head"],
+                "state": run["state"],
+                "error": run["error"],
+                "started_at": run["started_at"].isoformat(),
+                "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
+                "results": results,
+            }
+        )
+    return runs
+
+
+SWEEPS = """<!doctype html><html><head><meta charset='utf-8'><title>Ekka sweeps</title></head>
+<body><h1>Ekka: nightly sweeps</h1><table border='1' cellpadding='4'>
+<tr><th>run</th><th>sweep</th><th>branch</th><th>head</th><th>state</th><th>model</th>
+<th>dtype</th><th>verdict</th><th>regression</th><th>report</th></tr>
+{rows}</table></body></html>"""
+
+
+def _sweeps_page(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for run in runs:
+        for result in run["results"] or [{}]:
+            regression = result.get("regression") or {}
+            link = regression.get("issue_url")
+            cells = [
+                str(run["id"]),
+                html.escape(run["sweep"]),
+                html.escape(f"{run['repository']}@{run['branch']}"),
+                f"<code>{html.escape(run['head'][:10])}</code>",
+                html.escape(run["state"]),
+                html.escape(str(result.get("model", ""))),
+                html.escape(str(result.get("dtype", ""))),
+                html.escape(str(result.get("verdict", ""))),
+                f"<a href='{html.escape(link)}'>{html.escape(regression.get('state', ''))}</a>"
+                if link
+                else html.escape(str(regression.get("state", ""))),
+                f"<a href='{html.escape(result['report'])}'>report</a>"
+                if result.get("report")
+                else "",
+            ]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return SWEEPS.format(rows="".join(rows))
 
 
 def _error(status: int, message: str) -> Response:

@@ -15,6 +15,7 @@ Everything is a frozen dataclass; a missing secret or a malformed file is a `Con
     [[models]]     name, path, dtype, prompt | prompt_ids, max_tokens
     [[scenarios]]  name, path (a scenario file: [run] with [[run.before]], [[run.alongside]],
                    [run.engine]; `/ekka diagnose scenario=NAME` runs it)
+    [[sweeps]]     name, repository, branch, models, dtypes (`ekka sweep`: nightly sweeps)
 
 Environment: EKKA_WEBHOOK_SECRET; EKKA_GITHUB_TOKEN, or EKKA_GITHUB_APP_ID with
 EKKA_GITHUB_PRIVATE_KEY_PATH (a GitHub App); EKKA_GITHUB_API_URL; EKKA_DATABASE_URL;
@@ -79,6 +80,17 @@ class ScenarioFile:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A nightly sweep (`ekka sweep --config`): each (model, dtype) probed at the branch head."""
+
+    name: str
+    repository: str  # a configured [[repositories]] name (it needs a path)
+    branch: str = "main"
+    models: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ("float32",)
+
+
+@dataclass(frozen=True)
 class Executor:
     """How a job probes commits: "local" is the full diagnosis (vLLM traced against
     transformers, each commit from a worktree); "docker" the same with each commit probed in
@@ -136,6 +148,7 @@ class BotConfig:
     repositories: tuple[Repository, ...] = ()
     models: tuple[Model, ...] = ()
     scenarios: tuple[ScenarioFile, ...] = ()
+    sweeps: tuple[Sweep, ...] = ()
 
     def repository(self, name: str) -> Repository | None:
         """The configured repository of that name (GitHub names compare case-insensitively)."""
@@ -147,10 +160,21 @@ class BotConfig:
     def scenario(self, name: str) -> ScenarioFile | None:
         return next((s for s in self.scenarios if s.name == name), None)
 
+    def sweep(self, name: str) -> Sweep | None:
+        return next((s for s in self.sweeps if s.name == name), None)
 
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> BotConfig:
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    secrets_required: bool = True,
+) -> BotConfig:
     """The configuration from `path` (else $EKKA_CONFIG; no file is allowed when the
-    environment says enough) and the environment (`env`, default os.environ)."""
+    environment says enough) and the environment (`env`, default os.environ).
+
+    `secrets_required=False` (`ekka sweep`): no webhook secret needed, and no GitHub
+    credentials either (the sweep then writes its reports locally)."""
     env = os.environ if env is None else env
     where = str(path) if path is not None else env.get("EKKA_CONFIG")
     data: dict[str, Any] = {}
@@ -167,14 +191,20 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         where = str(file)
     else:
         where = "the configuration"
-    return from_mapping(data, env, where)
+    return from_mapping(data, env, where, secrets_required=secrets_required)
 
 
-def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) -> BotConfig:
+def from_mapping(
+    data: Mapping[str, Any],
+    env: Mapping[str, str],
+    where: str,
+    *,
+    secrets_required: bool = True,
+) -> BotConfig:
     """A BotConfig from a parsed TOML document and the environment."""
     reader = _Reader(where)
     reader.known(data, "", ("github", "server", "executor", "worker", "permissions",
-                            "repositories", "models", "scenarios"))  # fmt: skip
+                            "repositories", "models", "scenarios", "sweeps"))  # fmt: skip
     github = reader.table(data, "github", ("api_url", "throttle"))
     server = reader.table(data, "server", ("base_url", "database_url", "workdir"))
     executor = reader.table(data, "executor", EXECUTOR_KEYS)
@@ -194,6 +224,10 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
         _scenario(reader, i, s) for i, s in enumerate(reader.array(data, "scenarios"))
     )
     _unique([s.name for s in scenarios], "scenario", where)
+    sweeps = tuple(_sweep(reader, i, s) for i, s in enumerate(reader.array(data, "sweeps")))
+    _unique([s.name for s in sweeps], "sweep", where)
+    for sweep in sweeps:
+        _check_sweep(sweep, repositories, models, where)
 
     kind = reader.string(executor, "executor.kind", "local")
     if kind not in EXECUTOR_KINDS:
@@ -213,7 +247,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
     budget = executor.get("image_budget_gb")
 
     secret = env.get("EKKA_WEBHOOK_SECRET", "")
-    if not secret:
+    if not secret and secrets_required:
         raise ConfigError(
             "EKKA_WEBHOOK_SECRET is not set: the webhook secret comes from the environment only."
         )
@@ -231,7 +265,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
             private_key = Path(key_path).read_text()
         except OSError as exc:
             raise ConfigError(f"EKKA_GITHUB_PRIVATE_KEY_PATH {key_path}: {exc.strerror}.") from None
-    elif not token:
+    elif not token and secrets_required:
         raise ConfigError(
             "no GitHub credentials: set EKKA_GITHUB_TOKEN, or EKKA_GITHUB_APP_ID and "
             "EKKA_GITHUB_PRIVATE_KEY_PATH for a GitHub App."
@@ -278,6 +312,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str], where: str) ->
         repositories=repositories,
         models=models,
         scenarios=scenarios,
+        sweeps=sweeps,
     )
 
 
@@ -341,6 +376,47 @@ def _scenario(reader: _Reader, index: int, data: Any) -> ScenarioFile:
     except UsageError as exc:
         raise ConfigError(f"{reader.where}: {at}.path: {exc}") from None
     return ScenarioFile(name=reader.required_string(data, f"{at}.name"), path=path)
+
+
+def _sweep(reader: _Reader, index: int, data: Any) -> Sweep:
+    at = f"sweeps[{index}]"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{reader.where}: {at} is not a table ([[sweeps]]).")
+    reader.known(data, at, ("name", "repository", "branch", "models", "dtypes"))
+    models = reader.get(data, f"{at}.models", list, [])
+    dtypes = reader.get(data, f"{at}.dtypes", list, ["float32"])
+    if not models or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"{reader.where}: {at}.models must list model names ([[models]]).")
+    if not dtypes or not all(d in DTYPES for d in dtypes):
+        raise ConfigError(
+            f"{reader.where}: {at}.dtypes must list dtypes among {', '.join(DTYPES)}."
+        )
+    return Sweep(
+        name=reader.required_string(data, f"{at}.name"),
+        repository=reader.required_string(data, f"{at}.repository"),
+        branch=reader.string(data, f"{at}.branch", "main"),
+        models=tuple(dict.fromkeys(models)),
+        dtypes=tuple(dict.fromkeys(dtypes)),
+    )
+
+
+def _check_sweep(
+    sweep: Sweep, repositories: tuple[Repository, ...], models: tuple[Model, ...], where: str
+) -> None:
+    """A sweep names a configured repository with a clone, and configured models."""
+    repo = next((r for r in repositories if r.name.lower() == sweep.repository.lower()), None)
+    if repo is None or repo.path is None:
+        raise ConfigError(
+            f"{where}: sweep {sweep.name!r} names repository {sweep.repository!r}, which has no "
+            "[[repositories]] entry with a path (the clone the sweep probes)."
+        )
+    known = {m.name for m in models}
+    for name in sweep.models:
+        if name not in known:
+            raise ConfigError(
+                f"{where}: sweep {sweep.name!r} names model {name!r}, which no [[models]] entry "
+                f"defines (known: {', '.join(sorted(known)) or 'none'})."
+            )
 
 
 def _repo_name(name: str, where: str) -> str:

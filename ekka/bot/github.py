@@ -1,5 +1,5 @@
-"""The one GitHub client of the project, on PyGithub: issue comments (create, edit, list),
-reactions, a collaborator's permission, a commit's pull requests, installation tokens of a
+"""The one GitHub client of the project, on PyGithub: issues (open, edit, close), issue
+comments (create, edit, list), reactions, a collaborator's permission, a commit's pull requests, installation tokens of a
 GitHub App.
 
 Every call retries with exponential backoff on 5xx answers, secondary rate limits (403/429 with
@@ -166,6 +166,32 @@ class GitHubClient:
             lambda: self._gh.get_repo(repository).get_issue(issue).create_comment(body),
         )
         return int(comment.id)
+
+    def create_issue(self, repository: str, title: str, body: str) -> int:
+        """Open an issue; its number."""
+        issue = self._call(
+            f"opening an issue in {repository}",
+            lambda: self._gh.get_repo(repository).create_issue(title=title, body=body),
+        )
+        return int(issue.number)
+
+    def edit_issue(
+        self,
+        repository: str,
+        number: int,
+        *,
+        title: str | None = None,
+        body: str | None = None,
+        state: str | None = None,
+    ) -> None:
+        """Change an issue's title, body or state ("open", "closed"); None leaves it."""
+        fields: dict[str, Any] = {
+            k: v for k, v in (("title", title), ("body", body), ("state", state)) if v is not None
+        }
+        self._call(
+            f"editing {repository}#{number}",
+            lambda: self._gh.get_repo(repository).get_issue(number).edit(**fields),
+        )
 
     def edit_comment(self, repository: str, comment_id: int, body: str) -> None:
         self._call(

@@ -22,7 +22,7 @@ from ekka.bisect.history import CommitInfo, CommitRange
 from ekka.bisect.search import BisectResult, BisectStep, describe_step
 from ekka.bot import messages
 from ekka.bot.comments import upsert_comment
-from ekka.bot.config import BotConfig
+from ekka.bot.config import BotConfig, Executor
 from ekka.bot.db import Job, JobState, Store
 from ekka.bot.github import GitHubClient, GitHubError
 from ekka.errors import EkkaError
@@ -266,32 +266,6 @@ class JobRunner:
             return self._bisect_with_command(job, github, progress, folder, repository.path)
         return self._full_diagnosis(job, github, progress, folder, repository.path, params)
 
-    def _docker_options(self) -> dict[str, Any]:
-        """FullConfig's executor fields from `[executor]` (kind "docker": images and limits)."""
-        settings = self.config.executor
-        if settings.kind != "docker":
-            return {}
-        from ekka.containers.docker import ContainerLimits
-        from ekka.containers.images import ImageSettings
-
-        return {
-            "executor": "docker",
-            "images": ImageSettings(
-                base_image=settings.base_image,
-                tag_template=settings.image_tag,
-                pull_template=settings.pull_image,
-                dockerfile=settings.dockerfile,
-                build_args=dict(settings.build_args),
-                budget_gb=settings.image_budget_gb,
-            ),
-            "limits": ContainerLimits(
-                gpus=settings.gpus,
-                shm_size=settings.shm_size,
-                memory=settings.memory,
-                pids=settings.pids_limit,
-            ),
-        }
-
     def _full_diagnosis(
         self,
         job: Job,
@@ -348,7 +322,7 @@ class JobRunner:
                 github_repo=job.repository,
                 github_api=self.config.api_url,
                 github_token=github.token,
-                **self._docker_options(),
+                **executor_options(self.config.executor),
             ),
             progress=lambda text: progress.say(text, force=True),
             observer=progress,
@@ -385,6 +359,32 @@ class JobRunner:
             cache.close()
         (folder / "bisection.json").write_text(json.dumps(result.to_json(), indent=1))
         return Outcome(BisectionSummary.from_json(result.to_json()), None)
+
+
+def executor_options(settings: Executor) -> dict[str, Any]:
+    """FullConfig's executor fields from `[executor]` (kind "docker": images and limits)."""
+    if settings.kind != "docker":
+        return {}
+    from ekka.containers.docker import ContainerLimits
+    from ekka.containers.images import ImageSettings
+
+    return {
+        "executor": "docker",
+        "images": ImageSettings(
+            base_image=settings.base_image,
+            tag_template=settings.image_tag,
+            pull_template=settings.pull_image,
+            dockerfile=settings.dockerfile,
+            build_args=dict(settings.build_args),
+            budget_gb=settings.image_budget_gb,
+        ),
+        "limits": ContainerLimits(
+            gpus=settings.gpus,
+            shm_size=settings.shm_size,
+            memory=settings.memory,
+            pids=settings.pids_limit,
+        ),
+    }
 
 
 def fetch(path: str) -> None:

@@ -42,7 +42,7 @@ def cpu_backend() -> bool:
 def check_cpu_shapes(config: Mapping[str, Any]) -> None:
     """Refuse shapes vLLM's CPU backend rejects, with the fix."""
     size = head_size(config)
-    if size not in CPU_HEAD_SIZES:
+    if size is not None and size not in CPU_HEAD_SIZES:
         sizes = ", ".join(map(str, CPU_HEAD_SIZES))
         raise UnsupportedShapeError(
             f"head size {size} is not supported by vLLM's CPU attention (supported: {sizes}); "

@@ -50,11 +50,17 @@ def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return inner if isinstance(inner, Mapping) else config
 
 
-def head_size(config: Mapping[str, Any]) -> int:
+def head_size(config: Mapping[str, Any]) -> int | None:
+    """The attention head size (None: the configuration names no heads, e.g. a state-space
+    model). GPT-2-style configurations name their sizes n_embd and n_head."""
     cfg = text_config(config)
     if cfg.get("head_dim"):
         return int(cfg["head_dim"])
-    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+    hidden = next((cfg[k] for k in ("hidden_size", "n_embd", "d_model") if cfg.get(k)), None)
+    heads = next((cfg[k] for k in ("num_attention_heads", "n_head") if cfg.get(k)), None)
+    if hidden is None or heads is None:
+        return None
+    return int(hidden) // int(heads)
 
 
 def context_length(config: Mapping[str, Any]) -> int | None:

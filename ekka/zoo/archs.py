@@ -293,20 +293,38 @@ def _unknown_message(name: str) -> str:
     close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
     hint = f" Did you mean {get_arch(lowered[close[0]]).name!r}?" if close else ""
     known = ", ".join(f"{spec.name} ({spec.family})" for spec in ARCHITECTURES.values())
-    return f"Unknown architecture {name!r}.{hint} Known architectures: {known}."
+    return (
+        f"Unknown architecture {name!r}.{hint} Known architectures: {known}; and those derived "
+        "from vLLM's registry and transformers (`ekka zoo list`)."
+    )
 
 
 def get_arch(name: str) -> ArchSpec:
-    """The ArchSpec for a class name (any case) or a short alias such as "qwen2moe".
+    """The ArchSpec for a class name (any case) or a short alias such as "qwen2moe"; else one
+    of the derived architectures (`ekka.zoo.derive`: vLLM's registry and transformers) by its
+    class name.
 
     Raises UnknownArchitectureError listing the known names (and a close match if there is one).
     """
     resolved = _alias_table().get(_normalize(name))
-    if resolved is None:
-        raise UnknownArchitectureError(_unknown_message(name))
-    return ARCHITECTURES[resolved]
+    if resolved is not None:
+        return ARCHITECTURES[resolved]
+    derived = {_normalize(s.name): s for s in _derived()}
+    if _normalize(name) in derived:
+        return derived[_normalize(name)]
+    raise UnknownArchitectureError(_unknown_message(name))
 
 
-def list_architectures() -> list[ArchSpec]:
-    """All zoo architectures, in the order of ARCHS.md's table."""
-    return list(ARCHITECTURES.values())
+def _derived() -> tuple[ArchSpec, ...]:
+    from ekka.zoo.derive import derived_specs
+
+    try:
+        return derived_specs(frozenset(ARCHITECTURES))
+    except ImportError:  # transformers is not installed: the hand-written ones only
+        return ()
+
+
+def list_architectures(*, derived: bool = False) -> list[ArchSpec]:
+    """The zoo's hand-written architectures, in the order of ARCHS.md's table; with
+    `derived`, then every other architecture vLLM's registry and transformers both have."""
+    return list(ARCHITECTURES.values()) + (list(_derived()) if derived else [])

@@ -24,6 +24,7 @@ from typing import Any
 
 from ekka.errors import OutputFolderError, UsageError
 from ekka.zoo.archs import ArchSpec, get_arch
+from ekka.zoo.derive import is_derived, scale_config
 from ekka.zoo.tokenizer import (
     DEFAULT_MODEL_MAX_LENGTH,
     DEFAULT_VOCAB_SIZE,
@@ -156,7 +157,12 @@ def _make_config(spec: ArchSpec, overrides: Mapping[str, Any], zoo_defaults: boo
     """The transformers config: class defaults, then zoo defaults, then overrides."""
     model_class, config_class = _transformers_classes(spec)
     _check_override_keys(spec, overrides, _known_config_keys(config_class, model_class))
-    kwargs = copy.deepcopy(dict(spec.defaults)) if zoo_defaults else {}
+    kwargs: dict[str, Any] = {}
+    if zoo_defaults and is_derived(spec):  # the class defaults scaled down, then its overrides
+        with quiet_transformers():
+            kwargs = scale_config(config_class().to_dict())
+    if zoo_defaults:
+        kwargs.update(copy.deepcopy(dict(spec.defaults)))
     kwargs.update(copy.deepcopy(dict(overrides)))
     try:
         return config_class(**kwargs)

@@ -1,7 +1,7 @@
 """A local HTTP server that speaks the GitHub REST endpoints the bot uses, records what it is
 sent, and can be told to fail. Real PyGithub talks to it through its base URL.
 
-Endpoints: issue comments (list, create, get, edit), reactions on an issue comment, a
+Endpoints: issues (open, get, edit), issue comments (list, create, get, edit), reactions on an issue comment, a
 collaborator's permission, a commit's pull requests, installation access tokens (the JWT is
 verified with the App's public key). Requests to repository endpoints need a token the server
 knows (`tokens`), as `Authorization: Bearer TOKEN` or `token TOKEN`.
@@ -51,6 +51,8 @@ class FakeGitHub:
         self.app_public_key = app_public_key
         self.lock = threading.Lock()
         self.comments: dict[int, dict[str, Any]] = {}
+        self.issues: dict[tuple[str, int], dict[str, Any]] = {}
+        self.next_issue = 1
         self.reactions: list[dict[str, Any]] = []
         self.permissions: dict[tuple[str, str], str] = {}
         self.commit_pulls: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -107,6 +109,28 @@ class FakeGitHub:
             }
             self.comments[self.next_id] = comment
             return comment
+
+    def add_issue(self, repo: str, title: str, body: str, login: str) -> dict[str, Any]:
+        with self.lock:
+            number = self.next_issue
+            self.next_issue += 1
+            now = datetime.now(UTC).isoformat()
+            issue = {
+                "id": 50_000 + number,
+                "number": number,
+                "title": title,
+                "body": body,
+                "state": "open",
+                "user": {"login": login, "id": 7, "type": "User"},
+                "html_url": f"https://github.com/{repo}/issues/{number}",
+                "url": f"{self.url}/repos/{repo}/issues/{number}",
+                "created_at": now,
+                "updated_at": now,
+                "_repo": repo,
+                "_edits": 0,
+            }
+            self.issues[(repo, number)] = issue
+            return issue
 
     # --- what the tests read --------------------------------------------------------------------
 
@@ -207,6 +231,29 @@ class _Handler(BaseHTTPRequestHandler):
                 if not isinstance(body, dict) or not isinstance(body.get("body"), str):
                     raise _Refused(422, "body is required")
                 return 201, _public(gh.add_comment(repo, issue, body["body"], gh.bot_login))
+        m = re.fullmatch(REPO + r"/issues", path)
+        if m and method == "POST":
+            if not isinstance(body, dict) or not isinstance(body.get("title"), str):
+                raise _Refused(422, "title is required")
+            repo = f"{m['owner']}/{m['repo']}"
+            return 201, _public(
+                gh.add_issue(repo, body["title"], body.get("body") or "", gh.bot_login)
+            )
+        m = re.fullmatch(REPO + r"/issues/(?P<issue>\d+)", path)
+        if m and method in ("GET", "PATCH"):
+            with gh.lock:
+                issue = gh.issues.get((f"{m['owner']}/{m['repo']}", int(m["issue"])))
+                if issue is None:
+                    raise _Refused(404, "Not Found")
+                if method == "PATCH":
+                    if not isinstance(body, dict):
+                        raise _Refused(422, "a JSON object is required")
+                    for key in ("title", "body", "state"):
+                        if isinstance(body.get(key), str):
+                            issue[key] = body[key]
+                    issue["_edits"] += 1
+                    issue["updated_at"] = datetime.now(UTC).isoformat()
+                return 200, _public(issue)
         m = re.fullmatch(REPO + r"/issues/comments/(?P<id>\d+)", path)
         if m:
             with gh.lock:

@@ -162,3 +162,51 @@ def test_a_broken_scenario_file_stops_the_bot_with_its_error(tmp_path):
     text = TOML + f'[[scenarios]]\nname = "x"\npath = "{tmp_path / "bad.toml"}"\n'
     with pytest.raises(ConfigError, match=r"scenarios\[0\].path: .*unknown key\(s\) befor"):
         load_config(write(tmp_path, text), ENV)
+
+
+SWEEP_BASE = """
+[[repositories]]
+name = "acme/vllm"
+path = "/srv/vllm"
+[[models]]
+name = "tiny-llama"
+path = "/models/llama"
+"""
+
+
+def test_sweeps_are_read_and_need_no_secrets(tmp_path):
+    text = (
+        SWEEP_BASE
+        + """
+[[sweeps]]
+name = "nightly"
+repository = "acme/vllm"
+models = ["tiny-llama"]
+dtypes = ["float32", "bfloat16"]
+"""
+    )
+    config = load_config(write(tmp_path, text), {}, secrets_required=False)
+    [sweep] = config.sweeps
+    assert sweep.branch == "main" and sweep.dtypes == ("float32", "bfloat16")
+    assert config.sweep("nightly") is sweep and config.secrets.github_token is None
+    with pytest.raises(ConfigError, match="EKKA_WEBHOOK_SECRET"):
+        load_config(write(tmp_path, text), {})  # the server still needs its secrets
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[sweeps]]\nname = 's'\nrepository = 'acme/other'\nmodels = ['tiny-llama']\n",
+         "no \\[\\[repositories\\]\\] entry with a path"),
+        ("[[sweeps]]\nname = 's'\nrepository = 'acme/vllm'\nmodels = ['gpt']\n",
+         "model 'gpt', which no"),
+        ("[[sweeps]]\nname = 's'\nrepository = 'acme/vllm'\nmodels = []\n", "models must list"),
+        ("[[sweeps]]\nname = 's'\nrepository = 'acme/vllm'\nmodels = ['tiny-llama']\n"
+         "dtypes = ['int4']\n", "dtypes must list"),
+        ("[[sweeps]]\nname = 's'\nrepository = 'acme/vllm'\nmodels = ['tiny-llama']\nevery = 1\n",
+         "unknown key 'every'"),
+    ],
+)  # fmt: skip
+def test_malformed_sweeps_say_what(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, SWEEP_BASE + text), {}, secrets_required=False)

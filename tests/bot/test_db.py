@@ -157,3 +157,37 @@ def test_the_verdict_cache_shares_the_database(url):
     store = Store(url)  # the bot's tables beside the cache's
     assert store.jobs() == []
     store.close()
+
+
+def test_sweep_runs_results_and_regressions(url):
+    from ekka.bot.db import SweepResult
+
+    store = Store(url)
+    one = store.start_sweep_run("nightly", "acme/vllm", "main", "a" * 40)
+    store.record_sweep_result(
+        SweepResult(one, "nightly", "m", "float32", "a" * 40, "good", "ok", None, None)
+    )
+    store.finish_sweep_run(one, "done")
+    two = store.start_sweep_run("nightly", "acme/vllm", "main", "b" * 40)
+    bad = SweepResult(two, "nightly", "m", "float32", "b" * 40, "bad", "logits", None, None)
+    store.record_sweep_result(bad)
+    assert store.last_sweep_result("nightly", "m", "float32", before=two).verdict == "good"
+    assert store.last_sweep_result("nightly", "m", "float32", verdict="bad", before=two) is None
+    regression = store.open_regression(
+        sweep="nightly", repository="acme/vllm", model="m", dtype="float32", good="a" * 40,
+        head="b" * 40, first_bad="c" * 40, pr=7, summary="norms", report_dir=None,
+    )  # fmt: skip
+    store.record_sweep_result(bad.__class__(**{**bad.__dict__, "regression": regression.id}))
+    store.update_regression(regression.id, issue=3)
+    assert store.open_regression_of("nightly", "m", "float32").issue == 3
+    store.update_regression(regression.id, state="closed", fixed_at="d" * 40)
+    assert store.open_regression_of("nightly", "m", "float32") is None
+    store.close()
+    again = Store(url)  # a restart keeps the history
+    runs = again.sweep_runs()
+    assert [r["id"] for r in runs] == [two, one] and runs[1]["state"] == "done"
+    assert [r.regression for r in runs[0]["results"]] == [regression.id]
+    again.record_arch_row("k", "LlamaForCausalLM", "float32", {"status": "match"})
+    assert again.arch_row("k", "LlamaForCausalLM", "float32") == {"status": "match"}
+    assert again.arch_row("other", "LlamaForCausalLM", "float32") is None
+    again.close()

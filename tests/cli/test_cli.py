@@ -288,3 +288,15 @@ def test_demo_names_the_models_it_knows(capsys, tmp_path):
     assert code == 2
     assert "--model must be one of llama, gemma3-270m, got 'gpt5'" in text
     assert "Traceback" not in text
+
+
+def test_zoo_list_json_has_the_derived_architectures(capsys):
+    import json
+
+    code, text = run(capsys, "zoo", "list", "--json")
+    rows = json.loads(text)
+    names = [r["name"] for r in rows]
+    assert code == 0 and len(names) == len(set(names)) >= 60
+    assert names[0] == "LlamaForCausalLM" and not rows[0]["derived"]
+    assert {"GPT2LMHeadModel", "DeepseekV2ForCausalLM"} <= set(names)
+    assert all(r["derived"] for r in rows[20:])

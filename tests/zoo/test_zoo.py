@@ -187,7 +187,7 @@ def test_unknown_architecture_lists_known_names() -> None:
         assert name in message
     assert isinstance(info.value, UsageError)
     with pytest.raises(UnknownArchitectureError, match="Known architectures"):
-        build_model("GPT2LMHeadModel", "unused")
+        build_model("BertForMaskedLM", "unused")  # not a decoder-only architecture of vLLM's
 
 
 # ---------------------------------------------------------------------------- --set parsing

@@ -1,0 +1,157 @@
+"""The zoo beyond its hand-written architectures: every decoder-only text-generation
+architecture that the installed vLLM's model registry and transformers both have.
+
+The registry's names come from vLLM's `registry.py` read as text (`_TEXT_GENERATION_MODELS`,
+parsed with `ast`: vLLM is not imported); transformers' from its auto mappings (causal-LM model
+class per model type, config class per model type). A derived architecture's tiny config is
+its config class's defaults scaled down (`SCALED`: layers, hidden size, heads with head_dim 64,
+experts, vocabulary; a key is set only where the defaults have it), then its overrides from
+`OVERRIDES` (data, for what the scaled defaults get wrong). `ekka.zoo.build` applies both.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ekka.zoo.archs import NATIVE, ArchSpec
+
+DERIVED = "derived"  # ArchSpec.notes prefix of a derived architecture
+
+# Config keys scaled down where the class defaults have them (value None in the defaults is
+# kept, except where noted in `scale_config`).
+SCALED: Mapping[str, Any] = MappingProxyType(
+    {
+        "hidden_size": 128, "n_embd": 128, "d_model": 128,
+        "intermediate_size": 256, "ffn_hidden_size": 256, "n_inner": 256, "ffn_dim": 256,
+        "num_hidden_layers": 2, "n_layer": 2, "num_layers": 2,
+        "num_attention_heads": 2, "n_head": 2, "num_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 64,
+        "vocab_size": 512, "max_position_embeddings": 256, "n_positions": 256,
+        "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
+        "num_experts_per_tok": 2, "moe_k": 2, "moe_topk": 2,
+        "moe_intermediate_size": 64, "shared_expert_intermediate_size": 128,
+        "n_shared_experts": 1, "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
+        "kv_lora_rank": 64, "q_lora_rank": 64, "qk_nope_head_dim": 64, "qk_rope_head_dim": 64,
+        "v_head_dim": 64, "num_nextn_predict_layers": 0,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    }
+)  # fmt: skip
+SLIDING_WINDOW = 8  # a window the tests' 32-token prompt crosses
+
+# Per-architecture overrides on top of the scaled defaults, where those do not build or run.
+OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "GPT2LMHeadModel": {"n_head": 2, "n_embd": 128},
+        "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True},
+        "BloomForCausalLM": {"n_head": 2},
+        "OPTForCausalLM": {"word_embed_proj_dim": 128},
+        "GPTJForCausalLM": {"rotary_dim": 32},
+        "Glm4MoeForCausalLM": {"head_dim": 64},  # vLLM reads config.head_dim; no default
+        "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"]},
+        "Mamba2ForCausalLM": {"num_heads": 4},  # hidden * expand == num_heads * head_dim
+        "Zamba2ForCausalLM": {"layers_block_type": ["mamba", "hybrid"]},
+        "Gemma3nForCausalLM": {
+            "num_kv_shared_layers": 0,
+            "activation_sparsity_pattern": [0.0, 0.0],
+        },
+    }
+)
+
+
+def registry_file() -> Path | None:
+    """vLLM's model registry source, found without importing vLLM (None: not installed)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model_executor" / "models"
+    return path / "registry.py" if (path / "registry.py").is_file() else None
+
+
+@functools.cache
+def registry_architectures() -> tuple[str, ...]:
+    """The names in vLLM's `_TEXT_GENERATION_MODELS` (its decoder-only text generation)."""
+    path = registry_file()
+    if path is None:
+        return ()
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(target, ast.Name) and target.id == "_TEXT_GENERATION_MODELS":
+            assert isinstance(node, ast.Assign)
+            if isinstance(node.value, ast.Dict):
+                return tuple(
+                    k.value
+                    for k in node.value.keys
+                    if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                )
+    return ()
+
+
+@functools.cache
+def transformers_causal_lms() -> Mapping[str, str]:
+    """Causal-LM class name -> its config class name, from transformers' auto mappings."""
+    from transformers.models.auto import configuration_auto
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config_names: Mapping[str, str] = getattr(configuration_auto, "CONFIG_MAPPING_NAMES")  # noqa: B009 (not re-exported)
+
+    out: dict[str, str] = {}
+    for model_type, names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
+        config = config_names.get(model_type)
+        for name in (names,) if isinstance(names, str) else tuple(names):
+            # a causal LM of a multimodal family: its text config, not the composite one
+            if config and (name not in out or config.endswith("TextConfig")):
+                out[name] = config
+    return out
+
+
+@functools.cache
+def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
+    """An ArchSpec per architecture of both frameworks that `known` (the hand-written) lacks."""
+    classes = transformers_causal_lms()
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    family: dict[str, str] = {}
+    for model_type, names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
+        for name in (names,) if isinstance(names, str) else tuple(names):
+            family.setdefault(name, model_type)
+    specs = []
+    for name in registry_architectures():
+        if name in known or name not in classes:
+            continue
+        specs.append(
+            ArchSpec(
+                name=name,
+                family=family[name],
+                config_class=classes[name],
+                defaults=MappingProxyType(dict(OVERRIDES.get(name, {}))),
+                vllm_backend=NATIVE,
+                notes=f"{DERIVED}: the config class's defaults scaled down",
+            )
+        )
+    return tuple(specs)
+
+
+def is_derived(spec: ArchSpec) -> bool:
+    return spec.notes.startswith(DERIVED)
+
+
+def scale_config(default: Mapping[str, Any]) -> dict[str, Any]:
+    """The scaled-down keys for a config whose class defaults are `default` (its to_dict())."""
+    out = {k: v for k, v in SCALED.items() if k in default and default[k] is not None}
+    if "num_key_value_heads" in default and default["num_key_value_heads"] is None:
+        out["num_key_value_heads"] = SCALED["num_key_value_heads"]  # else no class builds
+    if default.get("sliding_window") is not None:
+        out["sliding_window"] = SLIDING_WINDOW
+    layers = out.get("num_hidden_layers", out.get("num_layers", out.get("n_layer")))
+    types = default.get("layer_types")
+    if layers and isinstance(types, list) and types:
+        distinct = list(dict.fromkeys(types))
+        out["layer_types"] = [distinct[i % len(distinct)] for i in range(layers)]
+    return out

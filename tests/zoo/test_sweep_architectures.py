@@ -1,0 +1,60 @@
+"""The architecture sweep on real vLLM (CPU) against transformers, a handful of architectures:
+Cohere2's known finding reported with its note, a broken architecture a row with its reason,
+a second sweep resumed from the database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ekka.cli import main
+from ekka.sweep.architectures import ArchRow, SweepReport, chart_svg, render_markdown
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+BROKEN = "DbrxForCausalLM"  # its config class's defaults do not build (no rope_theta)
+
+
+def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--architectures", f"cohere2,{BROKEN}", "--out", str(out)]
+    code = main(args + ["--json", str(tmp_path / "s.json")])
+    assert code == 0, capsys.readouterr()  # no new finding: Cohere2's is known
+    report = json.loads((tmp_path / "s.json").read_text())
+    cohere2, broken = report["rows"]
+    assert cohere2["architecture"] == "Cohere2ForCausalLM" and cohere2["status"] == "diverges"
+    assert cohere2["vllm_loads"] and cohere2["transformers_loads"]
+    assert "self_attn" in cohere2["component"] and cohere2["ratio"] > 100
+    assert "sliding_window + 1" in cohere2["note"]
+    assert cohere2["command"].startswith("ekka zoo build Cohere2ForCausalLM")
+    assert broken["status"] == "build-failed" and "rope_theta" in broken["reason"]
+    summary = report["summary"]
+    assert summary["load_both"] == 1 and summary["new_findings"] == 0
+    md = (out / "sweep.md").read_text()
+    assert "## Known findings" in md and "Cohere2ForCausalLM" in md
+    assert "<svg" in (out / "sweep.html").read_text()
+    capsys.readouterr()
+    # again: Cohere2's row comes from the database; the build failure is tried again (cheap)
+    assert main(args + ["--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["summary"]["resumed"] == 1 and again["rows"][0] == cohere2
+    assert again["rows"][1]["status"] == "build-failed"
+    # the report of every row kept, nothing run
+    assert main(args + ["--report-only", "--json", str(tmp_path / "kept.json")]) == 0
+    kept = json.loads((tmp_path / "kept.json").read_text())
+    assert kept["rows"][0] == cohere2 and kept["rows"][1]["status"] == "build-failed"
+    assert kept["summary"]["resumed"] == 2
+
+
+def test_a_new_divergence_is_listed_as_new():
+    rows = (
+        ArchRow("LlamaForCausalLM", "bfloat16", "diverges", True, True, True, "divergence: x",
+                ratio=50.0, component="model.layers.0.mlp", command="ekka zoo build ..."),
+        ArchRow("Cohere2ForCausalLM", "bfloat16", "diverges", True, True, True, "divergence: y",
+                ratio=float("inf"), note="vllm bug: window"),
+    )  # fmt: skip
+    report = SweepReport({"vllm": "0.32.0", "transformers": "5.19.0"}, rows, 1.0, 0)
+    md = render_markdown(report)
+    new = md.split("## New findings")[1].split("## Known findings")[0]
+    assert "LlamaForCausalLM" in new and "Cohere2" not in new
+    assert report.summary()["new_findings"] == 1 and "<rect" in chart_svg(report)
