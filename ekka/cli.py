@@ -504,7 +504,7 @@ def diagnose(
     ),
     scenario: Path | None = typer.Option(
         None,
-        help="A scenario file: the traced request's [run] with [[run.before]], [[run.alongside]] and [run.engine] (bench/FORMAT.md, 'Scenarios'); a diverging scenario is reduced to the requests it needs.",
+        help="A scenario file: the traced request's \\[run] with \\[\\[run.before]], \\[\\[run.alongside]] and \\[run.engine] (bench/FORMAT.md, 'Scenarios'); a diverging scenario is reduced to the requests it needs.",
     ),
     compare: str = typer.Option(
         "traced",
@@ -892,10 +892,10 @@ def worker(
 @app.command()
 def sweep(
     config: Path | None = typer.Option(
-        None, "--config", help="Nightly sweep: the bot's TOML file with [[sweeps]] entries."
+        None, "--config", help="Nightly sweep: the bot's TOML file with \\[\\[sweeps]] entries."
     ),
     sweep_name: str | None = typer.Option(
-        None, "--sweep", help="Nightly sweep: which [[sweeps]] entry (default: the only one)."
+        None, "--sweep", help="Nightly sweep: which \\[\\[sweeps]] entry (default: the only one)."
     ),
     architectures: str | None = typer.Option(
         None, "--architectures", help="Architecture sweep: all, or NAME,NAME,... (ekka zoo list)."
