@@ -88,6 +88,8 @@ class Sweep:
     branch: str = "main"
     models: tuple[str, ...] = ()
     dtypes: tuple[str, ...] = ("float32",)
+    # configured [[scenarios]] names: each model is swept alone and in each of them
+    scenarios: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ def from_mapping(
     sweeps = tuple(_sweep(reader, i, s) for i, s in enumerate(reader.array(data, "sweeps")))
     _unique([s.name for s in sweeps], "sweep", where)
     for sweep in sweeps:
-        _check_sweep(sweep, repositories, models, where)
+        _check_sweep(sweep, repositories, models, scenarios, where)
 
     kind = reader.string(executor, "executor.kind", "local")
     if kind not in EXECUTOR_KINDS:
@@ -382,9 +384,14 @@ def _sweep(reader: _Reader, index: int, data: Any) -> Sweep:
     at = f"sweeps[{index}]"
     if not isinstance(data, dict):
         raise ConfigError(f"{reader.where}: {at} is not a table ([[sweeps]]).")
-    reader.known(data, at, ("name", "repository", "branch", "models", "dtypes"))
+    reader.known(data, at, ("name", "repository", "branch", "models", "dtypes", "scenarios"))
     models = reader.get(data, f"{at}.models", list, [])
     dtypes = reader.get(data, f"{at}.dtypes", list, ["float32"])
+    scenarios = reader.get(data, f"{at}.scenarios", list, [])
+    if not all(isinstance(s, str) for s in scenarios):
+        raise ConfigError(
+            f"{reader.where}: {at}.scenarios must list scenario names ([[scenarios]])."
+        )
     if not models or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"{reader.where}: {at}.models must list model names ([[models]]).")
     if not dtypes or not all(d in DTYPES for d in dtypes):
@@ -397,13 +404,18 @@ def _sweep(reader: _Reader, index: int, data: Any) -> Sweep:
         branch=reader.string(data, f"{at}.branch", "main"),
         models=tuple(dict.fromkeys(models)),
         dtypes=tuple(dict.fromkeys(dtypes)),
+        scenarios=tuple(dict.fromkeys(scenarios)),
     )
 
 
 def _check_sweep(
-    sweep: Sweep, repositories: tuple[Repository, ...], models: tuple[Model, ...], where: str
+    sweep: Sweep,
+    repositories: tuple[Repository, ...],
+    models: tuple[Model, ...],
+    scenarios: tuple[ScenarioFile, ...],
+    where: str,
 ) -> None:
-    """A sweep names a configured repository with a clone, and configured models."""
+    """A sweep names a configured repository with a clone, configured models and scenarios."""
     repo = next((r for r in repositories if r.name.lower() == sweep.repository.lower()), None)
     if repo is None or repo.path is None:
         raise ConfigError(
@@ -416,6 +428,13 @@ def _check_sweep(
             raise ConfigError(
                 f"{where}: sweep {sweep.name!r} names model {name!r}, which no [[models]] entry "
                 f"defines (known: {', '.join(sorted(known)) or 'none'})."
+            )
+    named = {s.name for s in scenarios}
+    for name in sweep.scenarios:
+        if name not in named:
+            raise ConfigError(
+                f"{where}: sweep {sweep.name!r} names scenario {name!r}, which no [[scenarios]] "
+                f"entry defines (known: {', '.join(sorted(named)) or 'none'})."
             )
 
 

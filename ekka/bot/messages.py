@@ -279,6 +279,9 @@ def reproduce_command(params: dict[str, Any], bisection: BisectionSummary) -> st
     ]
     for key, value in sorted((params.get("engine") or {}).items()):
         words.append("--engine " + shlex.quote(f"{key}={json.dumps(value)}"))
+    scenario = params.get("scenario")
+    if isinstance(scenario, dict) and scenario.get("name"):
+        words.append("--scenario /path/to/" + shlex.quote(f"{scenario['name']}.toml"))
     words += [
         "--repo /path/to/vllm",
         f"--good {bisection.good.sha[:12]}",

@@ -19,7 +19,7 @@ has GitHub credentials, else into files under the sweep's folder (`LocalReporter
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,13 +29,54 @@ from ekka.bisect.history import commit_info, open_repo, resolve_ref
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.bot import messages
-from ekka.bot.config import BotConfig, ConfigError, Model, Sweep
+from ekka.bot.config import BotConfig, ConfigError, Model, ScenarioFile, Sweep
 from ekka.bot.db import Regression, Store, SweepResult
 from ekka.bot.jobs import executor_options, fetch
 from ekka.errors import EkkaError
 from ekka.report import Diagnosis
+from ekka.scenario import Scenario
 
 Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one sweep pair runs besides its dtype: a configured model's prompt alone, or the
+    traced request of a configured scenario (`[[sweeps]] scenarios`) on that model. `name` keys
+    its results and regressions ("tiny-llama", "tiny-llama+prefix-hit")."""
+
+    model: Model
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    scenario_name: str | None = None
+    scenario: Scenario = field(default_factory=Scenario)
+    engine: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.scenario_name is None:
+            return self.model.name
+        return f"{self.model.name}+{self.scenario_name}"
+
+
+def subject(model: Model, scenario: ScenarioFile | None = None) -> Subject:
+    """The model alone, or in the scenario of that file (its traced request where the file
+    gives one, else the model's prompt; its requests before and beside it; its engine)."""
+    from ekka.bot.jobs import job_scenario
+
+    prompt_ids = _prompt_ids(model)
+    if scenario is None:
+        return Subject(model, prompt_ids, model.max_tokens)
+    params = {"model_path": model.path, "scenario": {"name": scenario.name, "path": scenario.path}}
+    around, engine, traced = job_scenario(params)
+    return Subject(
+        model,
+        traced.prompt_ids if traced is not None else prompt_ids,
+        traced.max_tokens if traced is not None else model.max_tokens,
+        scenario.name,
+        around,
+        engine,
+    )
 
 
 @dataclass(frozen=True)
@@ -225,8 +266,11 @@ def run_nightly(
             for name in sweep.models:
                 model = config.model(name)
                 assert model is not None  # the configuration checks it
-                for dtype in sweep.dtypes:
-                    results.append(_sweep_pair(state, model, dtype))
+                files = [config.scenario(n) for n in sweep.scenarios]
+                for scenario in (None, *files):
+                    what = subject(model, scenario)
+                    for dtype in sweep.dtypes:
+                        results.append(_sweep_pair(state, what, dtype))
         except BaseException as exc:
             store.finish_sweep_run(run, "failed", error=str(exc)[:2000], report_dir=str(folder))
             raise
@@ -279,14 +323,17 @@ def branch_head(repo: str, branch: str) -> str:
     raise ConfigError(f"the branch {branch!r} is neither in {repo} nor in its remotes.")
 
 
-def _params(model: Model, dtype: str, prompt_ids: tuple[int, ...]) -> dict[str, Any]:
-    return {
-        "model": model.name,
+def _params(what: Subject, dtype: str, prompt_ids: tuple[int, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "model": what.model.name,
         "prompt_ids": list(prompt_ids),
         "dtype": dtype,
-        "max_tokens": model.max_tokens,
-        "engine": {},
+        "max_tokens": what.max_tokens,
+        "engine": dict(what.engine),
     }
+    if what.scenario_name is not None:
+        params["scenario"] = {"name": what.scenario_name}
+    return params
 
 
 def _prompt_ids(model: Model) -> tuple[int, ...]:
@@ -297,7 +344,7 @@ def _prompt_ids(model: Model) -> tuple[int, ...]:
     return tuple(resolve_prompt(model.path, model.prompt or "Hello", None))
 
 
-def _full_config(state: _Run, model: Model, dtype: str, good: str, workdir: Path) -> Any:
+def _full_config(state: _Run, what: Subject, dtype: str, good: str, workdir: Path) -> Any:
     from ekka.full import FullConfig
     from ekka.repo import installed_framework_dir
 
@@ -305,12 +352,14 @@ def _full_config(state: _Run, model: Model, dtype: str, good: str, workdir: Path
         repo=state.repo,
         good=good,
         bad=state.head,
-        model=model.path,
-        prompt_ids=_prompt_ids(model),
+        model=what.model.path,
+        prompt_ids=what.prompt_ids,
         workdir=str(workdir),
         package_dir=str(installed_framework_dir("vllm")),
         dtype=dtype,
-        max_tokens=model.max_tokens,
+        max_tokens=what.max_tokens,
+        engine=dict(what.engine),
+        scenario=what.scenario,
         workers=state.config.executor.workers,
         db_url=state.config.database_url,
         timeout=state.config.executor.timeout,
@@ -321,12 +370,12 @@ def _full_config(state: _Run, model: Model, dtype: str, good: str, workdir: Path
     )
 
 
-def probe_head(state: _Run, model: Model, dtype: str, base: str, workdir: Path) -> ProbeResult:
+def probe_head(state: _Run, what: Subject, dtype: str, base: str, workdir: Path) -> ProbeResult:
     """The head's verdict: from the verdict cache, else probed (and stored there) with the
     bisection's oracle and executor, under the key the bisection uses."""
     from ekka.containers.local import LocalExecutor
 
-    full = _full_config(state, model, dtype, base, workdir)
+    full = _full_config(state, what, dtype, base, workdir)
     oracle = TracerOracle(
         OracleConfig(
             model=full.model,
@@ -335,6 +384,7 @@ def probe_head(state: _Run, model: Model, dtype: str, base: str, workdir: Path) 
             max_tokens=full.max_tokens,
             engine=full.engine,
             logits_threshold=full.threshold,
+            scenario=full.scenario,
         ),
         workdir / "bisect",
     )
@@ -346,7 +396,7 @@ def probe_head(state: _Run, model: Model, dtype: str, base: str, workdir: Path) 
         cached = cache.get(repo_key, state.head, key)
         if cached is not None:
             return replace(cached, reason=f"{cached.reason} (cached)")
-        state.say(f"{model.name} {dtype}: reference logits, then probing {state.head[:10]}")
+        state.say(f"{what.name} {dtype}: reference logits, then probing {state.head[:10]}")
         oracle.prepare()
         if full.executor == "docker":
             from ekka.containers.engine import connect
@@ -371,21 +421,21 @@ def probe_head(state: _Run, model: Model, dtype: str, base: str, workdir: Path) 
         cache.close()
 
 
-def _sweep_pair(state: _Run, model: Model, dtype: str) -> SweepResult:
+def _sweep_pair(state: _Run, what: Subject, dtype: str) -> SweepResult:
     store, sweep = state.store, state.sweep
-    workdir = state.folder / f"{model.name}-{dtype}"
+    workdir = state.folder / f"{what.name}-{dtype}"
     last_good = store.last_sweep_result(
-        sweep.name, model.name, dtype, verdict="good", before=state.run
+        sweep.name, what.name, dtype, verdict="good", before=state.run
     )
     base = last_good.commit if last_good is not None else state.head
-    probe = probe_head(state, model, dtype, base, workdir)
+    probe = probe_head(state, what, dtype, base, workdir)
     verdict = probe.verdict.value
-    state.say(f"{model.name} {dtype} at {state.head[:10]}: {verdict} ({probe.reason})")
+    state.say(f"{what.name} {dtype} at {state.head[:10]}: {verdict} ({probe.reason})")
     result = SweepResult(
-        state.run, sweep.name, model.name, dtype, state.head, verdict, probe.reason, None, None
+        state.run, sweep.name, what.name, dtype, state.head, verdict, probe.reason, None, None
     )
     store.record_sweep_result(result)  # recorded before the long work: nothing lost
-    open_regression = store.open_regression_of(sweep.name, model.name, dtype)
+    open_regression = store.open_regression_of(sweep.name, what.name, dtype)
     if probe.verdict is Verdict.GOOD and open_regression is not None:
         _close(state, open_regression)
         result = replace(result, regression=open_regression.id)
@@ -396,9 +446,9 @@ def _sweep_pair(state: _Run, model: Model, dtype: str) -> SweepResult:
         )
     elif probe.verdict is Verdict.BAD and last_good is not None and last_good.commit != state.head:
         try:
-            regression = _bisect_and_report(state, model, dtype, last_good.commit, workdir)
+            regression = _bisect_and_report(state, what, dtype, last_good.commit, workdir)
         except EkkaError as exc:  # this pair's; the next sweep bisects again (no regression)
-            state.say(f"{model.name} {dtype}: the bisection failed: {exc}")
+            state.say(f"{what.name} {dtype}: the bisection failed: {exc}")
             result = replace(result, reason=f"{probe.reason}; the bisection failed: {exc}")
         else:
             result = replace(result, regression=regression.id, report_dir=regression.report_dir)
@@ -409,14 +459,14 @@ def _sweep_pair(state: _Run, model: Model, dtype: str) -> SweepResult:
 
 
 def _bisect_and_report(
-    state: _Run, model: Model, dtype: str, good: str, workdir: Path
+    state: _Run, what: Subject, dtype: str, good: str, workdir: Path
 ) -> Regression:
     from ekka.full import run_full_diagnosis
     from ekka.report import write_reports
 
-    state.say(f"{model.name} {dtype}: bisecting {good[:10]}..{state.head[:10]} and diagnosing")
+    state.say(f"{what.name} {dtype}: bisecting {good[:10]}..{state.head[:10]} and diagnosing")
     diagnosis, _ = run_full_diagnosis(
-        _full_config(state, model, dtype, good, workdir / "traces"), progress=state.say
+        _full_config(state, what, dtype, good, workdir / "traces"), progress=state.say
     )
     report_dir = workdir / "report"
     write_reports(diagnosis, report_dir)
@@ -425,7 +475,7 @@ def _bisect_and_report(
     regression = state.store.open_regression(
         sweep=state.sweep.name,
         repository=state.sweep.repository,
-        model=model.name,
+        model=what.name,
         dtype=dtype,
         good=good,
         head=state.head,
@@ -434,7 +484,7 @@ def _bisect_and_report(
         summary=_statement(diagnosis),
         report_dir=str(report_dir),
     )
-    params = _params(model, dtype, diagnosis.prompt_ids)
+    params = _params(what, dtype, diagnosis.prompt_ids)
     title, body = messages.regression_issue(
         sweep=state.sweep.name,
         regression=regression.id,
@@ -454,7 +504,7 @@ def _bisect_and_report(
         if regression.pr is not None:
             _comment_pull(state, regression)
     except EkkaError as exc:  # GitHub kept failing: the regression is kept, the next run posts
-        state.say(f"{model.name} {dtype}: reporting failed ({exc}); the next sweep posts it")
+        state.say(f"{what.name} {dtype}: reporting failed ({exc}); the next sweep posts it")
         state.actions.append(f"reporting regression {regression.id} failed: {exc}")
     return regression
 

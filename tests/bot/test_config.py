@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ekka.bot.config import ConfigError, load_config
@@ -205,8 +207,35 @@ dtypes = ["float32", "bfloat16"]
          "dtypes = ['int4']\n", "dtypes must list"),
         ("[[sweeps]]\nname = 's'\nrepository = 'acme/vllm'\nmodels = ['tiny-llama']\nevery = 1\n",
          "unknown key 'every'"),
+        ("[[sweeps]]\nname = 's'\nrepository = 'acme/vllm'\nmodels = ['tiny-llama']\n"
+         "scenarios = ['prefix']\n", "scenario 'prefix', which no \\[\\[scenarios\\]\\] entry"),
     ],
 )  # fmt: skip
 def test_malformed_sweeps_say_what(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, SWEEP_BASE + text), {}, secrets_required=False)
+
+
+def test_a_sweep_lists_scenarios_beside_models(tmp_path):
+    from ekka.sweep.nightly import subject
+
+    (tmp_path / "prefix.toml").write_text(SCENARIO)
+    text = SWEEP_BASE + (
+        f'[[scenarios]]\nname = "prefix-hit"\npath = "{tmp_path / "prefix.toml"}"\n'
+        '[[sweeps]]\nname = "nightly"\nrepository = "acme/vllm"\nmodels = ["tiny-llama"]\n'
+        'scenarios = ["prefix-hit"]\n'
+    )
+    config = load_config(write(tmp_path, text), {}, secrets_required=False)
+    [sweep] = config.sweeps
+    assert sweep.scenarios == ("prefix-hit",)
+    model = config.model("tiny-llama")
+    assert model is not None
+    alone = subject(replace(model, prompt_ids=(1, 2, 3)))
+    assert alone.name == "tiny-llama" and alone.prompt_ids == (1, 2, 3) and alone.scenario.empty
+    found = config.scenario("prefix-hit")
+    within = subject(replace(model, prompt_ids=(1, 2, 3)), found)
+    # the file's traced request, the request before it and its engine; its own results' key
+    assert within.name == "tiny-llama+prefix-hit"
+    assert within.prompt_ids == (1, 5, 6, 8)
+    assert [r.prompt_ids for r in within.scenario.before] == [(1, 5, 6, 7)]
+    assert within.engine == {"enable_prefix_caching": True}
