@@ -264,17 +264,25 @@ class JobRunner:
             return self._bisect_with_command(job, github, progress, folder, repository.path)
         return self._full_diagnosis(job, github, progress, folder, repository.path, params)
 
-    def _docker_options(self) -> dict[str, Any]:
-        """FullConfig's executor fields from `[executor]` (kind "docker": images and limits)."""
+    def _executor_options(self) -> dict[str, Any]:
+        """FullConfig's executor fields from `[executor]`: kind "docker" its images and limits;
+        kind "ray" the cluster's settings (and the docker ones where its nodes use docker)."""
         settings = self.config.executor
-        if settings.kind != "docker":
-            return {}
+        options: dict[str, Any] = {}
+        if settings.kind == "ray":
+            assert settings.ray is not None  # the configuration checks it
+            options.update(executor="ray", ray=settings.ray)
+            if settings.ray.node_executor != "docker":
+                return options
+        elif settings.kind != "docker":
+            return options
+        else:
+            options["executor"] = "docker"
         from ekka.containers.docker import ContainerLimits
         from ekka.containers.images import ImageSettings
 
-        return {
-            "executor": "docker",
-            "images": ImageSettings(
+        options.update(
+            images=ImageSettings(
                 base_image=settings.base_image,
                 tag_template=settings.image_tag,
                 pull_template=settings.pull_image,
@@ -282,13 +290,14 @@ class JobRunner:
                 build_args=dict(settings.build_args),
                 budget_gb=settings.image_budget_gb,
             ),
-            "limits": ContainerLimits(
+            limits=ContainerLimits(
                 gpus=settings.gpus,
                 shm_size=settings.shm_size,
                 memory=settings.memory,
                 pids=settings.pids_limit,
             ),
-        }
+        )
+        return options
 
     def _full_diagnosis(
         self,
@@ -338,7 +347,7 @@ class JobRunner:
                 github_repo=job.repository,
                 github_api=self.config.api_url,
                 github_token=github.token,
-                **self._docker_options(),
+                **self._executor_options(),
             ),
             progress=lambda text: progress.say(text, force=True),
             observer=progress,

@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ekka.bisect.executor import Executor
 from ekka.bisect.history import CommitInfo
-from ekka.bisect.oracle import OracleConfig, OracleReference, TracerOracle
 from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
 from ekka.errors import RayClusterError, UsageError
 
 if TYPE_CHECKING:
     from ray import ObjectRef, ObjectRefGenerator
 
+    from ekka.bisect.oracle import OracleConfig, OracleReference
     from ekka.containers.docker import ContainerLimits
     from ekka.containers.images import ImageSettings
 
@@ -292,12 +292,19 @@ class TracerProbe:
     limits: ContainerLimits | None = None  # docker
 
     def executor(self, workdir: Path) -> Executor:
+        from ekka.bisect.oracle import TracerOracle
+
         oracle = TracerOracle.with_reference(self.config, workdir, self.reference)
         if self.kind == "docker":
             from ekka.containers.docker import ContainerLimits, for_repository
             from ekka.containers.engine import connect as docker_connect
 
             limits = replace(self.limits or ContainerLimits(), timeout=self.timeout)
+            if limits.gpus is None:  # the GPUs Ray gave this task, handed to its container
+                import ray
+
+                ids = ray.get_gpu_ids()
+                limits = replace(limits, gpus=",".join(map(str, ids)) if ids else None)
             return for_repository(
                 docker_connect(),
                 self.repo,
