@@ -576,6 +576,23 @@ def diagnose(
             "--executor ray needs --ray-address HOST:PORT (the cluster's head), and --ray-address "
             "is only for --executor ray."
         )
+    ray = (
+        ray_settings(
+            address=ray_address,
+            cpus=ray_cpus,
+            gpus=ray_gpus,
+            memory=ray_memory,
+            accelerator=ray_accelerator,
+            resource=ray_resource,
+            node_executor=ray_node_executor,
+            retries=ray_retries,
+            trace_dir=ray_trace_dir,
+            task_timeout=ray_task_timeout,
+            queue_timeout=ray_queue_timeout,
+        )
+        if ray_address is not None
+        else None
+    )
     if all(full) and target_path:
         raise UsageError(
             "--target-path is for localize mode; full mode runs the target from the repository's commits."
@@ -630,21 +647,7 @@ def diagnose(
             )
             if executor == "docker" or (executor == "ray" and ray_node_executor == "docker")
             else None,
-            ray=ray_settings(
-                address=ray_address,
-                cpus=ray_cpus,
-                gpus=ray_gpus,
-                memory=ray_memory,
-                accelerator=ray_accelerator,
-                resource=ray_resource,
-                node_executor=ray_node_executor,
-                retries=ray_retries,
-                trace_dir=ray_trace_dir,
-                task_timeout=ray_task_timeout,
-                queue_timeout=ray_queue_timeout,
-            )
-            if ray_address is not None
-            else None,
+            ray=ray,
         )
         raise typer.Exit(1 if found else 0)
     config = DiagnoseConfig(

@@ -150,7 +150,7 @@ class RaySettings:
     retries: int = 0  # a failed task (raised, node lost, past a limit) is tried again, then skips
     node_executor: str = "local"  # what runs the probe on its node: local (worktree) or docker
     trace_dir: str | None = None  # a folder every node mounts; None: each node's temp folder
-    cancel_grace: float = 5.0  # seconds a cancelled task has to clean up, then it is killed
+    cancel_grace: float = 10.0  # seconds a cancelled task has to clean up, then it is killed
 
     def __post_init__(self) -> None:
         if not self.address.strip():
