@@ -294,6 +294,7 @@ class TracerProbe:
     def executor(self, workdir: Path) -> Executor:
         from ekka.bisect.oracle import TracerOracle
 
+        workdir.mkdir(parents=True, exist_ok=True)
         oracle = TracerOracle.with_reference(self.config, workdir, self.reference)
         if self.kind == "docker":
             from ekka.containers.docker import ContainerLimits, for_repository
@@ -357,9 +358,7 @@ def node_task(probe: NodeProbe, commit: dict[str, Any], workdir: str) -> Iterato
     }
     started = time.time()
     yield {"started": started, **node}
-    folder = Path(workdir)
-    folder.mkdir(parents=True, exist_ok=True)
-    executor = probe.executor(folder)
+    executor = probe.executor(Path(workdir))
     outcome: list[ProbeResult | BaseException] = []
 
     def work() -> None:
