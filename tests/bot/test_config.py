@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from ekka.bot.config import ConfigError, load_config
@@ -87,6 +90,25 @@ def test_the_ray_executor_and_its_options(tmp_path):
     }
     assert ray.retries == 2 and ray.trace_dir == "/mnt/ekka/traces"
     assert ray.queue_timeout == 600 and ray.timeout is None and executor.gpus is None
+
+
+def test_the_deploy_example_loads_and_names_the_clusters_resources():
+    """deploy/ekka.toml (the bot on KubeRay) loads, and asks for what deploy/raycluster.yaml's
+    GPU workers offer."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    ray = load_config(deploy / "ekka.toml", ENV).executor.ray
+    assert ray is not None and ray.address.startswith("ekka-ray-head-svc.ekka.svc")
+    cluster = yaml.safe_load((deploy / "raycluster.yaml").read_text())
+    assert (
+        cluster["kind"] == "RayCluster"
+        and cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    )
+    (workers,) = cluster["spec"]["workerGroupSpecs"]
+    offered = json.loads(json.loads(workers["rayStartParams"]["resources"]))
+    assert set(ray.resources.custom) <= set(offered)
+    assert float(workers["rayStartParams"]["num-gpus"]) >= ray.resources.gpus
 
 
 def test_the_environment_overrides(tmp_path):
