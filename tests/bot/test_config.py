@@ -92,6 +92,24 @@ def test_the_ray_executor_and_its_options(tmp_path):
     assert ray.queue_timeout == 600 and ray.timeout is None and executor.gpus is None
 
 
+def test_a_ray_job_runs_the_full_diagnosis_on_the_cluster(tmp_path):
+    """The bot's job hands `[executor] kind = "ray"` to the full diagnosis as its executor (and
+    the docker keys too where the nodes use docker)."""
+    from ekka.bot.jobs import JobRunner
+
+    text = TOML.replace('kind = "local"', 'kind = "ray"\naddress = "head:6379"\ngpus = 1')
+    config = load_config(write(tmp_path, text), ENV)
+    options = JobRunner(config, None, None, "w1")._executor_options()  # type: ignore[arg-type]
+    assert options == {"executor": "ray", "ray": config.executor.ray}
+    docker = text.replace(
+        'address = "head:6379"', 'address = "head:6379"\nnode_executor = "docker"'
+    )
+    options = JobRunner(
+        load_config(write(tmp_path, docker), ENV), None, None, "w1"
+    )._executor_options()  # type: ignore[arg-type]
+    assert options["executor"] == "ray" and options["limits"].gpus is None and options["images"]
+
+
 def test_the_deploy_example_loads_and_names_the_clusters_resources():
     """deploy/ekka.toml (the bot on KubeRay) loads, and asks for what deploy/raycluster.yaml's
     GPU workers offer."""
