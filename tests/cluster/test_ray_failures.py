@@ -46,9 +46,10 @@ def sleeper() -> str:
 
 
 def processes(marker: str) -> list[str]:
-    """Processes whose command line holds `marker` (the probes' shell and its `sleep`)."""
-    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
-    return out.stdout.split()
+    """Processes whose command line holds `marker` (the probes' shell and its `sleep`): one
+    line each, its id, parent, state and command."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,stat,args"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if marker in line and "ps -eo" not in line]
 
 
 def settle(repo, marker: str, seconds: float = 30) -> tuple[list[str], float, int]:
@@ -85,7 +86,7 @@ def test_a_task_that_raises_is_a_skip_with_the_reason(cluster, history):
 def test_a_task_past_its_time_limit_is_a_skip_and_is_stopped(cluster, history):
     repo, commits = history
     marker = sleeper()
-    settings = RaySettings(cluster, timeout=3, cancel_grace=2)
+    settings = RaySettings(cluster, timeout=3)
     executor = RayExecutor(CommandProbe(str(repo), f"{marker}; true"), settings)
     start = time.monotonic()
     result = executor.probe(commits[0])
@@ -95,8 +96,12 @@ def test_a_task_past_its_time_limit_is_a_skip_and_is_stopped(cluster, history):
     assert settle(repo, marker) == ([], LOGICAL_CPUS, 1)
 
 
-def test_a_dead_worker_is_retried_then_skipped(cluster, history):
-    repo, commits = history
+def test_a_dead_worker_is_retried_then_skipped(cluster, tmp_path):
+    # a repository of its own: a killed worker cannot remove its worktree (git keeps the entry
+    # until `git worktree prune` finds the folder gone)
+    shas = make_history(tmp_path / "repo", 2, 1)
+    commits = commit_range(tmp_path / "repo", shas[0], shas[-1])
+    repo = tmp_path / "repo"
     # the command kills the task's worker process (its parent): what a lost node looks like
     executor = RayExecutor(
         CommandProbe(str(repo), "kill -9 $PPID; sleep 30"), RaySettings(cluster, retries=1)
@@ -110,9 +115,7 @@ def test_a_dead_worker_is_retried_then_skipped(cluster, history):
 def test_a_cancelled_job_cancels_its_tasks_and_no_other(cluster, history):
     repo, commits = history
     marker = sleeper()
-    job = RayExecutor(
-        CommandProbe(str(repo), f"{marker}; true"), RaySettings(cluster, cancel_grace=10)
-    )
+    job = RayExecutor(CommandProbe(str(repo), f"{marker}; true"), RaySettings(cluster))
     other = RayExecutor(
         CommandProbe(str(repo), "sleep 4; grep -qx good state"), RaySettings(cluster)
     )
