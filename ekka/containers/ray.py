@@ -457,6 +457,7 @@ class RayExecutor:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._running: set[ObjectRefGenerator[Any]] = set()
+        self._where: dict[ObjectRefGenerator[Any], dict[str, Any]] = {}  # node and worker pid
 
     def probe(self, commit: CommitInfo) -> ProbeResult:
         attempts: list[str] = []
@@ -513,6 +514,8 @@ class RayExecutor:
                     time.monotonic() - start,
                 )
             started = ray.get(next(task))
+            with self._lock:
+                self._where[task] = started
             self.progress(f"ray: {commit.short} running on {started['node']}")
             if not _ready(task, self.task_timeout):
                 self._stop(task)
@@ -549,13 +552,26 @@ class RayExecutor:
         finally:
             with self._lock:
                 self._running.discard(task)
+                self._where.pop(task, None)
 
     def _stop(self, task: ObjectRefGenerator[Any]) -> None:
-        """End a task: Ray's polite cancel now (the driver sees it cancelled at once, while
-        its node still stops and cleans up the probe), its forced one after the grace (a no-op
-        for a task that has ended: it kills no other task's worker)."""
+        """End a task: kill its probe's processes on its node (a reaper task there: the probe
+        then ends and removes its worktree itself), cancel it (Ray's polite cancel: the driver
+        sees it cancelled at once), and force it `cancel_grace` seconds later where it still
+        runs (a no-op for a task that has ended: it kills no other task's worker)."""
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        with self._lock:
+            where = self._where.get(task)
+        if where is not None:
+            reaper = ray.remote(num_cpus=0, max_retries=0)(kill_descendants).options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(where["node_id"], soft=False)
+            )
+            try:
+                ray.get(reaper.remote(where["pid"]), timeout=self.settings.cancel_grace)
+            except Exception:  # noqa: BLE001 - the node is gone or slow: the forced cancel follows
+                pass
         ray.cancel(task)
         timer = threading.Timer(self.settings.cancel_grace, _force_cancel, (task,))
         timer.daemon = True

@@ -120,8 +120,11 @@ def test_two_bisections_share_the_cluster(cluster, tmp_path):
         thread.start()
     for thread in threads:
         thread.join(300)
-    assert results["a"].first_bad.sha == histories[0][1][3]
-    assert results["b"].first_bad.sha == histories[1][1][10]
+    steps = {
+        n: [(s.commit.short, s.verdict, s.reason) for s in r.steps] for n, r in results.items()
+    }
+    assert results["a"].first_bad and results["a"].first_bad.sha == histories[0][1][3], steps
+    assert results["b"].first_bad and results["b"].first_bad.sha == histories[1][1][10], steps
     assert executors["a"].job != executors["b"].job  # each its own tasks and trace folder
     spans = {
         name: (
