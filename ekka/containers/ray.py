@@ -16,8 +16,9 @@ So the time a task waits for a node (`queue_timeout`) and the time it runs (`tim
 bounded apart: several bisections share the cluster and wait their turn without timing out.
 Any failure is a TRANSIENT skip with its reason (the task raised, its worker or node died, it
 ran or queued past its limit), or another try first (`retries`); never a hung probe.
-`cancel()` cancels the running tasks (first politely, so the probe's own clean-up kills its
-processes and removes its worktree; then by force after `cancel_grace`).
+`cancel()` stops the running tasks: a reaper task on each one's node kills its probe's processes
+(the probe then ends and removes its worktree itself), Ray's cancel follows, and a forced one
+after `cancel_grace` for a task still running.
 
 `connect` is the one place that imports `ray`: a missing extra or a silent address is one
 clear RayClusterError before any work starts.
@@ -524,7 +525,13 @@ class RayExecutor:
                     "the task was cancelled",
                     time.monotonic() - start,
                 )
-            return ProbeResult.from_json(ray.get(next(task)))
+            verdict = ray.get(next(task))
+            if self._cancelled.is_set():  # its probe was stopped: what it says is no verdict
+                return _skip("cancelled", time.monotonic() - start)
+            return ProbeResult.from_json(verdict)
+        except StopIteration:  # the stream ended with no verdict: it was cancelled meanwhile
+            reason = "cancelled" if self._cancelled.is_set() else "the task ended without a verdict"
+            return _skip(reason, time.monotonic() - start)
         except ray.exceptions.TaskCancelledError:
             return _skip("cancelled", time.monotonic() - start)
         except (
