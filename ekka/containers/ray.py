@@ -295,7 +295,6 @@ class TracerProbe:
     def executor(self, workdir: Path) -> Executor:
         from ekka.bisect.oracle import TracerOracle
 
-        workdir.mkdir(parents=True, exist_ok=True)
         oracle = TracerOracle.with_reference(self.config, workdir, self.reference)
         if self.kind == "docker":
             from ekka.containers.docker import ContainerLimits, for_repository
@@ -319,10 +318,12 @@ class TracerProbe:
         from ekka.containers.local import LocalExecutor
         from ekka.repo import installed_framework_dir
 
+        package_dir = installed_framework_dir(self.framework)
+        workdir.mkdir(parents=True, exist_ok=True)
         return LocalExecutor(
             self.repo,
             oracle,
-            package_dir=installed_framework_dir(self.framework),
+            package_dir=package_dir,
             base=self.base,
             workdir=workdir,
             timeout=self.timeout,

@@ -6,6 +6,7 @@ unreachable cluster are one clear error each."""
 from __future__ import annotations
 
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from ekka.containers.ray import (
     parse_custom_resources,
 )
 from ekka.errors import RayClusterError, UsageError
+from ekka.repo import git
 from tests.cluster.conftest import LOGICAL_CPUS, make_history, worktrees
 
 pytestmark = pytest.mark.ray
@@ -110,6 +112,12 @@ def test_a_dead_worker_is_retried_then_skipped(cluster, tmp_path):
     assert result.verdict is Verdict.SKIP and result.transient
     assert "worker or node died" in result.reason
     assert executor.submitted == 2 and len(result.details["attempts"]) == 2
+    # what the killed workers left: their worktrees' folders (removed here, then pruned)
+    left = [line.split()[0] for line in worktrees(repo)[1:]]
+    assert len(left) == 2
+    for folder in left:
+        shutil.rmtree(folder)
+    git(repo, "worktree", "prune")
 
 
 def test_a_cancelled_job_cancels_its_tasks_and_no_other(cluster, history):
