@@ -286,6 +286,7 @@ def _full_diagnosis(
     timeout: float = 600,
     docker: tuple[Any, Any] | None = None,
     scenario: Any = None,
+    ray: Any = None,
 ) -> str | None:
     """Run the full diagnosis with progress, print the root cause, write the reports; returns
     the first bad commit's sha (None when none was found)."""
@@ -316,6 +317,7 @@ def _full_diagnosis(
         timeout=timeout,
         images=docker[0] if docker else None,
         limits=docker[1] if docker else None,
+        ray=ray,
     )
     if scenario is not None:
         config = replace(config, scenario=scenario)
@@ -376,6 +378,41 @@ def docker_options(
     )
     limits = ContainerLimits(gpus=gpus, shm_size=shm_size, memory=memory, pids=pids_limit)
     return images, limits
+
+
+def ray_settings(
+    *,
+    address: str,
+    cpus: float,
+    gpus: float,
+    memory: float | None,
+    accelerator: str | None,
+    resource: Sequence[str],
+    node_executor: str,
+    retries: int,
+    trace_dir: str | None,
+    task_timeout: float | None,
+    queue_timeout: float,
+) -> Any:
+    """The ray executor's RaySettings from the command's options (each checked: UsageError)."""
+    from ekka.containers.ray import RaySettings, TaskResources, parse_custom_resources
+
+    resources = TaskResources(
+        cpus=cpus,
+        gpus=gpus,
+        memory_gb=memory,
+        accelerator=accelerator,
+        custom=parse_custom_resources(resource),
+    )
+    return RaySettings(
+        address=address,
+        resources=resources,
+        timeout=task_timeout,
+        queue_timeout=queue_timeout,
+        retries=retries,
+        node_executor=node_executor,
+        trace_dir=trace_dir,
+    )
 
 
 def parse_engine_args(items: Sequence[str], option: str = "--engine") -> dict[str, Any]:
@@ -472,7 +509,7 @@ def diagnose(
     ),
     executor: str = typer.Option(
         "local",
-        help="Full mode: where each commit runs: local (a worktree on the installed release) or docker (the commit's image).",
+        help="Full mode: where each commit runs: local (a worktree on the installed release), docker (the commit's image) or ray (a task on a Ray cluster's node, --ray-address).",
     ),
     timeout: float = typer.Option(600, help="Full mode: seconds per probe, then it skips."),
     base_image: str | None = typer.Option(
@@ -510,6 +547,40 @@ def diagnose(
         "traced",
         help="With --scenario: traced (the traced request) or all (every request of the scenario in turn).",
     ),
+    ray_address: str | None = typer.Option(
+        None,
+        help="Ray: the cluster's head, HOST:PORT (its GCS), ray://HOST:10001 (Ray Client), auto (the one `ray start` runs here) or local (start one on this machine).",
+    ),
+    ray_cpus: float = typer.Option(1.0, help="Ray: CPUs each probe's task asks for."),
+    ray_gpus: float = typer.Option(0.0, help="Ray: GPUs each probe's task asks for."),
+    ray_memory: float | None = typer.Option(
+        None, help="Ray: GB of memory each probe's task reserves."
+    ),
+    ray_accelerator: str | None = typer.Option(
+        None, help="Ray: the GPU type a probe's node must have (e.g. H100, A10G)."
+    ),
+    ray_resource: list[str] = typer.Option(
+        [], help="Ray: a custom resource of the cluster per task, NAME=AMOUNT (repeatable)."
+    ),
+    ray_node_executor: str = typer.Option(
+        "local",
+        help="Ray: what runs the probe on its node: local (a worktree on the node's release) or docker (the node's engine; the Docker options apply there).",
+    ),
+    ray_retries: int = typer.Option(
+        0,
+        help="Ray: tries again a task that failed (raised, lost its node, ran past its limit) before it skips.",
+    ),
+    ray_trace_dir: str | None = typer.Option(
+        None,
+        help="Ray: a folder every node mounts for the probes' traces (default: each node's temp folder).",
+    ),
+    ray_task_timeout: float | None = typer.Option(
+        None,
+        help="Ray: seconds a task may run on its node (default: --timeout plus 600 for the worktree or image).",
+    ),
+    ray_queue_timeout: float = typer.Option(
+        1800.0, help="Ray: seconds a task may wait for a node with its resources, then it skips."
+    ),
 ) -> None:
     """Localize (and with --repo/--good/--bad: bisect and attribute) a silent error."""
     engine_args = parse_engine_args(engine)
@@ -530,10 +601,32 @@ def diagnose(
         raise UsageError(
             "full mode needs all of --repo, --good and --bad (or none of them for localize mode)."
         )
-    if executor not in ("local", "docker"):
-        raise UsageError(f"--executor {executor!r}: use local or docker.")
+    if executor not in ("local", "docker", "ray"):
+        raise UsageError(f"--executor {executor!r}: use local, docker or ray.")
     if executor != "local" and not all(full):
         raise UsageError("--executor is for full mode (--repo, --good and --bad).")
+    if (executor == "ray") != (ray_address is not None):
+        raise UsageError(
+            "--executor ray needs --ray-address HOST:PORT (the cluster's head), and --ray-address "
+            "is only for --executor ray."
+        )
+    ray = (
+        ray_settings(
+            address=ray_address,
+            cpus=ray_cpus,
+            gpus=ray_gpus,
+            memory=ray_memory,
+            accelerator=ray_accelerator,
+            resource=ray_resource,
+            node_executor=ray_node_executor,
+            retries=ray_retries,
+            trace_dir=ray_trace_dir,
+            task_timeout=ray_task_timeout,
+            queue_timeout=ray_queue_timeout,
+        )
+        if ray_address is not None
+        else None
+    )
     if all(full) and target_path:
         raise UsageError(
             "--target-path is for localize mode; full mode runs the target from the repository's commits."
@@ -598,9 +691,10 @@ def diagnose(
                 pids_limit=pids_limit,
                 image_budget=image_budget,
             )
-            if executor == "docker"
+            if executor == "docker" or (executor == "ray" and ray_node_executor == "docker")
             else None,
             scenario=scene,
+            ray=ray,
         )
         raise typer.Exit(1 if found else 0)
     config = DiagnoseConfig(

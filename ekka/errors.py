@@ -16,7 +16,8 @@
     │   ├── EndpointError           a bisection endpoint does not probe as claimed
     │   ├── OracleStartError
     │   ├── VerdictCacheError
-    │   └── ContainerEngineError    no docker package, or no engine answering
+    │   ├── ContainerEngineError    no docker package, or no engine answering
+    │   └── RayClusterError         no ray package, no cluster answering, or bad task resources
     ├── CaptureError                a framework failed while capturing (exit code 1)
     │   └── ProtocolError           a message between the parent and the target is not one
     ├── WorktreeError               git could not make a worktree for a commit (exit code 1)
@@ -123,6 +124,11 @@ class WorktreeError(EkkaError):
 class ContainerEngineError(UsageError):
     """Raised when the docker executor cannot reach a container engine: the `docker` package
     is not installed (the `docker` extra) or no Docker daemon answers."""
+
+
+class RayClusterError(UsageError):
+    """Raised when the ray executor cannot use a cluster: the `ray` package is not installed
+    (the `ray` extra), no cluster answers at the address, or a task's resources are malformed."""
 
 
 class ImageBuildError(EkkaError):

@@ -2,15 +2,17 @@
 
 It composes the parts: the tracer (localization and the bisection's oracle), the bisection
 (the range, the search, the verdict cache, attribution) and an executor from ekka.containers
-(the local one, or the docker one: `executor="docker"`), which the bisection receives through
+(the local one, the docker one: `executor="docker"`, or the ray one: `executor="ray"`, each
+probe a task on a cluster's node), which the bisection receives through
 `ekka.bisect.executor.Executor` and cannot tell apart.
 
 1. The range (first-parent chain good..bad) is checked first: refs, ancestry, a clean tree.
 2. Localize at `bad`: the localize-mode diagnosis with the target run from a worktree of `bad`
    (its Python sources overlaid on the installed release's compiled extensions).
 3. Bisect with the tracer's oracle (reference computed once, cached verdicts reused), the
-   executor probing each commit (local: a worktree; docker: the commit's image). The localization
-   at `bad` runs from a worktree in both cases.
+   executor probing each commit (local: a worktree; docker: the commit's image; ray: a task on a
+   cluster's node, which runs one of those two there). The localization at `bad` runs here,
+   from a worktree, in every case.
 4. Attribute: the first bad commit's diff joined with the suspects.
 """
 
@@ -39,6 +41,7 @@ from ekka.tracer.trace import TraceReader
 if TYPE_CHECKING:
     from ekka.containers.docker import ContainerLimits
     from ekka.containers.images import ImageSettings
+    from ekka.containers.ray import RaySettings
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,18 @@ class FullConfig:
     github_repo: str | None = None  # OWNER/NAME: PRs from GitHub's API, else from commit messages
     github_api: str = "https://api.github.com"
     github_token: str | None = None
-    executor: str = "local"  # "local" or "docker"
+    executor: str = "local"  # "local", "docker" or "ray"
     images: ImageSettings | None = None  # docker: how per-commit images are obtained
     limits: ContainerLimits | None = None  # docker: GPUs and limits (timeout: `timeout`)
+    ray: RaySettings | None = None  # ray: the cluster, the tasks' resources, the node's executor
     # the requests around the traced one: localization and every probe run them
     scenario: Scenario = field(default_factory=Scenario)
 
 
-EXECUTORS = ("local", "docker")
+EXECUTORS = ("local", "docker", "ray")
+# ray: a task's time limit past the probe's own `timeout` when none is set (a worktree or an
+# image to make on the node first; the node's executor ends a slow probe itself before that).
+TASK_SLACK_SECONDS = 600.0
 
 
 def run_full_diagnosis(
@@ -97,6 +104,19 @@ def run_full_diagnosis(
         from ekka.containers.engine import connect
 
         client = connect()
+    if config.executor == "ray":
+        from ekka.containers.ray import cluster_summary, fits_some_node
+        from ekka.containers.ray import connect as ray_connect
+
+        if config.ray is None:
+            raise UsageError("the ray executor needs the cluster's settings (--ray-address).")
+        joined = ray_connect(config.ray.address)
+        say(f"ray: the cluster at {joined}: {cluster_summary()}")
+        if not fits_some_node(config.ray.resources):
+            say(
+                f"ray: no node has {config.ray.resources.describe()} now; probes wait for one "
+                f"(an autoscaler may add it) up to {config.ray.queue_timeout:g} s, then skip"
+            )
 
     say("checking the commit range")
     lookup = None
@@ -145,18 +165,7 @@ def run_full_diagnosis(
         work / "bisect",
     )
     oracle.prepare()
-    executor: Executor
-    if client is not None:
-        executor = docker_executor(client, config, oracle, commits.good.sha, build_output or say)
-    else:
-        executor = LocalExecutor(
-            config.repo,
-            oracle,
-            package_dir=package_dir,
-            base=commits.good.sha,
-            workdir=work / "bisect",
-            timeout=config.timeout,
-        )
+    executor = make_executor(config, oracle, commits.good.sha, say, client, build_output)
     cache = VerdictCache(config.db_url or default_url())
     try:
         result = Bisector(
@@ -167,9 +176,9 @@ def run_full_diagnosis(
             cache=cache,
             repo_key=str(Path(config.repo).resolve()),
             # a skip depends on the executor (the local one skips compiled changes that the
-            # docker one builds): each executor's verdicts apart, the local one's key unchanged
-            config_hash=oracle.config.digest()
-            + ("" if config.executor == "local" else f"+{config.executor}"),
+            # docker one builds) and a verdict on the hardware (a cluster's GPUs): each
+            # executor's verdicts apart, the local one's key unchanged
+            config_hash=oracle.config.digest() + executor_key(config),
         ).run(commits)
     finally:
         cache.close()
@@ -201,23 +210,91 @@ def run_full_diagnosis(
     return diagnosis, result
 
 
+def make_executor(
+    config: FullConfig,
+    oracle: TracerOracle,
+    release: str,
+    say: Callable[[str], None],
+    client: Any = None,
+    build_output: Callable[[str], None] | None = None,
+) -> Executor:
+    """The executor `config.executor` names, probing with `oracle` (prepared): "docker" on
+    `client` (connected by the caller, before any long work), "ray", else the local one.
+    `release`: the commit whose compiled extensions the overlays stand on (the range's good
+    end). The full diagnosis and the nightly sweep's head probe both take theirs here."""
+    if config.executor == "docker":
+        from ekka.containers.engine import connect
+
+        return docker_executor(
+            client if client is not None else connect(), config, oracle, release,
+            build_output or say,
+        )  # fmt: skip
+    if config.executor == "ray":
+        return ray_executor(config, oracle, release, say)
+    return LocalExecutor(
+        config.repo,
+        oracle,
+        package_dir=Path(config.package_dir),
+        base=release,
+        workdir=Path(config.workdir) / "bisect",
+        timeout=config.timeout,
+    )
+
+
 def docker_executor(
     client: Any, config: FullConfig, oracle: TracerOracle, release: str, say: Callable[[str], None]
 ) -> Executor:
-    """The docker executor for `config`: the base image built (or reused) when none is named."""
-    from ekka.containers.base import ensure_base_image
-    from ekka.containers.docker import ContainerLimits, DockerExecutor
-    from ekka.containers.images import ImageSettings, ImageStore
+    """The docker executor for `config` (`ekka.containers.docker.for_repository`)."""
+    from ekka.containers.docker import ContainerLimits, for_repository
 
-    settings = config.images or ImageSettings()
-    if settings.base_image is None:
-        say("docker: the base image (built once, then reused)")
-        settings = replace(settings, base_image=ensure_base_image(client, progress=say).base)
     limits = replace(config.limits or ContainerLimits(), timeout=config.timeout)
-    images = ImageStore(client, config.repo, settings, release=release)
-    return DockerExecutor(
-        client, images, oracle, workdir=Path(config.workdir) / "bisect", limits=limits, progress=say
+    return for_repository(
+        client,
+        config.repo,
+        oracle,
+        release=release,
+        workdir=Path(config.workdir) / "bisect",
+        images=config.images,
+        limits=limits,
+        progress=say,
     )
+
+
+def ray_executor(
+    config: FullConfig, oracle: TracerOracle, release: str, say: Callable[[str], None]
+) -> Executor:
+    """The ray executor for `config`: each probe a task that runs the node's executor (local
+    or docker, as `config.ray.node_executor` says) against this job's reference."""
+    from ekka.containers.ray import RayExecutor, TracerProbe
+
+    assert config.ray is not None
+    settings = config.ray
+    if settings.timeout is None:
+        settings = replace(settings, timeout=config.timeout + TASK_SLACK_SECONDS)
+    probe = TracerProbe(
+        repo=str(Path(config.repo).resolve()),
+        base=release,
+        config=oracle.config,
+        reference=oracle.prepared,
+        kind=settings.node_executor,
+        timeout=config.timeout,
+        framework=Path(config.package_dir).name,
+        images=config.images,
+        limits=config.limits,
+    )
+    return RayExecutor(
+        probe, settings, job=Path(config.workdir).resolve().parent.name, progress=say
+    )
+
+
+def executor_key(config: FullConfig) -> str:
+    """What the verdict cache's key adds for the executor: "" (local), "+docker", "+ray" (its
+    nodes' local executor), "+ray-docker"."""
+    if config.executor == "ray" and config.ray is not None:
+        return "+ray" + (
+            "" if config.ray.node_executor == "local" else f"-{config.ray.node_executor}"
+        )
+    return "" if config.executor == "local" else f"+{config.executor}"
 
 
 def agreement_notes(diagnosis: Diagnosis, bisection: BisectionSummary) -> tuple[str, ...]:

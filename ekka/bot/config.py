@@ -6,9 +6,12 @@ Everything is a frozen dataclass; a missing secret or a malformed file is a `Con
 
     [github]       api_url                      (EKKA_GITHUB_API_URL overrides)
     [server]       base_url, database_url, workdir (EKKA_DATABASE_URL overrides database_url)
-    [executor]     kind = "local" | "docker" | "command", command (kind "command"), timeout,
-                   workers; docker: base_image, image_tag, pull_image, dockerfile, build_args
-                   (a table), gpus, shm_size, memory, pids_limit, image_budget_gb
+    [executor]     kind = "local" | "docker" | "ray" | "command", command (kind "command"),
+                   timeout, workers; docker: base_image, image_tag, pull_image, dockerfile,
+                   build_args (a table), gpus, shm_size, memory, pids_limit, image_budget_gb;
+                   ray: address, cpus, gpus, memory_gb, accelerator, resources (a table),
+                   node_executor ("local" | "docker": then the docker keys apply on the nodes),
+                   retries, trace_dir, task_timeout, queue_timeout
     [worker]       poll_seconds, lease_seconds, max_attempts
     [permissions]  allow = ["login", ...]       (start work without write access)
     [[repositories]] name, path, framework, good, bad
@@ -31,14 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ekka.containers.ray import RaySettings, TaskResources
 from ekka.errors import UsageError
 
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_DATABASE_URL = "sqlite:///ekka-bot.db"
-EXECUTOR_KINDS = ("local", "docker", "command")
+EXECUTOR_KINDS = ("local", "docker", "ray", "command")
 EXECUTOR_KEYS = ("kind", "command", "timeout", "workers", "base_image", "image_tag", "pull_image",
                  "dockerfile", "build_args", "gpus", "shm_size", "memory", "pids_limit",
-                 "image_budget_gb")  # fmt: skip
+                 "image_budget_gb", "address", "cpus", "memory_gb", "accelerator", "resources",
+                 "node_executor", "retries", "trace_dir", "task_timeout",
+                 "queue_timeout")  # fmt: skip
+# kind "ray" only (`gpus` is shared: docker's device string, ray's GPUs per task).
+RAY_KEYS = ("address", "cpus", "memory_gb", "accelerator", "resources", "node_executor",
+            "retries", "trace_dir", "task_timeout", "queue_timeout")  # fmt: skip
 DTYPES = ("float32", "bfloat16")
 
 
@@ -96,9 +105,10 @@ class Sweep:
 class Executor:
     """How a job probes commits: "local" is the full diagnosis (vLLM traced against
     transformers, each commit from a worktree); "docker" the same with each commit probed in
-    its own image (`ekka.containers`: the image and container options below); "command"
-    bisects with an operator's shell command as the oracle (exit 0 good, 125 skip, other bad),
-    as `ekka bisect --cmd` does."""
+    its own image (`ekka.containers`: the image and container options below); "ray" the same
+    with each commit probed by a task on a Ray cluster (`ray`: its address, the tasks'
+    resources, the nodes' executor); "command" bisects with an operator's shell command as the
+    oracle (exit 0 good, 125 skip, other bad), as `ekka bisect --cmd` does."""
 
     kind: str = "local"
     command: str | None = None
@@ -114,6 +124,7 @@ class Executor:
     memory: str | None = None
     pids_limit: int = 4096
     image_budget_gb: float | None = None
+    ray: RaySettings | None = None  # kind "ray"
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,10 @@ def from_mapping(
     if "{sha}" not in image_tag:
         raise ConfigError(f"{where}: executor.image_tag must hold {{sha}} (one image per commit).")
     budget = executor.get("image_budget_gb")
+    ray = _ray_settings(reader, executor, where) if kind == "ray" else None
+    if kind != "ray" and any(key in executor for key in RAY_KEYS):
+        given = next(key for key in RAY_KEYS if key in executor)
+        raise ConfigError(f'{where}: executor.{given} is for kind = "ray" (kind is {kind!r}).')
 
     secret = env.get("EKKA_WEBHOOK_SECRET", "")
     if not secret and secrets_required:
@@ -297,13 +312,14 @@ def from_mapping(
             pull_image=reader.optional_string(executor, "executor.pull_image"),
             dockerfile=reader.optional_string(executor, "executor.dockerfile"),
             build_args=dict(build_args),
-            gpus=reader.optional_string(executor, "executor.gpus"),
+            gpus=None if ray else reader.optional_string(executor, "executor.gpus"),
             shm_size=reader.string(executor, "executor.shm_size", "2g"),
             memory=reader.optional_string(executor, "executor.memory"),
             pids_limit=int(reader.number(executor, "executor.pids_limit", 4096, integer=True)),
             image_budget_gb=None
             if budget is None
             else reader.number(executor, "executor.image_budget_gb", 0.0),
+            ray=ray,
         ),
         worker=WorkerSettings(
             poll_seconds=reader.number(worker, "worker.poll_seconds", 1.0),
@@ -316,6 +332,56 @@ def from_mapping(
         scenarios=scenarios,
         sweeps=sweeps,
     )
+
+
+def _ray_settings(reader: _Reader, executor: Mapping[str, Any], where: str) -> RaySettings:
+    """[executor] kind = "ray": the cluster's address and the tasks' settings, checked."""
+    address = reader.optional_string(executor, "executor.address")
+    if not address:
+        raise ConfigError(
+            f'{where}: executor.kind "ray" needs executor.address (the cluster\'s head, '
+            "HOST:PORT or ray://HOST:10001)."
+        )
+    resources = reader.get(executor, "executor.resources", dict, {})
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in resources.values()):
+        raise ConfigError(f"{where}: executor.resources must map resource names to amounts.")
+    memory = executor.get("memory_gb")
+    task_timeout = executor.get("task_timeout")
+    try:
+        return RaySettings(
+            address=address,
+            resources=TaskResources(
+                cpus=reader.number(executor, "executor.cpus", 1.0),
+                gpus=_ray_gpus(reader, executor),
+                memory_gb=None
+                if memory is None
+                else reader.number(executor, "executor.memory_gb", 0.0),
+                accelerator=reader.optional_string(executor, "executor.accelerator"),
+                custom={str(k): float(v) for k, v in resources.items()},
+            ),
+            timeout=None
+            if task_timeout is None
+            else reader.number(executor, "executor.task_timeout", 0.0),
+            queue_timeout=reader.number(executor, "executor.queue_timeout", 1800.0),
+            retries=int(reader.number(executor, "executor.retries", 0, integer=True)),
+            node_executor=reader.string(executor, "executor.node_executor", "local"),
+            trace_dir=reader.optional_string(executor, "executor.trace_dir"),
+        )
+    except ConfigError:
+        raise
+    except UsageError as exc:
+        raise ConfigError(f"{where}: [executor] {exc}") from None
+
+
+def _ray_gpus(reader: _Reader, executor: Mapping[str, Any]) -> float:
+    """kind "ray": `gpus` is the GPUs per task, a number (docker's `gpus` is a device string)."""
+    value = executor.get("gpus", 0)
+    if isinstance(value, str):
+        raise ConfigError(
+            f"{reader.where}: executor.gpus must be a number of GPUs per task for kind "
+            '"ray" (docker\'s device strings apply to kind "docker").'
+        )
+    return reader.number(executor, "executor.gpus", 0.0)
 
 
 def _repository(reader: _Reader, index: int, data: Any) -> Repository:

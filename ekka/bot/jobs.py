@@ -362,15 +362,23 @@ class JobRunner:
 
 
 def executor_options(settings: Executor) -> dict[str, Any]:
-    """FullConfig's executor fields from `[executor]` (kind "docker": images and limits)."""
-    if settings.kind != "docker":
-        return {}
+    """FullConfig's executor fields from `[executor]`: kind "docker" its images and limits;
+    kind "ray" the cluster's settings (and the docker ones where its nodes use docker)."""
+    options: dict[str, Any] = {}
+    if settings.kind == "ray":
+        assert settings.ray is not None  # the configuration checks it
+        options.update(executor="ray", ray=settings.ray)
+        if settings.ray.node_executor != "docker":
+            return options
+    elif settings.kind != "docker":
+        return options
+    else:
+        options["executor"] = "docker"
     from ekka.containers.docker import ContainerLimits
     from ekka.containers.images import ImageSettings
 
-    return {
-        "executor": "docker",
-        "images": ImageSettings(
+    options.update(
+        images=ImageSettings(
             base_image=settings.base_image,
             tag_template=settings.image_tag,
             pull_template=settings.pull_image,
@@ -378,13 +386,14 @@ def executor_options(settings: Executor) -> dict[str, Any]:
             build_args=dict(settings.build_args),
             budget_gb=settings.image_budget_gb,
         ),
-        "limits": ContainerLimits(
+        limits=ContainerLimits(
             gpus=settings.gpus,
             shm_size=settings.shm_size,
             memory=settings.memory,
             pids=settings.pids_limit,
         ),
-    }
+    )
+    return options
 
 
 def fetch(path: str) -> None:

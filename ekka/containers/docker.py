@@ -26,7 +26,7 @@ from ekka.bisect.history import CommitInfo
 from ekka.bisect.oracle import TracerOracle
 from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
 from ekka.containers.engine import Progress, tail
-from ekka.containers.images import ImageStore
+from ekka.containers.images import ImageSettings, ImageStore
 from ekka.errors import ImageBuildError, TraceFormatError, UsageError
 from ekka.tracer.trace import TraceReader
 
@@ -298,3 +298,26 @@ def _last_lines(text: str, count: int = 3) -> str:
     """A log's last lines on one line: a skip's reason."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-count:]) if lines else "no output"
+
+
+def for_repository(
+    client: DockerClient,
+    repo: str | Path,
+    oracle: TracerOracle,
+    *,
+    release: str,
+    workdir: str | Path,
+    images: ImageSettings | None = None,
+    limits: ContainerLimits = ContainerLimits(),
+    progress: Progress = lambda _line: None,
+) -> DockerExecutor:
+    """The docker executor for commits of `repo` on `release`: the base image built (or
+    reused) when the settings name none. What `ekka.full` and a cluster's node both use."""
+    from ekka.containers.base import ensure_base_image
+
+    settings = images or ImageSettings()
+    if settings.base_image is None:
+        progress("docker: the base image (built once, then reused)")
+        settings = replace(settings, base_image=ensure_base_image(client, progress=progress).base)
+    store = ImageStore(client, str(repo), settings, release=release)
+    return DockerExecutor(client, store, oracle, workdir=workdir, limits=limits, progress=progress)

@@ -82,5 +82,5 @@ class LocalExecutor:
             seconds = time.perf_counter() - start
             result = self.oracle.judge(trace, seconds)
             timings = trace.manifest.get("timings", {})
-            result.details["timings"] = timings
+            result.details.update(timings=timings, trace=str(out))
             return result

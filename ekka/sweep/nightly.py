@@ -373,7 +373,7 @@ def _full_config(state: _Run, what: Subject, dtype: str, good: str, workdir: Pat
 def probe_head(state: _Run, what: Subject, dtype: str, base: str, workdir: Path) -> ProbeResult:
     """The head's verdict: from the verdict cache, else probed (and stored there) with the
     bisection's oracle and executor, under the key the bisection uses."""
-    from ekka.containers.local import LocalExecutor
+    from ekka.full import executor_key, make_executor
 
     full = _full_config(state, what, dtype, base, workdir)
     oracle = TracerOracle(
@@ -388,8 +388,7 @@ def probe_head(state: _Run, what: Subject, dtype: str, base: str, workdir: Path)
         ),
         workdir / "bisect",
     )
-    suffix = "" if full.executor == "local" else f"+{full.executor}"
-    key = oracle.config.digest() + suffix
+    key = oracle.config.digest() + executor_key(full)
     repo_key = str(Path(state.repo).resolve())
     cache = VerdictCache(state.config.database_url)
     try:
@@ -398,20 +397,7 @@ def probe_head(state: _Run, what: Subject, dtype: str, base: str, workdir: Path)
             return replace(cached, reason=f"{cached.reason} (cached)")
         state.say(f"{what.name} {dtype}: reference logits, then probing {state.head[:10]}")
         oracle.prepare()
-        if full.executor == "docker":
-            from ekka.containers.engine import connect
-            from ekka.full import docker_executor
-
-            executor: Any = docker_executor(connect(), full, oracle, base, state.say)
-        else:
-            executor = LocalExecutor(
-                state.repo,
-                oracle,
-                package_dir=full.package_dir,
-                base=base,
-                workdir=workdir / "bisect",
-                timeout=full.timeout,
-            )
+        executor = make_executor(full, oracle, base, state.say)
         head = commit_info(open_repo(state.repo).commit(state.head))
         result: ProbeResult = executor.probe(head)
         if not result.transient:

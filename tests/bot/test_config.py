@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +71,65 @@ def test_the_docker_executor_and_its_options(tmp_path):
     assert executor.shm_size == "2g" and executor.pids_limit == 4096
 
 
+def test_the_ray_executor_and_its_options(tmp_path):
+    text = TOML.replace(
+        'kind = "local"',
+        'kind = "ray"\naddress = "ray-head.ekka.svc:6379"\ncpus = 4\ngpus = 1\nmemory_gb = 24\n'
+        'accelerator = "H100"\nresources = {nvme = 1}\nretries = 2\n'
+        'trace_dir = "/mnt/ekka/traces"\nnode_executor = "docker"\nqueue_timeout = 600',
+    )
+    executor = load_config(write(tmp_path, text), ENV).executor
+    ray = executor.ray
+    assert executor.kind == "ray" and ray is not None
+    assert ray.address == "ray-head.ekka.svc:6379" and ray.node_executor == "docker"
+    assert ray.resources.options() == {
+        "num_cpus": 4.0,
+        "num_gpus": 1.0,
+        "memory": 24 * 1024**3,
+        "accelerator_type": "H100",
+        "resources": {"nvme": 1.0},
+    }
+    assert ray.retries == 2 and ray.trace_dir == "/mnt/ekka/traces"
+    assert ray.queue_timeout == 600 and ray.timeout is None and executor.gpus is None
+
+
+def test_a_ray_job_runs_the_full_diagnosis_on_the_cluster(tmp_path):
+    """The bot's job hands `[executor] kind = "ray"` to the full diagnosis as its executor (and
+    the docker keys too where the nodes use docker)."""
+    from ekka.bot.jobs import JobRunner
+
+    text = TOML.replace('kind = "local"', 'kind = "ray"\naddress = "head:6379"\ngpus = 1')
+    config = load_config(write(tmp_path, text), ENV)
+    options = JobRunner(config, None, None, "w1")._executor_options()  # type: ignore[arg-type]
+    assert options == {"executor": "ray", "ray": config.executor.ray}
+    docker = text.replace(
+        'address = "head:6379"', 'address = "head:6379"\nnode_executor = "docker"'
+    )
+    options = JobRunner(
+        load_config(write(tmp_path, docker), ENV), None, None, "w1"
+    )._executor_options()  # type: ignore[arg-type]
+    assert options["executor"] == "ray" and options["limits"].gpus is None and options["images"]
+
+
+def test_the_deploy_example_loads_and_names_the_clusters_resources():
+    """deploy/ekka.toml (the bot on KubeRay) loads, and asks for what deploy/raycluster.yaml's
+    GPU workers offer."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    ray = load_config(deploy / "ekka.toml", ENV).executor.ray
+    assert ray is not None and ray.address.startswith("ekka-ray-head-svc.ekka.svc")
+    cluster = yaml.safe_load((deploy / "raycluster.yaml").read_text())
+    assert (
+        cluster["kind"] == "RayCluster"
+        and cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    )
+    (workers,) = cluster["spec"]["workerGroupSpecs"]
+    offered = json.loads(json.loads(workers["rayStartParams"]["resources"]))
+    assert set(ray.resources.custom) <= set(offered)
+    assert float(workers["rayStartParams"]["num-gpus"]) >= ray.resources.gpus
+
+
 def test_the_environment_overrides(tmp_path):
     env = {
         **ENV,
@@ -111,7 +172,13 @@ def test_missing_secrets_are_named(tmp_path, env, message):
     [
         ("[github\n", "not valid TOML"),
         ("[server]\nport = 3\n", "unknown key 'port' in \\[server\\]"),
-        ("[executor]\nkind = 'ray'\n", "executor.kind 'ray'"),
+        ("[executor]\nkind = 'slurm'\n", "executor.kind 'slurm'"),
+        ("[executor]\nkind = 'ray'\n", "needs executor.address"),
+        ("[executor]\nkind = 'ray'\naddress = 'h:1'\ncpus = 0\n", "some CPUs or GPUs"),
+        ("[executor]\nkind = 'ray'\naddress = 'h:1'\ngpus = 'all'\n", "number of GPUs per task"),
+        ("[executor]\nkind = 'ray'\naddress = 'h:1'\nnode_executor = 'k8s'\n", "use local or"),
+        ("[executor]\nkind = 'ray'\naddress = 'h:1'\nresources = {GPU = 1}\n", "custom resource"),
+        ("[executor]\nkind = 'local'\naddress = 'h:1'\n", 'address is for kind = "ray"'),
         ("[executor]\nkind = 'docker'\nimage_tag = 'x:latest'\n", "must hold \\{sha\\}"),
         ("[executor]\nkind = 'docker'\nbuild_args = {JOBS = 2}\n", "build_args must map"),
         ("[executor]\nkind = 'command'\n", "needs executor.command"),
