@@ -1009,6 +1009,14 @@ def sweep(
     report_only: bool = typer.Option(
         False, "--report-only", help="Architecture sweep: report the rows kept, run nothing."
     ),
+    repo: Path | None = typer.Option(
+        None,
+        "--repo",
+        help="Architecture sweep: a vLLM clone; with --commit, sweep that commit (its Python sources over the installed release's compiled extensions) instead of the installed release.",
+    ),
+    commit: str | None = typer.Option(
+        None, "--commit", help="Architecture sweep: the commit of --repo to sweep."
+    ),
 ) -> None:
     """Nightly regression sweep of a branch (--config: probe each model at the head, bisect and
     report what broke), or a sweep over architectures against transformers (--architectures)."""
@@ -1016,6 +1024,11 @@ def sweep(
         raise UsageError(
             "give --config ekka.toml (the nightly sweep) or --architectures all|NAME,... "
             "(the architecture sweep), one of them."
+        )
+    if config is not None and (repo is not None or commit is not None):
+        raise UsageError(
+            "--repo and --commit are the architecture sweep's; the nightly sweep takes its "
+            "repository from the configuration's [[sweeps]] entry."
         )
     if config is not None:
         from ekka.bot.config import load_config
@@ -1043,9 +1056,11 @@ def sweep(
     from ekka.sweep.architectures import run_cli
 
     assert architectures is not None
+    if (repo is None) != (commit is None):
+        raise UsageError("--repo and --commit go together: the clone, and the commit to sweep.")
     code = run_cli(
         architectures, dtype, out_dir, db, json_file, out=out, console=console,
-        report_only=report_only,
+        report_only=report_only, repo=str(repo) if repo else None, commit=commit,
     )  # fmt: skip
     raise typer.Exit(code)
 

@@ -172,8 +172,15 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
-def sweep_one(architecture: str, dtype: str, work: Path, say: Callable[[str], None]) -> ArchRow:
-    """Build, load and diagnose one architecture in one dtype; every failure is a row."""
+def sweep_one(
+    architecture: str,
+    dtype: str,
+    work: Path,
+    say: Callable[[str], None],
+    pythonpath: tuple[str, ...] = (),
+) -> ArchRow:
+    """Build, load and diagnose one architecture in one dtype; every failure is a row.
+    `pythonpath`: a commit's sources first on vLLM's path (`--repo R --commit C`)."""
     from ekka.tracer.adapters import transformers as reference_adapter
     from ekka.tracer.capture import capture, validate
     from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
@@ -224,7 +231,7 @@ def sweep_one(architecture: str, dtype: str, work: Path, say: Callable[[str], No
             say("loading in vLLM")
             try:
                 validate(target)
-                capture(target, timeout=TIMEOUT)
+                capture(target, pythonpath=pythonpath, timeout=TIMEOUT)
                 vllm_loads, reason = True, f"transformers: {hf_error}"
             except EkkaError as exc:
                 vllm_loads, reason = False, f"transformers: {hf_error}; vLLM: {_first_line(exc)}"
@@ -245,6 +252,7 @@ def sweep_one(architecture: str, dtype: str, work: Path, say: Callable[[str], No
                     dtype=dtype,
                     max_tokens=MAX_TOKENS,
                     timeout=TIMEOUT,
+                    target_pythonpath=pythonpath,
                 )
             )
         except CaptureError as exc:
@@ -313,6 +321,7 @@ def run_sweep(
     *,
     progress: Callable[[int, int, str], None] | None = None,
     report_only: bool = False,
+    commit: Commit | None = None,
 ) -> SweepReport:
     """Sweep every (dtype, architecture), dtype by dtype; rows finished before (same key) are
     skipped (`report_only`: only those are reported, nothing runs); a later dtype runs first the architectures that loaded on both sides in the first,
@@ -325,6 +334,10 @@ def run_sweep(
             raise UsageError(f"--dtype {dtype!r}: use float32, bfloat16 or both (comma-separated).")
     out.mkdir(parents=True, exist_ok=True)
     versions = framework_versions()
+    pythonpath: tuple[str, ...] = ()
+    if commit is not None:  # rows of that commit are kept apart from the release's
+        versions["vllm"] = f"{versions['vllm']} + {commit.sha[:12]} ({commit.repo})"
+        pythonpath = (commit.tree,)
     key = sweep_key(versions)
     findings = load_findings()
     store = Store(db_url or f"sqlite:///{(out / 'sweep.db').resolve()}")
@@ -359,7 +372,7 @@ def run_sweep(
                                   f"not run: {first.status} in {first.dtype}",
                                   command=first.command)  # fmt: skip
                 else:
-                    row = sweep_one(architecture, dtype, out / "work", say)
+                    row = sweep_one(architecture, dtype, out / "work", say, pythonpath)
                 row = ArchRow.from_json(
                     {**row.to_json(), "note": note_for(findings, row, versions)}
                 )
@@ -516,6 +529,16 @@ def write_reports(report: SweepReport, out: Path) -> dict[str, Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class Commit:
+    """`--repo R --commit C`: the framework at that commit, its Python sources (a worktree at
+    `tree`) over the installed release's compiled extensions, as the local executor runs it."""
+
+    repo: str
+    sha: str
+    tree: str
+
+
 def run_cli(
     architectures: str,
     dtypes: str,
@@ -526,6 +549,8 @@ def run_cli(
     out: Any,
     console: Any,
     report_only: bool = False,
+    repo: str | None = None,
+    commit: str | None = None,
 ) -> int:
     """`ekka sweep --architectures`: the sweep with a progress bar; 1 when a new finding."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -541,10 +566,39 @@ def run_cli(
         def tick(done: int, total: int, message: str) -> None:
             bar.update(task, completed=done, description=message[:70])
 
-        report = run_sweep(names, chosen, out_dir, db, progress=tick, report_only=report_only)
+        if repo is None or commit is None:
+            report = run_sweep(names, chosen, out_dir, db, progress=tick, report_only=report_only)
+        else:
+            report = _at_commit(repo, commit, names, chosen, out_dir, db, tick, report_only)
     s = report.summary()
     out.print(render_markdown(report).split("## All rows")[0], markup=False, highlight=False)
     out.print(f"reports: {out_dir / 'sweep.md'}, sweep.html, sweep.json", markup=False)
     if json_file is not None:
         json_file.write_text(json.dumps(report.to_json(), indent=1) + "\n")
     return 1 if s["new_findings"] else 0
+
+
+def _at_commit(
+    repo: str,
+    ref: str,
+    names: Sequence[str],
+    dtypes: Sequence[str],
+    out_dir: Path,
+    db: str | None,
+    tick: Callable[[int, int, str], None],
+    report_only: bool,
+) -> SweepReport:
+    """The sweep with the framework at commit `ref` of `repo` (a worktree of it, its Python
+    sources over the installed release's compiled extensions; removed afterwards)."""
+    from ekka.bisect.history import open_repo, resolve_ref
+    from ekka.bisect.worktree import worktree
+    from ekka.containers.overlay import overlay_compiled
+    from ekka.repo import installed_framework_dir
+
+    sha = str(resolve_ref(open_repo(repo), ref, "--commit").hexsha)
+    with worktree(repo, sha) as tree:
+        overlay_compiled(tree, installed_framework_dir("vllm"))
+        at = Commit(str(Path(repo).resolve()), sha, str(tree))
+        return run_sweep(
+            names, dtypes, out_dir, db, progress=tick, report_only=report_only, commit=at
+        )

@@ -58,3 +58,29 @@ def test_a_new_divergence_is_listed_as_new():
     new = md.split("## New findings")[1].split("## Known findings")[0]
     assert "LlamaForCausalLM" in new and "Cohere2" not in new
     assert report.summary()["new_findings"] == 1 and "<rect" in chart_svg(report)
+
+
+def test_a_sweep_at_a_commit_runs_that_commits_sources(tmp_path, capsys):
+    """`--repo R --commit C`: the commit's Python sources over the installed release's compiled
+    extensions. At a commit that gives Cohere2's sliding layers transformers' window, its
+    known divergence is gone; its rows are kept apart from the release's."""
+    from ekka.bench import base_repository
+    from ekka.repo import git
+
+    repo = base_repository(tmp_path)
+    source = repo / "vllm" / "model_executor" / "models" / "commandr.py"
+    text = source.read_text()
+    assert text.count("config.sliding_window + 1") == 1
+    source.write_text(text.replace("config.sliding_window + 1", "config.sliding_window"))
+    git(repo, "commit", "-q", "-am", "Cohere2: transformers' window")
+    out = tmp_path / "sweep"
+    args = ["sweep", "--architectures", "cohere2", "--out", str(out), "--repo", str(repo)]
+    assert main(args + ["--commit", "HEAD", "--json", str(tmp_path / "s.json")]) == 0
+    report = json.loads((tmp_path / "s.json").read_text())
+    [row] = report["rows"]
+    assert row["status"] == "match", row
+    assert git(repo, "rev-parse", "HEAD")[:12] in report["versions"]["vllm"]
+    assert git(repo, "worktree", "list").count("\n") == 0  # the commit's worktree is gone
+    capsys.readouterr()
+    assert main(["sweep", "--architectures", "cohere2", "--repo", str(repo)]) == 2
+    assert "--repo and --commit go together" in capsys.readouterr().err
