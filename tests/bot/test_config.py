@@ -94,20 +94,18 @@ def test_the_ray_executor_and_its_options(tmp_path):
 
 
 def test_a_ray_job_runs_the_full_diagnosis_on_the_cluster(tmp_path):
-    """The bot's job hands `[executor] kind = "ray"` to the full diagnosis as its executor (and
-    the docker keys too where the nodes use docker)."""
-    from ekka.bot.jobs import JobRunner
+    """The bot's jobs and the nightly sweep hand `[executor] kind = "ray"` to the full diagnosis
+    as its executor (and the docker keys too where the nodes use docker)."""
+    from ekka.bot.jobs import executor_options
 
     text = TOML.replace('kind = "local"', 'kind = "ray"\naddress = "head:6379"\ngpus = 1')
     config = load_config(write(tmp_path, text), ENV)
-    options = JobRunner(config, None, None, "w1")._executor_options()  # type: ignore[arg-type]
+    options = executor_options(config.executor)
     assert options == {"executor": "ray", "ray": config.executor.ray}
     docker = text.replace(
         'address = "head:6379"', 'address = "head:6379"\nnode_executor = "docker"'
     )
-    options = JobRunner(
-        load_config(write(tmp_path, docker), ENV), None, None, "w1"
-    )._executor_options()  # type: ignore[arg-type]
+    options = executor_options(load_config(write(tmp_path, docker), ENV).executor)
     assert options["executor"] == "ray" and options["limits"].gpus is None and options["images"]
 
 
