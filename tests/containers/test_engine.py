@@ -66,7 +66,7 @@ def test_options_policy_without_an_engine():
 
 def test_executor_option_is_checked(tmp_path, capsys):
     base = ["diagnose", "--model", str(tmp_path), "--prompt-ids", "1,2"]
-    assert main(base + ["--executor", "ray"]) == 2
-    assert "use local or docker" in capsys.readouterr().err
+    assert main(base + ["--executor", "slurm"]) == 2
+    assert "use local, docker or ray" in capsys.readouterr().err
     assert main(base + ["--executor", "docker"]) == 2
     assert "--executor is for full mode" in capsys.readouterr().err
