@@ -27,8 +27,8 @@ from ekka.bot.db import Job, JobState, Store
 from ekka.bot.github import GitHubClient, GitHubError
 from ekka.errors import EkkaError
 from ekka.report import BisectionSummary, Diagnosis
-from ekka.scenario import Scenario
 from ekka.tracer.protocol import ScenarioRequest
+from ekka.tracer.scenario import Scenario
 
 log = logging.getLogger("ekka.bot")
 

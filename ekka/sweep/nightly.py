@@ -34,7 +34,7 @@ from ekka.bot.db import Regression, Store, SweepResult
 from ekka.bot.jobs import executor_options, fetch
 from ekka.errors import EkkaError
 from ekka.report import Diagnosis
-from ekka.scenario import Scenario
+from ekka.tracer.scenario import Scenario
 
 Say = Callable[[str], None]
 
