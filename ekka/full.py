@@ -122,7 +122,7 @@ def run_full_diagnosis(
     say("checking the commit range")
     lookup = None
     if config.github_repo:
-        from ekka.bisect.github import GitHubPrLookup
+        from ekka.forge.pulls import GitHubPrLookup
 
         lookup = GitHubPrLookup(
             config.github_repo, token=config.github_token, api=config.github_api

@@ -169,7 +169,7 @@ def _index_row(job: Job) -> str:
 def _sweep_history(config: BotConfig, store: Store) -> list[dict[str, Any]]:
     """Each sweep run, newest first: its head and each (model, dtype): verdict, the regression
     it belongs to (with its tracking issue) and the link to its report."""
-    from ekka.bot.messages import issue_url
+    from ekka.forge.comments import issue_url
 
     base = config.base_url or ""
     runs = []
@@ -259,7 +259,7 @@ def _database_ok(store: Store) -> bool:
 
 
 def _links(config: BotConfig, job: Job) -> dict[str, str | None]:
-    from ekka.bot.messages import issue_url
+    from ekka.forge.comments import issue_url
 
     base = config.base_url or ""
     return {
@@ -271,20 +271,13 @@ def _links(config: BotConfig, job: Job) -> dict[str, str | None]:
 
 def build(config: BotConfig, *, with_worker: bool = True) -> tuple[Starlette, Store, Any]:
     """The app, its store and (with_worker) its worker, from a configuration."""
-    from ekka.bot.github import GitHubClient
     from ekka.bot.worker import Worker
+    from ekka.forge.client import connect
 
     store = Store(config.database_url)
     worker = None
     if with_worker:
-        github = GitHubClient(
-            config.api_url,
-            token=config.secrets.github_token,
-            app_id=config.secrets.app_id,
-            private_key=config.secrets.private_key,
-            throttle=config.throttle,
-        )
-        worker = Worker(config, store, github)
+        worker = Worker(config, store, connect(config.github))
     return create_app(config, store, worker=worker), store, worker
 
 

@@ -28,12 +28,14 @@ from ekka.bisect.cache import VerdictCache
 from ekka.bisect.history import commit_info, open_repo, resolve_ref
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.verdict import ProbeResult, Verdict
-from ekka.bot import messages
 from ekka.bot.config import BotConfig, ConfigError, Model, ScenarioFile, Sweep
 from ekka.bot.db import Regression, Store, SweepResult
-from ekka.bot.jobs import executor_options, fetch
+from ekka.bot.jobs import executor_options
 from ekka.errors import EkkaError
+from ekka.forge.comments import issue_url
+from ekka.repo import fetch
 from ekka.report import Diagnosis
+from ekka.sweep import messages
 from ekka.tracer.scenario import Scenario
 
 Say = Callable[[str], None]
@@ -142,13 +144,13 @@ class GitHubReporter:
         return regression.issue
 
     def comment_pull(self, regression: Regression, pr: int, body: str) -> int | None:
-        from ekka.bot.comments import upsert_comment
+        from ekka.forge.comments import upsert_comment
 
         marker = messages.regression_marker(regression.sweep, regression.id, "pr")
         return upsert_comment(self.github, self.repository, pr, marker, body)
 
     def close_issue(self, regression: Regression, body: str) -> None:
-        from ekka.bot.comments import upsert_comment
+        from ekka.forge.comments import upsert_comment
 
         assert regression.issue is not None
         marker = messages.regression_marker(regression.sweep, regression.id, "fixed")
@@ -156,7 +158,7 @@ class GitHubReporter:
         self.github.edit_issue(self.repository, regression.issue, state="closed")
 
     def where(self, regression: Regression) -> str:
-        return messages.issue_url(self.repository, regression.issue or 0)
+        return issue_url(self.repository, regression.issue or 0)
 
 
 class LocalReporter:
@@ -231,11 +233,9 @@ def run_nightly(
         folder = Path(config.workdir).resolve() / "sweeps" / sweep.name / f"run-{run}"
         folder.mkdir(parents=True, exist_ok=True)
         if github is None and config.secrets.github_token:
-            from ekka.bot.github import GitHubClient
+            from ekka.forge.client import connect
 
-            github = own_client = GitHubClient(
-                config.api_url, token=config.secrets.github_token, throttle=config.throttle
-            )
+            github = own_client = connect(config.github)
         if github is None:
             why = (
                 "a GitHub App's credentials name no installation here: set EKKA_GITHUB_TOKEN"
