@@ -26,8 +26,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ekka.bot.config import BotConfig
-from ekka.bot.db import Job, Store
+from ekka.bot.db import Store
 from ekka.bot.handlers import Context, Event, MalformedPayload, dispatch
+from ekka.bot.queue import Job
 from ekka.bot.signatures import verify
 
 log = logging.getLogger("ekka.bot")
@@ -123,7 +124,7 @@ def create_app(config: BotConfig, store: Store, *, worker: Any = None) -> Starle
         return JSONResponse({"runs": runs})
 
     async def sweep_report(request: Request) -> Response:
-        runs = await run_in_threadpool(store.sweep_runs, limit=10_000)
+        runs = await run_in_threadpool(store.sweeps.sweep_runs, limit=10_000)
         p = request.path_params
         for run in runs:
             for result in run["results"] if run["id"] == p["run"] else []:
@@ -173,7 +174,7 @@ def _sweep_history(config: BotConfig, store: Store) -> list[dict[str, Any]]:
 
     base = config.base_url or ""
     runs = []
-    for run in store.sweep_runs(limit=100):
+    for run in store.sweeps.sweep_runs(limit=100):
         results = []
         for result in run["results"]:
             data = result.to_json()
@@ -183,7 +184,7 @@ def _sweep_history(config: BotConfig, store: Store) -> list[dict[str, Any]]:
                 if result.report_dir
                 else None
             )
-            regression = store.regression(result.regression) if result.regression else None
+            regression = store.sweeps.regression(result.regression) if result.regression else None
             if regression is not None:
                 data["regression"] = {
                     **regression.to_json(),

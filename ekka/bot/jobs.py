@@ -21,7 +21,8 @@ from ekka.bisect.history import CommitInfo, CommitRange
 from ekka.bisect.search import BisectResult, BisectStep, describe_step
 from ekka.bot import messages
 from ekka.bot.config import BotConfig, Executor
-from ekka.bot.db import Job, JobState, Store
+from ekka.bot.db import Store
+from ekka.bot.queue import Job, JobState
 from ekka.errors import EkkaError, GitHubError
 from ekka.forge.client import GitHubClient
 from ekka.forge.comments import issue_url, upsert_comment

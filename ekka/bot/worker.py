@@ -21,7 +21,8 @@ from typing import Any
 from ekka.bot import messages
 from ekka.bot.commands import Action, Command, CommandError, parse_line
 from ekka.bot.config import BotConfig
-from ekka.bot.db import FINAL_STATES, InboxCommand, JobState, Store
+from ekka.bot.db import Store
+from ekka.bot.queue import FINAL_STATES, InboxCommand, JobState
 from ekka.errors import GitHubError
 from ekka.forge.client import GitHubClient, connect
 from ekka.forge.comments import issue_url, upsert_comment

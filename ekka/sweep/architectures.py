@@ -327,7 +327,7 @@ def run_sweep(
     skipped (`report_only`: only those are reported, nothing runs); a later dtype runs first the architectures that loaded on both sides in the first,
     and not those that did not build or load in transformers there ("not-run" rows); the reports
     are rewritten in `out` after each row."""
-    from ekka.bot.db import Store
+    from ekka.storage.sweeps import SweepStore
 
     for dtype in dtypes:
         if dtype not in ("float32", "bfloat16"):
@@ -340,7 +340,7 @@ def run_sweep(
         pythonpath = (commit.tree,)
     key = sweep_key(versions)
     findings = load_findings()
-    store = Store(db_url or f"sqlite:///{(out / 'sweep.db').resolve()}")
+    store = SweepStore(db_url or f"sqlite:///{(out / 'sweep.db').resolve()}")
     started = time.perf_counter()
     rows: list[ArchRow] = []
     resumed = 0

@@ -29,12 +29,12 @@ from ekka.bisect.history import commit_info, open_repo, resolve_ref
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.bot.config import BotConfig, ConfigError, Model, ScenarioFile, Sweep
-from ekka.bot.db import Regression, Store, SweepResult
 from ekka.bot.jobs import executor_options
 from ekka.errors import EkkaError
 from ekka.forge.comments import issue_url
 from ekka.repo import fetch
 from ekka.report import Diagnosis
+from ekka.storage.sweeps import Regression, SweepResult, SweepStore
 from ekka.sweep import messages
 from ekka.tracer.scenario import Scenario
 
@@ -196,7 +196,7 @@ class _Run:
 
     config: BotConfig
     sweep: Sweep
-    store: Store
+    store: SweepStore
     reporter: Reporter
     repo: str
     head: str
@@ -226,7 +226,7 @@ def run_nightly(
     say(f"fetching {repo}")
     fetch(repo)
     head = branch_head(repo, sweep.branch)
-    store = Store(config.database_url)
+    store = SweepStore(config.database_url)
     own_client = None
     try:
         run = store.start_sweep_run(sweep.name, repository.name, sweep.branch, head)
