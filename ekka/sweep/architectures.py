@@ -6,7 +6,7 @@ One row per (architecture, dtype): it builds or not, loads in vLLM / in transfor
 not), matches or diverges (the first divergence, its ratio, the suspects), the command that
 reproduces it, and the note of a known finding (`ekka/data/arch-sweep-findings.json`: what a
 divergence on a pristine release was found to be, so the next sweep shows only what is new).
-Finished rows are kept in a database (`ekka.bot.db`, table sweep_arch_rows) under a key of the
+Finished rows are kept in a database (`ekka.storage.sweeps`, table sweep_arch_rows) under a key of the
 versions and settings: a sweep started again skips them.
 """
 

@@ -4,7 +4,8 @@ For each (model, dtype) of a `[[sweeps]]` entry of the bot's configuration:
 
 1. Probe the branch head (after fetching the clone's remotes) with the bisection's oracle
    (`ekka.bisect.oracle.TracerOracle`, the configured executor), the verdict stored in the
-   verdict cache (the bot's database) and the result in `sweep_results`.
+   verdict cache (the configured database) and the result in `sweep_results`
+   (`ekka.storage.sweeps`, which the bot's server shows).
 2. Bad now, good at an earlier sweep, and no open regression: the full diagnosis
    (`ekka.full.run_full_diagnosis`: bisect between the last good sweep's commit and the head,
    the cached verdicts reused, diagnose, attribute), then one tracking issue in the repository
@@ -12,8 +13,9 @@ For each (model, dtype) of a `[[sweeps]]` entry of the bot's configuration:
 3. Bad again at a later head: the open regression's issue is updated (once per head). Good
    again: the issue gets a comment and is closed.
 
-Reports go through the bot's GitHub client (its retries and settings) when the configuration
-has GitHub credentials, else into files under the sweep's folder (`LocalReporter`).
+Reports go through the project's GitHub client (`ekka.forge`, built from the configuration's
+settings) when the configuration has a GitHub token, else into files under the sweep's folder
+(`LocalReporter`). The comments' templates are `ekka.sweep.messages`.
 """
 
 from __future__ import annotations
