@@ -33,7 +33,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ekka.bot.db import Store, jobs  # noqa: E402
+from ekka.bot.db import Store  # noqa: E402
+from ekka.bot.queue import jobs  # noqa: E402
 from ekka.bot.signatures import sign  # noqa: E402
 from tests.bot.conftest import ORACLE, make_history  # noqa: E402
 from tests.bot.github_server import FakeGitHub  # noqa: E402

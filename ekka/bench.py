@@ -21,7 +21,8 @@ from typing import Any
 from ekka.bisect.framework_repo import apply_patch
 from ekka.errors import UsageError
 from ekka.repo import installed_framework_dir
-from ekka.scenario import RunSpec, Scenario, parse_run
+from ekka.scenario import RunSpec, parse_run
+from ekka.tracer.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,9 @@ def run_case(
     say: Callable[[str], None] = lambda _m: None,
     db_url: str | None = None,
 ) -> CaseResult:
+    from ekka.reduce import diagnose_and_reduce
     from ekka.report import write_reports
-    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+    from ekka.tracer.diagnose import DiagnoseConfig
 
     start = time.perf_counter()
     work = workdir / case.id
@@ -270,7 +272,7 @@ def run_case(
             src_root.mkdir()
             copy_sources(installed_framework_dir(case.framework), src_root)
             apply_patch(case.path / "bug.patch", src_root)
-            diagnosis = run_diagnosis(
+            diagnosis = diagnose_and_reduce(
                 DiagnoseConfig(
                     model=str(model_dir),
                     prompt_ids=tuple(ids),

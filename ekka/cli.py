@@ -591,9 +591,10 @@ def diagnose(
     if threshold is not None and threshold <= 0:
         raise UsageError("--threshold must be positive (default: the dtype's calibrated one).")
 
+    from ekka.reduce import diagnose_and_reduce
     from ekka.report import suspects_table, write_reports
     from ekka.tracer.capture import resolve_prompt, validate
-    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+    from ekka.tracer.diagnose import DiagnoseConfig
     from ekka.tracer.protocol import CaptureSpec
 
     full = [x is not None for x in (repo, good, bad)]
@@ -631,7 +632,7 @@ def diagnose(
         raise UsageError(
             "--target-path is for localize mode; full mode runs the target from the repository's commits."
         )
-    from ekka.scenario import Scenario
+    from ekka.tracer.scenario import Scenario
 
     scene = Scenario()
     if scenario is not None:
@@ -712,7 +713,7 @@ def diagnose(
     if compare == "all":
         raise typer.Exit(_compare_all(config, out_dir))
     with console.status("diagnosing ...") as status:
-        diagnosis = run_diagnosis(config, progress=lambda msg: status.update(msg))
+        diagnosis = diagnose_and_reduce(config, progress=lambda msg: status.update(msg))
     paths = write_reports(diagnosis, out_dir)
     suspects_table(diagnosis, out)
     out.print(f"{diagnosis.verdict}\nreports: {paths['md']}, {paths['json']}, {paths['html']}")
@@ -757,8 +758,8 @@ def _compare_all(config: Any, out_dir: Path) -> int:
     1 when any diverges."""
     from dataclasses import replace
 
+    from ekka.reduce import diagnose_and_reduce
     from ekka.report import write_reports
-    from ekka.tracer.diagnose import run_diagnosis
     from ekka.tracer.protocol import ScenarioRequest
 
     diverged = False
@@ -774,7 +775,7 @@ def _compare_all(config: Any, out_dir: Path) -> int:
             scenario=scene,
         )
         with console.status(f"diagnosing {label} ...") as status:
-            diagnosis = run_diagnosis(each, progress=lambda msg: status.update(msg))
+            diagnosis = diagnose_and_reduce(each, progress=lambda msg: status.update(msg))
         paths = write_reports(diagnosis, folder)
         diverged = diverged or diagnosis.diverged
         out.print(f"{label}: {escape_markup(diagnosis.verdict)} ({paths['md']})")

@@ -15,12 +15,14 @@
     │   ├── DirtyRepositoryError
     │   ├── EndpointError           a bisection endpoint does not probe as claimed
     │   ├── OracleStartError
-    │   ├── VerdictCacheError
+    │   ├── DatabaseError           a database URL that opens nothing (ekka.storage)
+    │   │   └── VerdictCacheError
     │   ├── ContainerEngineError    no docker package, or no engine answering
     │   └── RayClusterError         no ray package, no cluster answering, or bad task resources
     ├── CaptureError                a framework failed while capturing (exit code 1)
     │   └── ProtocolError           a message between the parent and the target is not one
     ├── WorktreeError               git could not make a worktree for a commit (exit code 1)
+    ├── GitHubError                 GitHub refused a call or kept failing (ekka.forge)
     └── ImageBuildError             a commit's image could not be obtained (a probe skips)
 
 Every class says when it is raised. The CLI catches EkkaError once, prints the message
@@ -113,8 +115,22 @@ class OracleStartError(UsageError):
     """Raised when the oracle command could not start at all (its program or the shell is missing)."""
 
 
-class VerdictCacheError(UsageError):
+class DatabaseError(UsageError):
+    """Raised when a database URL is malformed, names a dialect or driver that is not installed,
+    or its database cannot be opened (`ekka.storage.open_database`)."""
+
+
+class VerdictCacheError(DatabaseError):
     """Raised when the verdict cache's database URL is malformed or its database cannot be opened."""
+
+
+class GitHubError(EkkaError):
+    """Raised when a GitHub API call is refused (4xx) or keeps failing after the retries (5xx,
+    rate limits, time-outs); `status` is the last HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class WorktreeError(EkkaError):

@@ -33,9 +33,10 @@ from ekka.bisect.search import Bisector, BisectResult, NullObserver, Observer
 from ekka.bisect.worktree import worktree
 from ekka.containers.local import LocalExecutor, overlay_compiled
 from ekka.errors import UsageError
+from ekka.reduce import diagnose_and_reduce
 from ekka.report import BisectionSummary, Diagnosis, RootCause
-from ekka.scenario import Scenario
-from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+from ekka.tracer.diagnose import DiagnoseConfig
+from ekka.tracer.scenario import Scenario
 from ekka.tracer.trace import TraceReader
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def run_full_diagnosis(
     say("checking the commit range")
     lookup = None
     if config.github_repo:
-        from ekka.bisect.github import GitHubPrLookup
+        from ekka.forge.pulls import GitHubPrLookup
 
         lookup = GitHubPrLookup(
             config.github_repo, token=config.github_token, api=config.github_api
@@ -132,7 +133,7 @@ def run_full_diagnosis(
     say(f"localizing at bad ({commits.bad.short})")
     with worktree(config.repo, commits.bad.sha) as tree:
         overlay_compiled(tree, package_dir)
-        diagnosis = run_diagnosis(
+        diagnosis = diagnose_and_reduce(
             DiagnoseConfig(
                 model=config.model,
                 prompt_ids=config.prompt_ids,

@@ -23,17 +23,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.verdict import Verdict
-from ekka.report.records import Reduction
-from ekka.scenario import Scenario, scenario_toml
+from ekka.report.records import Diagnosis, Reduction
+from ekka.scenario import scenario_toml
 from ekka.tracer.capture import capture
+from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.tracer.protocol import ScenarioRequest
-
-if TYPE_CHECKING:
-    from ekka.tracer.diagnose import DiagnoseConfig
+from ekka.tracer.scenario import Scenario
 
 DEFAULT_BLOCK_SIZE = 16  # vLLM's KV-cache block size unless the engine arguments set one
 
@@ -71,6 +70,21 @@ def _split(items: list[str], parts: int) -> list[list[str]]:
             out.append(items[start:end])
         start = end
     return out
+
+
+def diagnose_and_reduce(
+    config: DiagnoseConfig, progress: Callable[[str], None] | None = None
+) -> Diagnosis:
+    """The localize mode (`ekka.tracer.diagnose.run_diagnosis`) and, when the traced request
+    diverges inside a scenario, the scenario reduced to the requests it needs (`reduction`)."""
+    say = progress or (lambda _msg: None)
+    diagnosis = run_diagnosis(config, progress=say)
+    if not diagnosis.diverged or config.scenario.empty:
+        return diagnosis
+    started = time.perf_counter()
+    reduction = reduce_scenario(config, progress=say)
+    timings = {**diagnosis.timings, "reduction": time.perf_counter() - started}
+    return replace(diagnosis, reduction=reduction, timings=timings)
 
 
 def reduce_scenario(

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ekka.errors import UsageError
+from ekka.errors import EkkaError, UsageError
 
 # A fixed identity and date, so that the commits Ekka makes (bench and demo histories) are the
 # same from run to run.
@@ -45,3 +45,22 @@ def installed_framework_dir(framework: str = "vllm") -> Path:
             f"{framework} is not installed in this environment; run `make test` once to set it up."
         )
     return Path(spec.origin).resolve().parent
+
+
+def fetch(path: str) -> None:
+    """`git fetch` every remote of the clone (none: nothing to fetch)."""
+    remotes = subprocess.run(
+        ["git", "-C", path, "remote"], capture_output=True, text=True, check=False
+    )
+    if remotes.returncode != 0:
+        raise EkkaError(f"{path} is not a git clone: {remotes.stderr.strip()}")
+    if remotes.stdout.strip():
+        done = subprocess.run(
+            ["git", "-C", path, "fetch", "--all", "--quiet"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            raise EkkaError(f"git fetch in {path} failed: {done.stderr.strip()[-500:]}")

@@ -7,8 +7,9 @@ import pytest
 
 from ekka.errors import UsageError
 from ekka.reduce import ddmin, describe
-from ekka.scenario import Scenario, load_run, parse_run, scenario_toml
+from ekka.scenario import load_run, parse_run, scenario_toml
 from ekka.tracer.protocol import CaptureSpec, ScenarioRequest, Start, decode, encode
+from ekka.tracer.scenario import Scenario
 from ekka.tracer.serving import check_pass
 from ekka.tracer.trace import PassInfo
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ekka.bisect.verdict import ProbeResult, Verdict
-from ekka.scenario import Scenario
 from ekka.tracer.capture import capture
 from ekka.tracer.localize import threshold_for
 from ekka.tracer.output import judge_step
 from ekka.tracer.protocol import CaptureSpec
+from ekka.tracer.scenario import Scenario
 from ekka.tracer.trace import TraceReader
 
 

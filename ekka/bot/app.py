@@ -26,8 +26,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ekka.bot.config import BotConfig
-from ekka.bot.db import Job, Store
+from ekka.bot.db import Store
 from ekka.bot.handlers import Context, Event, MalformedPayload, dispatch
+from ekka.bot.queue import Job
 from ekka.bot.signatures import verify
 
 log = logging.getLogger("ekka.bot")
@@ -123,7 +124,7 @@ def create_app(config: BotConfig, store: Store, *, worker: Any = None) -> Starle
         return JSONResponse({"runs": runs})
 
     async def sweep_report(request: Request) -> Response:
-        runs = await run_in_threadpool(store.sweep_runs, limit=10_000)
+        runs = await run_in_threadpool(store.sweeps.sweep_runs, limit=10_000)
         p = request.path_params
         for run in runs:
             for result in run["results"] if run["id"] == p["run"] else []:
@@ -169,11 +170,11 @@ def _index_row(job: Job) -> str:
 def _sweep_history(config: BotConfig, store: Store) -> list[dict[str, Any]]:
     """Each sweep run, newest first: its head and each (model, dtype): verdict, the regression
     it belongs to (with its tracking issue) and the link to its report."""
-    from ekka.bot.messages import issue_url
+    from ekka.forge.comments import issue_url
 
     base = config.base_url or ""
     runs = []
-    for run in store.sweep_runs(limit=100):
+    for run in store.sweeps.sweep_runs(limit=100):
         results = []
         for result in run["results"]:
             data = result.to_json()
@@ -183,7 +184,7 @@ def _sweep_history(config: BotConfig, store: Store) -> list[dict[str, Any]]:
                 if result.report_dir
                 else None
             )
-            regression = store.regression(result.regression) if result.regression else None
+            regression = store.sweeps.regression(result.regression) if result.regression else None
             if regression is not None:
                 data["regression"] = {
                     **regression.to_json(),
@@ -259,7 +260,7 @@ def _database_ok(store: Store) -> bool:
 
 
 def _links(config: BotConfig, job: Job) -> dict[str, str | None]:
-    from ekka.bot.messages import issue_url
+    from ekka.forge.comments import issue_url
 
     base = config.base_url or ""
     return {
@@ -271,20 +272,13 @@ def _links(config: BotConfig, job: Job) -> dict[str, str | None]:
 
 def build(config: BotConfig, *, with_worker: bool = True) -> tuple[Starlette, Store, Any]:
     """The app, its store and (with_worker) its worker, from a configuration."""
-    from ekka.bot.github import GitHubClient
     from ekka.bot.worker import Worker
+    from ekka.forge.client import connect
 
     store = Store(config.database_url)
     worker = None
     if with_worker:
-        github = GitHubClient(
-            config.api_url,
-            token=config.secrets.github_token,
-            app_id=config.secrets.app_id,
-            private_key=config.secrets.private_key,
-            throttle=config.throttle,
-        )
-        worker = Worker(config, store, github)
+        worker = Worker(config, store, connect(config.github))
     return create_app(config, store, worker=worker), store, worker
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from ekka.containers.ray import RaySettings, TaskResources
 from ekka.errors import UsageError
+from ekka.forge.settings import GitHubSettings
 
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_DATABASE_URL = "sqlite:///ekka-bot.db"
@@ -162,6 +163,17 @@ class BotConfig:
     models: tuple[Model, ...] = ()
     scenarios: tuple[ScenarioFile, ...] = ()
     sweeps: tuple[Sweep, ...] = ()
+
+    @property
+    def github(self) -> GitHubSettings:
+        """Where GitHub is and the credentials from the environment (`ekka.forge.client.connect`)."""
+        return GitHubSettings(
+            api_url=self.api_url,
+            token=self.secrets.github_token,
+            app_id=self.secrets.app_id,
+            private_key=self.secrets.private_key,
+            throttle=self.throttle,
+        )
 
     def repository(self, name: str) -> Repository | None:
         """The configured repository of that name (GitHub names compare case-insensitively)."""

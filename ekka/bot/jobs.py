@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -21,14 +20,16 @@ from typing import Any
 from ekka.bisect.history import CommitInfo, CommitRange
 from ekka.bisect.search import BisectResult, BisectStep, describe_step
 from ekka.bot import messages
-from ekka.bot.comments import upsert_comment
 from ekka.bot.config import BotConfig, Executor
-from ekka.bot.db import Job, JobState, Store
-from ekka.bot.github import GitHubClient, GitHubError
-from ekka.errors import EkkaError
+from ekka.bot.db import Store
+from ekka.bot.queue import Job, JobState
+from ekka.errors import EkkaError, GitHubError
+from ekka.forge.client import GitHubClient
+from ekka.forge.comments import issue_url, upsert_comment
+from ekka.repo import fetch
 from ekka.report import BisectionSummary, Diagnosis
-from ekka.scenario import Scenario
 from ekka.tracer.protocol import ScenarioRequest
+from ekka.tracer.scenario import Scenario
 
 log = logging.getLogger("ekka.bot")
 
@@ -241,7 +242,7 @@ class JobRunner:
             issue_ref=f"#{job.issue}",
             short=first.short,
             statement=statement,
-            issue_link=messages.issue_url(job.repository, job.issue, reply),
+            issue_link=issue_url(job.repository, job.issue, reply),
         )
         known = (
             current.pr_comment if current is not None and current.pr_number == first.pr else None
@@ -337,7 +338,7 @@ class JobRunner:
     ) -> Outcome:
         from ekka.bisect import Bisector, CommandOracle, commit_range
         from ekka.bisect.cache import VerdictCache, config_hash
-        from ekka.bisect.github import GitHubPrLookup
+        from ekka.forge.pulls import GitHubPrLookup
 
         command = self.config.executor.command
         assert command is not None  # the configuration checks it
@@ -394,25 +395,6 @@ def executor_options(settings: Executor) -> dict[str, Any]:
         ),
     )
     return options
-
-
-def fetch(path: str) -> None:
-    """`git fetch` every remote of the clone (none: nothing to fetch)."""
-    remotes = subprocess.run(
-        ["git", "-C", path, "remote"], capture_output=True, text=True, check=False
-    )
-    if remotes.returncode != 0:
-        raise EkkaError(f"{path} is not a git clone: {remotes.stderr.strip()}")
-    if remotes.stdout.strip():
-        done = subprocess.run(
-            ["git", "-C", path, "fetch", "--all", "--quiet"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        if done.returncode != 0:
-            raise EkkaError(f"git fetch in {path} failed: {done.stderr.strip()[-500:]}")
 
 
 def job_scenario(

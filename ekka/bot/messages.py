@@ -9,14 +9,17 @@ report.json) or, for a command-oracle bisection, from the bisection's JSON.
 
 from __future__ import annotations
 
-import json
 import math
-import shlex
-from collections.abc import Sequence
 from typing import Any
 
 from ekka.bot.commands import USAGE
-from ekka.report import BisectionSummary, Comparison, Diagnosis
+from ekka.report import BisectionSummary, Diagnosis
+from ekka.report.comment import (
+    first_bad_lines,
+    ratio_chart,
+    reproduce_command,
+    suspects_table,
+)
 
 JOB_MARKER = "<!-- ekka-job:{job} -->"
 PR_MARKER = "<!-- ekka-job:{job} pr -->"
@@ -133,19 +136,6 @@ def estimate_probes(commits: int) -> int:
     return 2 + max(0, math.ceil(math.log2(max(commits, 1))) - 1) if commits > 1 else 1
 
 
-def commit_url(repository: str, sha: str) -> str:
-    return f"https://github.com/{repository}/commit/{sha}"
-
-
-def pull_url(repository: str, number: int) -> str:
-    return f"https://github.com/{repository}/pull/{number}"
-
-
-def issue_url(repository: str, issue: int, comment: int | None = None) -> str:
-    anchor = f"#issuecomment-{comment}" if comment else ""
-    return f"https://github.com/{repository}/issues/{issue}{anchor}"
-
-
 def final_comment(
     *,
     job: int,
@@ -171,18 +161,7 @@ def final_comment(
         statement = f"**At the bad commit:** {diagnosis.verdict}"
     elif first is not None:
         statement = f"**First bad commit:** `{first.short}` {first.summary}"
-    lines = []
-    if first is not None:
-        pr = (
-            f", [PR #{first.pr}]({pull_url(repository, first.pr)})" if first.pr else ", no PR found"
-        )
-        lines.append(
-            f"- first bad commit: [`{first.short}`]({commit_url(repository, first.sha)}) "
-            f"{first.summary}{pr}"
-        )
-    elif bisection.candidates:
-        listing = ", ".join(f"`{c.short}` {c.summary}" for c in bisection.candidates)
-        lines.append(f"- candidates: {listing}")
+    lines = first_bad_lines(repository, bisection)
     lines.append(
         f"- range: good `{bisection.good.short}`, bad `{bisection.bad.short}`; "
         f"{bisection.probes} probes, {bisection.cached} verdicts from the cache, "
@@ -213,218 +192,3 @@ def final_comment(
         ).rstrip()
         + "\n"
     )
-
-
-def suspects_table(diagnosis: Diagnosis) -> str:
-    """The suspects as a Markdown table ("" when there are none)."""
-    suspects = diagnosis.localization.suspects
-    if not suspects:
-        return ""
-    rows = [
-        "#### Suspects",
-        "",
-        "| rank | component | class | source | ratio | replayed alone |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in suspects:
-        source = f"`{s.source_file}:{s.source_line}`" if s.source_file else "-"
-        replay = {True: "wrong by itself", False: "error from upstream", None: "-"}[s.confirmed]
-        rows.append(
-            f"| {s.rank} | `{s.component}` | {s.module_class} | {source} | {_fmt(s.ratio)} | {replay} |"
-        )
-    return "\n".join(rows) + "\n\n"
-
-
-def ratio_chart(diagnosis: Diagnosis, limit: int = 48) -> str:
-    """A Mermaid xychart of log10(error ratio) along the components of the pass where the
-    error starts, with the threshold ("" when there is nothing to draw)."""
-    change = diagnosis.localization.change_point
-    pass_index = change.pass_index if change is not None else 0
-    points = [c for c in diagnosis.comparisons if c.pass_index == pass_index and c.kind == "output"]
-    if not points:
-        return ""
-    points = _thin(points, limit, change)
-    labels = ", ".join(f'"{i} {_short(c.target)}"' for i, c in enumerate(points, 1))
-    values = [_log10(c.ratio) for c in points]
-    threshold = round(math.log10(diagnosis.localization.threshold), 2)
-    top = max(max(values), threshold) + 0.5
-    bottom = min(min(values), 0.0) - 0.5
-    return (
-        "#### Error ratio along the components\n\n"
-        f"log10 of the error ratio in pass {pass_index}, in vLLM's call order; the flat line is "
-        f"the threshold ({diagnosis.localization.threshold:g}).\n\n"
-        "```mermaid\nxychart-beta\n"
-        f'    title "log10 error ratio, pass {pass_index}"\n'
-        f"    x-axis [{labels}]\n"
-        f'    y-axis "log10 ratio" {bottom:.1f} --> {top:.1f}\n'
-        f"    line [{', '.join(f'{v:.2f}' for v in values)}]\n"
-        f"    line [{', '.join(f'{threshold:.2f}' for _ in values)}]\n"
-        "```\n\n"
-    )
-
-
-def reproduce_command(params: dict[str, Any], bisection: BisectionSummary) -> str:
-    """The command that repeats the job on a maintainer's machine (local paths as placeholders)."""
-    words = [
-        "ekka diagnose",
-        "--model /path/to/" + shlex.quote(str(params.get("model", "MODEL"))),
-    ]
-    if params.get("prompt_ids"):
-        words.append("--prompt-ids " + ",".join(str(i) for i in params["prompt_ids"]))
-    elif params.get("prompt"):
-        words.append("--prompt " + shlex.quote(str(params["prompt"])))
-    words += [
-        f"--dtype {shlex.quote(str(params.get('dtype', 'float32')))}",
-        f"--max-tokens {int(params.get('max_tokens', 4))}",
-    ]
-    for key, value in sorted((params.get("engine") or {}).items()):
-        words.append("--engine " + shlex.quote(f"{key}={json.dumps(value)}"))
-    scenario = params.get("scenario")
-    if isinstance(scenario, dict) and scenario.get("name"):
-        words.append("--scenario /path/to/" + shlex.quote(f"{scenario['name']}.toml"))
-    words += [
-        "--repo /path/to/vllm",
-        f"--good {bisection.good.sha[:12]}",
-        f"--bad {bisection.bad.sha[:12]}",
-    ]
-    return " \\\n    ".join(words)
-
-
-def _thin(points: Sequence[Comparison], limit: int, keep: Comparison | None) -> list[Comparison]:
-    """At most `limit` points, evenly spaced, the change point kept."""
-    if len(points) <= limit:
-        return list(points)
-    step = len(points) / limit
-    chosen = {int(i * step) for i in range(limit)}
-    if keep is not None:
-        chosen |= {i for i, c in enumerate(points) if c.sequence == keep.sequence}
-    return [points[i] for i in sorted(chosen)]
-
-
-def _short(name: str) -> str:
-    """A label for the chart: `model.layers.0.input_layernorm` -> `0.input_layernorm`."""
-    name = name.replace('"', "'")
-    parts = name.split(".")
-    if "layers" in parts:
-        i = parts.index("layers")
-        parts = parts[i + 1 :]
-    return ".".join(parts[-2:]) if len(parts) > 2 else ".".join(parts)
-
-
-def _log10(ratio: float) -> float:
-    if not math.isfinite(ratio):
-        return 12.0
-    return math.log10(max(ratio, 1e-3))
-
-
-def _fmt(x: float) -> str:
-    return "inf" if not math.isfinite(x) else f"{x:.3g}"
-
-
-# --- the nightly sweep's reports (`ekka sweep --config`, ekka.sweep.nightly) ------------------
-
-REGRESSION_MARKER = "<!-- ekka-regression:{sweep}:{regression} -->"
-REGRESSION_PR_MARKER = "<!-- ekka-regression:{sweep}:{regression} pr -->"
-REGRESSION_FIXED_MARKER = "<!-- ekka-regression:{sweep}:{regression} fixed -->"
-
-REGRESSION_TITLE = "Ekka sweep {sweep}: {model} ({dtype}) broken on {branch} since {short}{pr}"
-
-REGRESSION_ISSUE = """{marker}
-### Ekka sweep `{sweep}`: `{model}` ({dtype}) regressed on `{branch}`
-
-{statement}
-
-{commit_lines}
-
-{suspects}#### Reproduce locally
-
-```bash
-{reproduce}
-```
-
-{seen}"""
-
-REGRESSION_SEEN = "Last seen bad at `{short}` (sweep run {run}); a sweep that finds it good again closes this issue."
-
-REGRESSION_PR = """{marker}
-:wave: Ekka's nightly sweep `{sweep}` found that `{model}` ({dtype}) gives wrong outputs on `{branch}` since this pull request: its merge commit `{short}` is the first bad commit.
-
-> {statement}
-
-The report, the suspects and the command to reproduce: {issue_ref}."""
-
-REGRESSION_FIXED = """{marker}
-:white_check_mark: Ekka sweep `{sweep}` (run {run}): `{model}` ({dtype}) is good again at `{short}` on `{branch}`. Closing."""
-
-
-def regression_marker(sweep: str, regression: int, kind: str = "") -> str:
-    template = {"": REGRESSION_MARKER, "pr": REGRESSION_PR_MARKER, "fixed": REGRESSION_FIXED_MARKER}
-    return template[kind].format(sweep=sweep, regression=regression)
-
-
-def regression_issue(
-    *,
-    sweep: str,
-    regression: int,
-    repository: str,
-    branch: str,
-    params: dict[str, Any],
-    diagnosis: Diagnosis,
-    run: int,
-    head: str,
-) -> tuple[str, str]:
-    """The tracking issue of a regression a sweep found: (title, body)."""
-    bisection = diagnosis.bisection
-    assert bisection is not None
-    first = bisection.first_bad
-    lines = []
-    if first is not None:
-        pr = (
-            f", [PR #{first.pr}]({pull_url(repository, first.pr)})" if first.pr else ", no PR found"
-        )
-        lines.append(
-            f"- first bad commit: [`{first.short}`]({commit_url(repository, first.sha)}) "
-            f"{first.summary}{pr}"
-        )
-    elif bisection.candidates:
-        listing = ", ".join(f"`{c.short}` {c.summary}" for c in bisection.candidates)
-        lines.append(f"- candidates: {listing}")
-    lines.append(
-        f"- last good sweep at `{bisection.good.short}`, bad at `{bisection.bad.short}`: "
-        f"{bisection.probes} probes, {bisection.cached} verdicts from the cache"
-    )
-    lines.append(
-        f"- model `{params.get('model')}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
-        f"prompt tokens, {diagnosis.max_tokens} generated"
-    )
-    lines += [f"- note: {note}" for note in diagnosis.notes]
-    statement = (
-        f"**Root cause:** {diagnosis.root_cause.statement}"
-        if diagnosis.root_cause is not None
-        else f"**At the bad commit:** {diagnosis.verdict}"
-    )
-    body = REGRESSION_ISSUE.format(
-        marker=regression_marker(sweep, regression),
-        sweep=sweep,
-        model=params.get("model"),
-        dtype=diagnosis.dtype,
-        branch=branch,
-        statement=statement,
-        commit_lines="\n".join(lines),
-        suspects=suspects_table(diagnosis),
-        reproduce=reproduce_command(params, bisection),
-        seen=regression_seen(head, run),
-    )
-    title = REGRESSION_TITLE.format(
-        sweep=sweep,
-        model=params.get("model"),
-        dtype=diagnosis.dtype,
-        branch=branch,
-        short=first.short if first is not None else bisection.bad.short,
-        pr=f" (#{first.pr})" if first is not None and first.pr else "",
-    )
-    return title, body.rstrip() + "\n"
-
-
-def regression_seen(head: str, run: int) -> str:
-    return REGRESSION_SEEN.format(short=head[:10], run=run)

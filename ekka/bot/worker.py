@@ -20,10 +20,12 @@ from typing import Any
 
 from ekka.bot import messages
 from ekka.bot.commands import Action, Command, CommandError, parse_line
-from ekka.bot.comments import upsert_comment
 from ekka.bot.config import BotConfig
-from ekka.bot.db import FINAL_STATES, InboxCommand, JobState, Store
-from ekka.bot.github import GitHubClient, GitHubError
+from ekka.bot.db import Store
+from ekka.bot.queue import FINAL_STATES, InboxCommand, JobState
+from ekka.errors import GitHubError
+from ekka.forge.client import GitHubClient, connect
+from ekka.forge.comments import issue_url, upsert_comment
 
 log = logging.getLogger("ekka.bot")
 WRITE_PERMISSIONS = ("admin", "maintain", "write")
@@ -115,7 +117,7 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
     ]
     if busy:
         other = busy[0]
-        link = messages.issue_url(command.repository, command.issue, other.reply_comment)
+        link = issue_url(command.repository, command.issue, other.reply_comment)
         body = messages.BUSY.format(
             marker=marker, user=user, job=other.id, state=other.state.value, link=link
         )
@@ -186,7 +188,7 @@ def on_status(command: InboxCommand, parsed: Command, context: CommandContext) -
         reply(context, command, messages.NO_JOB.format(marker=marker))
         return "no job"
     job = jobs[0]
-    link = messages.issue_url(command.repository, command.issue, job.reply_comment)
+    link = issue_url(command.repository, command.issue, job.reply_comment)
     detail = job.error if job.state is JobState.FAILED and job.error else job.progress
     body = messages.STATUS.format(
         marker=marker, job=job.id, link=link, state=job.state.value, progress=detail
@@ -343,13 +345,7 @@ def run_worker(config: BotConfig) -> None:
     from ekka.bot.db import Store
 
     store = Store(config.database_url)
-    github = GitHubClient(
-        config.api_url,
-        token=config.secrets.github_token,
-        app_id=config.secrets.app_id,
-        private_key=config.secrets.private_key,
-        throttle=config.throttle,
-    )
+    github = connect(config.github)
     worker = Worker(config, store, github)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     log.info("worker %s: database %s, GitHub %s", worker.name, store.engine.url, config.api_url)

@@ -6,7 +6,7 @@ One row per (architecture, dtype): it builds or not, loads in vLLM / in transfor
 not), matches or diverges (the first divergence, its ratio, the suspects), the command that
 reproduces it, and the note of a known finding (`ekka/data/arch-sweep-findings.json`: what a
 divergence on a pristine release was found to be, so the next sweep shows only what is new).
-Finished rows are kept in a database (`ekka.bot.db`, table sweep_arch_rows) under a key of the
+Finished rows are kept in a database (`ekka.storage.sweeps`, table sweep_arch_rows) under a key of the
 versions and settings: a sweep started again skips them.
 """
 
@@ -327,7 +327,7 @@ def run_sweep(
     skipped (`report_only`: only those are reported, nothing runs); a later dtype runs first the architectures that loaded on both sides in the first,
     and not those that did not build or load in transformers there ("not-run" rows); the reports
     are rewritten in `out` after each row."""
-    from ekka.bot.db import Store
+    from ekka.storage.sweeps import SweepStore
 
     for dtype in dtypes:
         if dtype not in ("float32", "bfloat16"):
@@ -340,7 +340,7 @@ def run_sweep(
         pythonpath = (commit.tree,)
     key = sweep_key(versions)
     findings = load_findings()
-    store = Store(db_url or f"sqlite:///{(out / 'sweep.db').resolve()}")
+    store = SweepStore(db_url or f"sqlite:///{(out / 'sweep.db').resolve()}")
     started = time.perf_counter()
     rows: list[ArchRow] = []
     resumed = 0

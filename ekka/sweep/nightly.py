@@ -4,7 +4,8 @@ For each (model, dtype) of a `[[sweeps]]` entry of the bot's configuration:
 
 1. Probe the branch head (after fetching the clone's remotes) with the bisection's oracle
    (`ekka.bisect.oracle.TracerOracle`, the configured executor), the verdict stored in the
-   verdict cache (the bot's database) and the result in `sweep_results`.
+   verdict cache (the configured database) and the result in `sweep_results`
+   (`ekka.storage.sweeps`, which the bot's server shows).
 2. Bad now, good at an earlier sweep, and no open regression: the full diagnosis
    (`ekka.full.run_full_diagnosis`: bisect between the last good sweep's commit and the head,
    the cached verdicts reused, diagnose, attribute), then one tracking issue in the repository
@@ -12,8 +13,9 @@ For each (model, dtype) of a `[[sweeps]]` entry of the bot's configuration:
 3. Bad again at a later head: the open regression's issue is updated (once per head). Good
    again: the issue gets a comment and is closed.
 
-Reports go through the bot's GitHub client (its retries and settings) when the configuration
-has GitHub credentials, else into files under the sweep's folder (`LocalReporter`).
+Reports go through the project's GitHub client (`ekka.forge`, built from the configuration's
+settings) when the configuration has a GitHub token, else into files under the sweep's folder
+(`LocalReporter`). The comments' templates are `ekka.sweep.messages`.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from ekka.bisect.cache import VerdictCache
 from ekka.bisect.history import commit_info, open_repo, resolve_ref
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.verdict import ProbeResult, Verdict
-from ekka.bot import messages
 from ekka.bot.config import BotConfig, ConfigError, Model, ScenarioFile, Sweep
-from ekka.bot.db import Regression, Store, SweepResult
-from ekka.bot.jobs import executor_options, fetch
+from ekka.bot.jobs import executor_options
 from ekka.errors import EkkaError
+from ekka.forge.comments import issue_url
+from ekka.repo import fetch
 from ekka.report import Diagnosis
-from ekka.scenario import Scenario
+from ekka.storage.sweeps import Regression, SweepResult, SweepStore
+from ekka.sweep import messages
+from ekka.tracer.scenario import Scenario
 
 Say = Callable[[str], None]
 
@@ -142,13 +146,13 @@ class GitHubReporter:
         return regression.issue
 
     def comment_pull(self, regression: Regression, pr: int, body: str) -> int | None:
-        from ekka.bot.comments import upsert_comment
+        from ekka.forge.comments import upsert_comment
 
         marker = messages.regression_marker(regression.sweep, regression.id, "pr")
         return upsert_comment(self.github, self.repository, pr, marker, body)
 
     def close_issue(self, regression: Regression, body: str) -> None:
-        from ekka.bot.comments import upsert_comment
+        from ekka.forge.comments import upsert_comment
 
         assert regression.issue is not None
         marker = messages.regression_marker(regression.sweep, regression.id, "fixed")
@@ -156,7 +160,7 @@ class GitHubReporter:
         self.github.edit_issue(self.repository, regression.issue, state="closed")
 
     def where(self, regression: Regression) -> str:
-        return messages.issue_url(self.repository, regression.issue or 0)
+        return issue_url(self.repository, regression.issue or 0)
 
 
 class LocalReporter:
@@ -194,7 +198,7 @@ class _Run:
 
     config: BotConfig
     sweep: Sweep
-    store: Store
+    store: SweepStore
     reporter: Reporter
     repo: str
     head: str
@@ -224,18 +228,16 @@ def run_nightly(
     say(f"fetching {repo}")
     fetch(repo)
     head = branch_head(repo, sweep.branch)
-    store = Store(config.database_url)
+    store = SweepStore(config.database_url)
     own_client = None
     try:
         run = store.start_sweep_run(sweep.name, repository.name, sweep.branch, head)
         folder = Path(config.workdir).resolve() / "sweeps" / sweep.name / f"run-{run}"
         folder.mkdir(parents=True, exist_ok=True)
         if github is None and config.secrets.github_token:
-            from ekka.bot.github import GitHubClient
+            from ekka.forge.client import connect
 
-            github = own_client = GitHubClient(
-                config.api_url, token=config.secrets.github_token, throttle=config.throttle
-            )
+            github = own_client = connect(config.github)
         if github is None:
             why = (
                 "a GitHub App's credentials name no installation here: set EKKA_GITHUB_TOKEN"

@@ -24,7 +24,6 @@ from typing import Any
 
 from ekka.errors import CaptureError
 from ekka.report.records import Comparison, Diagnosis, Localization, TargetInfo
-from ekka.scenario import Scenario
 from ekka.tracer.align import Aligner, ComponentMap, infer_missing, plan_components
 from ekka.tracer.capture import resolved, validate
 from ekka.tracer.compare import iter_comparisons
@@ -32,6 +31,7 @@ from ekka.tracer.localize import localize, threshold_for
 from ekka.tracer.metrics import compute_error_ratio
 from ekka.tracer.output import check_output
 from ekka.tracer.protocol import CaptureSpec
+from ekka.tracer.scenario import Scenario
 from ekka.tracer.serving import scenario_events
 from ekka.tracer.session import TargetSession
 from ekka.tracer.trace import TraceReader
@@ -55,8 +55,6 @@ class DiagnoseConfig:
     # the requests around the traced one in the target's engine (the reference runs the
     # traced request alone); empty: the traced request alone
     scenario: Scenario = field(default_factory=Scenario)
-    # a diverging scenario is reduced to the requests it needs (`ekka.reduce`)
-    reduce: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,13 +183,6 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         if config.scenario.empty
         else tuple(scenario_events(target.passes, len(config.prompt_ids))),
     )
-    if diagnosis.diverged and config.reduce and not config.scenario.empty:
-        from ekka.reduce import reduce_scenario
-
-        t = time.perf_counter()
-        reduction = reduce_scenario(config, progress=say)
-        timings["reduction"] = time.perf_counter() - t
-        diagnosis = replace(diagnosis, reduction=reduction, timings=timings)
     return diagnosis
 
 

@@ -9,8 +9,9 @@ Importing this package imports neither torch nor transformers; `build_model` doe
 
 from __future__ import annotations
 
-from ekka.zoo.archs import ARCHITECTURES, ArchSpec, get_arch, list_architectures
+from ekka.zoo.archs import ARCHITECTURES, get_arch, list_architectures
 from ekka.zoo.build import build_model, parse_set_values
+from ekka.zoo.spec import ArchSpec
 from ekka.zoo.tokenizer import build_tokenizer
 
 __all__ = [

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from ekka.errors import UnknownArchitectureError
-
-NATIVE = "native"
-TRANSFORMERS_BACKEND = "transformers"
+from ekka.zoo.spec import NATIVE, TRANSFORMERS_BACKEND, ArchSpec
 
 # ARCHS.md "Common base", without head_dim (some configs have no such field; hidden/heads = 64).
 _BASE: dict[str, Any] = {
@@ -39,18 +36,6 @@ _HEAD_DIM = {"head_dim": 64}
 # norms cap the branch outputs, so a wider init makes the embedding dominate more (Gemma3 echoes
 # the last token at 0.2), and Gemma2's final softcap 0.5 saturates (exact ties among ~20 logits).
 _WIDE_INIT = {"initializer_range": 0.2}
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """One zoo architecture: its transformers class, config class and the zoo's overrides."""
-
-    name: str
-    family: str
-    config_class: str
-    defaults: Mapping[str, Any] = field(hash=False)
-    vllm_backend: str = NATIVE
-    notes: str = ""
 
 
 def _spec(

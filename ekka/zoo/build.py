@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ekka.errors import OutputFolderError, UsageError
-from ekka.zoo.archs import ArchSpec, get_arch
+from ekka.zoo.archs import get_arch
 from ekka.zoo.derive import is_derived, scale_config
+from ekka.zoo.spec import ArchSpec
 from ekka.zoo.tokenizer import (
     DEFAULT_MODEL_MAX_LENGTH,
     DEFAULT_VOCAB_SIZE,

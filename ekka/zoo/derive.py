@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ekka.zoo.archs import NATIVE, ArchSpec
+from ekka.zoo.spec import NATIVE, ArchSpec
 
 DERIVED = "derived"  # ArchSpec.notes prefix of a derived architecture
 

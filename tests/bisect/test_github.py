@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ekka.bisect.github import GitHubPrLookup
 from ekka.errors import UsageError
+from ekka.forge.pulls import GitHubPrLookup
 
 PULLS = {
     "aaaa": [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ekka.bot.db import JobState
+from ekka.bot.queue import JobState
 from tests.bot.conftest import (
     MAINTAINER,
     REPO,
@@ -24,7 +24,7 @@ def test_ping_healthz_and_signatures(tmp_path, github, history, start_bot):
     missing = bot.deliver("ping", {"zen": "x"}, secret=None)
     wrong = bot.deliver("ping", {"zen": "x"}, secret="not-the-secret")
     assert missing.status_code == 401 and wrong.status_code == 401
-    from ekka.bot.db import deliveries
+    from ekka.bot.facts import deliveries
 
     assert bot.store.count(deliveries) == 1  # refused deliveries are not even recorded
 
@@ -327,7 +327,8 @@ def test_a_whole_job_with_the_queue_on_postgresql(tmp_path, github, history, sta
 
     import sqlalchemy as sa
 
-    from ekka.bot.db import metadata
+    from ekka.bot.db import Store
+    from ekka.storage.sweeps import SweepStore
 
     url = os.environ.get("EKKA_TEST_POSTGRES_URL")
     if not url:
@@ -335,7 +336,8 @@ def test_a_whole_job_with_the_queue_on_postgresql(tmp_path, github, history, sta
             pytest.fail("EKKA_TEST_POSTGRES_URL is not set, and CI requires PostgreSQL")
         pytest.skip("EKKA_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server)")
     engine = sa.create_engine(url)
-    metadata.drop_all(engine)
+    for tables in (*Store.metadata, *SweepStore.metadata):
+        tables.drop_all(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS verdicts"))
     engine.dispose()

@@ -1,6 +1,7 @@
-"""The bot's tables on SQLite and, where EKKA_TEST_POSTGRES_URL names one, on PostgreSQL:
-the delivery log, the job queue (claims never overlap, leases expire), the inbox, records;
-the verdict cache on the same database."""
+"""Ekka's stores on SQLite and, where EKKA_TEST_POSTGRES_URL names one, on PostgreSQL: the
+bot's delivery log, job queue (claims never overlap, leases expire), inbox and records; the
+verdict cache and the sweeps' results on the same database; how a database is opened
+(`ekka.storage.database`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pytest
 
 from ekka.bisect.cache import VerdictCache
 from ekka.bisect.verdict import ProbeResult, Verdict
-from ekka.bot.db import JobState, Store
+from ekka.bot.db import Store
+from ekka.bot.queue import JobState
+from ekka.errors import DatabaseError, UsageError
+from ekka.storage.sweeps import SweepResult, SweepStore
 
 pytestmark = pytest.mark.bot
 POSTGRES = os.environ.get("EKKA_TEST_POSTGRES_URL")
@@ -30,9 +34,8 @@ def url(request, tmp_path):
     import sqlalchemy as sa
 
     engine = sa.create_engine(POSTGRES)  # each test drops the tables first: a clean database
-    from ekka.bot.db import metadata
-
-    metadata.drop_all(engine)
+    for tables in (*Store.metadata, *SweepStore.metadata):
+        tables.drop_all(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS verdicts"))
     engine.dispose()
@@ -160,9 +163,7 @@ def test_the_verdict_cache_shares_the_database(url):
 
 
 def test_sweep_runs_results_and_regressions(url):
-    from ekka.bot.db import SweepResult
-
-    store = Store(url)
+    store = SweepStore(url)
     one = store.start_sweep_run("nightly", "acme/vllm", "main", "a" * 40)
     store.record_sweep_result(
         SweepResult(one, "nightly", "m", "float32", "a" * 40, "good", "ok", None, None)
@@ -183,7 +184,7 @@ def test_sweep_runs_results_and_regressions(url):
     store.update_regression(regression.id, state="closed", fixed_at="d" * 40)
     assert store.open_regression_of("nightly", "m", "float32") is None
     store.close()
-    again = Store(url)  # a restart keeps the history
+    again = SweepStore(url)  # a restart keeps the history
     runs = again.sweep_runs()
     assert [r["id"] for r in runs] == [two, one] and runs[1]["state"] == "done"
     assert [r.regression for r in runs[0]["results"]] == [regression.id]
@@ -191,3 +192,41 @@ def test_sweep_runs_results_and_regressions(url):
     assert again.arch_row("k", "LlamaForCausalLM", "float32") == {"status": "match"}
     assert again.arch_row("other", "LlamaForCausalLM", "float32") is None
     again.close()
+
+
+def test_the_bot_sees_the_sweeps_results_on_its_engine(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with SweepStore(url) as sweeps:
+        run = sweeps.start_sweep_run("nightly", "acme/vllm", "main", "a" * 40)
+    with Store(url) as bot:
+        assert bot.sweeps.engine is bot.engine
+        assert [r["id"] for r in bot.sweeps.sweep_runs()] == [run]
+        names = {t.name for t in bot.tables()}
+        assert {"bot_jobs", "bot_deliveries", "sweep_runs", "sweep_arch_rows"} <= names
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "is not a database URL"),
+        ("nosuchdb://host/db", "no SQLAlchemy dialect"),
+    ],
+)
+def test_a_url_that_opens_nothing_is_a_usage_error(url, message):
+    for store in (Store, SweepStore):
+        with pytest.raises(DatabaseError, match=message) as err:
+            store(url)
+        assert isinstance(err.value, UsageError) and err.value.exit_code == 2
+
+
+def test_sqlite_is_opened_for_sharing(tmp_path):
+    from ekka.storage.database import open_database
+
+    engine = open_database(f"sqlite:///{tmp_path / 'a' / 'b' / 'ekka.db'}")  # folders made
+    with engine.connect() as conn:
+        pragmas = [conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in PRAGMAS]
+    engine.dispose()
+    assert pragmas == ["wal", 1, 30000]  # synchronous=NORMAL is 1
+
+
+PRAGMAS = ("journal_mode", "synchronous", "busy_timeout")

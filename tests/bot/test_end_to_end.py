@@ -14,7 +14,7 @@ import pytest
 from ekka.bench import base_repository
 from ekka.bisect.framework_repo import make_bug_history
 from ekka.bot.config import from_mapping
-from ekka.bot.db import JobState
+from ekka.bot.queue import JobState
 from tests.bot.conftest import MAINTAINER, REPO, SECRET, TOKEN, wait_for
 from tests.conftest import PROMPT_IDS
 

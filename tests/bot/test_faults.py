@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ekka.bot.db import JobState, Store
-from ekka.bot.github import GitHubClient
+from ekka.bot.db import Store
 from ekka.bot.jobs import JobRunner
 from ekka.bot.messages import job_marker
+from ekka.bot.queue import JobState
+from ekka.forge.client import GitHubClient
 from tests.bot.conftest import (
     ORACLE,
     REPO,

@@ -6,8 +6,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ekka.bot.github import GitHubClient, GitHubError
 from ekka.bot.signatures import sign, verify
+from ekka.errors import GitHubError
+from ekka.forge.client import GitHubClient
 from tests.bot.github_server import FakeGitHub
 
 pytestmark = pytest.mark.bot

@@ -1,6 +1,7 @@
 """What loading the bot loads: `ekka` starts without the bot's dependencies, the server and its
 worker start without torch, vLLM or transformers (a job imports them when it runs), and the
-GitHub client (used by the bisection's PR lookup) loads no web server."""
+GitHub client (`ekka.forge`: the bot's, the sweeps' and the bisection's PR lookup's) loads no web
+server, nor anything of the bot."""
 
 from __future__ import annotations
 
@@ -29,5 +30,9 @@ def test_the_server_and_worker_load_no_framework():
 
 
 def test_the_github_client_loads_no_server():
-    modules = ("starlette", "uvicorn", "sqlalchemy", "ekka.bot.app", "ekka.bot.db")
-    assert loaded("import ekka.bisect.github, ekka.bot.github", modules) == []
+    modules = ("starlette", "uvicorn", "sqlalchemy", "ekka.bot", "ekka.sweep")
+    assert loaded("import ekka.forge.pulls, ekka.forge.client, ekka.forge.comments", modules) == []
+
+
+def test_the_pr_lookup_loads_pygithub_only_when_it_asks():
+    assert loaded("import ekka.forge.pulls, ekka.bot.config", ("github",)) == []

@@ -10,6 +10,7 @@ import pytest
 
 from ekka.bot import messages
 from ekka.report import Diagnosis
+from ekka.report.comment import ratio_chart
 
 pytestmark = pytest.mark.bot
 REPORT = Path(__file__).parent / "data" / "report.json"
@@ -53,7 +54,7 @@ def test_the_final_comment_says_what_a_maintainer_needs(diagnosis):
 
 
 def test_the_chart_is_a_mermaid_xychart_of_the_change_points_pass(diagnosis):
-    chart = messages.ratio_chart(diagnosis)
+    chart = ratio_chart(diagnosis)
     block = chart.split("```mermaid\n", 1)[1].split("```", 1)[0]
     lines = block.splitlines()
     assert lines[0] == "xychart-beta"

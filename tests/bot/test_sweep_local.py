@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ekka.bot.db import Regression
 from ekka.cli import main
 from ekka.repo import git
+from ekka.storage.sweeps import Regression
 from ekka.sweep.nightly import LocalReporter, branch_head
 
 pytestmark = pytest.mark.bot

@@ -131,7 +131,7 @@ class Stop(UsageError):
 
 
 def test_the_engine_arguments_reach_the_localize_config(capsys, tmp_path, zoo_model, monkeypatch):
-    import ekka.tracer.diagnose
+    import ekka.reduce
 
     seen: list[Any] = []
 
@@ -139,7 +139,7 @@ def test_the_engine_arguments_reach_the_localize_config(capsys, tmp_path, zoo_mo
         seen.append(config)
         raise Stop("stub diagnosis: stopped")
 
-    monkeypatch.setattr(ekka.tracer.diagnose, "run_diagnosis", stub)
+    monkeypatch.setattr(ekka.reduce, "run_diagnosis", stub)
     code, text = run(
         capsys,
         "diagnose",

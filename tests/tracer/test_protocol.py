@@ -28,6 +28,7 @@ from ekka.tracer.protocol import (
     decode,
     encode,
 )
+from tests.test_layering import INSIDE  # the line between the sides, with its static check
 
 SPEC = CaptureSpec(
     framework="vllm",
@@ -113,44 +114,7 @@ def test_a_channel_carries_messages_both_ways_and_tells_the_end_and_the_silence(
     b.close()
 
 
-# The inside: what runs in the framework's process. It imports nothing of the parent's side.
-INSIDE = {
-    "ekka",
-    "ekka.errors",
-    "ekka.tracer",
-    "ekka.tracer.adapters",
-    "ekka.tracer.adapters.vllm",
-    "ekka.tracer.adapters.vllm_replay",
-    "ekka.tracer.adapters.vllm_requests",
-    "ekka.tracer.hooks",
-    "ekka.tracer.model_config",
-    "ekka.tracer.protocol",
-    "ekka.tracer.shards",
-    "ekka.tracer.trace",
-}
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _ekka_imports(path: Path) -> set[str]:
-    """Every ekka module `path` imports, at the top or inside a function."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ekka"):
-            found.add(node.module)
-            for alias in node.names:  # `from ekka.tracer import hooks` imports a module
-                candidate = f"{node.module}.{alias.name}"
-                if (ROOT / (candidate.replace(".", "/") + ".py")).is_file():
-                    found.add(candidate)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("ekka"))
-    return found
-
-
-@pytest.mark.parametrize("module", sorted(INSIDE - {"ekka", "ekka.tracer", "ekka.tracer.adapters"}))
-def test_the_inside_imports_nothing_of_the_parent(module):
-    path = ROOT / (module.replace(".", "/") + ".py")
-    outside = _ekka_imports(path) - INSIDE
-    assert not outside, f"{module} imports {sorted(outside)}, which run only in the parent"
 
 
 def test_importing_the_target_adapter_loads_the_inside_only():

@@ -27,10 +27,11 @@ from ekka.bench import (
 )
 from ekka.bisect.framework_repo import make_bug_history
 from ekka.full import FullConfig, run_full_diagnosis
+from ekka.reduce import diagnose_and_reduce
 from ekka.repo import installed_framework_dir
-from ekka.scenario import Scenario
-from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+from ekka.tracer.diagnose import DiagnoseConfig
 from ekka.tracer.protocol import ScenarioRequest
+from ekka.tracer.scenario import Scenario
 from ekka.tracer.trace import TraceReader
 
 pytestmark = pytest.mark.vllm
@@ -113,7 +114,7 @@ def test_no_false_alarm_on_pristine_vllm_when_requests_meet(arch, dtype, zoo_mod
         before=(ScenarioRequest(traced[:64] + _ids(2, 7)[1:], 1),),
         alongside=(ScenarioRequest(_ids(3, 188), 40), ScenarioRequest(_ids(4, 10), 3)),
     )
-    diagnosis = run_diagnosis(
+    diagnosis = diagnose_and_reduce(
         DiagnoseConfig(
             model=str(zoo_model(arch, dtype=dtype)),
             prompt_ids=traced,

@@ -5,8 +5,11 @@ GitHub App.
 Every call retries with exponential backoff on 5xx answers, secondary rate limits (403/429 with
 Retry-After or GitHub's rate-limit message) and time-outs or dropped connections; PyGithub's
 own retries are off so that this is the one policy. A call that keeps failing, or that GitHub
-refuses, raises `GitHubError` with the status and GitHub's message. It imports nothing of the
-bot, so that the bisection's commit-to-PR lookup (`ekka.bisect.github`) uses it too.
+refuses, raises `GitHubError` (`ekka.errors`) with the status and GitHub's message.
+
+`connect(GitHubSettings(...))` is the one place a client is built from configuration: the bot's
+server and worker, the nightly sweep and the bisection's PR lookup (`ekka.forge.pulls`) all
+call it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from ekka.errors import EkkaError
+from ekka.errors import GitHubError
+from ekka.forge.settings import DEFAULT_API, GitHubSettings
 
 try:
     import github as pygithub
@@ -27,17 +31,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("the GitHub client needs PyGithub: pip install 'ekka[bot]'") from exc
 
-DEFAULT_API = "https://api.github.com"
+
 T = TypeVar("T")
-
-
-class GitHubError(EkkaError):
-    """Raised when a GitHub API call is refused (4xx) or keeps failing after the retries (5xx,
-    rate limits, time-outs); `status` is the last HTTP status (None: no answer)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -45,6 +40,22 @@ class IssueComment:
     id: int
     body: str
     user: str
+
+
+def connect(
+    settings: GitHubSettings, *, timeout: float = 15, retries: int = 4, backoff: float = 1.0
+) -> GitHubClient:
+    """A client for these settings, with this retry policy (the defaults: the bot's)."""
+    return GitHubClient(
+        settings.api_url,
+        token=settings.token,
+        app_id=settings.app_id,
+        private_key=settings.private_key,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        throttle=settings.throttle,
+    )
 
 
 class _Bearer(Auth.Token):

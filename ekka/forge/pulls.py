@@ -3,8 +3,8 @@
 Used as `commit_range(..., pr_lookup=GitHubPrLookup(...))` when a GitHub repository is
 configured; without one (or when the API has no answer) the PR comes from the commit message.
 Lookups are cached per sha; an API failure falls back to the message, never stops a bisection.
-The calls go through the project's one GitHub client, `ekka.bot.github.GitHubClient` (PyGithub,
-with its retries), imported when a lookup is made.
+The calls go through the project's one GitHub client (`ekka.forge.client`, PyGithub with its
+retries), imported when a lookup is made, so that a bisection without GitHub loads no PyGithub.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ekka.errors import EkkaError, UsageError
+from ekka.forge.settings import DEFAULT_API
 
 if TYPE_CHECKING:
-    from ekka.bot.github import GitHubClient
-
-DEFAULT_API = "https://api.github.com"
+    from ekka.forge.client import GitHubClient
 
 
 class GitHubPrLookup:
@@ -37,9 +36,11 @@ class GitHubPrLookup:
             )
         self.repository = repository
         if client is None:
-            from ekka.bot.github import GitHubClient
+            from ekka.forge.client import connect
+            from ekka.forge.settings import GitHubSettings
 
-            client = GitHubClient(api, token=token, timeout=timeout, retries=2, backoff=0.25)
+            settings = GitHubSettings(api_url=api, token=token)
+            client = connect(settings, timeout=timeout, retries=2, backoff=0.25)
         self.client = client
         self.cache: dict[str, int | None] = {}
         self.errors: list[str] = []

@@ -1,9 +1,10 @@
-"""The bot's own comments, found by their hidden marker: edit the one that exists, post one
-only when there is none (so a worker that died after posting never posts twice)."""
+"""Ekka's own comments (the bot's, the nightly sweep's), found by their hidden marker: edit the
+one that exists, post one only when there is none (so a worker that died after posting never
+posts twice); and the GitHub addresses the comments link to."""
 
 from __future__ import annotations
 
-from ekka.bot.github import GitHubClient
+from ekka.forge.client import GitHubClient
 
 
 def find_marked(github: GitHubClient, repository: str, issue: int, marker: str) -> int | None:
@@ -30,3 +31,16 @@ def upsert_comment(
         github.edit_comment(repository, comment, body)
         return comment
     return github.create_comment(repository, issue, body)
+
+
+def commit_url(repository: str, sha: str) -> str:
+    return f"https://github.com/{repository}/commit/{sha}"
+
+
+def pull_url(repository: str, number: int) -> str:
+    return f"https://github.com/{repository}/pull/{number}"
+
+
+def issue_url(repository: str, issue: int, comment: int | None = None) -> str:
+    anchor = f"#issuecomment-{comment}" if comment else ""
+    return f"https://github.com/{repository}/issues/{issue}{anchor}"
