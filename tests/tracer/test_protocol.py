@@ -116,6 +116,7 @@ def test_a_channel_carries_messages_both_ways_and_tells_the_end_and_the_silence(
 # The inside: what runs in the framework's process. It imports nothing of the parent's side.
 INSIDE = {
     "ekka",
+    "ekka.codec",
     "ekka.errors",
     "ekka.tracer",
     "ekka.tracer.adapters",
