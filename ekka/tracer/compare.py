@@ -708,24 +708,3 @@ def compare_traces(
     step: int | None = None,
 ) -> list[Comparison]:
     return list(iter_comparisons(target, reference, reference32, step=step))
-
-
-def print_comparison(rows: list[Comparison], console: Any, *, title: str | None = None) -> None:
-    from rich.table import Table
-
-    table = Table(title=title or "target vs reference, component by component")
-    for col in ("step", "pass", "component", "class", "rel. error", "ratio", "pairing"):
-        table.add_column(col, overflow="fold")
-    for c in rows:
-        style = "red" if c.ratio > 2 else None
-        table.add_row(
-            str(c.step),
-            str(c.pass_index),
-            c.target,
-            c.module_class,
-            f"{c.error:.2e}",
-            f"{c.ratio:.3g}",
-            c.plan,
-            style=style,
-        )
-    console.print(table)

@@ -402,6 +402,7 @@ def test_exported_names() -> None:
         "Suspect",
         "TargetInfo",
         "TouchedSymbol",
+        "comparisons_table",
         "plot_ratios",
         "render_html",
         "render_markdown",
@@ -418,3 +419,14 @@ def test_markdown_of_a_reduced_scenario() -> None:
     assert "scenario: 1 request(s) before the traced one, 0 alongside it" in md
     assert "## Reduced scenario" in md and REDUCTION.statement in md
     assert "reproduce: `ekka diagnose --model m --scenario reduced.toml`" in md
+
+
+def test_the_comparisons_table_shows_every_row_and_marks_a_large_ratio() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=200, color_system="truecolor", force_terminal=True)
+    ekka.report.comparisons_table([comparison(0, 1.5), comparison(1, 9.0)], console)
+    text = console.export_text(styles=True)
+    assert "target vs reference, component by component" in text
+    rows = [line for line in text.splitlines() if "model.layers" in line]
+    assert len(rows) == 2 and "\x1b[31m" not in rows[0] and "\x1b[31m" in rows[1]
