@@ -49,8 +49,13 @@ def dump_float(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)
 
 
+_EXACT = (int, str, bool)  # types a JSON value is exactly when it fits
+
+
 def encode(value: Any) -> Any:
     """`value` as JSON holds it (see the module's docstring)."""
+    if type(value) in _EXACT or value is None:  # the common case, at once
+        return value
     if isinstance(value, float):
         return dump_float(value)
     if isinstance(value, bool | int | str) or value is None:
@@ -60,6 +65,8 @@ def encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
+        if all(type(v) in _EXACT for v in value.values()):
+            return {str(k): v for k, v in value.items()}
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [encode(v) for v in value]
@@ -151,6 +158,8 @@ def _short(value: Any) -> str:
 
 def _value(hint: Any, value: Any, unknown: Unknown) -> Any:
     """`value` as the annotation `hint` says, or _Invalid."""
+    if hint in _EXACT and type(value) is hint:  # the common case, at once
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
@@ -188,6 +197,8 @@ def _value(hint: Any, value: Any, unknown: Unknown) -> Any:
         if not isinstance(value, list | tuple):
             raise _Invalid(f"is {_short(value)}, not a list")
         if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] in _EXACT and all(type(v) is args[0] for v in value):
+                return tuple(value)
             return tuple(_item(args[0], v, i, unknown) for i, v in enumerate(value))
         if len(args) != len(value):
             raise _Invalid(f"is {_short(value)}, not a list of {len(args)}")
@@ -196,6 +207,8 @@ def _value(hint: Any, value: Any, unknown: Unknown) -> Any:
         if not isinstance(value, Mapping):
             raise _Invalid(f"is {_short(value)}, not an object")
         if len(args) == 2 and args[1] is not Any:
+            if args[1] in _EXACT and all(type(v) is args[1] for v in value.values()):
+                return dict(value)
             return {k: _item(args[1], v, k, unknown) for k, v in value.items()}
         return dict(value)
     if hint is float:

@@ -124,6 +124,7 @@ INSIDE = {
     "ekka.tracer.adapters.vllm_replay",
     "ekka.tracer.adapters.vllm_requests",
     "ekka.tracer.hooks",
+    "ekka.tracer.metadata",
     "ekka.tracer.model_config",
     "ekka.tracer.protocol",
     "ekka.tracer.shards",
