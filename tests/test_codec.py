@@ -105,3 +105,23 @@ def test_an_integer_is_never_read_from_a_bool_or_a_float() -> None:
     for bad in (True, 1.0):
         with pytest.raises(ReportFormatError, match="field 'line'"):
             codec.decode(Inner, {"name": "a", "ratio": 1, "line": bad}, error=ReportFormatError)
+
+
+def test_the_codec_is_a_leaf() -> None:
+    """The tracer's in-process side, the tracer and the report all import it: it imports
+    nothing of Ekka but the errors."""
+    import ast
+    from pathlib import Path
+
+    source = Path(codec.__file__).read_text()
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and node.module
+    } | {
+        alias.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert {m for m in imported if m.split(".")[0] == "ekka"} == {"ekka.errors"}
