@@ -52,7 +52,7 @@ CONFIG = {
 
 
 def _writers(root: Path) -> dict[str, object]:
-    from ekka.tracer.trace import PassInfo, TraceWriter
+    from ekka.tracer.trace import PassInfo, TraceManifest, TraceWriter
 
     ids = tuple(range(1, TOKENS + 1))
     out = {}
@@ -61,12 +61,7 @@ def _writers(root: Path) -> dict[str, object]:
         ("reference-bfloat16", "transformers", "bfloat16"),
         ("reference-float32", "transformers", "float32"),
     ):
-        header = {
-            "framework": framework,
-            "dtype": dtype,
-            "prompt_ids": list(ids),
-            "model_config": CONFIG,
-        }
+        header = TraceManifest(framework, dtype=dtype, prompt_ids=ids, model_config=CONFIG)
         writer = TraceWriter(root / name, header)
         writer.add_pass(PassInfo(index=0, step=0, input_ids=ids, positions=tuple(range(TOKENS))))
         out[name] = writer

@@ -192,11 +192,12 @@ def compare(
     step: int | None = typer.Option(None, help="Only this step (0 = prefill)."),
 ) -> None:
     """Print the layer-by-layer relative error of two traces of the same prompt."""
-    from ekka.tracer.compare import compare_traces, print_comparison
+    from ekka.report import comparisons_table
+    from ekka.tracer.compare import compare_traces
     from ekka.tracer.trace import TraceReader
 
     rows = compare_traces(TraceReader(target), TraceReader(reference), step=step)
-    print_comparison(rows, out)
+    comparisons_table(rows, out)
 
 
 @app.command()

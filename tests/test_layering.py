@@ -20,6 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ekka"
 LAYERS: dict[str, frozenset[str]] = {
     # errors: the one error hierarchy; imports nothing of Ekka
     "errors": frozenset(),
+    # codec: the one JSON codec of the typed records (a leaf: the tracer's inside uses it too)
+    "codec": frozenset({"errors"}),
     # repo: git in a repository and the installed framework's folder
     "repo": frozenset({"errors"}),
     # report: a diagnosis's typed records and their renderers
@@ -65,6 +67,8 @@ LAYERS: dict[str, frozenset[str]] = {
         | {"containers", "reduce", "full", "bot", "sweep", "bench"}
     ),
 }
+# every part above the leaves may use the codec, as it may raise Ekka's errors
+LAYERS = {p: a if p in ("errors", "codec") else a | {"codec"} for p, a in LAYERS.items()}
 
 # sweep -> bot only for the configuration file both read (and, until the executor spec leaves
 # ekka.bot.jobs, its executor options and scenario resolution), never the bot's queue or server
@@ -75,6 +79,7 @@ SWEEP_USES_OF_BOT = frozenset({"ekka.bot.config", "ekka.bot.jobs"})
 INSIDE = frozenset(
     {
         "ekka",
+        "ekka.codec",
         "ekka.errors",
         "ekka.tracer",
         "ekka.tracer.adapters",
@@ -82,6 +87,7 @@ INSIDE = frozenset(
         "ekka.tracer.adapters.vllm_replay",
         "ekka.tracer.adapters.vllm_requests",
         "ekka.tracer.hooks",
+        "ekka.tracer.metadata",
         "ekka.tracer.model_config",
         "ekka.tracer.protocol",
         "ekka.tracer.shards",

@@ -8,6 +8,7 @@ import pytest
 from ekka.errors import UsageError
 from ekka.reduce import ddmin, describe
 from ekka.scenario import load_run, parse_run, scenario_toml
+from ekka.tracer.metadata import ServingMetadata
 from ekka.tracer.protocol import CaptureSpec, ScenarioRequest, Start, decode, encode
 from ekka.tracer.scenario import Scenario
 from ekka.tracer.serving import check_pass
@@ -156,20 +157,22 @@ def _batch_pass(slot_mapping: list[int], logits_rows: int = 2) -> PassInfo:
         step=1,
         input_ids=(42,),
         positions=(3,),
-        extra={
-            "request": batch[1],
-            "batch": batch,
-            "batch_input_ids": [11, 42],
-            "given_positions": [5, 3],
-            "attention": {
-                "0": {
-                    "seq_lens": [6, 4],
-                    "query_start_loc": [0, 1, 2],
-                    "slot_mapping": slot_mapping,
-                    "block_table": [[3, 4], [7, 0]],
-                }
-            },
-        },
+        serving=ServingMetadata.from_json(
+            {
+                "request": batch[1],
+                "batch": batch,
+                "batch_input_ids": [11, 42],
+                "given_positions": [5, 3],
+                "attention": {
+                    "0": {
+                        "seq_lens": [6, 4],
+                        "query_start_loc": [0, 1, 2],
+                        "slot_mapping": slot_mapping,
+                        "block_table": [[3, 4], [7, 0]],
+                    }
+                },
+            }
+        ),
     )
 
 
@@ -189,9 +192,13 @@ def test_the_serving_checks_cover_every_request_of_a_batch():
 def _span_pass(index: int, start: int, count: int, blocks: list[int], batch: int = 1) -> PassInfo:
     span = {"request": "1-a", "label": "traced", "start": start, "count": count}
     span["block_ids"] = [blocks]
-    others = [{"request": f"{i}-b", "label": f"alongside {i}"} for i in range(batch - 1)]
+    others = [
+        {"request": f"{i}-b", "label": f"alongside {i}", "start": 0, "count": 1}
+        for i in range(batch - 1)
+    ]
     extra = {"request": span, **({"batch": others + [span]} if batch > 1 else {})}
-    return PassInfo(index, 0, (), tuple(range(start, start + count)), extra)
+    serving = ServingMetadata.from_json(extra)
+    return PassInfo(index, 0, (), tuple(range(start, start + count)), serving)
 
 
 def test_what_the_traced_request_met_is_said_from_its_spans():

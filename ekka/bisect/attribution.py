@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -153,8 +153,8 @@ def locations(trace: Any, component: str) -> list[Location]:
     by_name: dict[str, tuple[str, str | None]] = {}
     for r in trace.records:
         by_name.setdefault(r.name, (r.module_class, r.source_file))
-    manifest = getattr(trace, "manifest", {}) or {}
-    delegates = manifest.get("delegates", {})
+    manifest = getattr(trace, "manifest", None)  # a TraceManifest
+    delegates = {} if manifest is None else manifest.delegates
     parts = component.split(".")
     out: list[Location] = []
     for i in range(len(parts), 0, -1):
@@ -165,14 +165,13 @@ def locations(trace: Any, component: str) -> list[Location]:
             out.append(Location("module" if i == len(parts) else "owner", name, cls, file))
         for cls, file, _line in delegates.get(registered, []):
             out.append(Location("delegate", name, cls, file))
-    model_class = manifest.get("model_class")
-    if model_class:
-        source = manifest.get("model_source") or [None, None]
-        out.append(Location("model", "the model", model_class, source[0]))
+    if manifest is not None and manifest.model_class:
+        source = manifest.model_source[0]
+        out.append(Location("model", "the model", manifest.model_class, source))
     return out
 
 
-def _registered_name(name: str, delegates: dict[str, Any]) -> str:
+def _registered_name(name: str, delegates: Mapping[str, Any]) -> str:
     """Trace names attribute shared modules to the calling layer; delegates use registered names."""
     if name in delegates:
         return name

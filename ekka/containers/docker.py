@@ -213,7 +213,7 @@ class DockerExecutor:
                 Verdict.SKIP, f"the container wrote no trace: {exc}", seconds, details
             )
         result = self.oracle.judge(trace, seconds)
-        result.details.update(details, timings=trace.manifest.get("timings", {}))
+        result.details.update(details, timings=dict(trace.manifest.timings))
         return result
 
     def run(

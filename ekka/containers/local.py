@@ -81,6 +81,6 @@ class LocalExecutor:
                 )
             seconds = time.perf_counter() - start
             result = self.oracle.judge(trace, seconds)
-            timings = trace.manifest.get("timings", {})
+            timings = dict(trace.manifest.timings)
             result.details.update(timings=timings, trace=str(out))
             return result

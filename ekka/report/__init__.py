@@ -5,7 +5,7 @@ with the `Comparison`s and `Suspect`s, the `TargetInfo`, and in full mode the `R
 the `BisectionSummary`), each with `to_json()` and `from_json()`: a saved report.json is read
 back with `Diagnosis.from_json(json.loads(text))` in a process that has neither torch nor NumPy
 (importing this package imports neither). `render` writes the Markdown, HTML and JSON reports
-and prints the suspects' table.
+and prints the suspects' and the comparisons' tables.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ekka.report.records import (
     TouchedSymbol,
 )
 from ekka.report.render import (
+    comparisons_table,
     plot_ratios,
     render_html,
     render_markdown,
@@ -45,6 +46,7 @@ __all__ = [
     "Suspect",
     "TargetInfo",
     "TouchedSymbol",
+    "comparisons_table",
     "plot_ratios",
     "render_html",
     "render_markdown",

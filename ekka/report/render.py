@@ -1,6 +1,7 @@
 """A diagnosis as a user reads it: Markdown, HTML (with the error-ratio plot), JSON, a table.
 
-`write_reports` writes all four files of a diagnosis' report folder. The renderers take a
+`write_reports` writes all four files of a diagnosis' report folder; `suspects_table` and
+`comparisons_table` print to a terminal (the tracer computes, this module renders). The renderers take a
 `Diagnosis` (from a run, or read back from a saved report.json with `Diagnosis.from_json`).
 matplotlib, markdown-it and rich are imported inside the functions that use them; internal
 timings (`Diagnosis.timings`) stay in the JSON and never reach a rendered report.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ekka.report.records import BisectionSummary, Diagnosis, RootCause
+from ekka.report.records import BisectionSummary, Comparison, Diagnosis, RootCause
 
 
 def write_reports(diagnosis: Diagnosis, out: str | Path) -> dict[str, Path]:
@@ -220,5 +222,29 @@ def suspects_table(diagnosis: Diagnosis, console: Any) -> None:
         src = f"{s.source_file}:{s.source_line}" if s.source_file else "-"
         table.add_row(
             str(s.rank), s.component, s.module_class, src, _fmt(s.ratio), f"{s.pass_index}/{s.step}"
+        )
+    console.print(table)
+
+
+def comparisons_table(
+    rows: Sequence[Comparison], console: Any, *, title: str | None = None
+) -> None:
+    """Every comparison as a rich table on `console`, a row red where its ratio exceeds 2."""
+    from rich.table import Table
+
+    table = Table(title=title or "target vs reference, component by component")
+    for col in ("step", "pass", "component", "class", "rel. error", "ratio", "pairing"):
+        table.add_column(col, overflow="fold")
+    for c in rows:
+        style = "red" if c.ratio > 2 else None
+        table.add_row(
+            str(c.step),
+            str(c.pass_index),
+            c.target,
+            c.module_class,
+            f"{c.error:.2e}",
+            f"{c.ratio:.3g}",
+            c.plan,
+            style=style,
         )
     console.print(table)

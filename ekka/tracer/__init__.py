@@ -3,7 +3,7 @@
 Two sides, kept apart by imports. Inside the framework's process (what a container image or a
 remote worker runs): `hooks`, `adapters.vllm`, `adapters.vllm_replay`,
 `adapters.vllm_requests`, and what both sides share: `protocol` (the messages), `trace` and
-`shards` (storage), `model_config`. They import nothing of the parent's side: `session` (the
+`shards` (storage), `metadata` (a pass's serving metadata), `model_config`. They import nothing of the parent's side: `session` (the
 target session), `capture`, `adapters.transformers` (the reference), `align`, `transforms`,
 `metrics`, `serving` (the serving metadata's checks), `compare`, `localize`, `verdict`,
 `diagnose`.
@@ -21,8 +21,10 @@ _NAMES = {
     "CaptureSpec": "ekka.tracer.protocol",
     "PassInfo": "ekka.tracer.trace",
     "Record": "ekka.tracer.trace",
+    "ServingMetadata": "ekka.tracer.metadata",
     "TargetSession": "ekka.tracer.session",
     "TensorMeta": "ekka.tracer.trace",
+    "TraceManifest": "ekka.tracer.trace",
     "TraceReader": "ekka.tracer.trace",
     "TraceWriter": "ekka.tracer.trace",
     "capture": "ekka.tracer.capture",

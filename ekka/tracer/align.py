@@ -221,9 +221,7 @@ def plan_components(
     rules: Sequence[Rule] = RULES,
 ) -> ComponentMap:
     """Plan every target component (by name) against the reference's component names."""
-    family = family_of(
-        target.manifest.get("model_config") or reference.manifest.get("model_config") or {}
-    )
+    family = family_of(target.manifest.model_config or reference.manifest.model_config)
     reference_names = {r.name for r in reference.records}
     mapping = ComponentMap()
     for record in target.records:

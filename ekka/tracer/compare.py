@@ -48,7 +48,7 @@ def iter_comparisons(
     passes = {p.index: p for p in target.passes}
     high = reference32 or reference
     dtype = target.dtype
-    routing = RoutingTolerance(target.manifest.get("model_config") or {}, dtype)
+    routing = RoutingTolerance(dict(target.manifest.model_config), dtype)
     components: dict[str, list[Any]] = {}  # name -> its records, in order of first call
     for record in target.records:
         if step is not None and record.step != step:
@@ -64,9 +64,7 @@ def iter_comparisons(
         batch.outputs(routing)
     checked = [p for p in target.passes if step is None or p.step == step]
     sink.add_metadata(
-        check_passes(
-            checked, target.prompt_ids + target.generated_ids, target.manifest.get("requests")
-        ),
+        check_passes(checked, target.prompt_ids + target.generated_ids, target.manifest.requests),
         _consumers(target.records),
     )
     yield from sink.comparisons()
@@ -435,7 +433,7 @@ class _Batch:
 
     def _fit(self, segments: list[Segment], width: int) -> list[Segment]:
         """Partial rotary: cut the target's q|k to the rotated dims the reference records."""
-        heads = _qk_heads(self.aligner.target.manifest.get("model_config") or {})
+        heads = _qk_heads(dict(self.aligner.target.manifest.model_config))
         fitted: list[Segment] = []
         for record, (x,), positions in segments:
             cut = (
@@ -708,24 +706,3 @@ def compare_traces(
     step: int | None = None,
 ) -> list[Comparison]:
     return list(iter_comparisons(target, reference, reference32, step=step))
-
-
-def print_comparison(rows: list[Comparison], console: Any, *, title: str | None = None) -> None:
-    from rich.table import Table
-
-    table = Table(title=title or "target vs reference, component by component")
-    for col in ("step", "pass", "component", "class", "rel. error", "ratio", "pairing"):
-        table.add_column(col, overflow="fold")
-    for c in rows:
-        style = "red" if c.ratio > 2 else None
-        table.add_row(
-            str(c.step),
-            str(c.pass_index),
-            c.target,
-            c.module_class,
-            f"{c.error:.2e}",
-            f"{c.ratio:.3g}",
-            c.plan,
-            style=style,
-        )
-    console.print(table)

@@ -194,7 +194,7 @@ def analyse(
     reference32 = references.get("float32") if dtype != "float32" else None
     mapping = infer_missing(plan_components(target, reference), target, reference)
     comparisons = tuple(iter_comparisons(target, reference, reference32, mapping=mapping))
-    modules = target.manifest.get("modules") or {}
+    modules = target.manifest.modules
     return Analysis(mapping, comparisons, localize(comparisons, threshold, modules))
 
 

@@ -17,7 +17,8 @@ dataclass sent as one JSON line with a discriminating `type` field:
     any time:              <──────────────   Failed(error, detail), then it exits
 
 An unknown or malformed message is a `ProtocolError` that quotes the message, never a misread.
-This module is shared by both sides and imports nothing else of Ekka but its errors.
+This module is shared by both sides and imports nothing else of Ekka but its errors and its
+codec (`ekka.codec`, which checks every field against its annotation).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import select
 import time
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
+from ekka import codec
 from ekka.errors import ProtocolError
 
 FRAMEWORKS = ("vllm", "transformers")
@@ -80,13 +82,11 @@ class CaptureSpec:
     traced_at: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["engine"] = dict(self.engine)
-        return data
+        return typing.cast(dict[str, Any], codec.encode(self))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CaptureSpec:
-        return typing.cast(CaptureSpec, _build(cls, data, "capture spec"))
+        return codec.decode(cls, data, error=ProtocolError, what="capture spec")
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -179,9 +179,7 @@ MESSAGES: dict[str, type[Any]] = {
 
 def encode(message: Message) -> bytes:
     """One JSON line: the message's fields and its `type`."""
-    data = {"type": message.type, **asdict(message)}
-    if isinstance(message, Start):
-        data["spec"] = message.spec.to_json()
+    data = {"type": message.type, **codec.encode(message)}
     return (json.dumps(data) + "\n").encode()
 
 
@@ -201,75 +199,17 @@ def decode(line: bytes | str) -> Message:
             f"unknown message type {data['type']!r} (known: {known}): {_quote(text)}"
         )
     fields_ = {k: v for k, v in data.items() if k != "type"}
-    return typing.cast(Message, _build(cls, fields_, f"{data['type']!r} message", text))
+    return typing.cast(
+        Message,
+        codec.decode(
+            cls, fields_, error=ProtocolError, what=f"{data['type']!r} message", quote=_quote(text)
+        ),
+    )
 
 
 def _quote(text: str) -> str:
     text = text.strip()
     return repr(text if len(text) <= 300 else text[:300] + "...")
-
-
-def _build(cls: type[Any], data: Mapping[str, Any], what: str, text: str | None = None) -> Any:
-    """`cls(**data)`, every field checked against its annotation."""
-    if not isinstance(data, Mapping):
-        raise ProtocolError(f"malformed {what}: not an object: {_quote(text or repr(data))}")
-    quoted = _quote(text if text is not None else json.dumps(data, default=str))
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ProtocolError(f"malformed {what}: unknown field(s) {', '.join(unknown)}: {quoted}")
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ProtocolError(f"malformed {what}: missing field {f.name!r}: {quoted}")
-            continue
-        try:
-            values[f.name] = _value(hints[f.name], data[f.name])
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed {what}: field {f.name!r} {exc}: {quoted}") from None
-    return cls(**values)
-
-
-def _value(hint: Any, value: Any) -> Any:
-    """`value` as the annotation `hint` says (tuples from JSON lists), or TypeError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin is Union or type(hint).__name__ == "UnionType":
-        for option in args:
-            try:
-                return _value(option, value)
-            except (TypeError, ValueError):
-                continue
-        raise TypeError(f"is {value!r}, not {hint}")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError(f"is {value!r}, not null")
-    if hint in (CaptureSpec, ScenarioRequest):
-        try:
-            return _build(hint, value, hint.__name__)
-        except ProtocolError as exc:
-            raise TypeError(f"is not a {hint.__name__} ({exc})") from None
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise TypeError(f"is {value!r}, not a list")
-        return tuple(_value(args[0], item) for item in value)
-    if origin is Mapping or hint is Mapping:
-        if not isinstance(value, dict):
-            raise TypeError(f"is {value!r}, not an object")
-        return dict(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"is {value!r}, not a number")
-        return float(value)
-    if hint in (int, str, bool):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise TypeError(f"is {value!r}, not {hint.__name__}")
-        return value
-    raise TypeError(f"has an annotation the protocol cannot read ({hint})")
 
 
 class Channel:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
+from ekka.tracer.metadata import AttentionMetadata, Positions, RequestSpan
 from ekka.tracer.trace import PassInfo
 
 # What consumes each check's metadata first (`consumer_of` finds that module in a pass).
@@ -74,35 +75,38 @@ def check_pass(
     """The pass's checks, one per consumer, covering every request the pass served: each
     request's input ids, positions and attention metadata at its own rows of the batch. In a
     batch, a mismatch names its request ("slot mapping of request alongside 0 ...")."""
-    span = info.extra.get("request")
-    if not isinstance(span, dict):
+    serving = info.serving
+    span = None if serving is None else serving.request
+    if serving is None or span is None:
         return []  # placed by the model's own positions: nothing independent to check against
-    start, count = int(span["start"]), int(span["count"])
-    batch = info.extra.get("batch") or [{**span, "index": 0, "offset": 0}]
-    all_ids = info.extra.get("batch_input_ids", info.input_ids)
-    given_positions = info.extra.get("given_positions")
-    attention = info.extra.get("attention") or {}
+    start, count = span.start, span.count
+    batch = serving.spans
+    all_ids = info.input_ids if serving.batch_input_ids is None else serving.batch_input_ids
     consumers: dict[str, dict[str, tuple[str, int | None] | None]] = {
         EMBEDDING: {},
         ROTARY: {},
         ATTENTION: {},
     }
     for request in batch:
-        traced = request["request"] == span["request"]
-        own = tokens if traced else (others or {}).get(str(request.get("label")))
+        traced = request.request == span.request
+        own = tokens if traced else (others or {}).get(str(request.label))
         label = "" if len(batch) == 1 else f" of {_who(request, traced)}"
-        s, c = int(request["start"]), int(request["count"])
-        index, offset = int(request.get("index", 0)), int(request.get("offset", 0))
+        s, c = request.start, request.count
         found: dict[str, dict[str, tuple[str, int | None] | None]] = {
             EMBEDDING: {}
             if own is None
-            else {"input ids": _compare(list(own[s : s + c]), all_ids[offset : offset + c], s)},
-            ROTARY: {"positions": _positions(given_positions, s, c, offset)},
+            else {
+                "input ids": _compare(
+                    list(own[s : s + c]), all_ids[request.offset : request.offset + c], s
+                )
+            },
+            ROTARY: {"positions": _positions(serving.given_positions, s, c, request.offset)},
             ATTENTION: {},
         }
+        attention = serving.attention
         for group, given in sorted(attention.items()):
             group_label = "" if len(attention) == 1 else f" (KV-cache group {group})"
-            for name, wrong in _attention(given, request, int(group), s, c, index, offset).items():
+            for name, wrong in _attention(given, request, int(group)).items():
                 found[ATTENTION][name + group_label] = wrong
         for consumer, fields in found.items():
             for name, wrong in fields.items():
@@ -116,10 +120,10 @@ def check_pass(
     ]
 
 
-def _who(request: Mapping[str, Any], traced: bool) -> str:
+def _who(request: RequestSpan, traced: bool) -> str:
     if traced:
         return "the traced request"
-    return f"request {request.get('label') or request.get('request')}"
+    return f"request {request.label or request.request}"
 
 
 def _check(
@@ -156,9 +160,12 @@ def _compare(
     return f"{_values(expected)} expected, {_values(head)} given", start + first
 
 
-def _positions(given: Any, start: int, count: int, offset: int) -> tuple[str, int | None] | None:
+def _positions(
+    given: Positions, start: int, count: int, offset: int
+) -> tuple[str, int | None] | None:
     expected = list(range(start, start + count))
-    rows = given if given and isinstance(given[0], list) else [given or []]
+    sections = given and isinstance(given[0], tuple)
+    rows = cast(Sequence[Sequence[int]], given if sections else (given,))
     for row in rows:  # M-RoPE: every section of a text token holds its position
         found = _compare(expected, row[offset : offset + count], start)
         if found is not None:
@@ -167,44 +174,37 @@ def _positions(given: Any, start: int, count: int, offset: int) -> tuple[str, in
 
 
 def _attention(
-    given: dict[str, Any],
-    span: Mapping[str, Any],
-    group: int,
-    start: int,
-    count: int,
-    index: int = 0,
-    offset: int = 0,
+    given: AttentionMetadata, span: RequestSpan, group: int
 ) -> dict[str, tuple[str, int | None] | None]:
-    """The request's attention metadata: its row `index` of the per-request fields, its rows
-    `offset ..` of the per-token ones."""
+    """The request's attention metadata: its row `span.index` of the per-request fields, its
+    rows `span.offset ..` of the per-token ones."""
+    start, count, index, offset = span.start, span.count, span.index, span.offset
     end = start + count
     out: dict[str, tuple[str, int | None] | None] = {}
-    if "seq_lens" in given:
-        out["sequence length"] = _compare([end], given["seq_lens"][index:], start)
-    if "query_start_loc" in given:
+    if given.seq_lens is not None:
+        out["sequence length"] = _compare([end], given.seq_lens[index:], start)
+    if given.query_start_loc is not None:
         out["query offsets"] = _compare(
-            [offset, offset + count], given["query_start_loc"][index:], start
+            [offset, offset + count], given.query_start_loc[index:], start
         )
-    blocks = span.get("block_ids") or []
-    sizes = span.get("block_sizes") or []
+    blocks, sizes = span.block_ids, span.block_sizes
     if group >= len(blocks) or group >= len(sizes) or not sizes[group]:
         return out
-    ids, size = blocks[group], int(sizes[group])
+    ids, size = blocks[group], sizes[group]
     needed = -(-end // size)
-    if "block_table" in given and len(ids) >= needed:
-        rows = given["block_table"]
-        row = (
-            (rows[index] if index < len(rows) else [])
-            if rows and isinstance(rows[0], list)
-            else rows
-        )
+    if given.block_table is not None and len(ids) >= needed:
+        rows = given.block_table
+        if rows and isinstance(rows[0], tuple):  # one row per request
+            row = cast(Sequence[int], rows[index] if index < len(rows) else ())
+        else:
+            row = cast(Sequence[int], rows)
         out["block table"] = _compare(ids[:needed], row, 0)
         if out["block table"] is not None:  # which position first reads a wrong block
             wrong = out["block table"][1] or 0
             out["block table"] = (out["block table"][0], max(start, wrong * size))
-    if "slot_mapping" in given and len(ids) >= needed:
+    if given.slot_mapping is not None and len(ids) >= needed:
         slots = [ids[p // size] * size + p % size for p in range(start, end)]
-        out["slot mapping"] = _compare(slots, given["slot_mapping"][offset:], start)
+        out["slot mapping"] = _compare(slots, given.slot_mapping[offset:], start)
     return out
 
 
@@ -227,25 +227,26 @@ def scenario_events(passes: Sequence[PassInfo], prompt_len: int) -> list[str]:
     """What the traced request met in its engine, from the scheduler's spans: a prefix-cache
     hit, the requests batched with it, a preemption (a span that starts again before where
     the last one ended: the request was recomputed)."""
-    spans = [(p, p.extra["request"]) for p in passes if isinstance(p.extra.get("request"), dict)]
+    spans = [
+        (p, p.serving.request)
+        for p in passes
+        if p.serving is not None and p.serving.request is not None
+    ]
     if not spans:
         return []
     events: list[str] = []
     first = spans[0][1]
-    if int(first["start"]) > 0:
+    if first.start > 0:
         events.append(
-            f"the traced request took its first {first['start']} prompt tokens (of {prompt_len}) "
+            f"the traced request took its first {first.start} prompt tokens (of {prompt_len}) "
             "from the prefix cache"
         )
-    batched = [p for p, _ in spans if len(p.extra.get("batch") or ()) > 1]
+    batched = [
+        p.serving.batch for p, _ in spans if p.serving is not None and len(p.serving.batch) > 1
+    ]
     if batched:
         others = sorted(
-            {
-                str(b.get("label"))
-                for p in batched
-                for b in p.extra["batch"]
-                if b["request"] != first["request"]
-            }
+            {str(b.label) for batch in batched for b in batch if b.request != first.request}
         )
         events.append(
             f"{len(batched)} of its {len(spans)} passes were batched with other requests "
@@ -253,7 +254,7 @@ def scenario_events(passes: Sequence[PassInfo], prompt_len: int) -> list[str]:
         )
     end, blocks = None, None
     for info, span in spans:
-        start, own = int(span["start"]), [list(g) for g in span.get("block_ids") or []]
+        start, own = span.start, [list(g) for g in span.block_ids]
         kept = blocks is None or all(g[: len(b)] == b for g, b in zip(own, blocks))
         if end is not None and start < end:
             events.append(
@@ -266,5 +267,5 @@ def scenario_events(passes: Sequence[PassInfo], prompt_len: int) -> list[str]:
                 f"{own}: it was preempted) and it resumed at position {start} without "
                 "recomputing the tokens before it"
             )
-        end, blocks = start + int(span["count"]), own
+        end, blocks = start + span.count, own
     return events

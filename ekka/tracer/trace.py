@@ -13,22 +13,26 @@ opens shards lazily (memory-mapped) and loads one record's tensors at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from ekka import codec
+from ekka.codec import JsonRecord, Unknown
 from ekka.errors import OutputFolderError, TraceFormatError
+from ekka.tracer.metadata import ServingMetadata
 
 if TYPE_CHECKING:
     from ekka.tracer.shards import ShardFile
 
 FORMAT = "ekka-trace"
-VERSION = 1
+VERSION = 2  # 2: a pass's serving metadata is `serving` (a ServingMetadata), was `extra`
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 REPLAY_FOLDER = "replay"  # a target trace's replays: a trace of their own, inside its folder
@@ -111,29 +115,73 @@ class Record:
 
 
 @dataclass(frozen=True)
+class TraceManifest(JsonRecord):
+    """The manifest's header: what the capture knew when it started (the framework, the model,
+    the request), what it found (written when it closes) and where its tensors lie. The
+    manifest's `passes` and `records` are read beside it (`PassInfo`, `Record`). Keys it does
+    not know are skipped, so that a trace written by an older Ekka still reads."""
+
+    JSON_UNKNOWN: ClassVar[Unknown] = "ignore"
+
+    framework: str
+    format: str = FORMAT
+    version: int = VERSION
+    framework_version: str | None = None
+    framework_commit: str | None = None  # None: not a git checkout
+    framework_path: str | None = None  # where its sources were imported from
+    model: str = ""
+    dtype: str = "float32"
+    prompt: str | None = None
+    prompt_ids: tuple[int, ...] = ()
+    max_tokens: int = 0
+    engine: Mapping[str, Any] = field(default_factory=dict)  # the engine's keyword arguments
+    model_config: Mapping[str, Any] = field(default_factory=dict)  # the model's config.json
+    model_class: str | None = None
+    # vLLM: the requests around the traced one ({"before": [ids...], "alongside": [...],
+    # "traced_at": index or null})
+    scenario: Mapping[str, Any] | None = None
+    replay_of: str | None = None  # a replay trace: the trace whose modules it replayed
+    # --- written when the capture closes
+    generated_ids: tuple[int, ...] = ()
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds, by phase
+    model_source: tuple[str | None, int | None] = (None, None)  # the model class's file, line
+    # per module, the framework objects it holds that are not modules: class, file, line
+    delegates: Mapping[str, tuple[tuple[str, str | None, int | None], ...]] = field(
+        default_factory=dict
+    )
+    # every module by name: class, file, line
+    modules: Mapping[str, tuple[str, str | None, int | None]] = field(default_factory=dict)
+    requests: Mapping[str, tuple[int, ...]] | None = None  # a scenario's tokens, by label
+    replayed: int | None = None  # a replay trace: the modules replayed
+    complete: bool = False  # False: the capture failed, the trace holds what came before
+    shards: tuple[str, ...] = ()  # the shard files, in order
+    key_shards: Mapping[str, int] = field(default_factory=dict)  # tensor key -> its shard
+    write_seconds: float = 0.0  # what closing cost
+
+
+@dataclass(frozen=True)
 class PassInfo:
     """One forward pass of the engine: which step it belongs to and which tokens it computed.
 
     `step` is 0 for the prefill (which may span several passes when it is chunked) and k for
     the k-th decode step. `positions` are the token positions (in the request) of the rows
-    the pass computed, in row order.
+    the pass computed, in row order. `serving` is what the scheduler placed and the model was
+    given (None where the framework has no scheduler to read: the reference).
     """
 
     index: int
     step: int
     input_ids: tuple[int, ...]
     positions: tuple[int, ...]
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    serving: ServingMetadata | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PassInfo:
-        return cls(
-            index=data["index"],
-            step=data["step"],
-            input_ids=tuple(data["input_ids"]),
-            positions=tuple(data["positions"]),
-            extra=data.get("extra", {}),
-        )
+        if isinstance(data, Mapping) and "extra" in data:  # version 1: a dict, {} for none
+            data = {k: v for k, v in data.items() if k != "extra"} | {
+                "serving": data["extra"] or None
+            }
+        return codec.decode(cls, data, error=TraceFormatError, what="pass")
 
 
 def is_trace(path: str | Path) -> bool:
@@ -189,12 +237,12 @@ class TraceWriter:
     def __init__(
         self,
         path: str | Path,
-        header: Mapping[str, Any],
+        header: TraceManifest,
         *,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
     ) -> None:
         self.path = prepare_output(path)
-        self.header = dict(header)
+        self.header = header
         self.shard_bytes = shard_bytes
         self.records: list[Record] = []
         self.passes: list[PassInfo] = []
@@ -282,8 +330,9 @@ class TraceWriter:
         write_shard(self.path / name, self._buffer)
         self._buffer, self._buffered = {}, 0
 
-    def close(self, *, complete: bool = True, **extra: Any) -> Path:
-        """Flush the last shard and write the manifest (`complete` False after a failure).
+    def close(self, *, complete: bool = True, **found: Any) -> Path:
+        """Flush the last shard and write the manifest (`complete` False after a failure);
+        `found`: the manifest's fields the capture found (`generated_ids`, `timings`, ...).
 
         The manifest's `write_seconds` is what closing cost (the last shard and the records'
         serialization), so that a capture's cost can be told in full.
@@ -292,31 +341,25 @@ class TraceWriter:
             return self.path
         start = time.perf_counter()
         self.flush()
-        self._write_manifest(self._head(complete, extra), start)
+        head = dataclasses.replace(
+            self.header,
+            **found,
+            format=FORMAT,
+            version=VERSION,
+            complete=complete,
+            shards=tuple(self.shards),
+            key_shards=dict(self._key_shard),
+        )
+        self._write_manifest(head, start)
         self._closed = True
         return self.path
 
-    def _head(self, complete: bool, extra: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            **self.header,
-            **extra,
-            "complete": complete,
-            "shards": self.shards,
-            "key_shards": self._key_shard,
-        }
-
-    def _write_manifest(self, head: dict[str, Any], start: float) -> None:
+    def _write_manifest(self, head: TraceManifest, start: float) -> None:
         """The manifest: the header, what closing cost, the passes and the records. orjson
         writes the records and passes (dataclasses) as their fields, without a dict per record
         built in Python; keys as `json` writes them (1 -> "1")."""
-        manifest = {
-            **head,
-            "write_seconds": time.perf_counter() - start,
-            "passes": self.passes,
-            "records": self.records,
-        }
+        head = dataclasses.replace(head, write_seconds=time.perf_counter() - start)
+        manifest = {**head.to_json(), "passes": self.passes, "records": self.records}
         data = orjson.dumps(manifest, default=str, option=orjson.OPT_NON_STR_KEYS)
         tmp = self.path / (MANIFEST + ".tmp")
         tmp.write_bytes(data)
@@ -340,36 +383,43 @@ class TraceReader:
             raise TraceFormatError(
                 f"{self.path} holds no Ekka trace ({MANIFEST} missing or not ours)."
             )
-        self.manifest: dict[str, Any] = manifest
-        if self.manifest.get("version", 0) > VERSION:
+        if manifest.get("version", 0) > VERSION:
             raise TraceFormatError(
-                f"{self.path} was written by a newer Ekka (trace version {self.manifest['version']})."
+                f"{self.path} was written by a newer Ekka (trace version {manifest['version']})."
             )
-        self.records = [Record.from_json(r) for r in self.manifest["records"]]
-        self.passes = [PassInfo.from_json(p) for p in self.manifest.get("passes", [])]
-        self._key_shard: dict[str, int] = self.manifest.get("key_shards", {})
+        header = {k: v for k, v in manifest.items() if k not in ("passes", "records")}
+        self.manifest = codec.decode(
+            TraceManifest,
+            header,
+            error=TraceFormatError,
+            what=f"trace {self.path}",
+            unknown="ignore",
+        )
+        self.records = [Record.from_json(r) for r in manifest["records"]]
+        self.passes = [PassInfo.from_json(p) for p in manifest.get("passes", [])]
+        self._key_shard = self.manifest.key_shards
         self._handles: dict[int, ShardFile] = {}  # open shards, least recently used first
 
     # header fields
     @property
     def framework(self) -> str:
-        return str(self.manifest["framework"])
+        return self.manifest.framework
 
     @property
     def dtype(self) -> str:
-        return str(self.manifest["dtype"])
+        return self.manifest.dtype
 
     @property
     def prompt_ids(self) -> list[int]:
-        return list(self.manifest["prompt_ids"])
+        return list(self.manifest.prompt_ids)
 
     @property
     def generated_ids(self) -> list[int]:
-        return list(self.manifest.get("generated_ids", []))
+        return list(self.manifest.generated_ids)
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete", False))
+        return self.manifest.complete
 
     def __len__(self) -> int:
         return len(self.records)
@@ -407,7 +457,7 @@ class TraceReader:
         if handle is None:
             from ekka.tracer.shards import ShardFile  # torch: only where tensors are read
 
-            handle = ShardFile(self.path / self.manifest["shards"][shard])
+            handle = ShardFile(self.path / self.manifest.shards[shard])
             # keep the mapped memory bounded: the least recently used go first
             open_bytes = handle.size + sum(h.size for h in self._handles.values())
             while self._handles and (len(self._handles) >= OPEN_SHARDS or open_bytes > OPEN_BYTES):

@@ -9,7 +9,7 @@ from pathlib import Path
 from ekka.bisect.attribution import attribute, touched_symbols
 from ekka.repo import git
 from ekka.tracer.localize import Suspect
-from ekka.tracer.trace import Record
+from ekka.tracer.trace import Record, TraceManifest
 
 LAYERS = """
 class RMSNorm:
@@ -47,7 +47,7 @@ def _commit(repo: Path, path: str, old: str, new: str, message: str) -> str:
 @dataclass
 class FakeTrace:
     records: list
-    manifest: dict | None = None
+    manifest: TraceManifest | None = None
 
 
 def _record(name: str, cls: str, file: str) -> Record:
@@ -156,11 +156,12 @@ def test_delegate_model_and_machinery_attribution(tmp_path):
             _record(f"model.layers.{i}.self_attn.attn", "Attention", "pkg/attention.py")
             for i in (0, 1)
         ],
-        {
-            "delegates": {"model.layers.0.self_attn.attn": [["Impl", "pkg/backend.py", 1]]},
-            "model_class": "DecoderLayer",
-            "model_source": ["pkg/layers.py", 7],
-        },
+        TraceManifest(
+            "vllm",
+            delegates={"model.layers.0.self_attn.attn": (("Impl", "pkg/backend.py", 1),)},
+            model_class="DecoderLayer",
+            model_source=("pkg/layers.py", 7),
+        ),
     )
     attn = [_suspect("model.layers.1.self_attn.attn", "Attention")]
     sha = _commit(repo, "pkg/backend.py", "self.w = w", "self.w = w - 1", "window off by one (#3)")

@@ -298,11 +298,13 @@ def test_a_metadata_change_point_is_named_in_the_verdict() -> None:
 def test_a_missing_key_names_the_record_and_the_key() -> None:
     data = diagnosis().to_json()
     del data["suspects"][0]["component"]
-    with pytest.raises(ReportFormatError, match="Suspect: the key 'component' is missing"):
+    with pytest.raises(
+        ReportFormatError, match=r"at suspects\[0\] \(Suspect\): missing field 'component'"
+    ):
         Diagnosis.from_json(data)
     with pytest.raises(ReportFormatError, match="not a number"):
         Comparison.from_json({**comparison(0, 1.0).to_json(), "ratio": "lots"})
-    with pytest.raises(ReportFormatError, match="expected a JSON object"):
+    with pytest.raises(ReportFormatError, match="not an object"):
         Localization.from_json([])  # type: ignore[arg-type]
 
 
@@ -400,6 +402,7 @@ def test_exported_names() -> None:
         "Suspect",
         "TargetInfo",
         "TouchedSymbol",
+        "comparisons_table",
         "plot_ratios",
         "render_html",
         "render_markdown",
@@ -416,3 +419,14 @@ def test_markdown_of_a_reduced_scenario() -> None:
     assert "scenario: 1 request(s) before the traced one, 0 alongside it" in md
     assert "## Reduced scenario" in md and REDUCTION.statement in md
     assert "reproduce: `ekka diagnose --model m --scenario reduced.toml`" in md
+
+
+def test_the_comparisons_table_shows_every_row_and_marks_a_large_ratio() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=200, color_system="truecolor", force_terminal=True)
+    ekka.report.comparisons_table([comparison(0, 1.5), comparison(1, 9.0)], console)
+    text = console.export_text(styles=True)
+    assert "target vs reference, component by component" in text
+    rows = [line for line in text.splitlines() if "model.layers" in line]
+    assert len(rows) == 2 and "\x1b[31m" not in rows[0] and "\x1b[31m" in rows[1]

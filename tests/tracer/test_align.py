@@ -6,7 +6,7 @@ import torch
 
 from ekka.tracer.align import RULES, infer_missing, plan_component, plan_components
 from ekka.tracer.compare import iter_comparisons
-from ekka.tracer.trace import PassInfo, TraceReader, TraceWriter
+from ekka.tracer.trace import PassInfo, TraceManifest, TraceReader, TraceWriter
 
 T = 6
 
@@ -14,12 +14,11 @@ T = 6
 def _trace(path, framework, records, config=None):
     writer = TraceWriter(
         path,
-        {
-            "framework": framework,
-            "dtype": "float32",
-            "prompt_ids": list(range(T)),
-            "model_config": config or {"model_type": "llama"},
-        },
+        TraceManifest(
+            framework,
+            prompt_ids=tuple(range(T)),
+            model_config=config or {"model_type": "llama"},
+        ),
     )
     writer.add_pass(PassInfo(index=0, step=0, input_ids=tuple(range(T)), positions=tuple(range(T))))
     for i, (name, cls, outputs) in enumerate(records):

@@ -69,7 +69,7 @@ def test_teacher_forced_reference_is_one_pass_over_the_sequence(captured):
 def test_vllm_capture_records_passes_positions_and_logits(captured, arch):
     reader = captured("vllm", arch)
     assert reader.complete and reader.framework == "vllm"
-    assert reader.manifest["framework_version"] == "0.32.0"
+    assert reader.manifest.framework_version == "0.32.0"
     assert [p.step for p in reader.passes] == [0, 1, 2]
     assert reader.passes[0].positions == tuple(range(len(PROMPT_IDS)))
     assert reader.passes[0].input_ids == PROMPT_IDS
@@ -97,11 +97,12 @@ def test_vllm_chunked_prefill_records_each_chunk(captured):
     assert [len(p.positions) for p in prefill] == [16, 16]
     assert prefill[1].positions == tuple(range(16, 32))
     # placed from the scheduler's state; what the model was given recorded beside it
-    assert prefill[1].extra["request"]["start"] == 16
-    assert prefill[1].extra["request"]["count"] == 16
-    assert prefill[1].extra["given_positions"] == list(range(16, 32))
-    assert prefill[1].extra["attention"]["0"]["seq_lens"] == [32]
-    assert prefill[1].extra["attention"]["0"]["query_start_loc"] == [0, 16]
+    serving = prefill[1].serving
+    assert serving is not None and serving.request is not None
+    assert serving.request.start == 16 and serving.request.count == 16
+    assert serving.given_positions == tuple(range(16, 32))
+    assert serving.attention["0"].seq_lens == (32,)
+    assert serving.attention["0"].query_start_loc == (0, 16)
 
 
 @pytest.mark.vllm

@@ -133,10 +133,12 @@ def test_no_false_alarm_on_pristine_vllm_when_requests_meet(arch, dtype, zoo_mod
     assert not diagnosis.diverged, diagnosis.verdict
     assert diagnosis.reduction is None  # nothing to reduce
     passes = TraceReader(tmp_path / "work" / "target").passes
-    spans = [p.extra["request"] for p in passes]
-    assert spans[0]["start"] == 64, "the traced request took two blocks from the prefix cache"
-    assert max(len(p.extra.get("batch") or [1]) for p in passes) == 3, "three in a batch"
-    recomputed = [b for a, b in zip(spans, spans[1:]) if b["start"] < a["start"] + a["count"]]
+    serving = [p.serving for p in passes if p.serving is not None]
+    spans = [m.request for m in serving if m.request is not None]
+    assert len(spans) == len(passes), "every pass placed by the scheduler"
+    assert spans[0].start == 64, "the traced request took two blocks from the prefix cache"
+    assert max(len(m.spans) for m in serving) == 3, "three in a batch"
+    recomputed = [b for a, b in zip(spans, spans[1:]) if b.start < a.start + a.count]
     assert recomputed, "the traced request was preempted and recomputed"
     # every request of every pass had its metadata checked, and all of it matched
     checks = [c for c in diagnosis.comparisons if c.kind == "metadata"]

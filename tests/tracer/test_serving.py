@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
+
+from ekka.errors import TraceFormatError
+from ekka.tracer.metadata import AttentionMetadata, RequestSpan, ServingMetadata
 from ekka.tracer.serving import ATTENTION, EMBEDDING, ROTARY, check_pass, check_passes
-from ekka.tracer.trace import PassInfo
+from ekka.tracer.trace import PassInfo, TraceManifest, TraceReader, TraceWriter
 
 PROMPT = list(range(100, 120))  # 20 tokens
 GENERATED = [7, 8, 9]
@@ -30,17 +35,19 @@ def pass_info(index: int, start: int, count: int, **given: Any) -> PassInfo:
         step=max(0, end - len(PROMPT)),
         input_ids=tuple(given.pop("input_ids", TOKENS[start:end])),
         positions=tuple(range(start, end)),
-        extra={
-            "given_positions": given.pop("positions", list(range(start, end))),
-            "request": {
-                "request": "0",
-                "start": start,
-                "count": count,
-                "block_ids": [BLOCKS],
-                "block_sizes": [BLOCK],
-            },
-            "attention": {"0": attention},
-        },
+        serving=ServingMetadata.from_json(
+            {
+                "given_positions": given.pop("positions", list(range(start, end))),
+                "request": {
+                    "request": "0",
+                    "start": start,
+                    "count": count,
+                    "block_ids": [BLOCKS],
+                    "block_sizes": [BLOCK],
+                },
+                "attention": {"0": attention},
+            }
+        ),
     )
 
 
@@ -102,5 +109,68 @@ def test_mrope_positions_check_every_section():
 
 
 def test_a_pass_placed_by_its_own_positions_is_not_checked():
-    info = PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1), extra={})
+    info = PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1))
     assert check_pass(info, TOKENS) == []
+
+
+BATCHED = ServingMetadata(
+    given_positions=((5, 3), (5, 3), (5, 3)),  # M-RoPE: one row per section
+    request=RequestSpan("1-y", 3, 1, "traced", ((7,),), (4,), index=1, offset=1),
+    attention={
+        "0": AttentionMetadata(
+            layer="model.layers.0.self_attn.attn",
+            seq_lens=(6, 4),
+            query_start_loc=(0, 1, 2),
+            slot_mapping=(17, 31),
+            block_table=((3, 4), (7, 0)),
+        ),
+        "1": AttentionMetadata(layer="model.layers.1.self_attn.attn", seq_lens=(6, 4)),
+    },
+    batch=(
+        RequestSpan("0-x", 5, 1, "alongside 0", ((3, 4),), (4,)),
+        RequestSpan("1-y", 3, 1, "traced", ((7,),), (4,), index=1, offset=1),
+    ),
+    batch_input_ids=(11, 42),
+)
+
+
+def test_serving_metadata_round_trips_through_json_and_the_trace(tmp_path):
+    assert ServingMetadata.from_json(json.loads(json.dumps(BATCHED.to_json()))) == BATCHED
+    info = PassInfo(index=2, step=1, input_ids=(42,), positions=(3,), serving=BATCHED)
+    writer = TraceWriter(tmp_path / "t", TraceManifest("vllm"))
+    writer.add_pass(info)
+    writer.add_pass(PassInfo(index=3, step=2, input_ids=(1,), positions=(4,)))
+    writer.close()
+    assert TraceReader(tmp_path / "t").passes == [info, PassInfo(3, 2, (1,), (4,))]
+    assert BATCHED.spans == BATCHED.batch and ServingMetadata().spans == ()
+
+
+def test_a_version_1_pass_reads_its_extra_dict_as_serving_metadata():
+    old = {
+        "index": 0,
+        "step": 0,
+        "input_ids": [1, 2],
+        "positions": [0, 1],
+        "extra": {
+            "given_positions": [0, 1],
+            "request": {"request": "0", "label": None, "start": 0, "count": 2},
+            "attention": {"0": {"layer": "a", "seq_lens": [2]}},
+        },
+    }
+    info = PassInfo.from_json(old)
+    assert info.serving is not None and info.serving.request == RequestSpan("0", 0, 2)
+    assert info.serving.attention["0"] == AttentionMetadata("a", seq_lens=(2,))
+    assert PassInfo.from_json({**old, "extra": {}}).serving is None
+
+
+def test_a_malformed_pass_names_the_record_and_the_field():
+    bad = {"index": 0, "step": 0, "input_ids": [], "positions": []}
+    with pytest.raises(TraceFormatError) as caught:
+        PassInfo.from_json(
+            {**bad, "serving": {"request": {"request": "0", "start": "x", "count": 1}}}
+        )
+    assert str(caught.value) == (
+        "malformed pass: at serving.request (RequestSpan): field 'start' is 'x', not int"
+    )
+    with pytest.raises(TraceFormatError, match="at serving.attention\\['0'\\] \\(Attention"):
+        PassInfo.from_json({**bad, "serving": {"attention": {"0": {"seq_lens": [1.5]}}}})

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from ekka.errors import OutputFolderError, TraceFormatError
-from ekka.tracer.trace import PassInfo, TraceReader, TraceWriter, is_trace
+from ekka.tracer.metadata import ServingMetadata
+from ekka.tracer.trace import PassInfo, TraceManifest, TraceReader, TraceWriter, is_trace
 
 
 def _write(path, n=20, shard_bytes=4096):
     writer = TraceWriter(
         path,
-        {"framework": "test", "dtype": "float32", "prompt_ids": [1, 2]},
+        TraceManifest(framework="test", dtype="float32", prompt_ids=(1, 2)),
         shard_bytes=shard_bytes,
     )
     writer.add_pass(PassInfo(index=0, step=0, input_ids=(1, 2), positions=(0, 1)))
@@ -42,7 +43,7 @@ def test_round_trip_keeps_order_values_and_shards(tmp_path):
     reader = TraceReader(tmp_path / "t")
     assert [r.name for r in reader] == [f"m{i}" for i in range(20)]
     assert [r.call_index for r in reader] == list(range(20))
-    assert len(reader.manifest["shards"]) > 1, "small shard size must flush incrementally"
+    assert len(reader.manifest.shards) > 1, "small shard size must flush incrementally"
     for record, (rec2, outs) in zip(reader.records, reader.stream()):
         assert record == rec2
         assert outs[1] is None
@@ -66,7 +67,7 @@ def test_refuses_folder_that_is_not_a_trace(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(OutputFolderError, match="not an Ekka trace"):
-        TraceWriter(tmp_path / "mine", {})
+        TraceWriter(tmp_path / "mine", TraceManifest("x"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -80,7 +81,7 @@ def test_reader_rejects_non_trace(tmp_path):
 
 
 def test_failed_capture_leaves_incomplete_manifest(tmp_path):
-    writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32", "prompt_ids": [1]})
+    writer = TraceWriter(tmp_path / "t", TraceManifest("x", prompt_ids=(1,)))
     writer.add(
         name="a",
         module_class="A",
@@ -98,7 +99,7 @@ def test_failed_capture_leaves_incomplete_manifest(tmp_path):
 
 
 def test_tensors_sharing_memory_are_stored_separately(tmp_path):
-    writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32", "prompt_ids": [1]})
+    writer = TraceWriter(tmp_path / "t", TraceManifest("x", prompt_ids=(1,)))
     base = torch.arange(6.0).reshape(2, 3)
     writer.add(
         name="a",
@@ -198,7 +199,7 @@ def test_truncated_shard_is_a_trace_format_error(tmp_path):
 
 
 def test_manifest_tells_what_closing_cost(tmp_path):
-    writer = TraceWriter(tmp_path / "t", {"framework": "x", "dtype": "float32"})
+    writer = TraceWriter(tmp_path / "t", TraceManifest("x"))
     writer.add(
         name="m",
         module_class="M",
@@ -210,7 +211,7 @@ def test_manifest_tells_what_closing_cost(tmp_path):
         outputs=[torch.ones(2)],
     )
     writer.close()
-    seconds = TraceReader(tmp_path / "t").manifest["write_seconds"]
+    seconds = TraceReader(tmp_path / "t").manifest.write_seconds
     assert 0 < seconds < 5
 
 
@@ -244,7 +245,7 @@ def test_a_tensor_recorded_twice_is_stored_once_unless_it_changed(tmp_path):
 
     torch.manual_seed(0)
     model = _Outer()
-    writer = TraceWriter(tmp_path / "t", {"framework": "test", "dtype": "float32"})
+    writer = TraceWriter(tmp_path / "t", TraceManifest("test"))
     recorder = ModuleRecorder(writer, model)
     recorder.install()
     recorder.begin_pass(0)
@@ -277,7 +278,7 @@ def _record_outer(tmp_path, name, *, pending_bytes=None, monkeypatch=None):
         monkeypatch.setattr(hooks, "PENDING_BYTES", pending_bytes)
     torch.manual_seed(0)
     model = _Outer()
-    writer = TraceWriter(tmp_path / name, {"framework": "test", "dtype": "float32"})
+    writer = TraceWriter(tmp_path / name, TraceManifest("test"))
     recorder = ModuleRecorder(writer, model)
     recorder.install()
     with torch.no_grad():
@@ -377,7 +378,7 @@ def test_reader_stacks_rows_of_one_shard_only(tmp_path):
 
     tensors = _write(tmp_path / "t", n=20, shard_bytes=4096)
     reader = TraceReader(tmp_path / "t")
-    shards = reader.manifest["key_shards"]
+    shards = reader.manifest.key_shards
     metas = [r.outputs[0] for r in reader.records]
     same = [m for m in metas if shards[m.key] == shards[metas[0].key]]
     assert len(same) > 1 and len(same) < len(metas)
@@ -413,7 +414,7 @@ def test_manifest_lists_records_and_passes_as_their_fields(tmp_path):
     assert first["outputs"][1] is None
     assert first["inputs"][0][0] == "0" and first["inputs"][0][1]["shape"] == [2, 64]
     assert manifest["passes"] == [
-        {"index": 0, "step": 0, "input_ids": [1, 2], "positions": [0, 1], "extra": {}}
+        {"index": 0, "step": 0, "input_ids": [1, 2], "positions": [0, 1], "serving": None}
     ]
     assert list(manifest)[-2:] == ["passes", "records"]  # the header reads first
 
@@ -422,16 +423,15 @@ def test_manifest_header_values_are_written_as_json_would(tmp_path):
     """Integer keys become strings and other objects (a path) their text, as `json` did."""
     from pathlib import Path
 
-    writer = TraceWriter(
-        tmp_path / "t", {"framework": "test", "model": Path("/models/tiny"), "by_layer": {0: "a"}}
-    )
+    config = {"by_layer": {0: "a"}, "path": Path("/models/tiny")}
+    writer = TraceWriter(tmp_path / "t", TraceManifest("test", model="/m", model_config=config))
     writer.add_pass(
-        PassInfo(index=0, step=0, input_ids=(1,), positions=(0,), extra={"seq_lens": [1]})
+        PassInfo(index=0, step=0, input_ids=(1,), positions=(0,), serving=ServingMetadata((0,)))
     )
     writer.close()
     manifest = TraceReader(tmp_path / "t").manifest
-    assert manifest["model"] == "/models/tiny" and manifest["by_layer"] == {"0": "a"}
-    assert manifest["complete"] is True and manifest["write_seconds"] >= 0
+    assert manifest.model_config == {"by_layer": {"0": "a"}, "path": "/models/tiny"}
+    assert manifest.complete is True and manifest.write_seconds >= 0
 
 
 def test_a_reader_keeps_two_small_shards_open_and_one_large(tmp_path, monkeypatch):
@@ -439,7 +439,7 @@ def test_a_reader_keeps_two_small_shards_open_and_one_large(tmp_path, monkeypatc
 
     tensors = _write(tmp_path / "t", n=20, shard_bytes=4096)
     reader = TraceReader(tmp_path / "t")
-    shards = reader.manifest["key_shards"]
+    shards = reader.manifest.key_shards
     first, last = reader.records[0], reader.records[-1]
     assert shards[first.outputs[0].key] != shards[last.outputs[0].key]
 

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from ekka.cli import main
-from ekka.sweep.architectures import ArchRow, SweepReport, chart_svg, render_markdown
+from ekka.sweep.arch_render import chart_svg, render_markdown
+from ekka.sweep.arch_rows import ArchRow, SweepReport
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 BROKEN = "DbrxForCausalLM"  # its config class's defaults do not build (no rope_theta)

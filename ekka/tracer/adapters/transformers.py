@@ -17,9 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ekka.tracer.protocol import CaptureSpec
+
+if TYPE_CHECKING:
+    from ekka.tracer.trace import TraceManifest
 
 
 @contextmanager
@@ -75,24 +78,26 @@ def _config_dict(model_dir: str) -> dict[str, Any]:
     return dict(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
-def _header(spec: CaptureSpec, model: Any) -> dict[str, Any]:
+def _header(spec: CaptureSpec, model: Any) -> TraceManifest:
     """The trace header of a transformers capture of `spec` with `model`."""
     import transformers
 
-    return {
-        "framework": "transformers",
-        "framework_version": transformers.__version__,
-        "framework_commit": None,
-        "framework_path": str(Path(transformers.__file__).resolve().parent),
-        "model": str(Path(spec.model).resolve()),
-        "dtype": spec.dtype,
-        "prompt": spec.prompt_text,
-        "prompt_ids": list(spec.prompt_ids),
-        "max_tokens": spec.max_tokens,
-        "engine": {},
-        "model_class": type(model).__name__,
-        "model_config": _config_dict(spec.model),
-    }
+    from ekka.tracer.trace import TraceManifest
+
+    return TraceManifest(
+        framework="transformers",
+        framework_version=transformers.__version__,
+        framework_commit=None,
+        framework_path=str(Path(transformers.__file__).resolve().parent),
+        model=str(Path(spec.model).resolve()),
+        dtype=spec.dtype,
+        prompt=spec.prompt_text,
+        prompt_ids=tuple(spec.prompt_ids),
+        max_tokens=spec.max_tokens,
+        engine={},
+        model_class=type(model).__name__,
+        model_config=_config_dict(spec.model),
+    )
 
 
 def load_model(model_dir: str, dtype: str) -> Any:
@@ -140,7 +145,7 @@ def run(spec: CaptureSpec, *, model: Any = None) -> Path:
     t_write = time.perf_counter()
     writer.flush()
     timings["write"] = time.perf_counter() - t_write
-    writer.close(generated_ids=generated, timings=timings)
+    writer.close(generated_ids=tuple(generated), timings=timings)
     return writer.path
 
 

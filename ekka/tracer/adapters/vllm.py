@@ -21,6 +21,7 @@ possibly in several chunks), one that ends at P + k is decode step k.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ekka.tracer.adapters.vllm_requests import TRACED, SchedulerSpans, attention_metadata
+from ekka.tracer.metadata import ServingMetadata, nested_tuples
 from ekka.tracer.model_config import context_length, read_config
 from ekka.tracer.protocol import (
     CaptureSpec,
@@ -46,7 +48,7 @@ from ekka.tracer.protocol import (
     Trace,
     Written,
 )
-from ekka.tracer.trace import REPLAY_FOLDER, PassInfo, TraceWriter
+from ekka.tracer.trace import REPLAY_FOLDER, PassInfo, TraceManifest, TraceWriter
 
 MAX_MODEL_LEN = 4096  # the engine's context unless the engine arguments say otherwise
 # Ekka's engine settings; a user's engine argument of the same name wins. Eager mode, so that
@@ -81,24 +83,24 @@ class VllmTarget:
         self.version = str(vllm.__version__)
         self.commit = framework_commit(self.package_dir)
         config = read_config(spec.model)
-        self.header = {
-            "framework": "vllm",
-            "framework_version": self.version,
-            "framework_commit": self.commit,
-            "framework_path": str(self.package_dir),
-            "model": spec.model,
-            "dtype": spec.dtype,
-            "prompt": spec.prompt_text,
-            "prompt_ids": list(spec.prompt_ids),
-            "max_tokens": spec.max_tokens,
-            "engine": dict(spec.engine),
-            "model_config": config,
-            "scenario": {
+        self.header = TraceManifest(
+            framework="vllm",
+            framework_version=self.version,
+            framework_commit=self.commit,
+            framework_path=str(self.package_dir),
+            model=spec.model,
+            dtype=spec.dtype,
+            prompt=spec.prompt_text,
+            prompt_ids=tuple(spec.prompt_ids),
+            max_tokens=spec.max_tokens,
+            engine=dict(spec.engine),
+            model_config=config,
+            scenario={
                 "before": [list(r.prompt_ids) for r in spec.before],
                 "alongside": [list(r.prompt_ids) for r in spec.alongside],
                 "traced_at": spec.traced_at,
             },
-        }
+        )
         started = time.perf_counter()
         self.llm = vllm.LLM(
             model=spec.model,
@@ -109,7 +111,7 @@ class VllmTarget:
         self.writer: TraceWriter | None = None
         self.recorder: Any = None
         self.generated: list[int] = []
-        self.header_extra: dict[str, Any] = {}
+        self.found: dict[str, Any] = {}  # the manifest's fields the capture found
         self.delegates: dict[str, list[list[Any]]] = {}
         self.root_source: tuple[str | None, int | None] = (None, None)
         self.spans = SchedulerSpans()
@@ -136,14 +138,15 @@ class VllmTarget:
             self.writer.close(complete=False)
             raise
         self.generated = tokens[TRACED]
-        self.header_extra = {
+        modules = self.recorder.module_classes if self.recorder is not None else {}
+        self.found = {
             "model_class": model_class,
-            "model_source": list(self.root_source),
-            "delegates": self.delegates,
-            "modules": self.recorder.module_classes if self.recorder is not None else {},
+            "model_source": self.root_source,
+            "delegates": nested_tuples(self.delegates),
+            "modules": nested_tuples(modules),
         }
         if len(tokens) > 1:  # every request's tokens (prompt, then generated), by label
-            self.header_extra["requests"] = tokens_by_label(self.spec, tokens)
+            self.found["requests"] = nested_tuples(tokens_by_label(self.spec, tokens))
         return self.generated
 
     def _run_scenario(self) -> dict[str, list[int]]:
@@ -188,7 +191,7 @@ class VllmTarget:
         self.writer.flush()
         self.timings["write"] = time.perf_counter() - started
         return self.writer.close(
-            generated_ids=self.generated, timings=self.timings, **self.header_extra
+            generated_ids=tuple(self.generated), timings=self.timings, **self.found
         )
 
     def replay(self, reference: str, modules: tuple[str, ...] | None) -> tuple[Path, int]:
@@ -198,7 +201,9 @@ class VllmTarget:
         assert self.writer is not None and self.recorder is not None, "generate first"
         started = time.perf_counter()
         path = Path(self.spec.out) / REPLAY_FOLDER
-        replays = TraceWriter(path, {**self.header, "replay_of": str(self.writer.path)})
+        replays = TraceWriter(
+            path, dataclasses.replace(self.header, replay_of=str(self.writer.path))
+        )
         count = replay_modules(
             self.recorder.modules_by_name, self.writer.records, replays, reference, modules
         )
@@ -237,15 +242,17 @@ class VllmTarget:
             if batch and span is None and spans.labels:  # a pass of other requests only
                 recorder.skip_pass()
                 return
-            extra: dict[str, Any] = {"given_positions": given}
+            serving = ServingMetadata(given_positions=nested_tuples(given))
             if span is not None:  # the request's own tokens, as the scheduler placed them
-                pos = list(range(span["start"], span["start"] + span["count"]))
-                extra["request"] = span
-                extra["attention"] = attention_metadata(spans.group_of)
+                pos = list(range(span.start, span.start + span.count))
+                serving = dataclasses.replace(
+                    serving, request=span, attention=attention_metadata(spans.group_of)
+                )
                 if batch is not None and len(batch) > 1:  # the batch's spans and its ids
-                    extra["batch"] = batch
-                    extra["batch_input_ids"] = ids
-                    ids = ids[span["offset"] : span["offset"] + span["count"]]
+                    serving = dataclasses.replace(
+                        serving, batch=tuple(batch), batch_input_ids=tuple(ids)
+                    )
+                    ids = ids[span.offset : span.offset + span.count]
             else:  # no scheduler step seen: the model's own positions (not checked)
                 pos = _flat_positions(given)
             end = pos[-1] + 1 if pos else 0
@@ -254,15 +261,15 @@ class VllmTarget:
             # the traced request's rows of the batch (the scheduler's spans, not the tensors)
             recorder.rows = None
             if span is not None:
-                total = sum(s["count"] for s in batch or [span])
-                recorder.rows = (span["offset"], span["count"], total, len(ids_all))
+                total = sum(s.count for s in batch or [span])
+                recorder.rows = (span.offset, span.count, total, len(ids_all))
             writer.add_pass(
                 PassInfo(
                     index=recorder.pass_index,
                     step=step,
                     input_ids=tuple(ids),
                     positions=tuple(pos),
-                    extra=extra,
+                    serving=serving,
                 )
             )
 
@@ -271,7 +278,7 @@ class VllmTarget:
             the batch's order; the traced request's is its index."""
             span = spans.placement()
             batch = spans.batch() or []
-            recorder.rows = None if span is None else (span["index"], 1, len(batch), len(batch))
+            recorder.rows = None if span is None else (span.index, 1, len(batch), len(batch))
 
         def logits(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if not recorder.recording:

@@ -16,7 +16,10 @@ argument, and the forward context is read in the model's forward pre-hook.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+from ekka.tracer.metadata import AttentionMetadata, RequestSpan, nested_tuples
 
 # The attention metadata fields recorded (those the CPU and GPU backends of vLLM v1 have);
 # a backend without one simply does not record it.
@@ -31,7 +34,7 @@ class SchedulerSpans:
     time: each request's span and blocks, and where its rows lie in the flattened batch."""
 
     def __init__(self) -> None:
-        self.current: dict[str, Any] | None = None  # the step the runner is executing
+        self.current: list[RequestSpan] | None = None  # the step the runner is executing
         self.labels: dict[str, str] = {}  # request id -> its label in the scenario
         self.block_ids: dict[str, list[list[int]]] = {}  # per request, per KV-cache group
         self.group_of: dict[str, int] = {}  # attention layer name -> KV-cache group
@@ -73,7 +76,7 @@ class SchedulerSpans:
 
     def observe(self, out: Any) -> None:
         """The step's span of each scheduled request; the blocks allocated to it so far."""
-        spans: list[dict[str, Any]] = []
+        spans: list[RequestSpan] = []
         scheduled = getattr(out, "num_scheduled_tokens", None) or {}
         for new in getattr(out, "scheduled_new_reqs", None) or []:
             self.block_ids[new.req_id] = [list(g) for g in new.block_ids]
@@ -89,7 +92,7 @@ class SchedulerSpans:
                     for group, ids in zip(self.block_ids[req_id], new_blocks):
                         group.extend(ids)
             spans.append(self._span(req_id, cached.num_computed_tokens[i], scheduled))
-        self.current = {"requests": spans}
+        self.current = spans
 
     def expect(self, external_ids: dict[str, str]) -> None:
         """The labels of the requests a generate call is about to add, by the id it gives them
@@ -102,17 +105,17 @@ class SchedulerSpans:
             found = self.labels.get(req_id.rsplit("-", 1)[0])
         return found
 
-    def _span(self, req_id: str, computed: int, scheduled: dict[str, int]) -> dict[str, Any]:
-        return {
-            "request": str(req_id),
-            "label": self.label(str(req_id)),
-            "start": int(computed),
-            "count": int(scheduled.get(req_id, 0)),
-            "block_ids": [list(g) for g in self.block_ids.get(req_id, [])],
-            "block_sizes": list(self.block_sizes),
-        }
+    def _span(self, req_id: str, computed: int, scheduled: dict[str, int]) -> RequestSpan:
+        return RequestSpan(
+            request=str(req_id),
+            label=self.label(str(req_id)),
+            start=int(computed),
+            count=int(scheduled.get(req_id, 0)),
+            block_ids=tuple(tuple(g) for g in self.block_ids.get(req_id, [])),
+            block_sizes=tuple(self.block_sizes),
+        )
 
-    def batch(self) -> list[dict[str, Any]] | None:
+    def batch(self) -> list[RequestSpan] | None:
         """The spans of the pass now running, in the order of their rows in the flattened
         batch, each with its `index` (its row among the sampled rows) and `offset` (its first
         row); None when no scheduler step is running.
@@ -122,7 +125,7 @@ class SchedulerSpans:
         not hold exactly the scheduled requests, the scheduler's order."""
         if self.current is None:
             return None
-        spans = {s["request"]: s for s in self.current["requests"] if s["count"] > 0}
+        spans = {s.request: s for s in self.current if s.count > 0}
         input_batch = getattr(self._runner, "input_batch", None)
         order = [str(r) for r in (getattr(input_batch, "req_ids", None) or [])]
         order = order[: getattr(input_batch, "num_reqs", len(order))]
@@ -130,11 +133,11 @@ class SchedulerSpans:
             order = list(spans)
         out, offset = [], 0
         for index, req_id in enumerate(order):
-            out.append({**spans[req_id], "index": index, "offset": offset})
-            offset += spans[req_id]["count"]
+            out.append(dataclasses.replace(spans[req_id], index=index, offset=offset))
+            offset += spans[req_id].count
         return out
 
-    def placement(self) -> dict[str, Any] | None:
+    def placement(self) -> RequestSpan | None:
         """The traced request's span in the pass now running (with its rows in the batch), or
         None when no scheduler step is running or the traced request is not in it (without
         labels, a pass of one request is the traced request's)."""
@@ -143,13 +146,13 @@ class SchedulerSpans:
             return None
         if not self.labels:
             return batch[0] if len(batch) == 1 else None
-        return next((s for s in batch if s["label"] == TRACED), None)
+        return next((s for s in batch if s.label == TRACED), None)
 
 
-def attention_metadata(group_of: dict[str, int]) -> dict[str, dict[str, Any]]:
+def attention_metadata(group_of: dict[str, int]) -> dict[str, AttentionMetadata]:
     """The attention metadata of the pass, per KV-cache group (keyed by the group's index as a
     string; "0" where the groups are unknown): the fields of `ATTENTION_FIELDS` as lists, and
-    the first attention layer that reads them."""
+    the first attention layer that reads them (`ekka.tracer.metadata.AttentionMetadata`)."""
     try:
         from vllm.forward_context import get_forward_context
 
@@ -160,12 +163,12 @@ def attention_metadata(group_of: dict[str, int]) -> dict[str, dict[str, Any]]:
         metadata = metadata[0] if metadata else None
     if not isinstance(metadata, dict):
         metadata = {"": metadata} if metadata is not None else {}
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, AttentionMetadata] = {}
     for layer, value in metadata.items():
         group = str(group_of.get(layer, 0))
         if group in found or value is None:
             continue
-        fields: dict[str, Any] = {"layer": layer}
+        fields: dict[str, Any] = {}
         seq_lens = getattr(value, "seq_lens", None)
         requests = len(seq_lens) if seq_lens is not None and hasattr(seq_lens, "__len__") else None
         for key in ATTENTION_FIELDS:
@@ -174,6 +177,6 @@ def attention_metadata(group_of: dict[str, int]) -> dict[str, dict[str, Any]]:
                 continue
             if key == "block_table" and tensor.dim() == 2 and requests is not None:
                 tensor = tensor[:requests]  # the batch's rows, not the whole table
-            fields[key] = tensor.detach().cpu().tolist()
-        found[group] = fields
+            fields[key] = nested_tuples(tensor.detach().cpu().tolist())
+        found[group] = AttentionMetadata(layer=str(layer), **fields)
     return found
