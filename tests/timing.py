@@ -9,8 +9,9 @@ plugin does nothing.
 The group is what the test starts, the most expensive first:
 
 - `docker`, `ray`, `postgres`: the test's markers (those tests need the engine, cluster or server);
-- `vllm`: the `vllm` marker, or a vLLM target process started during the test (seen by an
-  audit hook on `subprocess.Popen`);
+- `vllm`: a vLLM target process started during the test (seen by an audit hook on
+  `subprocess.Popen`; a test marked `vllm` that only checks its input before any start, or
+  reads a capture another test made, is not in this group);
 - `transformers`: a zoo or pretrained model built or traced without vLLM (the `zoo_model`,
   `captured` or `real_model` fixtures);
 - `nothing`: the rest.
@@ -49,7 +50,7 @@ def group_of(markers: set[str], fixtures: set[str], started: set[str]) -> str:
     for name in ("docker", "ray"):
         if name in markers:
             return name
-    if "vllm" in markers or "vllm" in started:
+    if "vllm" in started:
         return "vllm"
     if "postgres" in markers:
         return "postgres"
@@ -88,6 +89,7 @@ def pytest_runtest_protocol(
             "seconds": round(seconds, 3),
             "markers": sorted(markers - {"parametrize", "usefixtures", "filterwarnings"}),
             "group": group_of(markers, fixtures, _state["started"]),
+            "started": sorted(_state["started"]),
             "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
         }
         with open(path, "a", encoding="utf-8") as out:

@@ -9,9 +9,10 @@ import tarfile
 
 import pytest
 
-from ekka.containers.base import REMOVED, VENV, _site_packages_tar, distributions
+from ekka.containers.base import REMOVED, VENV, _runtime_tar, distributions
 
-SITE = f"{VENV}/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+SITE = f"{VENV}/lib/python{PYTHON}/site-packages"
 
 
 def test_the_runtime_takes_the_framework_and_the_tracer_with_their_dependencies():
@@ -26,18 +27,34 @@ def test_the_runtime_takes_the_framework_and_the_tracer_with_their_dependencies(
     assert not names & {"pygithub", "pytest", "ray", "docker"}
 
 
+def _root() -> list[bytes]:
+    """A root filesystem as `docker export` streams it: a tar in chunks of any size."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("etc/debian_version")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"12.0\n"))
+    raw = data.getvalue()
+    return [raw[i : i + 777] for i in range(0, len(raw), 777)]
+
+
 def test_the_files_land_in_the_venv_with_the_versions_of_this_environment():
     dists = [importlib.metadata.distribution(n) for n in ("typer", "tqdm")]
-    stream = io.BytesIO(b"".join(_site_packages_tar(dists, SITE, lambda _line: None)))
+    stream = io.BytesIO(b"".join(_runtime_tar(iter(_root()), dists, PYTHON)))
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         members = {m.name: (m, tar.extractfile(m).read() if m.isreg() else b"") for m in tar}
+    # the root's files first, then a venv on the root's Python
+    assert members["etc/debian_version"][1] == b"12.0\n"
+    venv = VENV.lstrip("/")
+    assert members[f"{venv}/bin/python"][0].linkname == "/usr/bin/python3"
+    assert b"home = /usr/bin" in members[f"{venv}/pyvenv.cfg"][1]
     site = SITE.lstrip("/")
     typer = importlib.metadata.distribution("typer")
     assert members[f"{site}/typer/__init__.py"][1] == (
         typer.locate_file("typer/__init__.py").read_bytes()  # type: ignore[union-attr]
     )
     assert f"{site}/typer-{typer.version}.dist-info/METADATA" in members
-    assert all(name.startswith(VENV.lstrip("/") + "/") for name in members)
+    assert all(name.startswith((f"{venv}/", "etc/")) or name == venv for name in members)
     assert all(m.uid == 0 and m.gid == 0 for m, _ in members.values())
     # a console script (RECORD: ../../../bin/tqdm) runs the venv's Python, not this one's
     script = members[f"{VENV.lstrip('/')}/bin/tqdm"][1]
