@@ -205,7 +205,7 @@ def ensure_runtime(client: DockerClient, debian: str, *, suite: str, progress: P
         exported = cast("Iterator[bytes]", root.export(chunk_size=1 << 20))  # stub says str
         stream = _runtime_tar(exported, dists, python)
         repository, _, name = tag.partition(":")
-        client.api.import_image(
+        answer = client.api.import_image(
             stream,
             repository=repository,
             tag=name,
@@ -214,6 +214,8 @@ def ensure_runtime(client: DockerClient, debian: str, *, suite: str, progress: P
         )
     finally:
         root.remove(force=True)
+    if not image_exists(client, tag):  # the engine answers an import's error in its body
+        raise ImageBuildError(f"docker import of {tag} failed: {tail(str(answer))}")
     check = " && ".join(
         [
             "v=$(python -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')",
