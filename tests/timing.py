@@ -3,7 +3,7 @@
 With `EKKA_TEST_TIMES=FILE` set, every test appends one JSON line to FILE (append-only, so
 parallel workers can share it): its node id, outcome, seconds (setup + call + teardown, so a
 session fixture's first build counts on the test that triggers it), markers and group.
-`benchmarks/test_times.py FILE` prints the table `.ci/run` shows. Without the variable the
+`benchmarks/suite_times.py FILE` prints the table `.ci/run` shows. Without the variable the
 plugin does nothing.
 
 The group is what the test starts, the most expensive first:

@@ -3,7 +3,7 @@
 Reads the JSON lines that the test timing plugin (tests/timing.py) writes when `EKKA_TEST_TIMES`
 names a file, e.g. after `EKKA_TEST_TIMES=/tmp/times.jsonl make test`:
 
-    python benchmarks/test_times.py /tmp/times.jsonl [--slowest 10] [--markdown]
+    python benchmarks/suite_times.py /tmp/times.jsonl [--slowest 10] [--markdown]
 
 Each test is in one group, by what it starts (docker, ray, vllm, postgres, transformers,
 nothing; see tests/timing.py). The sum of the tests' times is the time spent in tests; with
