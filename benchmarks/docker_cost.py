@@ -3,8 +3,8 @@ the same image reused, and one probe's wall time in a container against the loca
 
     .venv/bin/python benchmarks/docker_cost.py [--fresh-base] [--runs 2] [--model DIR]
 
-- The base image: `ensure_base_image` (debootstrap + docker import, the release installed
-  offline, Ekka's package). `--fresh-base` removes the three layers' tags first, so the figure
+- The base image: `ensure_base_image` (debootstrap + docker import, the release copied from
+  this environment's site-packages, Ekka's package). `--fresh-base` removes the three layers' tags first, so the figure
   is a first build; without it an existing base is reused and the figure is the lookup.
 - A first per-commit image: the overlay of the installed release's sources (a repository made
   here, one commit) on the base; then the same request again (reuse).

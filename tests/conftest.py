@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Each test's duration and what it starts, into the file EKKA_TEST_TIMES names (.ci/run).
+pytest_plugins = ("tests.timing",)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

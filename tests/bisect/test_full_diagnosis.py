@@ -24,9 +24,12 @@ IDS = ",".join(map(str, PROMPT_IDS))
 def history(tmp_path_factory):
     work = tmp_path_factory.mktemp("full")
     patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
+    # the shortest history that still bisects: two harmless commits (the second touching the
+    # patched file), the bug, two harmless commits (the first touching it too)
     return make_bug_history(
-        base_repository(work), work / "repo", patch, "[Model] Llama norms use defaults"
-    )
+        base_repository(work), work / "repo", patch, "[Model] Llama norms use defaults",
+        before=2, after=2,
+    )  # fmt: skip
 
 
 def _worktrees(repo: Path) -> list[str]:

