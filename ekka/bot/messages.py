@@ -13,10 +13,10 @@ import json
 import math
 import shlex
 from collections.abc import Sequence
-from typing import Any
 
 from ekka.bot.commands import USAGE
 from ekka.report import BisectionSummary, Comparison, Diagnosis
+from ekka.request import JobParams
 
 JOB_MARKER = "<!-- ekka-job:{job} -->"
 PR_MARKER = "<!-- ekka-job:{job} pr -->"
@@ -150,7 +150,7 @@ def final_comment(
     *,
     job: int,
     repository: str,
-    params: dict[str, Any],
+    params: JobParams,
     diagnosis: Diagnosis | None,
     bisection: BisectionSummary,
     base_url: str | None,
@@ -190,7 +190,7 @@ def final_comment(
     )
     if diagnosis is not None:
         lines.append(
-            f"- model `{params.get('model')}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
+            f"- model `{params.model_name}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
             f"prompt tokens, {diagnosis.max_tokens} generated"
         )
         lines += [f"- note: {note}" for note in diagnosis.notes]
@@ -263,25 +263,25 @@ def ratio_chart(diagnosis: Diagnosis, limit: int = 48) -> str:
     )
 
 
-def reproduce_command(params: dict[str, Any], bisection: BisectionSummary) -> str:
+def reproduce_command(params: JobParams, bisection: BisectionSummary) -> str:
     """The command that repeats the job on a maintainer's machine (local paths as placeholders)."""
+    request = params.request
     words = [
         "ekka diagnose",
-        "--model /path/to/" + shlex.quote(str(params.get("model", "MODEL"))),
+        "--model /path/to/" + shlex.quote(params.model_name),
     ]
-    if params.get("prompt_ids"):
-        words.append("--prompt-ids " + ",".join(str(i) for i in params["prompt_ids"]))
-    elif params.get("prompt"):
-        words.append("--prompt " + shlex.quote(str(params["prompt"])))
+    if request.prompt_ids:
+        words.append("--prompt-ids " + ",".join(str(i) for i in request.prompt_ids))
+    elif request.prompt_text:
+        words.append("--prompt " + shlex.quote(request.prompt_text))
     words += [
-        f"--dtype {shlex.quote(str(params.get('dtype', 'float32')))}",
-        f"--max-tokens {int(params.get('max_tokens', 4))}",
+        f"--dtype {shlex.quote(request.dtype)}",
+        f"--max-tokens {int(request.max_tokens)}",
     ]
-    for key, value in sorted((params.get("engine") or {}).items()):
+    for key, value in sorted(request.engine.items()):
         words.append("--engine " + shlex.quote(f"{key}={json.dumps(value)}"))
-    scenario = params.get("scenario")
-    if isinstance(scenario, dict) and scenario.get("name"):
-        words.append("--scenario /path/to/" + shlex.quote(f"{scenario['name']}.toml"))
+    if request.scenario is not None and request.scenario.name:
+        words.append("--scenario /path/to/" + shlex.quote(f"{request.scenario.name}.toml"))
     words += [
         "--repo /path/to/vllm",
         f"--good {bisection.good.sha[:12]}",
@@ -368,7 +368,7 @@ def regression_issue(
     regression: int,
     repository: str,
     branch: str,
-    params: dict[str, Any],
+    params: JobParams,
     diagnosis: Diagnosis,
     run: int,
     head: str,
@@ -394,7 +394,7 @@ def regression_issue(
         f"{bisection.probes} probes, {bisection.cached} verdicts from the cache"
     )
     lines.append(
-        f"- model `{params.get('model')}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
+        f"- model `{params.model_name}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
         f"prompt tokens, {diagnosis.max_tokens} generated"
     )
     lines += [f"- note: {note}" for note in diagnosis.notes]
@@ -406,7 +406,7 @@ def regression_issue(
     body = REGRESSION_ISSUE.format(
         marker=regression_marker(sweep, regression),
         sweep=sweep,
-        model=params.get("model"),
+        model=params.model_name,
         dtype=diagnosis.dtype,
         branch=branch,
         statement=statement,
@@ -417,7 +417,7 @@ def regression_issue(
     )
     title = REGRESSION_TITLE.format(
         sweep=sweep,
-        model=params.get("model"),
+        model=params.model_name,
         dtype=diagnosis.dtype,
         branch=branch,
         short=first.short if first is not None else bisection.bad.short,

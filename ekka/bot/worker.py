@@ -16,7 +16,6 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ekka.bot import messages
 from ekka.bot.commands import Action, Command, CommandError, parse_line
@@ -24,6 +23,7 @@ from ekka.bot.comments import upsert_comment
 from ekka.bot.config import BotConfig
 from ekka.bot.db import FINAL_STATES, InboxCommand, JobState, Store
 from ekka.bot.github import GitHubClient, GitHubError
+from ekka.request import JobParams, Request, ScenarioRef
 
 log = logging.getLogger("ekka.bot")
 WRITE_PERMISSIONS = ("admin", "maintain", "write")
@@ -130,19 +130,22 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
             messages.NEEDS.format(marker=marker, user=user, what="a prompt", how=how),
         )
         return "no prompt"
-    params: dict[str, Any] = {
-        "model": model.name,
-        "model_path": model.path,
-        "prompt": prompt if prompt is not None else model.prompt,
-        "prompt_ids": [] if prompt is not None else list(model.prompt_ids),
-        "dtype": options.get("dtype", model.dtype),
-        "max_tokens": options.get("max-tokens", model.max_tokens),
-        "engine": parsed.engine,
-        "scenario": None if scenario is None else {"name": scenario.name, "path": scenario.path},
-        "good": good,
-        "bad": bad,
-        "command": command.text,
-    }
+    params = JobParams(
+        request=Request(
+            model=model.path,
+            prompt_text=prompt if prompt is not None else model.prompt,
+            prompt_ids=() if prompt is not None else model.prompt_ids,
+            dtype=options.get("dtype", model.dtype),
+            max_tokens=options.get("max-tokens", model.max_tokens),
+            engine=parsed.engine,
+            scenario=None if scenario is None else ScenarioRef(scenario.path, scenario.name),
+        ),
+        good=good,
+        bad=bad,
+        model_name=model.name,
+        executor=config.executor,
+        command=command.text,
+    )
     job = context.store.create_job(
         repository=command.repository,
         issue=command.issue,
@@ -150,7 +153,7 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         command=command.text,
         requested_by=user,
         installation=command.installation,
-        params=params,
+        params=params.to_json(),
     ) or context.store.job_for_command(command.repository, command.comment, command.text)
     assert job is not None
     try:
