@@ -32,6 +32,7 @@ from ekka.bisect.oracle import TracerOracle, oracle_config
 from ekka.bisect.search import Bisector, BisectResult, NullObserver, Observer
 from ekka.bisect.worktree import worktree
 from ekka.containers.local import LocalExecutor, overlay_compiled
+from ekka.containers.spec import CLI_KINDS
 from ekka.errors import UsageError
 from ekka.report import BisectionSummary, Diagnosis, RootCause
 from ekka.scenario import Scenario
@@ -74,7 +75,7 @@ class FullConfig:
     scenario: Scenario = field(default_factory=Scenario)
 
 
-EXECUTORS = ("local", "docker", "ray")
+EXECUTORS = CLI_KINDS  # "local", "docker", "ray"
 # ray: a task's time limit past the probe's own `timeout` when none is set (a worktree or an
 # image to make on the node first; the node's executor ends a slow probe itself before that).
 TASK_SLACK_SECONDS = 600.0

@@ -1,8 +1,12 @@
-"""`ekka diagnose`'s two modes and the options each takes, checked in one place.
+"""The commands' modes and the options each takes, checked in one place.
+
+`ekka diagnose`:
 
 Localize mode (no --repo/--good/--bad): the installed target (or --target-path) against the
 reference. Full mode (all three): reproduce at bad, bisect, attribute, each commit probed by
 an executor. A mix, or an option of the other mode, is a UsageError saying what to drop.
+
+`ekka sweep`: the nightly sweep (--config) or the architecture sweep (--architectures).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ekka.containers.spec import check_cli_kind
 from ekka.errors import UsageError
 
 COMPARE = ("traced", "all")
@@ -49,8 +54,7 @@ def check_modes(
             "full mode needs all of --repo, --good and --bad (or none of them for localize mode)."
         )
     full = all(given)
-    if executor not in ("local", "docker", "ray"):
-        raise UsageError(f"--executor {executor!r}: use local, docker or ray.")
+    check_cli_kind(executor)
     if executor != "local" and not full:
         raise UsageError("--executor is for full mode (--repo, --good and --bad).")
     if full and target_path:
@@ -63,3 +67,25 @@ def check_modes(
         return None
     assert repo is not None and good is not None and bad is not None
     return Range(repo, good, bad)
+
+
+def check_sweep_modes(
+    *,
+    config: object | None,
+    architectures: str | None,
+    repo: object | None,
+    commit: str | None,
+) -> None:
+    """One sweep, with its own options: --repo and --commit are the architecture sweep's."""
+    if (config is None) == (architectures is None):
+        raise UsageError(
+            "give --config ekka.toml (the nightly sweep) or --architectures all|NAME,... "
+            "(the architecture sweep), one of them."
+        )
+    if config is not None and (repo is not None or commit is not None):
+        raise UsageError(
+            "--repo and --commit are the architecture sweep's; the nightly sweep takes its "
+            "repository from the configuration's [[sweeps]] entry."
+        )
+    if (repo is None) != (commit is None):
+        raise UsageError("--repo and --commit go together: the clone, and the commit to sweep.")

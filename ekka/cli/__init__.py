@@ -6,8 +6,6 @@ Exit codes: 0 success (or "no divergence"), 1 a divergence found or a failure, 2
 
 from __future__ import annotations
 
-import sys
-
 import click
 import typer
 
@@ -62,6 +60,3 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["app", "main", "UsageError"]
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from ekka.cli._app import console, out
-from ekka.errors import UsageError
 
 
 def sweep(
@@ -47,16 +46,9 @@ def sweep(
 ) -> None:
     """Nightly regression sweep of a branch (--config: probe each model at the head, bisect and
     report what broke), or a sweep over architectures against transformers (--architectures)."""
-    if (config is None) == (architectures is None):
-        raise UsageError(
-            "give --config ekka.toml (the nightly sweep) or --architectures all|NAME,... "
-            "(the architecture sweep), one of them."
-        )
-    if config is not None and (repo is not None or commit is not None):
-        raise UsageError(
-            "--repo and --commit are the architecture sweep's; the nightly sweep takes its "
-            "repository from the configuration's [[sweeps]] entry."
-        )
+    from ekka.modes import check_sweep_modes
+
+    check_sweep_modes(config=config, architectures=architectures, repo=repo, commit=commit)
     if config is not None:
         from ekka.bot.config import load_config
         from ekka.sweep.nightly import run_nightly
@@ -83,8 +75,6 @@ def sweep(
     from ekka.sweep.architectures import run_cli
 
     assert architectures is not None
-    if (repo is None) != (commit is None):
-        raise UsageError("--repo and --commit go together: the clone, and the commit to sweep.")
     code = run_cli(
         architectures, dtype, out_dir, db, json_file, out=out, console=console,
         report_only=report_only, repo=str(repo) if repo else None, commit=commit,

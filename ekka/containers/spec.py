@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_IMAGE_TAG = "ekka/{framework}:{sha}"
 DEFAULT_SHM_SIZE = "2g"
 DEFAULT_PIDS_LIMIT = 4096
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT: float = 600  # seconds per probe, then it skips
 DEFAULT_RAY_CPUS = 1.0
 DEFAULT_RAY_GPUS = 0.0
 DEFAULT_QUEUE_TIMEOUT = 1800.0
@@ -139,8 +139,7 @@ class ExecutorSpec:
         """The spec from the command's options (`ekka diagnose`), each checked: a UsageError
         that names the option and how to write it. The docker options are checked only where
         docker runs the probes."""
-        if executor not in CLI_KINDS:
-            raise UsageError(f"--executor {executor!r}: use local, docker or ray.")
+        check_cli_kind(executor)
         if (executor == "ray") != (ray_address is not None):
             raise UsageError(
                 "--executor ray needs --ray-address HOST:PORT (the cluster's head), and "
@@ -285,6 +284,13 @@ class ExecutorSpec:
             ray["resources"] = TaskResources(**ray.get("resources", {}))
             ray = RaySettings(**ray)
         return cls(**fields, ray=ray)
+
+
+def check_cli_kind(kind: str) -> None:
+    """`--executor KIND` names one the CLI runs (a UsageError listing them otherwise)."""
+    if kind not in CLI_KINDS:
+        choices = f"{', '.join(CLI_KINDS[:-1])} or {CLI_KINDS[-1]}"
+        raise UsageError(f"--executor {kind!r}: use {choices}.")
 
 
 def _build_args(items: Sequence[str]) -> dict[str, str]:
