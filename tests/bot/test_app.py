@@ -200,6 +200,9 @@ def test_diagnose_end_to_end_with_the_command_oracle(tmp_path, github, history, 
     data = bot.http.get("/jobs/1").json()
     assert data["state"] == "done" and data["result"]["first_bad"]["sha"] == history.bug
     assert data["links"]["report"] == "http://ekka.test/jobs/1/report"
+    # the job's parameters: one versioned shape; the executor's settings are not shown
+    assert data["params"]["version"] == 1 and data["params"]["executor"] == {"kind": "command"}
+    assert data["params"]["request"]["max_tokens"] == 3
     report = bot.http.get("/jobs/1/report")
     assert report.status_code == 200 and history.bug[:10] in report.text
     assert "jobs/1" in bot.http.get("/").text
