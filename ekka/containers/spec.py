@@ -1,5 +1,5 @@
 """One executor spec: where each commit's probe runs, parsed once from the CLI's options and
-once from TOML (`[executor]`), with the defaults in one place (here).
+once from TOML (`[executor]`), with the defaults in one place (`defaults`).
 
 - "local": a worktree of the commit over the installed release (the embedded default);
 - "docker": the commit's image (`images`: how it is obtained) in a container (`limits`);
@@ -17,20 +17,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ekka.containers import defaults
 from ekka.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from ekka.containers.ray import RaySettings
     from ekka.toml_reader import TomlReader
 
-DEFAULT_IMAGE_TAG = "ekka/{framework}:{sha}"
-DEFAULT_SHM_SIZE = "2g"
-DEFAULT_PIDS_LIMIT = 4096
-DEFAULT_TIMEOUT: float = 600  # seconds per probe, then it skips
-DEFAULT_RAY_CPUS = 1.0
-DEFAULT_RAY_GPUS = 0.0
-DEFAULT_QUEUE_TIMEOUT = 1800.0
-DEFAULT_NODE_EXECUTOR = "local"
+DEFAULT_IMAGE_TAG = defaults.IMAGE_TAG
+DEFAULT_SHM_SIZE = defaults.SHM_SIZE
+DEFAULT_PIDS_LIMIT = defaults.PIDS_LIMIT
+DEFAULT_TIMEOUT = defaults.TIMEOUT
+DEFAULT_RAY_CPUS = defaults.RAY_CPUS
+DEFAULT_RAY_GPUS = defaults.RAY_GPUS
+DEFAULT_QUEUE_TIMEOUT = defaults.QUEUE_TIMEOUT
+DEFAULT_NODE_EXECUTOR = defaults.NODE_EXECUTOR
 
 KINDS = ("local", "docker", "ray", "command")
 CLI_KINDS = ("local", "docker", "ray")  # `--executor`: "command" is `ekka bisect --cmd`
