@@ -89,5 +89,5 @@ def full_config(
         github_api=github_api or DEFAULT_GITHUB_API,
         github_token=github_token,
         scenario=resolved.scenario,
-        **executor.full_options(),
+        **executor.full_options(request.framework),
     )

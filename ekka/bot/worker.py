@@ -139,6 +139,7 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
             max_tokens=options.get("max-tokens", model.max_tokens),
             engine=parsed.engine,
             scenario=None if scenario is None else ScenarioRef(scenario.path, scenario.name),
+            framework=repository.framework,
         ),
         good=good,
         bad=bad,

@@ -73,23 +73,24 @@ class ExecutorSpec:
             self.kind == "ray" and self.ray is not None and self.ray.node_executor == "docker"
         )
 
-    def full_options(self) -> dict[str, Any]:
-        """The full diagnosis's executor fields (`ekka.full.FullConfig`): executor, images,
-        limits and ray; the docker ones only where docker runs the probes."""
+    def full_options(self, framework: str = "vllm") -> dict[str, Any]:
+        """The full diagnosis's executor fields (`ekka.full.FullConfig`): executor, images
+        (of `framework`), limits and ray; the docker ones only where docker runs the probes."""
         options: dict[str, Any] = {}
         if self.kind in ("docker", "ray"):
             options["executor"] = self.kind
         if self.kind == "ray":
             options["ray"] = self.ray
         if self.uses_docker:
-            options.update(images=self.images(), limits=self.limits())
+            options.update(images=self.images(framework), limits=self.limits())
         return options
 
-    def images(self) -> Any:
-        """The docker executor's ImageSettings."""
+    def images(self, framework: str = "vllm") -> Any:
+        """The docker executor's ImageSettings for the images of `framework`."""
         from ekka.containers.images import ImageSettings
 
         return ImageSettings(
+            framework=framework,
             base_image=self.base_image,
             tag_template=self.image_tag,
             pull_template=self.pull_image,

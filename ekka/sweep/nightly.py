@@ -34,7 +34,7 @@ from ekka.bot.db import Regression, Store, SweepResult
 from ekka.bot.jobs import fetch
 from ekka.errors import EkkaError
 from ekka.report import Diagnosis
-from ekka.request import JobParams, Request, Resolved, ScenarioRef
+from ekka.request import DEFAULT_FRAMEWORK, JobParams, Request, Resolved, ScenarioRef
 from ekka.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -80,9 +80,12 @@ class Subject:
         return replace(self.resolved, request=replace(self.resolved.request, dtype=dtype))
 
 
-def subject(model: Model, scenario: ScenarioFile | None = None) -> Subject:
+def subject(
+    model: Model, scenario: ScenarioFile | None = None, framework: str = DEFAULT_FRAMEWORK
+) -> Subject:
     """The model alone, or in the scenario of that file (its traced request where the file
-    gives one, else the model's prompt; its requests before and beside it; its engine)."""
+    gives one, else the model's prompt; its requests before and beside it; its engine), served
+    by `framework` (the repository's)."""
     from ekka.request import resolve_request
 
     request = Request(
@@ -92,6 +95,7 @@ def subject(model: Model, scenario: ScenarioFile | None = None) -> Subject:
         dtype=model.dtype,
         max_tokens=model.max_tokens,
         scenario=None if scenario is None else ScenarioRef(scenario.path, scenario.name),
+        framework=framework,
     )
     return Subject(model, resolve_request(request), None if scenario is None else scenario.name)
 
@@ -285,7 +289,7 @@ def run_nightly(
                 assert model is not None  # the configuration checks it
                 files = [config.scenario(n) for n in sweep.scenarios]
                 for scenario in (None, *files):
-                    what = subject(model, scenario)
+                    what = subject(model, scenario, repository.framework)
                     for dtype in sweep.dtypes:
                         results.append(_sweep_pair(state, what, dtype))
         except BaseException as exc:

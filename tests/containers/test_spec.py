@@ -134,3 +134,9 @@ def test_the_image_tag_of_an_unused_docker_executor_is_not_checked():
 def test_a_bad_table_names_the_file_and_the_key(table, message):
     with pytest.raises(ConfigError, match=__import__("re").escape(f"ekka.toml: {message}")):
         from_toml(**table)
+
+
+def test_the_images_are_the_requests_frameworks():
+    images = ExecutorSpec(kind="docker").full_options("sglang")["images"]
+    assert images.tag("abc123") == "ekka/sglang:abc123"
+    assert ExecutorSpec(kind="docker").images().tag("abc123") == "ekka/vllm:abc123"
