@@ -113,6 +113,20 @@ class Progress:
         self.say(f"bisection {result.status.value} after {result.probes} probes", force=True)
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What one job's diagnosis works with: the job, its GitHub client and progress, its
+    folder, the clone, its parameters and the executor spec it runs with."""
+
+    job: Job
+    github: GitHubClient
+    progress: Progress
+    folder: Path
+    repo: str
+    params: JobParams
+    executor: ExecutorSpec
+
+
 class JobRunner:
     """Runs one claimed job to its end (done, failed or cancelled)."""
 
@@ -262,36 +276,27 @@ class JobRunner:
         executor = params.executor or self.config.executor
         fetch(repository.path)
         folder.mkdir(parents=True, exist_ok=True)
+        work = _Work(job, github, progress, folder, repository.path, params, executor)
         if executor.kind == "command":
-            return self._bisect_with_command(
-                job, github, progress, folder, repository.path, params, executor
-            )
-        return self._full_diagnosis(
-            job, github, progress, folder, repository.path, params, executor
-        )
+            return self._bisect_with_command(work)
+        return self._full_diagnosis(work)
 
-    def _full_diagnosis(
-        self,
-        job: Job,
-        github: GitHubClient,
-        progress: Progress,
-        folder: Path,
-        repo: str,
-        params: JobParams,
-        executor: ExecutorSpec,
-    ) -> Outcome:
+    def _full_diagnosis(self, work: _Work) -> Outcome:
         from ekka.compose import full_config
         from ekka.full import run_full_diagnosis
         from ekka.report import write_reports
         from ekka.request import check_request, resolve_request
 
+        job, github, progress, folder, params = (
+            work.job, work.github, work.progress, work.folder, work.params
+        )  # fmt: skip
         resolved = resolve_request(params.request)
         check_request(resolved, folder / "traces" / "target")
         diagnosis, _ = run_full_diagnosis(
             full_config(
                 resolved,
-                executor,
-                repo=repo,
+                work.executor,
+                repo=work.repo,
                 good=params.good,
                 bad=params.bad,
                 workdir=folder / "traces",
@@ -308,23 +313,15 @@ class JobRunner:
         assert diagnosis.bisection is not None
         return Outcome(diagnosis.bisection, diagnosis)
 
-    def _bisect_with_command(
-        self,
-        job: Job,
-        github: GitHubClient,
-        progress: Progress,
-        folder: Path,
-        repo: str,
-        params: JobParams,
-        executor: ExecutorSpec,
-    ) -> Outcome:
+    def _bisect_with_command(self, work: _Work) -> Outcome:
         from ekka.bisect import Bisector, CommandOracle, commit_range
         from ekka.bisect.cache import VerdictCache, config_hash
         from ekka.bisect.github import GitHubPrLookup
 
+        job, repo, params, executor = work.job, work.repo, work.params, work.executor
         command = executor.command
         assert command is not None  # the configuration checks it
-        lookup = GitHubPrLookup(job.repository, client=github)
+        lookup = GitHubPrLookup(job.repository, client=work.github)
         commits = commit_range(repo, params.good, params.bad, pr_lookup=lookup)
         oracle = CommandOracle(repo, command, executor.timeout)
         cache = VerdictCache(self.config.database_url)
@@ -332,14 +329,14 @@ class JobRunner:
             result = Bisector(
                 oracle,
                 workers=executor.workers,
-                observer=progress,
+                observer=work.progress,
                 cache=cache,
                 repo_key=str(Path(repo).resolve()),
                 config_hash=config_hash({"oracle": "command", "cmd": command, "repeats": 1}),
             ).run(commits)
         finally:
             cache.close()
-        (folder / "bisection.json").write_text(json.dumps(result.to_json(), indent=1))
+        (work.folder / "bisection.json").write_text(json.dumps(result.to_json(), indent=1))
         return Outcome(BisectionSummary.from_json(result.to_json()), None)
 
 
