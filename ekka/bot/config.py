@@ -38,6 +38,7 @@ from typing import Any
 from ekka.containers.spec import TOML_KEYS as EXECUTOR_KEYS
 from ekka.containers.spec import ExecutorSpec
 from ekka.errors import ConfigError, UsageError
+from ekka.request import Request, ScenarioRef
 from ekka.toml_reader import TomlReader
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -66,6 +67,29 @@ class Model:
     prompt: str | None = None
     prompt_ids: tuple[int, ...] = ()
     max_tokens: int = 4
+
+    def request(
+        self,
+        *,
+        framework: str,
+        prompt: str | None = None,
+        dtype: str | None = None,
+        max_tokens: int | None = None,
+        engine: Mapping[str, Any] | None = None,
+        scenario: ScenarioFile | None = None,
+    ) -> Request:
+        """The request of this model with its defaults, each overridden where given (a
+        `prompt` replaces the model's prompt or ids); `scenario`: a configured file."""
+        return Request(
+            model=self.path,
+            prompt_text=prompt if prompt is not None else self.prompt,
+            prompt_ids=() if prompt is not None else self.prompt_ids,
+            dtype=dtype if dtype is not None else self.dtype,
+            max_tokens=max_tokens if max_tokens is not None else self.max_tokens,
+            engine=dict(engine or {}),
+            scenario=None if scenario is None else ScenarioRef(scenario.path, scenario.name),
+            framework=framework,
+        )
 
 
 @dataclass(frozen=True)

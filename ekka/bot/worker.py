@@ -23,7 +23,7 @@ from ekka.bot.comments import upsert_comment
 from ekka.bot.config import BotConfig
 from ekka.bot.db import FINAL_STATES, InboxCommand, JobState, Store
 from ekka.bot.github import GitHubClient, GitHubError
-from ekka.request import JobParams, Request, ScenarioRef
+from ekka.request import JobParams
 
 log = logging.getLogger("ekka.bot")
 WRITE_PERMISSIONS = ("admin", "maintain", "write")
@@ -131,15 +131,13 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         )
         return "no prompt"
     params = JobParams(
-        request=Request(
-            model=model.path,
-            prompt_text=prompt if prompt is not None else model.prompt,
-            prompt_ids=() if prompt is not None else model.prompt_ids,
-            dtype=options.get("dtype", model.dtype),
-            max_tokens=options.get("max-tokens", model.max_tokens),
-            engine=parsed.engine,
-            scenario=None if scenario is None else ScenarioRef(scenario.path, scenario.name),
+        request=model.request(
             framework=repository.framework,
+            prompt=prompt,
+            dtype=options.get("dtype"),
+            max_tokens=options.get("max-tokens"),
+            engine=parsed.engine,
+            scenario=scenario,
         ),
         good=good,
         bad=bad,

@@ -34,7 +34,7 @@ from ekka.bot.db import Regression, Store, SweepResult
 from ekka.bot.jobs import fetch
 from ekka.errors import EkkaError
 from ekka.report import Diagnosis
-from ekka.request import DEFAULT_FRAMEWORK, JobParams, Request, Resolved, ScenarioRef
+from ekka.request import DEFAULT_FRAMEWORK, JobParams, Resolved
 from ekka.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -88,15 +88,8 @@ def subject(
     by `framework` (the repository's)."""
     from ekka.request import resolve_request
 
-    request = Request(
-        model=model.path,
-        prompt_text=None if model.prompt_ids else (model.prompt or "Hello"),
-        prompt_ids=model.prompt_ids,
-        dtype=model.dtype,
-        max_tokens=model.max_tokens,
-        scenario=None if scenario is None else ScenarioRef(scenario.path, scenario.name),
-        framework=framework,
-    )
+    fallback = None if model.prompt or model.prompt_ids else "Hello"
+    request = model.request(framework=framework, prompt=fallback, scenario=scenario)
     return Subject(model, resolve_request(request), None if scenario is None else scenario.name)
 
 
