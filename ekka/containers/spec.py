@@ -14,7 +14,7 @@ store a spec in a job's parameters. Nothing heavy is imported here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ekka.containers import defaults
@@ -234,42 +234,8 @@ class ExecutorSpec:
     # --- the job's copy ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "kind": self.kind,
-            "command": self.command,
-            "timeout": self.timeout,
-            "workers": self.workers,
-            "base_image": self.base_image,
-            "image_tag": self.image_tag,
-            "pull_image": self.pull_image,
-            "dockerfile": self.dockerfile,
-            "build_args": dict(self.build_args),
-            "gpus": self.gpus,
-            "shm_size": self.shm_size,
-            "memory": self.memory,
-            "pids_limit": self.pids_limit,
-            "image_budget_gb": self.image_budget_gb,
-            "ray": None,
-        }
-        if self.ray is not None:
-            r = self.ray
-            data["ray"] = {
-                "address": r.address,
-                "resources": {
-                    "cpus": r.resources.cpus,
-                    "gpus": r.resources.gpus,
-                    "memory_gb": r.resources.memory_gb,
-                    "accelerator": r.resources.accelerator,
-                    "custom": dict(r.resources.custom),
-                },
-                "timeout": r.timeout,
-                "queue_timeout": r.queue_timeout,
-                "retries": r.retries,
-                "node_executor": r.node_executor,
-                "trace_dir": r.trace_dir,
-                "cancel_grace": r.cancel_grace,
-            }
-        return data
+        """Every field, the ray settings (and their resources) as nested objects."""
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExecutorSpec:
