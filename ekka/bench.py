@@ -16,13 +16,16 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ekka.bisect.framework_repo import apply_patch
 from ekka.errors import UsageError
 from ekka.repo import installed_framework_dir
 from ekka.scenario import RunSpec, parse_run
 from ekka.tracer.scenario import Scenario
+
+if TYPE_CHECKING:
+    from ekka.request import Resolved
 
 
 @dataclass(frozen=True)
@@ -177,22 +180,32 @@ def build_case_model(case: Case, out: Path) -> Path:
     )
 
 
+def case_request(case: Case, model_dir: Path) -> Resolved:
+    """The case's request resolved (`ekka.request.resolve_request`): its `[run]` (read from
+    case.toml, the one scenario resolution) on the built model."""
+    from ekka.request import Request, ScenarioRef, resolve_request
+
+    return resolve_request(
+        Request(
+            model=str(model_dir),
+            prompt_text=case.prompt,
+            prompt_ids=case.prompt_ids or (),
+            dtype=case.dtype,
+            max_tokens=case.max_tokens,
+            engine=case.engine,
+            scenario=None if case.run is None else ScenarioRef(str(case.path / "case.toml")),
+            framework=case.framework,
+        )
+    )
+
+
 def case_scenario(case: Case, model_dir: Path) -> Scenario:
     """The case's requests around the traced one (none for a case of one request)."""
-    from ekka.tracer.capture import tokenize
-
-    if case.run is None:
-        return Scenario()
-    return case.run.resolve(lambda text: tokenize(model_dir, text))[1]
+    return case_request(case, model_dir).scenario
 
 
 def case_prompt_ids(case: Case, model_dir: Path) -> list[int]:
-    from ekka.tracer.capture import tokenize
-
-    if case.prompt_ids is not None:
-        return list(case.prompt_ids)
-    assert case.prompt is not None
-    return tokenize(model_dir, case.prompt)
+    return list(case_request(case, model_dir).request.prompt_ids)
 
 
 def base_repository(workdir: Path, framework: str = "vllm") -> Path:
@@ -213,9 +226,9 @@ def run_case(
     say: Callable[[str], None] = lambda _m: None,
     db_url: str | None = None,
 ) -> CaseResult:
+    from ekka.compose import diagnose_config
     from ekka.reduce import diagnose_and_reduce
     from ekka.report import write_reports
-    from ekka.tracer.diagnose import DiagnoseConfig
 
     start = time.perf_counter()
     work = workdir / case.id
@@ -226,11 +239,12 @@ def run_case(
     try:
         say("building the model")
         model_dir = build_case_model(case, work / "model")
-        ids = case_prompt_ids(case, model_dir)
-        scenario = case_scenario(case, model_dir)
+        resolved = case_request(case, model_dir)
         if bisect:
             from ekka.bisect.framework_repo import make_bug_history
-            from ekka.full import FullConfig, run_full_diagnosis
+            from ekka.compose import full_config
+            from ekka.containers.spec import ExecutorSpec
+            from ekka.full import run_full_diagnosis
 
             say("making the history: harmless commits around the bug commit")
             history = make_bug_history(
@@ -240,20 +254,14 @@ def run_case(
                 case.summary[:60],
             )
             diagnosis, result = run_full_diagnosis(
-                FullConfig(
-                    repo=str(history.repo),
+                full_config(
+                    resolved,
+                    ExecutorSpec(),
+                    repo=history.repo,
                     good=history.good,
                     bad=history.bad,
-                    model=str(model_dir),
-                    prompt_ids=tuple(ids),
-                    workdir=str(work / "traces"),
-                    package_dir=str(installed_framework_dir(case.framework)),
-                    dtype=case.dtype,
-                    max_tokens=case.max_tokens,
-                    engine=case.engine,
-                    prompt_text=case.prompt,
+                    workdir=work / "traces",
                     db_url=db_url or f"sqlite:///{(work / 'verdicts.db').resolve()}",
-                    scenario=scenario,
                 ),
                 progress=say,
             )
@@ -273,16 +281,8 @@ def run_case(
             copy_sources(installed_framework_dir(case.framework), src_root)
             apply_patch(case.path / "bug.patch", src_root)
             diagnosis = diagnose_and_reduce(
-                DiagnoseConfig(
-                    model=str(model_dir),
-                    prompt_ids=tuple(ids),
-                    workdir=str(work / "traces"),
-                    dtype=case.dtype,
-                    max_tokens=case.max_tokens,
-                    engine=case.engine,
-                    prompt_text=case.prompt,
-                    target_pythonpath=(str(src_root),),
-                    scenario=scenario,
+                diagnose_config(
+                    resolved, workdir=work / "traces", target_pythonpath=(str(src_root),)
                 ),
                 progress=say,
             )

@@ -18,6 +18,7 @@
     │   ├── DatabaseError           a database URL that opens nothing (ekka.storage)
     │   │   └── VerdictCacheError
     │   ├── ContainerEngineError    no docker package, or no engine answering
+    │   ├── ConfigError             a malformed configuration file, or a missing secret
     │   └── RayClusterError         no ray package, no cluster answering, or bad task resources
     ├── CaptureError                a framework failed while capturing (exit code 1)
     │   └── ProtocolError           a message between the parent and the target is not one
@@ -155,3 +156,8 @@ class ImageBuildError(EkkaError):
         super().__init__(message)
         self.commit = commit
         self.log = log
+
+
+class ConfigError(UsageError):
+    """Raised when a configuration file (the bot's TOML) is malformed or a secret it needs is
+    missing from the environment (the message names which, and where)."""

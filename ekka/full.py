@@ -28,10 +28,11 @@ from ekka.bisect.attribution import attribute
 from ekka.bisect.cache import VerdictCache, default_url
 from ekka.bisect.executor import Executor
 from ekka.bisect.history import commit_range
-from ekka.bisect.oracle import OracleConfig, TracerOracle
+from ekka.bisect.oracle import TracerOracle, oracle_config
 from ekka.bisect.search import Bisector, BisectResult, NullObserver, Observer
 from ekka.bisect.worktree import worktree
 from ekka.containers.local import LocalExecutor, overlay_compiled
+from ekka.containers.spec import CLI_KINDS
 from ekka.errors import UsageError
 from ekka.reduce import diagnose_and_reduce
 from ekka.report import BisectionSummary, Diagnosis, RootCause
@@ -66,6 +67,7 @@ class FullConfig:
     github_repo: str | None = None  # OWNER/NAME: PRs from GitHub's API, else from commit messages
     github_api: str = "https://api.github.com"
     github_token: str | None = None
+    # the executor's fields: `ekka.containers.spec.ExecutorSpec.full_options()` fills them
     executor: str = "local"  # "local", "docker" or "ray"
     images: ImageSettings | None = None  # docker: how per-commit images are obtained
     limits: ContainerLimits | None = None  # docker: GPUs and limits (timeout: `timeout`)
@@ -74,7 +76,7 @@ class FullConfig:
     scenario: Scenario = field(default_factory=Scenario)
 
 
-EXECUTORS = ("local", "docker", "ray")
+EXECUTORS = CLI_KINDS  # "local", "docker", "ray"
 # ray: a task's time limit past the probe's own `timeout` when none is set (a worktree or an
 # image to make on the node first; the node's executor ends a slow probe itself before that).
 TASK_SLACK_SECONDS = 600.0
@@ -153,18 +155,7 @@ def run_full_diagnosis(
 
     t0 = time.perf_counter()
     say("bisecting: reference logits (once per job)")
-    oracle = TracerOracle(
-        OracleConfig(
-            model=config.model,
-            prompt_ids=config.prompt_ids,
-            dtype=config.dtype,
-            max_tokens=config.max_tokens,
-            engine=config.engine,
-            logits_threshold=config.threshold,
-            scenario=config.scenario,
-        ),
-        work / "bisect",
-    )
+    oracle = TracerOracle(oracle_config(config), work / "bisect")
     oracle.prepare()
     executor = make_executor(config, oracle, commits.good.sha, say, client, build_output)
     cache = VerdictCache(config.db_url or default_url())

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ekka.bisect.oracle import OracleConfig, TracerOracle
+from ekka.bisect.oracle import TracerOracle, oracle_config
 from ekka.bisect.verdict import Verdict
 from ekka.report.records import Diagnosis, Reduction
 from ekka.scenario import scenario_toml
@@ -94,17 +94,7 @@ def reduce_scenario(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     work = Path(config.workdir) / "reduce"
-    oracle = TracerOracle(
-        OracleConfig(
-            model=config.model,
-            prompt_ids=config.prompt_ids,
-            dtype=config.dtype,
-            max_tokens=config.max_tokens,
-            engine=dict(config.engine),
-            logits_threshold=config.threshold,
-        ),
-        work,
-    )
+    oracle = TracerOracle(oracle_config(config, with_scenario=False), work)
     say("reducing the scenario: reference logits")
     oracle.prepare()
     scenario = config.scenario

@@ -22,6 +22,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     # codec: the one JSON codec of the typed records (a leaf: the tracer's inside uses it too)
     "codec": frozenset({"errors"}),
+    # toml_reader: typed reads of a TOML table with one-line errors
+    "toml_reader": frozenset({"errors"}),
     # repo: git in a repository and the installed framework's folder
     "repo": frozenset({"errors"}),
     # report: a diagnosis's typed records and their renderers
@@ -39,7 +41,11 @@ LAYERS: dict[str, frozenset[str]] = {
     # bisect: commit ranges, the search, the oracle (the tracer's end-to-end check), the cache
     "bisect": frozenset({"errors", "repo", "storage", "tracer"}),
     # containers: the executors (local worktree, docker, ray) that run the bisection's probes
-    "containers": frozenset({"errors", "repo", "bisect", "tracer"}),
+    "containers": frozenset({"errors", "toml_reader", "repo", "bisect", "tracer"}),
+    # request: one request (model, prompt, dtype, engine, scenario, framework), job parameters
+    "request": frozenset({"errors", "scenario", "tracer", "containers"}),
+    # modes: which options go with which mode of a command (localize/full, nightly/architectures)
+    "modes": frozenset({"errors", "containers"}),
     # reduce: a diverging scenario reduced to the requests it needs, by oracle probes
     "reduce": frozenset({"errors", "report", "scenario", "tracer", "bisect"}),
     # full: the full diagnosis (bisect, then localize at the first bad commit, attribute)
@@ -47,32 +53,36 @@ LAYERS: dict[str, frozenset[str]] = {
         {"errors", "repo", "report", "forge", "tracer", "scenario", "bisect", "containers"}
         | {"reduce"}
     ),
+    # compose: the diagnosis's and the full diagnosis's configurations from a request and an
+    # executor spec (the one place they are built)
+    "compose": frozenset({"errors", "repo", "tracer", "containers", "request", "full"}),
     # bot: the webhook server, its queue and worker, one job = one full diagnosis
     "bot": frozenset(
         {"errors", "repo", "report", "storage", "forge", "tracer", "scenario", "bisect"}
-        | {"containers", "full"}
+        | {"containers", "full", "toml_reader", "request", "compose"}
     ),
     # sweep: the nightly and architecture sweeps (the bot's configuration: see SWEEP_USES_OF_BOT)
     "sweep": frozenset(
         {"errors", "repo", "report", "storage", "forge", "zoo", "tracer", "scenario", "bisect"}
-        | {"containers", "full", "bot"}
+        | {"containers", "full", "bot", "request", "compose"}
     ),
     # bench: the benchmark's cases run through the diagnosis
     "bench": frozenset(
         {"errors", "repo", "report", "zoo", "tracer", "scenario", "bisect", "reduce", "full"}
+        | {"containers", "request", "compose"}
     ),
     # cli: the `ekka` command, above every part
     "cli": frozenset(
         {"errors", "repo", "report", "storage", "forge", "zoo", "tracer", "scenario", "bisect"}
-        | {"containers", "reduce", "full", "bot", "sweep", "bench"}
+        | {"containers", "reduce", "full", "bot", "sweep", "bench", "toml_reader", "request"}
+        | {"modes", "compose"}
     ),
 }
 # every part above the leaves may use the codec, as it may raise Ekka's errors
 LAYERS = {p: a if p in ("errors", "codec") else a | {"codec"} for p, a in LAYERS.items()}
 
-# sweep -> bot only for the configuration file both read (and, until the executor spec leaves
-# ekka.bot.jobs, its executor options and scenario resolution), never the bot's queue or server
-SWEEP_USES_OF_BOT = frozenset({"ekka.bot.config", "ekka.bot.jobs"})
+# sweep -> bot only for the configuration file both read, never the bot's queue, jobs or server
+SWEEP_USES_OF_BOT = frozenset({"ekka.bot.config"})
 
 # The inside: what runs in the framework's process (hooks, the trace writer, the adapters'
 # in-process parts, the messages); it imports nothing but itself and the errors.

@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.tracer.capture import capture
@@ -60,6 +60,39 @@ class OracleConfig:
         data = self.to_json()
         data["model"] = _model_digest(Path(self.model))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class OracleSource(Protocol):
+    """What a diagnosis's configuration (`DiagnoseConfig`, `FullConfig`) gives its oracle."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def prompt_ids(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def engine(self) -> Mapping[str, Any]: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def scenario(self) -> Scenario: ...
+
+
+def oracle_config(source: OracleSource, *, with_scenario: bool = True) -> OracleConfig:
+    """The one way to the oracle's configuration: a diagnosis's request and threshold, its
+    scenario too unless `with_scenario` is False (the scenario reduction varies it per run)."""
+    return OracleConfig(
+        model=source.model,
+        prompt_ids=tuple(source.prompt_ids),
+        dtype=source.dtype,
+        max_tokens=source.max_tokens,
+        engine=dict(source.engine),
+        logits_threshold=source.threshold,
+        scenario=source.scenario if with_scenario else Scenario(),
+    )
 
 
 def _model_digest(folder: Path) -> str:

@@ -94,6 +94,9 @@ def create_app(config: BotConfig, store: Store, *, worker: Any = None) -> Starle
         if job is None:
             return _error(404, "no such job")
         data = job.to_json()
+        executor = data["params"].get("executor")
+        if isinstance(executor, dict):  # its settings (build args, cluster) stay private
+            data["params"] = {**data["params"], "executor": {"kind": executor.get("kind")}}
         data["links"] = _links(config, job)
         return JSONResponse(data)
 

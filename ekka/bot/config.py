@@ -6,7 +6,8 @@ Everything is a frozen dataclass; a missing secret or a malformed file is a `Con
 
     [github]       api_url                      (EKKA_GITHUB_API_URL overrides)
     [server]       base_url, database_url, workdir (EKKA_DATABASE_URL overrides database_url)
-    [executor]     kind = "local" | "docker" | "ray" | "command", command (kind "command"),
+    [executor]     (ekka.containers.spec.ExecutorSpec.from_toml)
+                   kind = "local" | "docker" | "ray" | "command", command (kind "command"),
                    timeout, workers; docker: base_image, image_tag, pull_image, dockerfile,
                    build_args (a table), gpus, shm_size, memory, pids_limit, image_budget_gb;
                    ray: address, cpus, gpus, memory_gb, accelerator, resources (a table),
@@ -34,27 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ekka.containers.ray import RaySettings, TaskResources
-from ekka.errors import UsageError
+from ekka.containers.spec import TOML_KEYS as EXECUTOR_KEYS
+from ekka.containers.spec import ExecutorSpec
+from ekka.errors import ConfigError, UsageError
 from ekka.forge.settings import GitHubSettings
+from ekka.request import Request, ScenarioRef
+from ekka.toml_reader import TomlReader
 
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_DATABASE_URL = "sqlite:///ekka-bot.db"
-EXECUTOR_KINDS = ("local", "docker", "ray", "command")
-EXECUTOR_KEYS = ("kind", "command", "timeout", "workers", "base_image", "image_tag", "pull_image",
-                 "dockerfile", "build_args", "gpus", "shm_size", "memory", "pids_limit",
-                 "image_budget_gb", "address", "cpus", "memory_gb", "accelerator", "resources",
-                 "node_executor", "retries", "trace_dir", "task_timeout",
-                 "queue_timeout")  # fmt: skip
-# kind "ray" only (`gpus` is shared: docker's device string, ray's GPUs per task).
-RAY_KEYS = ("address", "cpus", "memory_gb", "accelerator", "resources", "node_executor",
-            "retries", "trace_dir", "task_timeout", "queue_timeout")  # fmt: skip
 DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(UsageError):
-    """Raised when the bot's configuration file is malformed or a secret it needs is missing
-    from the environment (the message names which, and where)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +69,29 @@ class Model:
     prompt_ids: tuple[int, ...] = ()
     max_tokens: int = 4
 
+    def request(
+        self,
+        *,
+        framework: str,
+        prompt: str | None = None,
+        dtype: str | None = None,
+        max_tokens: int | None = None,
+        engine: Mapping[str, Any] | None = None,
+        scenario: ScenarioFile | None = None,
+    ) -> Request:
+        """The request of this model with its defaults, each overridden where given (a
+        `prompt` replaces the model's prompt or ids); `scenario`: a configured file."""
+        return Request(
+            model=self.path,
+            prompt_text=prompt if prompt is not None else self.prompt,
+            prompt_ids=() if prompt is not None else self.prompt_ids,
+            dtype=dtype if dtype is not None else self.dtype,
+            max_tokens=max_tokens if max_tokens is not None else self.max_tokens,
+            engine=dict(engine or {}),
+            scenario=None if scenario is None else ScenarioRef(scenario.path, scenario.name),
+            framework=framework,
+        )
+
 
 @dataclass(frozen=True)
 class ScenarioFile:
@@ -100,32 +113,6 @@ class Sweep:
     dtypes: tuple[str, ...] = ("float32",)
     # configured [[scenarios]] names: each model is swept alone and in each of them
     scenarios: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Executor:
-    """How a job probes commits: "local" is the full diagnosis (vLLM traced against
-    transformers, each commit from a worktree); "docker" the same with each commit probed in
-    its own image (`ekka.containers`: the image and container options below); "ray" the same
-    with each commit probed by a task on a Ray cluster (`ray`: its address, the tasks'
-    resources, the nodes' executor); "command" bisects with an operator's shell command as the
-    oracle (exit 0 good, 125 skip, other bad), as `ekka bisect --cmd` does."""
-
-    kind: str = "local"
-    command: str | None = None
-    timeout: float = 600.0
-    workers: int = 1
-    base_image: str | None = None  # docker: None builds the offline base image once
-    image_tag: str = "ekka/{framework}:{sha}"
-    pull_image: str | None = None
-    dockerfile: str | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    gpus: str | None = None
-    shm_size: str = "2g"
-    memory: str | None = None
-    pids_limit: int = 4096
-    image_budget_gb: float | None = None
-    ray: RaySettings | None = None  # kind "ray"
 
 
 @dataclass(frozen=True)
@@ -156,7 +143,7 @@ class BotConfig:
     throttle: bool = True  # pace GitHub calls as GitHub asks (off only for a local test server)
     database_url: str = DEFAULT_DATABASE_URL
     workdir: str = ".ekka/bot"
-    executor: Executor = field(default_factory=Executor)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     allow: tuple[str, ...] = ()
     repositories: tuple[Repository, ...] = ()
@@ -227,7 +214,7 @@ def from_mapping(
     secrets_required: bool = True,
 ) -> BotConfig:
     """A BotConfig from a parsed TOML document and the environment."""
-    reader = _Reader(where)
+    reader = TomlReader(where)
     reader.known(data, "", ("github", "server", "executor", "worker", "permissions",
                             "repositories", "models", "scenarios", "sweeps"))  # fmt: skip
     github = reader.table(data, "github", ("api_url", "throttle"))
@@ -254,26 +241,7 @@ def from_mapping(
     for sweep in sweeps:
         _check_sweep(sweep, repositories, models, scenarios, where)
 
-    kind = reader.string(executor, "executor.kind", "local")
-    if kind not in EXECUTOR_KINDS:
-        raise ConfigError(
-            f"{where}: executor.kind {kind!r} is not one of {', '.join(EXECUTOR_KINDS)}."
-        )
-    command = reader.optional_string(executor, "executor.command")
-    if kind == "command" and not command:
-        raise ConfigError(f'{where}: executor.kind "command" needs executor.command (the oracle).')
-
-    build_args = reader.get(executor, "executor.build_args", dict, {})
-    if not all(isinstance(v, str) for v in build_args.values()):
-        raise ConfigError(f"{where}: executor.build_args must map names to strings.")
-    image_tag = reader.string(executor, "executor.image_tag", "ekka/{framework}:{sha}")
-    if "{sha}" not in image_tag:
-        raise ConfigError(f"{where}: executor.image_tag must hold {{sha}} (one image per commit).")
-    budget = executor.get("image_budget_gb")
-    ray = _ray_settings(reader, executor, where) if kind == "ray" else None
-    if kind != "ray" and any(key in executor for key in RAY_KEYS):
-        given = next(key for key in RAY_KEYS if key in executor)
-        raise ConfigError(f'{where}: executor.{given} is for kind = "ray" (kind is {kind!r}).')
+    executor_spec = ExecutorSpec.from_toml(executor, reader)
 
     secret = env.get("EKKA_WEBHOOK_SECRET", "")
     if not secret and secrets_required:
@@ -314,25 +282,7 @@ def from_mapping(
         database_url=env.get("EKKA_DATABASE_URL")
         or reader.string(server, "server.database_url", DEFAULT_DATABASE_URL),
         workdir=reader.string(server, "server.workdir", ".ekka/bot"),
-        executor=Executor(
-            kind=kind,
-            command=command,
-            timeout=reader.number(executor, "executor.timeout", 600.0),
-            workers=int(reader.number(executor, "executor.workers", 1, integer=True)),
-            base_image=reader.optional_string(executor, "executor.base_image"),
-            image_tag=image_tag,
-            pull_image=reader.optional_string(executor, "executor.pull_image"),
-            dockerfile=reader.optional_string(executor, "executor.dockerfile"),
-            build_args=dict(build_args),
-            gpus=None if ray else reader.optional_string(executor, "executor.gpus"),
-            shm_size=reader.string(executor, "executor.shm_size", "2g"),
-            memory=reader.optional_string(executor, "executor.memory"),
-            pids_limit=int(reader.number(executor, "executor.pids_limit", 4096, integer=True)),
-            image_budget_gb=None
-            if budget is None
-            else reader.number(executor, "executor.image_budget_gb", 0.0),
-            ray=ray,
-        ),
+        executor=executor_spec,
         worker=WorkerSettings(
             poll_seconds=reader.number(worker, "worker.poll_seconds", 1.0),
             lease_seconds=reader.number(worker, "worker.lease_seconds", 120.0),
@@ -346,57 +296,7 @@ def from_mapping(
     )
 
 
-def _ray_settings(reader: _Reader, executor: Mapping[str, Any], where: str) -> RaySettings:
-    """[executor] kind = "ray": the cluster's address and the tasks' settings, checked."""
-    address = reader.optional_string(executor, "executor.address")
-    if not address:
-        raise ConfigError(
-            f'{where}: executor.kind "ray" needs executor.address (the cluster\'s head, '
-            "HOST:PORT or ray://HOST:10001)."
-        )
-    resources = reader.get(executor, "executor.resources", dict, {})
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in resources.values()):
-        raise ConfigError(f"{where}: executor.resources must map resource names to amounts.")
-    memory = executor.get("memory_gb")
-    task_timeout = executor.get("task_timeout")
-    try:
-        return RaySettings(
-            address=address,
-            resources=TaskResources(
-                cpus=reader.number(executor, "executor.cpus", 1.0),
-                gpus=_ray_gpus(reader, executor),
-                memory_gb=None
-                if memory is None
-                else reader.number(executor, "executor.memory_gb", 0.0),
-                accelerator=reader.optional_string(executor, "executor.accelerator"),
-                custom={str(k): float(v) for k, v in resources.items()},
-            ),
-            timeout=None
-            if task_timeout is None
-            else reader.number(executor, "executor.task_timeout", 0.0),
-            queue_timeout=reader.number(executor, "executor.queue_timeout", 1800.0),
-            retries=int(reader.number(executor, "executor.retries", 0, integer=True)),
-            node_executor=reader.string(executor, "executor.node_executor", "local"),
-            trace_dir=reader.optional_string(executor, "executor.trace_dir"),
-        )
-    except ConfigError:
-        raise
-    except UsageError as exc:
-        raise ConfigError(f"{where}: [executor] {exc}") from None
-
-
-def _ray_gpus(reader: _Reader, executor: Mapping[str, Any]) -> float:
-    """kind "ray": `gpus` is the GPUs per task, a number (docker's `gpus` is a device string)."""
-    value = executor.get("gpus", 0)
-    if isinstance(value, str):
-        raise ConfigError(
-            f"{reader.where}: executor.gpus must be a number of GPUs per task for kind "
-            '"ray" (docker\'s device strings apply to kind "docker").'
-        )
-    return reader.number(executor, "executor.gpus", 0.0)
-
-
-def _repository(reader: _Reader, index: int, data: Any) -> Repository:
+def _repository(reader: TomlReader, index: int, data: Any) -> Repository:
     at = f"repositories[{index}]"
     if not isinstance(data, dict):
         raise ConfigError(f"{reader.where}: {at} is not a table ([[repositories]]).")
@@ -414,7 +314,7 @@ def _repository(reader: _Reader, index: int, data: Any) -> Repository:
     )
 
 
-def _model(reader: _Reader, index: int, data: Any) -> Model:
+def _model(reader: TomlReader, index: int, data: Any) -> Model:
     at = f"models[{index}]"
     if not isinstance(data, dict):
         raise ConfigError(f"{reader.where}: {at} is not a table ([[models]]).")
@@ -443,7 +343,7 @@ def _model(reader: _Reader, index: int, data: Any) -> Model:
     )
 
 
-def _scenario(reader: _Reader, index: int, data: Any) -> ScenarioFile:
+def _scenario(reader: TomlReader, index: int, data: Any) -> ScenarioFile:
     from ekka.scenario import load_run
 
     at = f"scenarios[{index}]"
@@ -458,7 +358,7 @@ def _scenario(reader: _Reader, index: int, data: Any) -> ScenarioFile:
     return ScenarioFile(name=reader.required_string(data, f"{at}.name"), path=path)
 
 
-def _sweep(reader: _Reader, index: int, data: Any) -> Sweep:
+def _sweep(reader: TomlReader, index: int, data: Any) -> Sweep:
     at = f"sweeps[{index}]"
     if not isinstance(data, dict):
         raise ConfigError(f"{reader.where}: {at} is not a table ([[sweeps]]).")
@@ -531,63 +431,7 @@ def _unique(names: list[str], what: str, where: str) -> None:
         seen.add(name)
 
 
-class _Reader:
-    """Typed reads from the parsed TOML with errors that name the file and the key."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def known(self, data: Mapping[str, Any], at: str, keys: tuple[str, ...]) -> None:
-        unknown = sorted(set(data) - set(keys))
-        if unknown:
-            place = f" in [{at}]" if at else ""
-            raise ConfigError(
-                f"{self.where}: unknown key {unknown[0]!r}{place}; the keys are {', '.join(keys)}."
-            )
-
-    def table(self, data: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
-        value = data.get(name, {})
-        if not isinstance(value, dict):
-            raise ConfigError(f"{self.where}: [{name}] must be a table.")
-        self.known(value, name, keys)
-        return value
-
-    def array(self, data: Mapping[str, Any], name: str) -> list[Any]:
-        value = data.get(name, [])
-        if not isinstance(value, list):
-            raise ConfigError(f"{self.where}: {name} must be an array of tables ([[{name}]]).")
-        return value
-
-    def get(self, data: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-        value = data.get(key.rsplit(".", 1)[-1], default)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-            raise ConfigError(f"{self.where}: {key} must be a {kind.__name__}, not {value!r}.")
-        return value
-
-    def string(self, data: Mapping[str, Any], key: str, default: str) -> str:
-        value: str = self.get(data, key, str, default)
-        return value
-
-    def optional_string(self, data: Mapping[str, Any], key: str) -> str | None:
-        value = data.get(key.rsplit(".", 1)[-1])
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise ConfigError(f"{self.where}: {key} must be a string, not {value!r}.")
-        return value
-
-    def required_string(self, data: Mapping[str, Any], key: str) -> str:
-        value = self.optional_string(data, key)
-        if not value:
-            raise ConfigError(f"{self.where}: {key} is missing.")
-        return value
-
-    def number(
-        self, data: Mapping[str, Any], key: str, default: float, *, integer: bool = False
-    ) -> float:
-        value = data.get(key.rsplit(".", 1)[-1], default)
-        kinds = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
-            what = "a non-negative integer" if integer else "a non-negative number"
-            raise ConfigError(f"{self.where}: {key} must be {what}, not {value!r}.")
-        return float(value)
+__all__ = [
+    "DTYPES", "BotConfig", "ConfigError", "ExecutorSpec", "Model", "Repository", "ScenarioFile",
+    "Secrets", "Sweep", "WorkerSettings", "from_mapping", "load_config",
+]  # fmt: skip

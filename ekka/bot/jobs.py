@@ -15,21 +15,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ekka.bisect.history import CommitInfo, CommitRange
 from ekka.bisect.search import BisectResult, BisectStep, describe_step
 from ekka.bot import messages
-from ekka.bot.config import BotConfig, Executor
+from ekka.bot.config import BotConfig
 from ekka.bot.db import Store
 from ekka.bot.queue import Job, JobState
+from ekka.containers.spec import ExecutorSpec
 from ekka.errors import EkkaError, GitHubError
 from ekka.forge.client import GitHubClient
 from ekka.forge.comments import issue_url, upsert_comment
 from ekka.repo import fetch
 from ekka.report import BisectionSummary, Diagnosis
-from ekka.tracer.protocol import ScenarioRequest
-from ekka.tracer.scenario import Scenario
+from ekka.request import JobParams
 
 log = logging.getLogger("ekka.bot")
 
@@ -115,6 +114,20 @@ class Progress:
         self.say(f"bisection {result.status.value} after {result.probes} probes", force=True)
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What one job's diagnosis works with: the job, its GitHub client and progress, its
+    folder, the clone, its parameters and the executor spec it runs with."""
+
+    job: Job
+    github: GitHubClient
+    progress: Progress
+    folder: Path
+    repo: str
+    params: JobParams
+    executor: ExecutorSpec
+
+
 class JobRunner:
     """Runs one claimed job to its end (done, failed or cancelled)."""
 
@@ -160,7 +173,7 @@ class JobRunner:
             final = messages.final_comment(
                 job=job.id,
                 repository=job.repository,
-                params=job.params,
+                params=JobParams.from_json(job.params),
                 diagnosis=outcome.diagnosis,
                 bisection=outcome.bisection,
                 base_url=self.config.base_url,
@@ -260,70 +273,38 @@ class JobRunner:
         repository = self.config.repository(job.repository)
         if repository is None or repository.path is None:
             raise EkkaError(f"{job.repository} is no longer configured with a local clone")
+        params = JobParams.from_json(job.params)
+        executor = params.executor or self.config.executor
         fetch(repository.path)
         folder.mkdir(parents=True, exist_ok=True)
-        params = job.params
-        if self.config.executor.kind == "command":
-            return self._bisect_with_command(job, github, progress, folder, repository.path)
-        return self._full_diagnosis(job, github, progress, folder, repository.path, params)
+        work = _Work(job, github, progress, folder, repository.path, params, executor)
+        if executor.kind == "command":
+            return self._bisect_with_command(work)
+        return self._full_diagnosis(work)
 
-    def _full_diagnosis(
-        self,
-        job: Job,
-        github: GitHubClient,
-        progress: Progress,
-        folder: Path,
-        repo: str,
-        params: dict[str, Any],
-    ) -> Outcome:
-        from ekka.full import FullConfig, run_full_diagnosis
-        from ekka.repo import installed_framework_dir
+    def _full_diagnosis(self, work: _Work) -> Outcome:
+        from ekka.compose import full_config
+        from ekka.full import run_full_diagnosis
         from ekka.report import write_reports
-        from ekka.tracer.capture import resolve_prompt, validate
-        from ekka.tracer.protocol import CaptureSpec
+        from ekka.request import check_request, resolve_request
 
-        prompt = params.get("prompt")
-        ids = params.get("prompt_ids") or None
-        scenario, engine, from_file = job_scenario(params)
-        if from_file is not None:  # the scenario file gives the traced request
-            ids, prompt = list(from_file.prompt_ids), None
-            params = {**params, "prompt_ids": ids, "max_tokens": from_file.max_tokens}
-        else:
-            ids = resolve_prompt(params["model_path"], None if ids else prompt, ids)
-        validate(
-            CaptureSpec(
-                framework="vllm",
-                model=params["model_path"],
-                prompt_ids=tuple(ids),
-                out=str(folder / "traces" / "target"),
-                dtype=params["dtype"],
-                max_tokens=params["max_tokens"],
-                engine=engine,
-                before=scenario.before,
-                alongside=scenario.alongside,
-            )
-        )
+        job, github, progress, folder, params = (
+            work.job, work.github, work.progress, work.folder, work.params
+        )  # fmt: skip
+        resolved = resolve_request(params.request)
+        check_request(resolved, folder / "traces" / "target")
         diagnosis, _ = run_full_diagnosis(
-            FullConfig(
-                repo=repo,
-                good=params["good"],
-                bad=params["bad"],
-                model=params["model_path"],
-                prompt_ids=tuple(ids),
-                workdir=str(folder / "traces"),
-                package_dir=str(installed_framework_dir("vllm")),
-                dtype=params["dtype"],
-                max_tokens=params["max_tokens"],
-                engine=engine,
-                scenario=scenario,
-                workers=self.config.executor.workers,
+            full_config(
+                resolved,
+                work.executor,
+                repo=work.repo,
+                good=params.good,
+                bad=params.bad,
+                workdir=folder / "traces",
                 db_url=self.config.database_url,
-                timeout=self.config.executor.timeout,
-                prompt_text=prompt if not params.get("prompt_ids") else None,
                 github_repo=job.repository,
                 github_api=self.config.api_url,
                 github_token=github.token,
-                **executor_options(self.config.executor),
             ),
             progress=lambda text: progress.say(text, force=True),
             observer=progress,
@@ -333,84 +314,28 @@ class JobRunner:
         assert diagnosis.bisection is not None
         return Outcome(diagnosis.bisection, diagnosis)
 
-    def _bisect_with_command(
-        self, job: Job, github: GitHubClient, progress: Progress, folder: Path, repo: str
-    ) -> Outcome:
+    def _bisect_with_command(self, work: _Work) -> Outcome:
         from ekka.bisect import Bisector, CommandOracle, commit_range
         from ekka.bisect.cache import VerdictCache, config_hash
         from ekka.forge.pulls import GitHubPrLookup
 
-        command = self.config.executor.command
+        job, repo, params, executor = work.job, work.repo, work.params, work.executor
+        command = executor.command
         assert command is not None  # the configuration checks it
-        params = job.params
-        lookup = GitHubPrLookup(job.repository, client=github)
-        commits = commit_range(repo, params["good"], params["bad"], pr_lookup=lookup)
-        oracle = CommandOracle(repo, command, self.config.executor.timeout)
+        lookup = GitHubPrLookup(job.repository, client=work.github)
+        commits = commit_range(repo, params.good, params.bad, pr_lookup=lookup)
+        oracle = CommandOracle(repo, command, executor.timeout)
         cache = VerdictCache(self.config.database_url)
         try:
             result = Bisector(
                 oracle,
-                workers=self.config.executor.workers,
-                observer=progress,
+                workers=executor.workers,
+                observer=work.progress,
                 cache=cache,
                 repo_key=str(Path(repo).resolve()),
                 config_hash=config_hash({"oracle": "command", "cmd": command, "repeats": 1}),
             ).run(commits)
         finally:
             cache.close()
-        (folder / "bisection.json").write_text(json.dumps(result.to_json(), indent=1))
+        (work.folder / "bisection.json").write_text(json.dumps(result.to_json(), indent=1))
         return Outcome(BisectionSummary.from_json(result.to_json()), None)
-
-
-def executor_options(settings: Executor) -> dict[str, Any]:
-    """FullConfig's executor fields from `[executor]`: kind "docker" its images and limits;
-    kind "ray" the cluster's settings (and the docker ones where its nodes use docker)."""
-    options: dict[str, Any] = {}
-    if settings.kind == "ray":
-        assert settings.ray is not None  # the configuration checks it
-        options.update(executor="ray", ray=settings.ray)
-        if settings.ray.node_executor != "docker":
-            return options
-    elif settings.kind != "docker":
-        return options
-    else:
-        options["executor"] = "docker"
-    from ekka.containers.docker import ContainerLimits
-    from ekka.containers.images import ImageSettings
-
-    options.update(
-        images=ImageSettings(
-            base_image=settings.base_image,
-            tag_template=settings.image_tag,
-            pull_template=settings.pull_image,
-            dockerfile=settings.dockerfile,
-            build_args=dict(settings.build_args),
-            budget_gb=settings.image_budget_gb,
-        ),
-        limits=ContainerLimits(
-            gpus=settings.gpus,
-            shm_size=settings.shm_size,
-            memory=settings.memory,
-            pids=settings.pids_limit,
-        ),
-    )
-    return options
-
-
-def job_scenario(
-    params: dict[str, Any],
-) -> tuple[Scenario, dict[str, Any], ScenarioRequest | None]:
-    """A job's scenario (from the configured file it names), its engine arguments (the
-    command's engine.KEY over the file's [run.engine]), and the traced request where the file
-    gives it (else None: the command's or the model's prompt is traced)."""
-    from ekka.scenario import load_run
-    from ekka.tracer.capture import tokenize
-
-    engine = dict(params.get("engine") or {})
-    named = params.get("scenario")
-    if not named:
-        return Scenario(), engine, None
-    run = load_run(named["path"])
-    traced, scenario = run.resolve(lambda text: tokenize(params["model_path"], text))
-    in_file = run.prompt.text is not None or run.prompt.ids is not None
-    return scenario, {**run.engine, **engine}, traced if in_file else None

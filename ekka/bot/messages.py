@@ -10,16 +10,11 @@ report.json) or, for a command-oracle bisection, from the bisection's JSON.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from ekka.bot.commands import USAGE
 from ekka.report import BisectionSummary, Diagnosis
-from ekka.report.comment import (
-    first_bad_lines,
-    ratio_chart,
-    reproduce_command,
-    suspects_table,
-)
+from ekka.report.comment import first_bad_lines, ratio_chart, suspects_table
+from ekka.request import JobParams, reproduce_command
 
 JOB_MARKER = "<!-- ekka-job:{job} -->"
 PR_MARKER = "<!-- ekka-job:{job} pr -->"
@@ -140,7 +135,7 @@ def final_comment(
     *,
     job: int,
     repository: str,
-    params: dict[str, Any],
+    params: JobParams,
     diagnosis: Diagnosis | None,
     bisection: BisectionSummary,
     base_url: str | None,
@@ -169,7 +164,7 @@ def final_comment(
     )
     if diagnosis is not None:
         lines.append(
-            f"- model `{params.get('model')}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
+            f"- model `{params.model_name}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
             f"prompt tokens, {diagnosis.max_tokens} generated"
         )
         lines += [f"- note: {note}" for note in diagnosis.notes]
@@ -187,7 +182,7 @@ def final_comment(
             commit_lines="\n".join(lines),
             suspects=suspects,
             chart=chart,
-            reproduce=reproduce_command(params, bisection),
+            reproduce=reproduce_command(params, bisection.good.sha, bisection.bad.sha),
             links=links,
         ).rstrip()
         + "\n"

@@ -16,7 +16,6 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ekka.bot import messages
 from ekka.bot.commands import Action, Command, CommandError, parse_line
@@ -26,6 +25,7 @@ from ekka.bot.queue import FINAL_STATES, InboxCommand, JobState
 from ekka.errors import GitHubError
 from ekka.forge.client import GitHubClient, connect
 from ekka.forge.comments import issue_url, upsert_comment
+from ekka.request import JobParams
 
 log = logging.getLogger("ekka.bot")
 WRITE_PERMISSIONS = ("admin", "maintain", "write")
@@ -132,19 +132,21 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
             messages.NEEDS.format(marker=marker, user=user, what="a prompt", how=how),
         )
         return "no prompt"
-    params: dict[str, Any] = {
-        "model": model.name,
-        "model_path": model.path,
-        "prompt": prompt if prompt is not None else model.prompt,
-        "prompt_ids": [] if prompt is not None else list(model.prompt_ids),
-        "dtype": options.get("dtype", model.dtype),
-        "max_tokens": options.get("max-tokens", model.max_tokens),
-        "engine": parsed.engine,
-        "scenario": None if scenario is None else {"name": scenario.name, "path": scenario.path},
-        "good": good,
-        "bad": bad,
-        "command": command.text,
-    }
+    params = JobParams(
+        request=model.request(
+            framework=repository.framework,
+            prompt=prompt,
+            dtype=options.get("dtype"),
+            max_tokens=options.get("max-tokens"),
+            engine=parsed.engine,
+            scenario=scenario,
+        ),
+        good=good,
+        bad=bad,
+        model_name=model.name,
+        executor=config.executor,
+        command=command.text,
+    )
     job = context.store.create_job(
         repository=command.repository,
         issue=command.issue,
@@ -152,7 +154,7 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         command=command.text,
         requested_by=user,
         installation=command.installation,
-        params=params,
+        params=params.to_json(),
     ) or context.store.job_for_command(command.repository, command.comment, command.text)
     assert job is not None
     try:

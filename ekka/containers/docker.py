@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ekka.bisect.history import CommitInfo
 from ekka.bisect.oracle import TracerOracle
 from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
+from ekka.containers import defaults
 from ekka.containers.engine import Progress, tail
 from ekka.containers.images import ImageSettings, ImageStore
 from ekka.errors import ImageBuildError, TraceFormatError, UsageError
@@ -58,11 +59,11 @@ class ContainerLimits:
     """What a probe's container may use, and for how long."""
 
     gpus: str | None = None  # "all", a count ("2") or device ids ("0,1"); None: no GPU
-    shm_size: str = "2g"
+    shm_size: str = defaults.SHM_SIZE
     memory: str | None = None  # e.g. "16g"; None: the engine's default (no limit)
-    pids: int | None = 4096
+    pids: int | None = defaults.PIDS_LIMIT
     cpus: float | None = None
-    timeout: float = 600.0  # seconds, then the container is killed and the probe skips
+    timeout: float = defaults.TIMEOUT  # seconds, then the container is killed and the probe skips
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
 
     def __post_init__(self) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ekka.containers import defaults
 from ekka.containers.base import _add_bytes, default_cache_dir, image_exists
 from ekka.containers.engine import Progress, stream_lines, tail
 from ekka.containers.overlay import compiled_changes
@@ -59,7 +60,7 @@ class ImageSettings:
 
     framework: str = "vllm"
     base_image: str | None = None  # the overlay's base; None: no overlay strategy
-    tag_template: str = "ekka/{framework}:{sha}"
+    tag_template: str = defaults.IMAGE_TAG
     pull_template: str | None = None  # e.g. "public.ecr.aws/q9t5s3a7/vllm-ci-postmerge-repo:{sha}"
     dockerfile: str | None = None  # a path in the repository, or a file on the host
     build_args: Mapping[str, str] = field(default_factory=dict)

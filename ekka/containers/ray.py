@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ekka.bisect.executor import Executor
 from ekka.bisect.history import CommitInfo
 from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
+from ekka.containers import defaults
 from ekka.errors import RayClusterError, UsageError
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ DEFAULT_TASK_TIMEOUT = (
 class TaskResources:
     """What one probe's task asks the cluster for; Ray starts it on a node that has it free."""
 
-    cpus: float = 1.0
-    gpus: float = 0.0
+    cpus: float = defaults.RAY_CPUS
+    gpus: float = defaults.RAY_GPUS
     memory_gb: float | None = None  # None: no memory reservation
     accelerator: str | None = None  # a GPU type the node must have (Ray's accelerator_type)
     custom: Mapping[str, float] = field(default_factory=dict)  # the cluster's own resources
@@ -147,9 +148,13 @@ class RaySettings:
     resources: TaskResources = field(default_factory=TaskResources)
     timeout: float | None = None  # seconds a task may run on its node, then it is cancelled:
     # a skip (None: DEFAULT_TASK_TIMEOUT; `ekka.full` makes it the probe's timeout plus slack)
-    queue_timeout: float = 1800.0  # seconds a task may wait for a node with its resources
+    queue_timeout: float = (
+        defaults.QUEUE_TIMEOUT
+    )  # seconds a task may wait for a node with its resources
     retries: int = 0  # a failed task (raised, node lost, past a limit) is tried again, then skips
-    node_executor: str = "local"  # what runs the probe on its node: local (worktree) or docker
+    node_executor: str = (
+        defaults.NODE_EXECUTOR
+    )  # what runs the probe on its node: local (worktree) or docker
     trace_dir: str | None = None  # a folder every node mounts; None: each node's temp folder
     cancel_grace: float = 10.0  # seconds a cancelled task has to clean up, then it is killed
 

@@ -4,11 +4,8 @@ final comment (`ekka.bot.messages`) and the nightly sweep's issues (`ekka.sweep.
 
 from __future__ import annotations
 
-import json
 import math
-import shlex
 from collections.abc import Sequence
-from typing import Any
 
 from ekka.report.records import BisectionSummary, Comparison, Diagnosis
 
@@ -79,33 +76,6 @@ def ratio_chart(diagnosis: Diagnosis, limit: int = 48) -> str:
         f"    line [{', '.join(f'{threshold:.2f}' for _ in values)}]\n"
         "```\n\n"
     )
-
-
-def reproduce_command(params: dict[str, Any], bisection: BisectionSummary) -> str:
-    """The command that repeats the job on a maintainer's machine (local paths as placeholders)."""
-    words = [
-        "ekka diagnose",
-        "--model /path/to/" + shlex.quote(str(params.get("model", "MODEL"))),
-    ]
-    if params.get("prompt_ids"):
-        words.append("--prompt-ids " + ",".join(str(i) for i in params["prompt_ids"]))
-    elif params.get("prompt"):
-        words.append("--prompt " + shlex.quote(str(params["prompt"])))
-    words += [
-        f"--dtype {shlex.quote(str(params.get('dtype', 'float32')))}",
-        f"--max-tokens {int(params.get('max_tokens', 4))}",
-    ]
-    for key, value in sorted((params.get("engine") or {}).items()):
-        words.append("--engine " + shlex.quote(f"{key}={json.dumps(value)}"))
-    scenario = params.get("scenario")
-    if isinstance(scenario, dict) and scenario.get("name"):
-        words.append("--scenario /path/to/" + shlex.quote(f"{scenario['name']}.toml"))
-    words += [
-        "--repo /path/to/vllm",
-        f"--good {bisection.good.sha[:12]}",
-        f"--bad {bisection.bad.sha[:12]}",
-    ]
-    return " \\\n    ".join(words)
 
 
 def _thin(points: Sequence[Comparison], limit: int, keep: Comparison | None) -> list[Comparison]:

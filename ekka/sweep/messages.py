@@ -4,10 +4,9 @@ hidden marker `<!-- ekka-regression:SWEEP:ID [pr|fixed] -->`, so a later run edi
 
 from __future__ import annotations
 
-from typing import Any
-
 from ekka.report import Diagnosis
-from ekka.report.comment import first_bad_lines, reproduce_command, suspects_table
+from ekka.report.comment import first_bad_lines, suspects_table
+from ekka.request import JobParams, reproduce_command
 
 REGRESSION_MARKER = "<!-- ekka-regression:{sweep}:{regression} -->"
 REGRESSION_PR_MARKER = "<!-- ekka-regression:{sweep}:{regression} pr -->"
@@ -54,7 +53,7 @@ def regression_issue(
     regression: int,
     repository: str,
     branch: str,
-    params: dict[str, Any],
+    params: JobParams,
     diagnosis: Diagnosis,
     run: int,
     head: str,
@@ -69,7 +68,7 @@ def regression_issue(
         f"{bisection.probes} probes, {bisection.cached} verdicts from the cache"
     )
     lines.append(
-        f"- model `{params.get('model')}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
+        f"- model `{params.model_name}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
         f"prompt tokens, {diagnosis.max_tokens} generated"
     )
     lines += [f"- note: {note}" for note in diagnosis.notes]
@@ -81,18 +80,18 @@ def regression_issue(
     body = REGRESSION_ISSUE.format(
         marker=regression_marker(sweep, regression),
         sweep=sweep,
-        model=params.get("model"),
+        model=params.model_name,
         dtype=diagnosis.dtype,
         branch=branch,
         statement=statement,
         commit_lines="\n".join(lines),
         suspects=suspects_table(diagnosis),
-        reproduce=reproduce_command(params, bisection),
+        reproduce=reproduce_command(params, bisection.good.sha, bisection.bad.sha),
         seen=regression_seen(head, run),
     )
     title = REGRESSION_TITLE.format(
         sweep=sweep,
-        model=params.get("model"),
+        model=params.model_name,
         dtype=diagnosis.dtype,
         branch=branch,
         short=first.short if first is not None else bisection.bad.short,

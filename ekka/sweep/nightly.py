@@ -24,21 +24,24 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ekka.bisect.cache import VerdictCache
 from ekka.bisect.history import commit_info, open_repo, resolve_ref
-from ekka.bisect.oracle import OracleConfig, TracerOracle
+from ekka.bisect.oracle import TracerOracle, oracle_config
 from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.bot.config import BotConfig, ConfigError, Model, ScenarioFile, Sweep
-from ekka.bot.jobs import executor_options
 from ekka.errors import EkkaError
 from ekka.forge.comments import issue_url
 from ekka.repo import fetch
 from ekka.report import Diagnosis
+from ekka.request import DEFAULT_FRAMEWORK, JobParams, Resolved
 from ekka.storage.sweeps import Regression, SweepResult, SweepStore
 from ekka.sweep import messages
 from ekka.tracer.scenario import Scenario
+
+if TYPE_CHECKING:
+    from ekka.full import FullConfig
 
 Say = Callable[[str], None]
 
@@ -50,11 +53,8 @@ class Subject:
     its results and regressions ("tiny-llama", "tiny-llama+prefix-hit")."""
 
     model: Model
-    prompt_ids: tuple[int, ...]
-    max_tokens: int
+    resolved: Resolved
     scenario_name: str | None = None
-    scenario: Scenario = field(default_factory=Scenario)
-    engine: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -62,25 +62,38 @@ class Subject:
             return self.model.name
         return f"{self.model.name}+{self.scenario_name}"
 
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        return self.resolved.request.prompt_ids
 
-def subject(model: Model, scenario: ScenarioFile | None = None) -> Subject:
+    @property
+    def max_tokens(self) -> int:
+        return self.resolved.request.max_tokens
+
+    @property
+    def engine(self) -> Mapping[str, Any]:
+        return self.resolved.request.engine
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.resolved.scenario
+
+    def at(self, dtype: str) -> Resolved:
+        """The subject's request in `dtype`."""
+        return replace(self.resolved, request=replace(self.resolved.request, dtype=dtype))
+
+
+def subject(
+    model: Model, scenario: ScenarioFile | None = None, framework: str = DEFAULT_FRAMEWORK
+) -> Subject:
     """The model alone, or in the scenario of that file (its traced request where the file
-    gives one, else the model's prompt; its requests before and beside it; its engine)."""
-    from ekka.bot.jobs import job_scenario
+    gives one, else the model's prompt; its requests before and beside it; its engine), served
+    by `framework` (the repository's)."""
+    from ekka.request import resolve_request
 
-    prompt_ids = _prompt_ids(model)
-    if scenario is None:
-        return Subject(model, prompt_ids, model.max_tokens)
-    params = {"model_path": model.path, "scenario": {"name": scenario.name, "path": scenario.path}}
-    around, engine, traced = job_scenario(params)
-    return Subject(
-        model,
-        traced.prompt_ids if traced is not None else prompt_ids,
-        traced.max_tokens if traced is not None else model.max_tokens,
-        scenario.name,
-        around,
-        engine,
-    )
+    fallback = None if model.prompt or model.prompt_ids else "Hello"
+    request = model.request(framework=framework, prompt=fallback, scenario=scenario)
+    return Subject(model, resolve_request(request), None if scenario is None else scenario.name)
 
 
 @dataclass(frozen=True)
@@ -270,7 +283,7 @@ def run_nightly(
                 assert model is not None  # the configuration checks it
                 files = [config.scenario(n) for n in sweep.scenarios]
                 for scenario in (None, *files):
-                    what = subject(model, scenario)
+                    what = subject(model, scenario, repository.framework)
                     for dtype in sweep.dtypes:
                         results.append(_sweep_pair(state, what, dtype))
         except BaseException as exc:
@@ -325,50 +338,31 @@ def branch_head(repo: str, branch: str) -> str:
     raise ConfigError(f"the branch {branch!r} is neither in {repo} nor in its remotes.")
 
 
-def _params(what: Subject, dtype: str, prompt_ids: tuple[int, ...]) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "model": what.model.name,
-        "prompt_ids": list(prompt_ids),
-        "dtype": dtype,
-        "max_tokens": what.max_tokens,
-        "engine": dict(what.engine),
-    }
-    if what.scenario_name is not None:
-        params["scenario"] = {"name": what.scenario_name}
-    return params
+def _params(state: _Run, what: Subject, dtype: str, good: str) -> JobParams:
+    """The regression's parameters for its report (the bot's jobs' shape)."""
+    return JobParams(
+        request=what.at(dtype).request,
+        good=good,
+        bad=state.head,
+        model_name=what.model.name,
+        executor=state.config.executor,
+    )
 
 
-def _prompt_ids(model: Model) -> tuple[int, ...]:
-    from ekka.tracer.capture import resolve_prompt
+def _full_config(state: _Run, what: Subject, dtype: str, good: str, workdir: Path) -> FullConfig:
+    from ekka.compose import full_config
 
-    if model.prompt_ids:
-        return model.prompt_ids
-    return tuple(resolve_prompt(model.path, model.prompt or "Hello", None))
-
-
-def _full_config(state: _Run, what: Subject, dtype: str, good: str, workdir: Path) -> Any:
-    from ekka.full import FullConfig
-    from ekka.repo import installed_framework_dir
-
-    return FullConfig(
+    return full_config(
+        what.at(dtype),
+        state.config.executor,
         repo=state.repo,
         good=good,
         bad=state.head,
-        model=what.model.path,
-        prompt_ids=what.prompt_ids,
-        workdir=str(workdir),
-        package_dir=str(installed_framework_dir("vllm")),
-        dtype=dtype,
-        max_tokens=what.max_tokens,
-        engine=dict(what.engine),
-        scenario=what.scenario,
-        workers=state.config.executor.workers,
+        workdir=workdir,
         db_url=state.config.database_url,
-        timeout=state.config.executor.timeout,
         github_repo=state.sweep.repository if state.github_token else None,
         github_api=state.config.api_url,
         github_token=state.github_token,
-        **executor_options(state.config.executor),
     )
 
 
@@ -378,18 +372,7 @@ def probe_head(state: _Run, what: Subject, dtype: str, base: str, workdir: Path)
     from ekka.full import executor_key, make_executor
 
     full = _full_config(state, what, dtype, base, workdir)
-    oracle = TracerOracle(
-        OracleConfig(
-            model=full.model,
-            prompt_ids=full.prompt_ids,
-            dtype=dtype,
-            max_tokens=full.max_tokens,
-            engine=full.engine,
-            logits_threshold=full.threshold,
-            scenario=full.scenario,
-        ),
-        workdir / "bisect",
-    )
+    oracle = TracerOracle(oracle_config(full), workdir / "bisect")
     key = oracle.config.digest() + executor_key(full)
     repo_key = str(Path(state.repo).resolve())
     cache = VerdictCache(state.config.database_url)
@@ -472,7 +455,7 @@ def _bisect_and_report(
         summary=_statement(diagnosis),
         report_dir=str(report_dir),
     )
-    params = _params(what, dtype, diagnosis.prompt_ids)
+    params = _params(state, what, dtype, good)
     title, body = messages.regression_issue(
         sweep=state.sweep.name,
         regression=regression.id,

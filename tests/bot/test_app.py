@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ekka.bot.queue import JobState
+from ekka.request import JobParams
 from tests.bot.conftest import (
     MAINTAINER,
     REPO,
@@ -193,10 +194,15 @@ def test_diagnose_end_to_end_with_the_command_oracle(tmp_path, github, history, 
     [pr_comment] = github.comments_on(REPO, history.bug_pr)
     assert "<!-- ekka-job:1 pr -->" in pr_comment["body"] and "#12" in pr_comment["body"]
     assert [r["content"] for r in github.reactions] == ["eyes"]
-    assert job.params["max_tokens"] == 3 and job.pr_number == history.bug_pr
+    assert (
+        JobParams.from_json(job.params).request.max_tokens == 3 and job.pr_number == history.bug_pr
+    )
     data = bot.http.get("/jobs/1").json()
     assert data["state"] == "done" and data["result"]["first_bad"]["sha"] == history.bug
     assert data["links"]["report"] == "http://ekka.test/jobs/1/report"
+    # the job's parameters: one versioned shape; the executor's settings are not shown
+    assert data["params"]["version"] == 1 and data["params"]["executor"] == {"kind": "command"}
+    assert data["params"]["request"]["max_tokens"] == 3
     report = bot.http.get("/jobs/1/report")
     assert report.status_code == 200 and history.bug[:10] in report.text
     assert "jobs/1" in bot.http.get("/").text

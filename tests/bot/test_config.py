@@ -96,16 +96,14 @@ def test_the_ray_executor_and_its_options(tmp_path):
 def test_a_ray_job_runs_the_full_diagnosis_on_the_cluster(tmp_path):
     """The bot's jobs and the nightly sweep hand `[executor] kind = "ray"` to the full diagnosis
     as its executor (and the docker keys too where the nodes use docker)."""
-    from ekka.bot.jobs import executor_options
-
     text = TOML.replace('kind = "local"', 'kind = "ray"\naddress = "head:6379"\ngpus = 1')
     config = load_config(write(tmp_path, text), ENV)
-    options = executor_options(config.executor)
+    options = config.executor.full_options()
     assert options == {"executor": "ray", "ray": config.executor.ray}
     docker = text.replace(
         'address = "head:6379"', 'address = "head:6379"\nnode_executor = "docker"'
     )
-    options = executor_options(load_config(write(tmp_path, docker), ENV).executor)
+    options = load_config(write(tmp_path, docker), ENV).executor.full_options()
     assert options["executor"] == "ray" and options["limits"].gpus is None and options["images"]
 
 
@@ -206,22 +204,23 @@ enable_prefix_caching = true
 
 
 def test_scenarios_name_their_files_and_a_job_runs_the_one_it_names(tmp_path):
-    from ekka.bot.jobs import job_scenario
+    from ekka.request import Request, ScenarioRef, resolve_request
 
     (tmp_path / "prefix.toml").write_text(SCENARIO)
     text = TOML + f'[[scenarios]]\nname = "prefix-hit"\npath = "{tmp_path / "prefix.toml"}"\n'
     config = load_config(write(tmp_path, text), ENV)
     found = config.scenario("prefix-hit")
     assert found is not None and config.scenario("other") is None
-    params = {
-        "model_path": "unused: the file gives token ids",
-        "engine": {"block_size": 32},
-        "scenario": {"name": found.name, "path": found.path},
-    }
-    scenario, engine, traced = job_scenario(params)
-    assert [r.prompt_ids for r in scenario.before] == [(1, 5, 6, 7)]
-    assert engine == {"enable_prefix_caching": True, "block_size": 32}
-    assert traced is not None and traced.prompt_ids == (1, 5, 6, 8)
+    request = Request(
+        model="unused: the file gives token ids",
+        prompt_text="the model's prompt: the file's wins",
+        engine={"block_size": 32},
+        scenario=ScenarioRef(found.path, found.name),
+    )
+    resolved = resolve_request(request)
+    assert [r.prompt_ids for r in resolved.scenario.before] == [(1, 5, 6, 7)]
+    assert resolved.request.engine == {"enable_prefix_caching": True, "block_size": 32}
+    assert resolved.request.prompt_ids == (1, 5, 6, 8)
 
 
 def test_a_broken_scenario_file_stops_the_bot_with_its_error(tmp_path):

@@ -20,6 +20,7 @@ from ekka.bot.jobs import JobRunner
 from ekka.bot.messages import job_marker
 from ekka.bot.queue import JobState
 from ekka.forge.client import GitHubClient
+from ekka.request import JobParams, Request
 from tests.bot.conftest import (
     ORACLE,
     REPO,
@@ -191,7 +192,12 @@ def test_a_reply_posted_just_before_a_crash_is_found_and_edited(tmp_path, github
         command="/ekka diagnose",
         requested_by="alice",
         installation=None,
-        params={"good": history.good, "bad": "main", "model": "tiny-llama"},
+        params=JobParams(
+            Request(model="/models/tiny-llama", prompt_ids=(1, 2)),
+            good=history.good,
+            bad="main",
+            model_name="tiny-llama",
+        ).to_json(),
     )
     # the worker posted the reply, then died before storing its id
     github.add_comment(REPO, 12, f"{job_marker(job.id)}\nqueued", github.bot_login)

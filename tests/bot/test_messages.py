@@ -11,11 +11,22 @@ import pytest
 from ekka.bot import messages
 from ekka.report import Diagnosis
 from ekka.report.comment import ratio_chart
+from ekka.request import JobParams, Request
 
 pytestmark = pytest.mark.bot
 REPORT = Path(__file__).parent / "data" / "report.json"
-PARAMS = {"model": "tiny-llama", "prompt": "The quick brown fox", "dtype": "float32",
-          "max_tokens": 4, "engine": {"enable_chunked_prefill": True}}  # fmt: skip
+PARAMS = JobParams(
+    request=Request(
+        model="/models/tiny-llama",
+        prompt_text="The quick brown fox",
+        dtype="float32",
+        max_tokens=4,
+        engine={"enable_chunked_prefill": True},
+    ),
+    good="v1",
+    bad="main",
+    model_name="tiny-llama",
+)
 
 
 @pytest.fixture(scope="module")

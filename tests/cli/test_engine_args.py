@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from ekka.cli import main, parse_engine_args
+from ekka.cli import main
 from ekka.errors import UsageError
+from ekka.request import parse_engine_args
 from tests.conftest import PROMPT_IDS
 
 IDS = ",".join(map(str, PROMPT_IDS))
