@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The public benchmark, in the repository (bench/FORMAT.md): the tests read it from here only.
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
 PROMPT_IDS = tuple([1] + [(7 * i + 11) % 500 + 3 for i in range(31)])  # 32 tokens, crosses window 8
 
 

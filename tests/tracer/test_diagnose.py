@@ -13,10 +13,10 @@ from ekka.cli import main
 from ekka.repo import installed_framework_dir
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.zoo import list_architectures
-from tests.conftest import PROMPT_IDS
+from tests.conftest import BENCH, PROMPT_IDS
 
 pytestmark = pytest.mark.vllm
-CASES = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "bench" / "cases"
+CASES = BENCH / "cases"
 ARCHS = [a.name for a in list_architectures()]
 
 
@@ -83,7 +83,6 @@ def _patched_copy(case_id: str, root):
     return case
 
 
-@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
 def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_model, capsys):
     case = _patched_copy("llama-rmsnorm-eps-ignored", tmp_path / "src")
     model = zoo_model("llama", rms_norm_eps=1e-5)
@@ -123,7 +122,6 @@ def test_cli_diagnose_names_the_broken_norm_and_writes_reports(tmp_path, zoo_mod
     assert "data:image/png;base64," in html and "<table>" in html
 
 
-@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
 def test_a_replay_that_fails_after_the_analysis_leaves_the_suspects_standing(
     tmp_path, zoo_model, monkeypatch
 ):
@@ -181,7 +179,6 @@ def test_cli_diagnose_exit_code_zero_without_divergence(tmp_path, zoo_model, cap
     assert "Seconds" not in (tmp_path / "r" / "report.md").read_text()
 
 
-@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
 def test_bench_scores_every_public_case(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(
@@ -202,7 +199,6 @@ def test_bench_rejects_unknown_case(tmp_path, capsys):
     assert code == 2 and "no case folders" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not CASES.is_dir(), reason="shared/bench is not beside the checkout")
 def test_bench_with_bisection_finds_the_bug_commit(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(
