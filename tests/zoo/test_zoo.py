@@ -171,7 +171,7 @@ def test_alias_lookup(alias: str, name: str) -> None:
     assert get_arch(alias).name == name
 
 
-def test_unknown_architecture_lists_known_names() -> None:
+def test_unknown_architecture_lists_known_names(tmp_path: Path) -> None:
     with pytest.raises(UnknownArchitectureError) as info:
         get_arch("lama")
     message = str(info.value)
@@ -181,7 +181,9 @@ def test_unknown_architecture_lists_known_names() -> None:
         assert name in message
     assert isinstance(info.value, UsageError)
     with pytest.raises(UnknownArchitectureError, match="Known architectures"):
-        build_model("BertForMaskedLM", "unused")  # not a decoder-only architecture of vLLM's
+        # not a decoder-only architecture of vLLM's; were it built, it lands in tmp_path
+        build_model("BertForMaskedLM", tmp_path / "unused")
+    assert not (tmp_path / "unused").exists()
 
 
 # ---------------------------------------------------------------------------- --set parsing
