@@ -128,7 +128,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     lines = [
-        "the tests left these in the working tree (write under tmp_path instead):",
+        "the tests left these in the working tree (write under tmp_path instead; or they changed "
+        "while the tests ran):",
         *(f"  {line}" for line in new),
     ]
     if reporter is not None:
