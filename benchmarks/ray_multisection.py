@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = Path(__file__).resolve().parents[2] / "shared" / "bench" / "cases"
+CASES = Path(__file__).resolve().parents[1] / "bench" / "cases"
 CASE = "llama-rmsnorm-eps-ignored"
 
 

@@ -1,6 +1,6 @@
 """Scenario cases: the suspect named, the reduced scenario, and what the reduction cost.
 
-For each scenario case (the public one in shared/bench/scenarios, this repository's in
+For each scenario case (the public one in bench/scenarios, this repository's in
 tests/fixtures/scenarios), localize mode of the bench (`ekka.bench.run_case`: the case's model,
 its patch on a copy of the installed vLLM, the diagnosis with its scenario, then the reduction
 of the diverging scenario). Prints one JSON line per case and writes them all to
@@ -21,7 +21,7 @@ from ekka.bench import find_cases, run_case
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = [
-    ROOT.parent / "shared" / "bench" / "scenarios",
+    ROOT / "bench" / "scenarios",
     ROOT / "tests" / "fixtures" / "scenarios",
 ]
 

@@ -4,7 +4,7 @@ For every zoo architecture and dtype: build the tiny model (float32 checkpoint),
 localize-mode diagnosis on unmodified vLLM (32-token prompt that crosses the sliding windows,
 4 greedy tokens) and record the verdict, the largest relative error and ratio per decoder
 layer, and the logits error. Unmodified vLLM must come out "no divergence" everywhere except
-Cohere2 (vLLM widens the sliding window by one; see shared/bench/ARCHS.md).
+Cohere2 (vLLM widens the sliding window by one; see bench/ARCHS.md).
 
     .venv/bin/python benchmarks/zoo_matrix.py [--arch llama ...] [--dtype float32 ...] --json out.json
 """

@@ -1,4 +1,4 @@
-"""`ekka bench`: run the silent-error benchmark cases (format: shared/bench/FORMAT.md) and score.
+"""`ekka bench`: run the silent-error benchmark cases (format: bench/FORMAT.md) and score.
 
 Per case: build the case's tiny model, copy the installed vLLM release's Python sources (the
 compiled extensions are linked, not copied), apply `bug.patch` with `git apply -p1`, run the

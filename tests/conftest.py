@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,10 @@ pytest_plugins = ("tests.timing",)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+# The public benchmark, in the repository (bench/FORMAT.md): the tests read it from here only.
+BENCH = REPO / "bench"
 
 PROMPT_IDS = tuple([1] + [(7 * i + 11) % 500 + 3 for i in range(31)])  # 32 tokens, crosses window 8
 
@@ -85,3 +90,53 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return build_pretrained("gemma3-270m", tmp_path_factory.mktemp("gemma3-270m"))
+
+
+# ------------------------------------------------------------------ the working tree stays clean
+
+
+def tree_state(root: Path) -> frozenset[str] | None:
+    """`git status --porcelain` of the checkout at `root` (untracked files one by one, ignored
+    ones left out), or None where that cannot be known: no git, or not a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return frozenset(line for line in done.stdout.splitlines() if line.strip())
+
+
+_TREE_AT_START = pytest.StashKey[frozenset[str] | None]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.stash[_TREE_AT_START] = tree_state(REPO)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No test writes into the working tree (a test once committed a 2 MB model as `unused/`):
+    files that `git status` shows now and did not at the start fail the run."""
+    before = session.stash.get(_TREE_AT_START, None)
+    after = tree_state(REPO)
+    if before is None or after is None:
+        return
+    new = sorted(after - before)
+    if not new:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [
+        "the tests left these in the working tree (write under tmp_path instead; or they changed "
+        "while the tests ran):",
+        *(f"  {line}" for line in new),
+    ]
+    if reporter is not None:
+        reporter.write_sep("=", "working tree changed by the tests", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -11,7 +11,7 @@ from ekka.cli._app import console, escape_markup, out
 
 
 def bench(
-    cases_dir: Path = typer.Argument(..., help="Folder of bench cases (shared/bench/cases)."),
+    cases_dir: Path = typer.Argument(..., help="Folder of bench cases (bench/cases)."),
     case: list[str] = typer.Option([], help="Run only this case id (repeatable)."),
     json_file: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
     no_bisect: bool = typer.Option(False, "--no-bisect", help="Localize only (no bisection)."),

@@ -18,7 +18,7 @@ def serve(
     ),
 ) -> None:
     """The GitHub bot: the webhook server (POST /webhook, GET /healthz, /jobs/ID, /) with a
-    worker in the same process; secrets from the environment (README: Run the bot)."""
+    worker in the same process; secrets from the environment (docs/bot.md)."""
     import logging
 
     from ekka.bot.app import serve as run_server

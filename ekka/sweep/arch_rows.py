@@ -57,6 +57,7 @@ class Finding:
     transformers: str
     kind: str  # "vllm bug", "transformers bug", "alignment gap"
     note: str
+    component: str | None = None  # the first component that diverges (suspect 1), where known
 
 
 def load_findings() -> list[Finding]:
@@ -69,21 +70,30 @@ def load_findings() -> list[Finding]:
             f["transformers"],
             f["kind"],
             f["note"],
+            f.get("component"),
         )
         for f in json.loads(text)
     ]
 
 
-def note_for(findings: Sequence[Finding], row: ArchRow, versions: dict[str, str]) -> str | None:
+def known_finding(
+    findings: Sequence[Finding], architecture: str, dtype: str, versions: dict[str, str]
+) -> Finding | None:
+    """The finding examined for this architecture and dtype on these releases, if any."""
     for f in findings:
         if (
-            f.architecture == row.architecture
-            and row.dtype in f.dtypes
+            f.architecture == architecture
+            and dtype in f.dtypes
             and f.vllm == versions["vllm"]
             and f.transformers == versions["transformers"]
         ):
-            return f"{f.kind}: {f.note}"
+            return f
     return None
+
+
+def note_for(findings: Sequence[Finding], row: ArchRow, versions: dict[str, str]) -> str | None:
+    f = known_finding(findings, row.architecture, row.dtype, versions)
+    return f"{f.kind}: {f.note}" if f else None
 
 
 def reproduce(architecture: str, dtype: str) -> str:

@@ -1,7 +1,7 @@
 """The zoo's 20 architectures: tiny configs that both transformers and vLLM's CPU backend run.
 
 Each `ArchSpec` holds the config overrides the zoo puts on top of the transformers config
-class's defaults (see `shared/bench/ARCHS.md`: a common base of hidden 128, 2 layers, 2 query
+class's defaults (see `bench/ARCHS.md`: a common base of hidden 128, 2 layers, 2 query
 heads / 1 KV head of size 64, vocab 512, plus each architecture's own fields). Pure data: this
 module imports neither torch nor transformers.
 """

@@ -6,9 +6,7 @@ test_full_diagnosis.py: the same patch), the traces in the configured shared fol
 from __future__ import annotations
 
 import json
-import os
 from fnmatch import fnmatch
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +14,11 @@ from ekka.bench import base_repository, build_case_model, case_prompt_ids, find_
 from ekka.bisect.framework_repo import make_bug_history
 from ekka.cli import main
 from tests.cluster.conftest import worktrees
+from tests.conftest import BENCH
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
-CASES = Path(__file__).resolve().parents[3] / "shared" / "bench" / "cases"
+CASES = BENCH / "cases"
 CASE = "llama-rmsnorm-eps-ignored"
 
 
@@ -27,11 +26,6 @@ CASE = "llama-rmsnorm-eps-ignored"
 def bench_case(tmp_path_factory):
     """The case's model and a short history around its bug commit (built once): release,
     harmless, bug, harmless; with two workers, the endpoints and then one round of two probes."""
-    if not CASES.is_dir():
-        message = f"{CASES} (shared/bench beside the checkout) is missing"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
     (case,) = find_cases(CASES, [CASE])
     work = tmp_path_factory.mktemp("ray-bench")
     model = build_case_model(case, work / "model")

@@ -6,17 +6,16 @@ every comparison's ratio stays below the dtype's threshold."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from ekka.bench import find_cases, run_case
 from ekka.tracer.capture import tokenize
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.tracer.localize import threshold_for
+from tests.conftest import BENCH
 
 pytestmark = [pytest.mark.real, pytest.mark.vllm, pytest.mark.slow]
-REAL_CASES = Path(__file__).resolve().parents[2] / "bench" / "real"
+REAL_CASES = BENCH / "real"
 # The long case's prompt: 593 tokens of English prose, past Gemma 3's 512-token window.
 LONG_CASE = "gemma3-sliding-window-on-every-layer"
 

@@ -33,13 +33,13 @@ from ekka.tracer.diagnose import DiagnoseConfig
 from ekka.tracer.protocol import ScenarioRequest
 from ekka.tracer.scenario import Scenario
 from ekka.tracer.trace import TraceReader
+from tests.conftest import BENCH
 
 pytestmark = pytest.mark.vllm
-SCENARIOS = Path(__file__).resolve().parents[3] / "shared" / "bench" / "scenarios"
+SCENARIOS = BENCH / "scenarios"
 OWN = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios"
 
 
-@pytest.mark.skipif(not SCENARIOS.is_dir(), reason="shared/bench is not beside the checkout")
 def test_public_scenario_case_localized_bisected_and_reduced(tmp_path):
     """The full diagnosis, as `ekka bench --bisect` runs it, on a shorter history (a
     harmless commit, the bug, a harmless commit): every probe runs the scenario."""

@@ -22,8 +22,9 @@ from ekka.zoo.pretrained import (
     prepare,
     set_runtime_config,
 )
+from tests.conftest import BENCH
 
-REAL_CASES = Path(__file__).resolve().parents[2] / "bench" / "real"
+REAL_CASES = BENCH / "real"
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ekka.zoo import (
     list_architectures,
     parse_set_values,
 )
+from tests.conftest import BENCH
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +54,7 @@ EXPECTED_ORDER = [
     "Glm4ForCausalLM",
 ]
 
-# [model.config] of shared/bench/cases/gemma-mlp-exact-gelu/case.toml.
+# [model.config] of bench/cases/gemma-mlp-exact-gelu/case.toml.
 GEMMA_CASE_CONFIG: dict[str, Any] = {
     "hidden_size": 128,
     "intermediate_size": 256,
@@ -86,21 +88,13 @@ def _head_size(config: Any) -> int:
 
 
 def _bench_case_configs() -> list[tuple[str, str, dict[str, Any]]]:
-    """(case id, architecture, [model.config]) of the shared bench cases, where present."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        return []
-    for shared in (REPO / "shared", REPO.parent / "shared"):
-        cases = shared / "bench" / "cases"
-        if cases.is_dir():
-            found = []
-            for toml in sorted(cases.glob("*/case.toml")):
-                data = tomllib.loads(toml.read_text(encoding="utf-8"))
-                model = data["model"]
-                found.append((data["id"], model["architecture"], dict(model.get("config", {}))))
-            return found
-    return []
+    """(case id, architecture, [model.config]) of the public bench cases (bench/cases)."""
+    found = []
+    for toml in sorted((BENCH / "cases").glob("*/case.toml")):
+        data = tomllib.loads(toml.read_text(encoding="utf-8"))
+        model = data["model"]
+        found.append((data["id"], model["architecture"], dict(model.get("config", {}))))
+    return found
 
 
 # ---------------------------------------------------------------------------- public surface
@@ -177,7 +171,7 @@ def test_alias_lookup(alias: str, name: str) -> None:
     assert get_arch(alias).name == name
 
 
-def test_unknown_architecture_lists_known_names() -> None:
+def test_unknown_architecture_lists_known_names(tmp_path: Path) -> None:
     with pytest.raises(UnknownArchitectureError) as info:
         get_arch("lama")
     message = str(info.value)
@@ -187,7 +181,9 @@ def test_unknown_architecture_lists_known_names() -> None:
         assert name in message
     assert isinstance(info.value, UsageError)
     with pytest.raises(UnknownArchitectureError, match="Known architectures"):
-        build_model("BertForMaskedLM", "unused")  # not a decoder-only architecture of vLLM's
+        # not a decoder-only architecture of vLLM's; were it built, it lands in tmp_path
+        build_model("BertForMaskedLM", tmp_path / "unused")
+    assert not (tmp_path / "unused").exists()
 
 
 # ---------------------------------------------------------------------------- --set parsing
@@ -433,7 +429,7 @@ def test_zoo_defaults_false_keeps_class_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("case_id", "arch", "config"),
-    _bench_case_configs() or [pytest.param("none", "", {}, marks=pytest.mark.skip("no cases"))],
+    _bench_case_configs(),
 )
 def test_bench_case_configs_build(
     case_id: str, arch: str, config: dict[str, Any], tmp_path: Path

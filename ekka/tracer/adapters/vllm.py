@@ -62,14 +62,39 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def engine_arguments(user: Mapping[str, Any], context: int | None) -> dict[str, Any]:
-    """`vllm.LLM`'s keyword arguments: Ekka's defaults, the model's context up to
-    MAX_MODEL_LEN, then the user's engine arguments over them."""
-    return {
-        **ENGINE_DEFAULTS,
-        "max_model_len": min(context or MAX_MODEL_LEN, MAX_MODEL_LEN),
-        **user,
-    }
+def engine_arguments(
+    user: Mapping[str, Any], context: int | None, longest: int = 0
+) -> dict[str, Any]:
+    """`vllm.LLM`'s keyword arguments: Ekka's defaults, a default `max_model_len`, then the
+    user's engine arguments over them (an explicit `max_model_len` wins).
+
+    The default is the model's context up to MAX_MODEL_LEN; where the engine arguments shrink
+    the KV cache (`num_gpu_blocks_override`), no more than what the cache holds
+    (`cache_capacity`), or, when that is unknown, what the scenario's longest request needs
+    (`longest`: prompt plus generated tokens). vLLM refuses to start when `max_model_len` is
+    more than the cache holds."""
+    max_model_len = min(context or MAX_MODEL_LEN, MAX_MODEL_LEN)
+    fits = max(cache_capacity(user) or 0, longest)  # 0: nothing known
+    if user.get("num_gpu_blocks_override") is not None and fits:
+        max_model_len = min(max_model_len, fits)
+    return {**ENGINE_DEFAULTS, "max_model_len": max_model_len, **user}
+
+
+def cache_capacity(engine: Mapping[str, Any]) -> int | None:
+    """The tokens one request can hold in a KV cache of `num_gpu_blocks_override` blocks of
+    `block_size` tokens: every block but the null block that vLLM holds back. None when the
+    engine arguments do not give both (the block size's default depends on the platform)."""
+    blocks, block_size = engine.get("num_gpu_blocks_override"), engine.get("block_size")
+    if blocks is None or block_size is None:
+        return None
+    return max(int(blocks) - 1, 0) * int(block_size)
+
+
+def longest_request(spec: CaptureSpec) -> int:
+    """The tokens the scenario's longest request needs: its prompt and what it generates."""
+    requests = [(spec.prompt_ids, spec.max_tokens)]
+    requests += [(r.prompt_ids, r.max_tokens) for r in (*spec.before, *spec.alongside)]
+    return max(len(ids) + tokens for ids, tokens in requests)
 
 
 class VllmTarget:
@@ -105,7 +130,7 @@ class VllmTarget:
         self.llm = vllm.LLM(
             model=spec.model,
             dtype=spec.dtype,  # type: ignore[arg-type]  # a Literal in vLLM's stubs; vLLM checks it
-            **engine_arguments(spec.engine, context_length(config)),
+            **engine_arguments(spec.engine, context_length(config), longest_request(spec)),
         )
         self.timings = {"engine_start": time.perf_counter() - started}
         self.writer: TraceWriter | None = None
