@@ -3,11 +3,14 @@
 Reads the JSON lines that the test timing plugin (tests/timing.py) writes when `EKKA_TEST_TIMES`
 names a file, e.g. after `EKKA_TEST_TIMES=/tmp/times.jsonl make test`:
 
-    python benchmarks/suite_times.py /tmp/times.jsonl [--slowest 10] [--markdown]
+    python benchmarks/suite_times.py /tmp/times.jsonl [--slowest 10] [--markdown] [--files]
 
 Each test is in one group, by what it starts (docker, ray, vllm, postgres, transformers,
 nothing; see tests/timing.py). The sum of the tests' times is the time spent in tests; with
 parallel workers it exceeds the wall-clock time, which `.ci/run` prints next to it.
+`--files` adds, per test file, its tests, seconds and vLLM engine starts (the `engines` the
+plugin counts: target processes started in this process; a probe in a container or a Ray task
+is not seen).
 """
 
 from __future__ import annotations
@@ -89,11 +92,26 @@ def report(records: list[dict[str, object]], slowest: int, markdown: bool) -> st
     )
 
 
+def by_file(records: list[dict[str, object]], markdown: bool) -> str:
+    """Per test file: tests, seconds and engine starts, the slowest file first."""
+    files: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for record in records:
+        row = files[str(record["test"]).split("::", 1)[0]]
+        row[0] += 1
+        row[1] += float(record["seconds"])  # type: ignore[arg-type]
+        row[2] += float(record.get("engines", 0))  # type: ignore[arg-type]
+    rows = [["file", "tests", "seconds", "engine starts"]]
+    for name, (tests, seconds, engines) in sorted(files.items(), key=lambda kv: -kv[1][1]):
+        rows.append([name, f"{tests:.0f}", f"{seconds:.0f}", f"{engines:.0f}"])
+    return "Per test file:\n" + table(rows, markdown)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("times", type=Path, help="the JSON lines file of EKKA_TEST_TIMES")
     parser.add_argument("--slowest", type=int, default=10)
     parser.add_argument("--markdown", action="store_true", help="Markdown tables (for a note)")
+    parser.add_argument("--files", action="store_true", help="a table per test file")
     args = parser.parse_args(argv)
     if not args.times.exists():
         print(f"no test times in {args.times}", file=sys.stderr)
@@ -103,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no test times in {args.times}", file=sys.stderr)
         return 1
     print(report(records, args.slowest, args.markdown))
+    if args.files:
+        print("\n" + by_file(records, args.markdown))
     return 0
 
 

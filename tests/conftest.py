@@ -1,13 +1,20 @@
-"""Shared fixtures: zoo models built once per session, captures cached per (framework, arch, dtype)."""
+"""Shared fixtures: zoo models built once per session, captures cached per (framework, arch, dtype),
+diagnoses of pristine vLLM cached per request (one engine start for every test that reads one)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from ekka.report import Diagnosis
+    from ekka.tracer.trace import TraceReader
 
 # Each test's duration and what it starts, into the file EKKA_TEST_TIMES names (.ci/run).
 pytest_plugins = ("tests.timing",)
@@ -21,6 +28,18 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 
 PROMPT_IDS = tuple([1] + [(7 * i + 11) % 500 + 3 for i in range(31)])  # 32 tokens, crosses window 8
+# 37 tokens: with 16 tokens a step (max_num_batched_tokens=16), the prefill runs in chunks of
+# 16, 16 and 5
+LONG_PROMPT_IDS = tuple([1] + [(5 * i + 7) % 480 + 16 for i in range(36)])
+
+
+def arch_name(arch: str) -> str:
+    """The architecture's class name for a short alias ("llama" -> "LlamaForCausalLM"): the
+    session caches key on it, so that a test asking for "llama" and one asking for
+    "LlamaForCausalLM" share one model, capture or diagnosis."""
+    from ekka.zoo import get_arch
+
+    return get_arch(arch).name
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +50,7 @@ def zoo_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     cache: dict[tuple, Path] = {}
 
     def build(arch: str, dtype: str = "float32", **overrides: object) -> Path:
-        key = (arch, dtype, tuple(sorted(overrides.items())))
+        key = (arch_name(arch), dtype, tuple(sorted(overrides.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"zoo-{arch}")
             cache[key] = build_model(arch, out, dtype=dtype, overrides=overrides or None)
@@ -54,7 +73,7 @@ def captured(
     ) -> object:
         key = (
             framework,
-            arch,
+            arch_name(arch),
             dtype,
             max_tokens,
             tuple(sorted((k, str(v)) for k, v in kw.items())),
@@ -71,6 +90,63 @@ def captured(
                 **kw,  # type: ignore[arg-type]
             )
             cache[key] = capture(spec)
+        return cache[key]
+
+    return run
+
+
+@dataclass(frozen=True)
+class Diagnosed:
+    """One localize-mode diagnosis (`run_diagnosis`) and the folder of its traces."""
+
+    diagnosis: Diagnosis
+    workdir: Path
+
+    @property
+    def target(self) -> TraceReader:
+        """The target's trace: vLLM's capture of the request, as `capture` writes it."""
+        from ekka.tracer.trace import TraceReader
+
+        return TraceReader(self.workdir / "target")
+
+
+@pytest.fixture(scope="session")
+def diagnosed(
+    tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[..., Path]
+) -> Callable[..., Diagnosed]:
+    """Diagnose (once per session) pristine vLLM against transformers on a zoo model:
+    diagnosed("llama", dtype="bfloat16", prompt_ids=..., max_tokens=3, engine={...}).
+
+    Tests that assert on the same diagnosis, or on its target's trace (the vLLM capture of the
+    same request: same spec, same session, same writer), share it: one engine start for all
+    of them. Tests about a start of their own (a session's steps, a failing start, a patched
+    copy) run their own."""
+    from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
+
+    cache: dict[tuple[Any, ...], Diagnosed] = {}
+
+    def run(
+        arch: str,
+        dtype: str = "float32",
+        prompt_ids: tuple[int, ...] = PROMPT_IDS,
+        max_tokens: int = 3,
+        engine: Mapping[str, Any] | None = None,
+    ) -> Diagnosed:
+        engine = dict(engine or {})
+        key = (arch_name(arch), dtype, tuple(prompt_ids), max_tokens, tuple(sorted(engine.items())))
+        if key not in cache:
+            workdir = tmp_path_factory.mktemp(f"diagnosis-{arch_name(arch)}-{dtype}")
+            diagnosis = run_diagnosis(
+                DiagnoseConfig(
+                    model=str(zoo_model(arch)),
+                    prompt_ids=tuple(prompt_ids),
+                    workdir=str(workdir),
+                    dtype=dtype,
+                    max_tokens=max_tokens,
+                    engine=engine,
+                )
+            )
+            cache[key] = Diagnosed(diagnosis, workdir)
         return cache[key]
 
     return run

@@ -2,7 +2,8 @@
 
 With `EKKA_TEST_TIMES=FILE` set, every test appends one JSON line to FILE (append-only, so
 parallel workers can share it): its node id, outcome, seconds (setup + call + teardown, so a
-session fixture's first build counts on the test that triggers it), markers and group.
+session fixture's first build counts on the test that triggers it), markers, group and the
+number of vLLM target processes it started (`engines`: one engine start each).
 `benchmarks/suite_times.py FILE` prints the table `.ci/run` shows. Without the variable the
 plugin does nothing.
 
@@ -13,7 +14,7 @@ The group is what the test starts, the most expensive first:
   `subprocess.Popen`; a test marked `vllm` that only checks its input before any start, or
   reads a capture another test made, is not in this group);
 - `transformers`: a zoo or pretrained model built or traced without vLLM (the `zoo_model`,
-  `captured` or `real_model` fixtures);
+  `captured`, `diagnosed` or `real_model` fixtures);
 - `nothing`: the rest.
 """
 
@@ -29,20 +30,27 @@ from typing import Any
 import pytest
 
 ENV = "EKKA_TEST_TIMES"
-MODEL_FIXTURES = frozenset({"zoo_model", "captured", "real_model"})
+MODEL_FIXTURES = frozenset({"zoo_model", "captured", "diagnosed", "real_model"})
 TARGET_MODULES = ("ekka.tracer.adapters.", "vllm.entrypoints")
 
-_state: dict[str, Any] = {"recording": False, "started": set()}
+_state: dict[str, Any] = {"recording": False, "started": set(), "engines": 0}
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if event != "subprocess.Popen" or not _state["recording"]:
         return
     argv = args[1] if len(args) > 1 else None
-    if isinstance(argv, (list, tuple)):
-        text = " ".join(str(a) for a in argv)
-        if any(module in text for module in TARGET_MODULES):
-            _state["started"].add("vllm")
+    if isinstance(argv, (list, tuple)) and started_target([str(a) for a in argv]):
+        _state["started"].add("vllm")
+        _state["engines"] += 1
+
+
+def started_target(argv: list[str]) -> bool:
+    """True for a command that runs a target's module (`python -m ekka.tracer.adapters.vllm`),
+    not for one that only names it (a script importing from it)."""
+    return any(
+        a == "-m" and b.startswith(TARGET_MODULES) for a, b in zip(argv, argv[1:], strict=False)
+    )
 
 
 def group_of(markers: set[str], fixtures: set[str], started: set[str]) -> str:
@@ -74,6 +82,7 @@ def pytest_runtest_protocol(
         return
     _state["recording"] = True
     _state["started"] = set()
+    _state["engines"] = 0
     _state["outcome"] = "passed"
     start = time.perf_counter()
     try:
@@ -90,6 +99,7 @@ def pytest_runtest_protocol(
             "markers": sorted(markers - {"parametrize", "usefixtures", "filterwarnings"}),
             "group": group_of(markers, fixtures, _state["started"]),
             "started": sorted(_state["started"]),
+            "engines": _state["engines"],
             "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
         }
         with open(path, "a", encoding="utf-8") as out:

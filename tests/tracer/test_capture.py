@@ -1,4 +1,9 @@
-"""Captures from real transformers and real vLLM (CPU) on zoo models, and their agreement."""
+"""Captures from real transformers and real vLLM (CPU) on zoo models, and their agreement.
+
+A vLLM capture of pristine vLLM is read from the session's diagnosis of the same request (the
+`diagnosed` fixture: its target's trace, written by the same session and writer that `capture`
+uses), which tests/tracer/test_diagnose.py asserts on too: one engine start for both. The tests
+about a start of their own (a session's steps, a probe, a failing start) start theirs."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import torch
 
 from ekka.tracer.compare import compare_traces
 from ekka.tracer.metrics import compute_relative_error
-from tests.conftest import PROMPT_IDS
+from tests.conftest import LONG_PROMPT_IDS, PROMPT_IDS
 
 TRANSFORMERS_ARCHS = ["llama", "qwen3", "gemma2", "phi", "mixtral", "stablelm"]
 VLLM_ARCHS = ["llama", "qwen3", "phi", "mixtral"]
@@ -66,8 +71,8 @@ def test_teacher_forced_reference_is_one_pass_over_the_sequence(captured):
 
 @pytest.mark.vllm
 @pytest.mark.parametrize("arch", VLLM_ARCHS)
-def test_vllm_capture_records_passes_positions_and_logits(captured, arch):
-    reader = captured("vllm", arch)
+def test_vllm_capture_records_passes_positions_and_logits(diagnosed, arch):
+    reader = diagnosed(arch).target
     assert reader.complete and reader.framework == "vllm"
     assert reader.manifest.framework_version == "0.32.0"
     assert [p.step for p in reader.passes] == [0, 1, 2]
@@ -83,18 +88,21 @@ def test_vllm_capture_records_passes_positions_and_logits(captured, arch):
 
 
 @pytest.mark.vllm
-def test_vllm_shared_rotary_is_attributed_to_each_layer(captured):
-    reader = captured("vllm", "llama")
+def test_vllm_shared_rotary_is_attributed_to_each_layer(diagnosed):
+    reader = diagnosed("llama").target
     names = [r.name for r in reader.select(step=0)]
     assert "model.layers.0.self_attn.rotary_emb" in names
     assert "model.layers.1.self_attn.rotary_emb" in names
 
 
 @pytest.mark.vllm
-def test_vllm_chunked_prefill_records_each_chunk(captured):
-    reader = captured("vllm", "llama", max_tokens=2, engine={"max_num_batched_tokens": 16})
+def test_vllm_chunked_prefill_records_each_chunk(diagnosed):
+    # 37 prompt tokens, 16 a step: the chunks of 16, 16 and 5 (the chunked-prefill diagnosis
+    # of tests/tracer/test_diagnose.py)
+    engine = {"max_num_batched_tokens": 16}
+    reader = diagnosed("llama", prompt_ids=LONG_PROMPT_IDS, engine=engine).target
     prefill = [p for p in reader.passes if p.step == 0]
-    assert [len(p.positions) for p in prefill] == [16, 16]
+    assert [len(p.positions) for p in prefill] == [16, 16, 5]
     assert prefill[1].positions == tuple(range(16, 32))
     # placed from the scheduler's state; what the model was given recorded beside it
     serving = prefill[1].serving
@@ -106,8 +114,8 @@ def test_vllm_chunked_prefill_records_each_chunk(captured):
 
 
 @pytest.mark.vllm
-def test_vllm_llama_float32_matches_transformers_layer_by_layer(captured):
-    target = captured("vllm", "llama")
+def test_vllm_llama_float32_matches_transformers_layer_by_layer(captured, diagnosed):
+    target = diagnosed("llama").target
     reference = captured("transformers", "llama")
     assert target.generated_ids == reference.generated_ids
     rows = compare_traces(target, reference)
@@ -129,8 +137,8 @@ def test_vllm_llama_float32_matches_transformers_layer_by_layer(captured):
 
 
 @pytest.mark.vllm
-def test_vllm_bfloat16_capture_stores_bfloat16(captured):
-    reader = captured("vllm", "llama", dtype="bfloat16", max_tokens=1)
+def test_vllm_bfloat16_capture_stores_bfloat16(diagnosed):
+    reader = diagnosed("llama", dtype="bfloat16").target
     record = reader.select(step=0, name="model.layers.0")[0]
     assert reader.outputs(record)[0].dtype == torch.bfloat16
 
@@ -221,13 +229,13 @@ def test_a_target_session_traces_tells_the_tokens_writes_replays_and_closes(
 
 
 @pytest.mark.vllm
-def test_a_probe_records_the_logits_and_tokens_only(zoo_model, captured, tmp_path):
+def test_a_probe_records_the_logits_and_tokens_only(zoo_model, diagnosed, tmp_path):
     from ekka.tracer.capture import capture
 
     probe = capture(_spec(zoo_model("llama"), tmp_path / "t", logits_only=True), timeout=300)
     assert [r.kind for r in probe.records] == ["logits"] * 3
     assert [p.step for p in probe.passes] == [0, 1, 2]
-    assert probe.generated_ids == captured("vllm", "llama").generated_ids
+    assert probe.generated_ids == diagnosed("llama").target.generated_ids
 
 
 @pytest.mark.vllm

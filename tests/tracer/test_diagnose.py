@@ -16,7 +16,7 @@ from ekka.sweep.arch_rows import known_finding, load_findings
 from ekka.sweep.arch_runner import framework_versions
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.zoo import list_architectures
-from tests.conftest import BENCH, PROMPT_IDS
+from tests.conftest import BENCH, LONG_PROMPT_IDS, PROMPT_IDS
 
 pytestmark = pytest.mark.vllm
 CASES = BENCH / "cases"
@@ -25,16 +25,10 @@ ARCHS = [a.name for a in list_architectures()]
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
-    diagnosis = run_diagnosis(
-        DiagnoseConfig(
-            model=str(zoo_model(arch)),
-            prompt_ids=PROMPT_IDS,
-            workdir=str(tmp_path),
-            dtype=dtype,
-            max_tokens=3,
-        )
-    )
+def test_unmodified_vllm_has_no_divergence(arch, dtype, diagnosed):
+    # the session's diagnosis of this request: tests/tracer/test_capture.py asserts on its
+    # target's trace (the vLLM capture) for four of these architectures
+    diagnosis = diagnosed(arch, dtype).diagnosis
     assert len(diagnosis.comparisons) > 20
     metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
     assert len(metadata) == 3 * 3, "input ids, positions, attention metadata in each pass"
@@ -56,23 +50,15 @@ def test_unmodified_vllm_has_no_divergence(arch, dtype, zoo_model, tmp_path):
         )
 
 
-# 37 tokens: with 16 tokens a step, the prefill runs in chunks of 16, 16 and 5
-LONG_PROMPT = tuple([1] + [(5 * i + 7) % 480 + 16 for i in range(36)])
-
-
 @pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Gemma3ForCausalLM", "Qwen3MoeForCausalLM"])
-def test_unmodified_vllm_chunked_prefill_matches_the_request_everywhere(arch, zoo_model, tmp_path):
+def test_unmodified_vllm_chunked_prefill_matches_the_request_everywhere(arch, diagnosed):
     """Chunked prefill and decode on a pristine engine (one KV-cache group, a sliding-window
-    and a full one, an MoE): every pass placed and every metadata check as expected."""
-    diagnosis = run_diagnosis(
-        DiagnoseConfig(
-            model=str(zoo_model(arch)),
-            prompt_ids=LONG_PROMPT,
-            workdir=str(tmp_path),
-            max_tokens=3,
-            engine={"max_num_batched_tokens": 16},
-        )
-    )
+    and a full one, an MoE): every pass placed and every metadata check as expected. The
+    prompt's 37 tokens run in chunks of 16, 16 and 5 (tests/tracer/test_capture.py reads
+    Llama's chunks from the same diagnosis's target trace)."""
+    diagnosis = diagnosed(
+        arch, prompt_ids=LONG_PROMPT_IDS, engine={"max_num_batched_tokens": 16}
+    ).diagnosis
     passes = {c.pass_index: c.step for c in diagnosis.comparisons}
     assert passes == {0: 0, 1: 0, 2: 0, 3: 1, 4: 2}
     metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
