@@ -1,0 +1,60 @@
+"""Decoder-layer outputs paired by their family's convention (align.LAYER_CONVENTIONS, data):
+what vLLM's layer returns against transformers' layer output, for every zoo family, and on a
+pristine run every layer's output compared in every pass and matched."""
+
+from __future__ import annotations
+
+import pytest
+
+from ekka.tracer.align import LAYER_CONVENTIONS, plan_component
+from ekka.tracer.compare import compare_traces
+from ekka.zoo import list_architectures
+
+NAMES = {"model.layers.0", "model.layers.0.mlp"}
+
+
+def test_every_zoo_family_has_one_layer_convention():
+    for arch in list_architectures():
+        found = [c.name for c in LAYER_CONVENTIONS if arch.family in c.families]
+        assert len(found) == 1, (arch.name, found)
+
+
+@pytest.mark.parametrize(
+    ("family", "op"),
+    [("llama", "sum_pair"), ("gemma3", "sum_pair"), ("exaone4", "first"), ("cohere", "first")],
+)
+def test_a_layer_is_paired_by_its_convention(family, op):
+    plan = plan_component("model.layers.0", "DecoderLayer", family, NAMES)
+    assert plan is not None and plan.target_op == op
+
+
+def test_a_layer_of_an_unknown_family_gets_no_default_pairing():
+    """Left to the pairing by value (infer_missing tries both ops), never a guessed op; its
+    children keep their same-name pairing."""
+    assert plan_component("model.layers.0", "DecoderLayer", "unknown", NAMES) is None
+    assert plan_component("model.layers.0.mlp", "MLP", "unknown", NAMES) is not None
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "LlamaForCausalLM",  # pre-norm
+        "Gemma3ForCausalLM",  # sandwich-norm
+        "Olmo2ForCausalLM",  # post-norm (Transformers backend)
+        "CohereForCausalLM",  # parallel attention and MLP
+        "StableLmForCausalLM",  # residual added inside
+    ],
+)
+def test_a_pristine_run_matches_every_decoder_layer_in_every_pass(captured, arch):
+    target = captured("vllm", arch)
+    reference = captured("transformers", arch)
+    rows = [c for c in compare_traces(target, reference) if c.kind == "output"]
+    layers = {c.target for c in rows if c.target.count(".") == 2 and ".layers." in c.target}
+    count = int(target.manifest.model_config.get("num_hidden_layers", 0))
+    assert layers == {f"model.layers.{i}" for i in range(count)}
+    for layer in layers:
+        compared = [c for c in rows if c.target == layer]
+        assert {c.pass_index for c in compared} == {p.index for p in target.passes}, layer
+        for c in compared:
+            assert c.error < 1e-4, (layer, c.pass_index, c.plan, c.error)
