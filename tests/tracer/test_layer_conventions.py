@@ -58,3 +58,26 @@ def test_a_pristine_run_matches_every_decoder_layer_in_every_pass(captured, arch
         assert {c.pass_index for c in compared} == {p.index for p in target.passes}, layer
         for c in compared:
             assert c.error < 1e-4, (layer, c.pass_index, c.plan, c.error)
+
+
+def test_a_replay_runs_in_the_target_s_batches():
+    """A module whose result depends on its batch (a rotary that picks its factors by the
+    batch's largest position) replays as the target's passes ran it, not in one call."""
+    import torch
+
+    from ekka.tracer.adapters.vllm_replay import call_in_batches, replay_batches
+
+    batches = replay_batches([range(0, 16), range(16, 32), range(32, 37), [37]], 38)
+    assert batches == [list(range(0, 16)), list(range(16, 32)), list(range(32, 37)), [37]]
+    assert replay_batches([range(0, 4)], 6) == [[0, 1, 2, 3], [4, 5]]
+
+    def per_batch(positions: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        factor = 2.0 if int(positions.max()) >= 32 else 1.0
+        return q * factor, positions
+
+    positions = torch.arange(38)
+    q = torch.ones(38, 4)
+    out, pos = call_in_batches(per_batch, (positions, q), batches)
+    assert out is not None and pos is not None
+    assert torch.equal(pos, positions)
+    assert torch.all(out[:32] == 1.0) and torch.all(out[32:] == 2.0)
