@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ekka.tracer.align import LAYER_CONVENTIONS, plan_component
-from ekka.tracer.compare import compare_traces
+from ekka.tracer.align import LAYER_CONVENTIONS, infer_missing, plan_component, plan_components
+from ekka.tracer.compare import iter_comparisons
+from ekka.tracer.coverage import coverage_map
 from ekka.zoo import list_architectures
 
 NAMES = {"model.layers.0", "model.layers.0.mlp"}
@@ -47,9 +48,21 @@ def test_a_layer_of_an_unknown_family_gets_no_default_pairing():
     ],
 )
 def test_a_pristine_run_matches_every_decoder_layer_in_every_pass(captured, arch):
+    """And the coverage map holds every module that ran, each one with a reference
+    counterpart compared in every pass."""
     target = captured("vllm", arch)
     reference = captured("transformers", arch)
-    rows = [c for c in compare_traces(target, reference) if c.kind == "output"]
+    mapping = infer_missing(plan_components(target, reference), target, reference)
+    comparisons = list(iter_comparisons(target, reference, mapping=mapping))
+    coverage = coverage_map(target, reference, mapping, comparisons)
+    ran = {r.name for r in target.records if r.kind not in ("logits", "replay")}
+    assert {c.component for c in coverage} == ran
+    for entry in coverage:
+        if entry.component in mapping.plans:
+            assert entry.complete, entry
+        else:
+            assert not entry.compared and entry.reason, entry
+    rows = [c for c in comparisons if c.kind == "output"]
     layers = {c.target for c in rows if c.target.count(".") == 2 and ".layers." in c.target}
     count = int(target.manifest.model_config.get("num_hidden_layers", 0))
     assert layers == {f"model.layers.{i}" for i in range(count)}
