@@ -94,3 +94,45 @@ def test_a_replay_runs_in_the_target_s_batches():
     assert out is not None and pos is not None
     assert torch.equal(pos, positions)
     assert torch.all(out[:32] == 1.0) and torch.all(out[32:] == 2.0)
+
+
+@pytest.mark.vllm
+def test_a_pristine_post_norm_exaone4_matches_every_decoder_layer(tmp_path):
+    """EXAONE 4 (not a zoo architecture; the model of the bench case
+    exaone4-global-layer-rope, unpatched): vLLM's post-norm layer returns (full output, residual
+    after attention), which summed made layer 0 differ from transformers'."""
+    from ekka.bench import build_case_model, case_prompt_ids, load_case
+    from ekka.tracer.capture import capture
+    from ekka.tracer.protocol import CaptureSpec
+    from tests.conftest import BENCH
+
+    case = load_case(BENCH / "cases" / "exaone4-global-layer-rope")
+    model = build_case_model(case, tmp_path / "model")
+    ids = tuple(case_prompt_ids(case, model))
+    target = capture(CaptureSpec("vllm", str(model), ids, str(tmp_path / "t"), max_tokens=2))
+    reference = capture(
+        CaptureSpec(
+            "transformers",
+            str(model),
+            ids,
+            str(tmp_path / "r"),
+            max_tokens=2,
+            forced_ids=tuple(target.generated_ids[:-1]),
+        )
+    )
+    layers = [
+        c
+        for c in compare_layers(target, reference)
+        if c.target in ("model.layers.0", "model.layers.1")
+    ]
+    assert {(c.target, c.pass_index) for c in layers} == {
+        (f"model.layers.{i}", p.index) for i in range(2) for p in target.passes
+    }
+    for c in layers:
+        assert c.plan.startswith("first("), c.plan
+        assert c.error < 1e-4, (c.target, c.pass_index, c.error)
+
+
+def compare_layers(target, reference):
+    mapping = infer_missing(plan_components(target, reference), target, reference)
+    return [c for c in iter_comparisons(target, reference, mapping=mapping) if c.kind == "output"]
