@@ -229,6 +229,23 @@ class Reduction(ReportRecord):
     requests: int  # the other requests of the scenario before reducing
 
 
+@dataclass(frozen=True, slots=True)
+class Coverage(ReportRecord):
+    """One target module in the coverage map: the passes it was compared in, those it ran in
+    and was not, and why (the passes left out all share it: "no reference counterpart", "a
+    definition that differs", "a pass without a span" and what it is in this case)."""
+
+    component: str
+    module_class: str
+    compared: tuple[int, ...]  # passes with a comparison of its output or input
+    not_compared: tuple[int, ...] = ()  # passes it ran in without one
+    reason: str = ""  # why not, where `not_compared` holds a pass
+
+    @property
+    def complete(self) -> bool:
+        return not self.not_compared
+
+
 # The order of report.json's keys after the verdict (a reader's order, not the fields').
 _LAYOUT = (
     "model",
@@ -250,6 +267,7 @@ _LAYOUT = (
     "scenario",
     "reduction",
     "unmapped",
+    "coverage",
     "comparisons",
     "timings",
 )
@@ -285,6 +303,8 @@ class Diagnosis:
     # the requests around the traced one (`Scenario.to_json`), None for a lone request
     scenario: Mapping[str, Any] | None = None
     reduction: Reduction | None = None  # a diverging scenario reduced to what it needs
+    # every target module: which passes compared it, which did not and why
+    coverage: tuple[Coverage, ...] = ()
 
     def __post_init__(self) -> None:
         if self.localization.threshold != self.threshold:

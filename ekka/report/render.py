@@ -119,8 +119,44 @@ def render_markdown(diagnosis: Diagnosis) -> str:
     if diagnosis.unmapped:
         lines += ["", "## Unmapped components", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in sorted(diagnosis.unmapped)]
+    if diagnosis.coverage:
+        lines += _coverage_markdown(diagnosis)
     lines.append("")
     return "\n".join(lines)
+
+
+def _passes(passes: tuple[int, ...]) -> str:
+    """`0-2, 4`: pass numbers as runs."""
+    runs: list[list[int]] = []
+    for p in passes:
+        if runs and runs[-1][1] == p - 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "-"
+
+
+def _coverage_markdown(diagnosis: Diagnosis) -> list[str]:
+    """The coverage map: every target module, the passes compared and those not, and why."""
+    entries = diagnosis.coverage
+    whole = sum(1 for c in entries if c.complete)
+    some = sum(1 for c in entries if c.compared and not c.complete)
+    lines = [
+        "",
+        "## Coverage",
+        "",
+        f"{len(entries)} target modules: {whole} compared in every pass they ran in, {some} in "
+        f"some, {len(entries) - whole - some} in none.",
+        "",
+        "| component | class | compared in passes | not compared in passes | why not |",
+        "|---|---|---|---|---|",
+    ]
+    for c in entries:
+        lines.append(
+            f"| `{c.component}` | {c.module_class} | {_passes(c.compared)} "
+            f"| {_passes(c.not_compared)} | {c.reason or '-'} |"
+        )
+    return lines
 
 
 def _bisection_markdown(bisection: BisectionSummary, root_cause: RootCause | None) -> list[str]:

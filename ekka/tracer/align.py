@@ -79,12 +79,86 @@ class Unmapped:
 
 
 MOE = ("mixtral",)
-SUM_OR_FIRST_FIRST = (
-    "cohere",
-    "cohere2",
-    "stablelm",
-)  # their layers return (full hidden, residual)
 GEMMA = ("gemma", "gemma2", "gemma3", "gemma3_text")
+
+
+@dataclass(frozen=True)
+class LayerConvention:
+    """What a family's decoder layer returns in the target, against transformers' layer output
+    (one tensor: the hidden state after the layer, residual added).
+
+    `target_op` makes the target's outputs that tensor: `sum_pair` where the layer returns
+    `(branch output, residual)` and leaves the last residual add to the next layer's fused
+    norm; `first` where its first output already is the full hidden state.
+    """
+
+    name: str
+    target_op: str
+    families: tuple[str, ...]
+    returns: str
+
+
+# Per family, checked against vLLM 0.32.0's decoder layers (model_executor/models/*.py). A family
+# that is in none is paired by value (`infer_missing` tries both ops), never by a default.
+LAYER_CONVENTIONS: tuple[LayerConvention, ...] = (
+    LayerConvention(
+        "pre-norm",
+        "sum_pair",
+        (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "phi3",
+            "mixtral",
+            "qwen2_moe",
+            "qwen3_moe",
+            "olmoe",
+        ),
+        "(mlp output, residual): the next layer's fused norm adds them",
+    ),
+    LayerConvention(
+        "sandwich-norm",
+        "sum_pair",
+        ("gemma2", "gemma3", "gemma3_text", "glm4"),
+        "(post-norm of the mlp output, residual): the next layer's fused norm adds them",
+    ),
+    LayerConvention(
+        "post-norm",
+        "first",
+        ("exaone4", "olmo2", "olmo3"),
+        "(full hidden state, residual after attention): norms after attention and mlp, residual "
+        "added inside (OLMo 2/3 run on the Transformers backend: transformers' own output)",
+    ),
+    LayerConvention(
+        "parallel",
+        "first",
+        ("cohere", "cohere2"),
+        "(full hidden state, residual): attention and mlp of one norm, summed inside",
+    ),
+    LayerConvention(
+        "residual-inside",
+        "first",
+        ("stablelm", "granite", "phi", "starcoder2"),
+        "the full hidden state first (StableLM: (hidden, residual); Granite one tensor; Phi and "
+        "Starcoder2 on the Transformers backend: transformers' own output)",
+    ),
+)
+
+
+def _layer_rules() -> tuple[Rule, ...]:
+    return tuple(
+        Rule(
+            r"(?P<p>.*\.layers\.\d+)",
+            ("{p}",),
+            convention.target_op,
+            families=convention.families,
+            note=f"{convention.name} decoder layer: vLLM returns {convention.returns}",
+        )
+        for convention in LAYER_CONVENTIONS
+    )
+
 
 # Order matters: the first rule whose target pattern matches and whose reference components
 # all exist wins. Family-specific rules come first, the same-name fallback last.
@@ -116,19 +190,7 @@ RULES: tuple[Rule, ...] = (
         families=("qwen2_moe",),
         note="vLLM's FusedMoE returns routed + gated shared experts",
     ),
-    Rule(
-        r"(?P<p>.*\.layers\.\d+)",
-        ("{p}",),
-        "first",
-        families=SUM_OR_FIRST_FIRST,
-        note="the layer returns (full hidden state, residual)",
-    ),
-    Rule(
-        r"(?P<p>.*\.layers\.\d+)",
-        ("{p}",),
-        "sum_pair",
-        note="vLLM's decoder layer returns (hidden, residual); the layer output is their sum",
-    ),
+    *_layer_rules(),
     Rule(
         r"(?P<p>.*)\.rotary_emb",
         ("{p}.apply_rotary_pos_emb",),
@@ -154,7 +216,11 @@ RULES: tuple[Rule, ...] = (
         note="vLLM's fused act(gate) * up = input of down_proj",
     ),
     Rule(r"logits_processor", ("logits",), note="final logits (scale, softcap applied)"),
-    Rule(r"(?P<name>.+)", ("{name}",), note="same name"),
+    Rule(
+        r"(?P<name>(?!.*\.layers\.\d+$).+)",
+        ("{name}",),
+        note="same name (not a decoder layer: what it returns is its family's convention)",
+    ),
     Rule(
         r"(?P<p>.*)\.qkv_proj",
         ("{p}.q_proj", "{p}.k_proj", "{p}.v_proj"),

@@ -27,6 +27,7 @@ from ekka.report.records import Comparison, Diagnosis, Localization, TargetInfo
 from ekka.tracer.align import Aligner, ComponentMap, infer_missing, plan_components
 from ekka.tracer.capture import resolved, validate
 from ekka.tracer.compare import iter_comparisons
+from ekka.tracer.coverage import coverage_map
 from ekka.tracer.localize import localize, threshold_for
 from ekka.tracer.metrics import compute_error_ratio
 from ekka.tracer.output import check_output
@@ -175,6 +176,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         localization=localization,
         comparisons=found.comparisons,
         unmapped=unmapped_components(target, found),
+        coverage=coverage_map(target, references[config.dtype], found.mapping, found.comparisons),
         engine=dict(config.engine),
         timings=timings,
         output=output,

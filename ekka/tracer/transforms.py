@@ -18,9 +18,10 @@ def to_rows(t: Tensor, rows: int | None = None) -> Tensor:
     """Drop a leading batch dimension of 1 and flatten to `[tokens, -1]`.
 
     A 4-D `[1, heads, tokens, d]` tensor (attention layout) is transposed to put tokens first
-    when `rows` says which axis holds the tokens.
+    when `rows` says which axis holds the tokens. With one row (a decode step), a leading 1 is
+    that token, not a batch: `[1, heads, d]` (a per-head norm's output) is one row, not `heads`.
     """
-    if t.dim() >= 3 and t.shape[0] == 1:
+    if t.dim() >= 3 and t.shape[0] == 1 and rows != 1:
         t = t[0]
     if t.dim() == 3 and rows is not None and t.shape[0] != rows and t.shape[1] == rows:
         t = t.transpose(0, 1)

@@ -17,6 +17,7 @@ from ekka.report import (
     BisectionSummary,
     CommitRef,
     Comparison,
+    Coverage,
     Diagnosis,
     Localization,
     OutputCheck,
@@ -146,6 +147,18 @@ REDUCTION = Reduction(
 )
 
 
+COVERAGE = (
+    Coverage("model.layers.0.input_layernorm", "RMSNorm", (0, 1, 2)),
+    Coverage(
+        "model.layers.1.self_attn.rotary_emb",
+        "RotaryEmbedding",
+        (),
+        (0, 1, 2),
+        "no reference counterpart: no mapping rule",
+    ),
+    Coverage("model.layers.0", "LlamaDecoderLayer", (0, 2), (1,), "a pass without a span: 1"),
+)
+
 RECORDS = [
     comparison(0, 1.5),
     comparison(1, math.inf, token_ratio=math.inf),
@@ -177,6 +190,8 @@ RECORDS = [
         notes=("the oracle and the localization disagree",),
     ),
     REDUCTION,
+    COVERAGE[1],
+    diagnosis(coverage=COVERAGE),
     diagnosis(
         scenario={
             "before": [{"prompt_token_ids": [1, 2], "max_tokens": 1}],
@@ -196,6 +211,18 @@ RECORDS = [
         timings={"target": math.inf},
     ),
 ]
+
+
+def test_the_coverage_map_is_in_the_json_and_the_html() -> None:
+    original = diagnosis(coverage=COVERAGE)
+    data = original.to_json()
+    assert data["coverage"][1]["not_compared"] == [0, 1, 2]
+    assert Diagnosis.from_json(json.loads(json.dumps(data))).coverage == COVERAGE
+    md = render_markdown(original)
+    assert "3 target modules: 1 compared in every pass they ran in, 1 in some, 1 in none." in md
+    assert "| `model.layers.0` | LlamaDecoderLayer | 0, 2 | 1 | a pass without a span: 1 |" in md
+    assert "| `model.layers.0.input_layernorm` | RMSNorm | 0-2 | - | - |" in md
+    assert "## Coverage" not in render_markdown(diagnosis())
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
@@ -393,6 +420,7 @@ def test_exported_names() -> None:
         "BisectionSummary",
         "CommitRef",
         "Comparison",
+        "Coverage",
         "Diagnosis",
         "Localization",
         "OutputCheck",

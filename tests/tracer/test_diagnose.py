@@ -14,6 +14,7 @@ from ekka.cli import main
 from ekka.repo import installed_framework_dir
 from ekka.sweep.arch_rows import known_finding, load_findings
 from ekka.sweep.arch_runner import framework_versions
+from ekka.tracer.coverage import NO_COUNTERPART
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from ekka.zoo import list_architectures
 from tests.conftest import BENCH, LONG_PROMPT_IDS, PROMPT_IDS
@@ -33,6 +34,9 @@ def test_unmodified_vllm_has_no_divergence(arch, dtype, diagnosed):
     metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
     assert len(metadata) == 3 * 3, "input ids, positions, attention metadata in each pass"
     assert all(c.ratio == 0 for c in metadata), [c.detail for c in metadata if c.ratio]
+    # the coverage map: every module that ran, each with a counterpart compared in every pass
+    gaps = [c for c in diagnosis.coverage if not c.complete and NO_COUNTERPART not in c.reason]
+    assert diagnosis.coverage and not gaps, gaps
     # A divergence examined once (ekka/data/arch-sweep-findings.json, for these releases):
     # Cohere2's sliding window, which vLLM widens by one on purpose and transformers does not.
     finding = known_finding(load_findings(), arch, dtype, framework_versions())

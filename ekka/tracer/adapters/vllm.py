@@ -230,7 +230,12 @@ class VllmTarget:
             path, dataclasses.replace(self.header, replay_of=str(self.writer.path))
         )
         count = replay_modules(
-            self.recorder.modules_by_name, self.writer.records, replays, reference, modules
+            self.recorder.modules_by_name,
+            self.writer.records,
+            replays,
+            reference,
+            modules,
+            passes=[p.positions for p in self.writer.passes],
         )
         replays.close(replayed=count, timings={"replay": time.perf_counter() - started})
         return path, count

@@ -9,7 +9,10 @@ The target's process calls `replay_modules` when the session asks (`Replay`), af
 is written, with a reference trace that covers the prompt (the teacher-forced reference in the
 serving dtype) and the modules to replay (`ekka diagnose` names its suspects). Outputs are
 written to a trace of their own (`<target>/replay`) as records of kind "replay" under the
-module's name, one row per position of the reference's first pass. Which reference tensors a
+module's name, one row per position of the reference's first pass. A module is called once per
+forward batch the target ran (each chunk of a chunked prefill, each decode step: the positions of
+each of its passes), so that what depends on the batch (a rotary embedding whose factors are
+chosen per batch) is replayed as it ran. Which reference tensors a
 vLLM module takes (its fused projections, its rotary embedding's q and k) is vLLM's rule,
 kept here with the vLLM adapter.
 """
@@ -92,19 +95,57 @@ def reference_inputs(
     return None
 
 
+def replay_batches(passes: Sequence[Sequence[int]], rows: int) -> list[list[int]]:
+    """The reference's rows `0..rows-1` split as the target's passes held them (each position
+    in the first pass that computed it); the rows no pass computed, one batch after them."""
+    seen: set[int] = set()
+    batches: list[list[int]] = []
+    for positions in passes:
+        batch = [p for p in positions if 0 <= p < rows and p not in seen]
+        if batch:
+            batches.append(batch)
+            seen.update(batch)
+    rest = [p for p in range(rows) if p not in seen]
+    if rest:
+        batches.append(rest)
+    return batches
+
+
+def call_in_batches(
+    forward: Any, args: tuple[Any, ...], batches: Sequence[Sequence[int]]
+) -> list[torch.Tensor | None]:
+    """`forward` called on each batch's rows of `args` (every argument holds one row per
+    position), its outputs put back in position order."""
+    rows = int(args[0].shape[0])
+    results: list[torch.Tensor | None] | None = None
+    for batch in batches:
+        index = torch.tensor(batch, dtype=torch.long)
+        with torch.no_grad():
+            outputs = flatten_tensors(forward(*(a[index] for a in args)))
+        if results is None:
+            results = [None if t is None else t.new_empty((rows, *t.shape[1:])) for t in outputs]
+        for result, t in zip(results, outputs):
+            if result is not None and t is not None:
+                result[index] = t
+    return results or []
+
+
 def replay_modules(
     modules_by_name: dict[str, torch.nn.Module],
     records: list[Record],
     writer: TraceWriter,
     reference_path: str,
     only: Sequence[str] | None = None,
+    passes: Sequence[Sequence[int]] = (),
 ) -> int:
     """Replay the replayable leaf modules of the target's first pass (`records`, the target's),
-    or those named in `only`; writes one record per module to `writer`, returns how many."""
+    or those named in `only`; writes one record per module to `writer`, returns how many.
+    `passes`: the positions of each of the target's passes, the batches the replay runs in."""
     reference = TraceReader(reference_path)
     first_pass = reference.passes[0].index if reference.passes else 0
     index = {r.name: r for r in reference.records if r.pass_index == first_pass}
     rows = len(reference.passes[0].positions) if reference.passes else 0
+    batches = replay_batches(passes, rows)
     wanted = None if only is None else set(only)
     done: set[str] = set()
     count = 0
@@ -131,8 +172,11 @@ def replay_modules(
             # the module's own parameters and settings without the CPU kernels' layout demands
             # (a bf16 rotary kernel fed tensors from outside a forward pass can crash the process).
             forward = getattr(module, "forward_native", None) or module
-            with torch.no_grad():
-                output = forward(*args)
+            if len(batches) > 1 and all(a.shape[0] == rows for a in args):
+                outputs = call_in_batches(forward, args, batches)
+            else:
+                with torch.no_grad():
+                    outputs = flatten_tensors(forward(*args))
         except Exception:  # a module that cannot run alone is simply not replayed
             continue
         file, line = source_location(type(module))
@@ -144,7 +188,7 @@ def replay_modules(
             step=0,
             pass_index=-1,
             call_index=count,
-            outputs=[None if t is None else t.detach().clone() for t in flatten_tensors(output)],
+            outputs=[None if t is None else t.detach().clone() for t in outputs],
             kind=REPLAY_KIND,
             leaf=True,
         )
