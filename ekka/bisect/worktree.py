@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -36,6 +38,21 @@ def _git(repo_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
+def _worktree_lock(repo: Path) -> Iterator[None]:
+    """The repository's worktree changes, one at a time across threads and processes (probes
+    that run as Ray tasks are processes of their own on one node): a lock file per repository
+    in the temp folder, held with flock, under this process's thread lock."""
+    key = hashlib.sha256(str(repo).encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"ekka-worktrees-{key}.lock"
+    with _GIT_LOCK, open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def worktree(
     repo_path: str | Path, sha: str, *, parent: str | Path | None = None
 ) -> Iterator[Path]:
@@ -43,13 +60,13 @@ def worktree(
     default) and yield its path; the worktree is removed afterwards, whatever happens in the body
     (an exception, KeyboardInterrupt), and pruned when removing it fails.
 
-    Adding and removing take one lock: `git worktree prune` in one thread would otherwise delete
-    the half-made entry of a worktree another thread is adding.
+    Adding and removing take one lock across threads and processes: `git worktree prune` (or a
+    remove) in one would otherwise delete the half-made entry of a worktree another is adding.
     """
     repo = Path(repo_path).resolve()
     path = Path(tempfile.mkdtemp(prefix=f"ekka-{sha[:10]}-", dir=parent))
     try:
-        with _GIT_LOCK:
+        with _worktree_lock(repo):
             added = _git(repo, "worktree", "add", "--detach", str(path), sha)
         if added.returncode != 0:
             raise WorktreeError(
@@ -57,7 +74,7 @@ def worktree(
             )
         yield path
     finally:
-        with _GIT_LOCK:
+        with _worktree_lock(repo):
             removed = _git(repo, "worktree", "remove", "--force", "--force", str(path))
             shutil.rmtree(path, ignore_errors=True)
             if removed.returncode != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from pathlib import Path
 
@@ -77,4 +78,29 @@ def test_concurrent_worktrees(linear):
     for t in threads:
         t.join()
     assert not errors and seen == {i: str(i) for i in range(6)}
+    assert_no_stray_worktrees(repo)
+
+
+def _worktrees_in_a_process(repo: Path, shas: list[str], rounds: int) -> list[str]:
+    """Worktrees of every commit, `rounds` times over, in this process; what failed."""
+    failures = []
+    for _ in range(rounds):
+        for i, sha in enumerate(shas):
+            try:
+                with worktree(repo, sha) as path:
+                    if (Path(path) / "value.txt").read_text().strip() != str(i):
+                        failures.append(f"{sha[:10]}: wrong files")
+            except WorktreeError as exc:
+                failures.append(str(exc))
+    return failures
+
+
+def test_worktrees_made_by_several_processes_at_once(linear):
+    """Probes that are processes of their own (Ray tasks on one node) add and remove worktrees
+    of one repository at the same time: git's own admin files would be half-made for another
+    (without the lock across processes, some adds failed with "failed to read ... commondir")."""
+    repo, shas = linear
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        results = pool.starmap(_worktrees_in_a_process, [(repo, shas, 5)] * 6)
+    assert [f for failures in results for f in failures] == []
     assert_no_stray_worktrees(repo)
