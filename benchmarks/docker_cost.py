@@ -32,7 +32,8 @@ from ekka.containers.docker import DockerExecutor
 from ekka.containers.engine import connect
 from ekka.containers.images import ImageSettings, ImageStore
 from ekka.containers.local import LocalExecutor
-from ekka.repo import git, installed_framework_dir
+from ekka.frameworks import installed_package_dir
+from ekka.repo import git
 from ekka.zoo import build_model
 
 PROMPT = tuple([1] + [(7 * i + 11) % 500 + 3 for i in range(11)])
@@ -83,7 +84,11 @@ def main() -> None:
             oracle = TracerOracle(OracleConfig(model=str(model), prompt_ids=PROMPT), work / "o")
             oracle.prepare()
             local = LocalExecutor(
-                repo, oracle, package_dir=installed_framework_dir(), base=sha, workdir=work / "l"
+                repo,
+                oracle,
+                package_dir=installed_package_dir("vllm"),
+                base=sha,
+                workdir=work / "l",
             )
             docker = DockerExecutor(client, store, oracle, workdir=work / "d")
             times: dict[str, list[float]] = {"local": [], "docker": []}

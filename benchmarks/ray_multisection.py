@@ -105,8 +105,8 @@ def diagnosis(args: argparse.Namespace) -> None:
     from ekka.bench import base_repository, build_case_model, case_prompt_ids, find_cases
     from ekka.bisect.framework_repo import make_bug_history
     from ekka.containers.ray import RaySettings
+    from ekka.frameworks import installed_package_dir
     from ekka.full import FullConfig, run_full_diagnosis
-    from ekka.repo import installed_framework_dir
 
     (case,) = find_cases(CASES, [CASE])
     work = Path(tempfile.mkdtemp(prefix="ekka-ray-diag-"))
@@ -128,7 +128,7 @@ def diagnosis(args: argparse.Namespace) -> None:
         model=str(model),
         prompt_ids=tuple(ids),
         workdir="",
-        package_dir=str(installed_framework_dir("vllm")),
+        package_dir=str(installed_package_dir("vllm")),
         max_tokens=3,
         workers=args.workers,
     )

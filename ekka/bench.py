@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ekka.bisect.framework_repo import apply_patch
 from ekka.errors import UsageError
-from ekka.repo import installed_framework_dir
+from ekka.frameworks import installed_package_dir
 from ekka.scenario import RunSpec, parse_run
 from ekka.tracer.scenario import Scenario
 
@@ -214,7 +214,7 @@ def base_repository(workdir: Path, framework: str = "vllm") -> Path:
 
     base = workdir / f"_{framework}-release"
     if not (base / ".git").is_dir():
-        make_base_repo(base, installed_framework_dir(framework))
+        make_base_repo(base, installed_package_dir(framework), framework_name=framework)
     return base
 
 
@@ -252,6 +252,7 @@ def run_case(
                 work / "repo",
                 case.path / "bug.patch",
                 case.summary[:60],
+                framework_name=case.framework,
             )
             diagnosis, result = run_full_diagnosis(
                 full_config(
@@ -278,7 +279,7 @@ def run_case(
             say("copying and patching the framework's sources")
             src_root = work / "src"
             src_root.mkdir()
-            copy_sources(installed_framework_dir(case.framework), src_root)
+            copy_sources(installed_package_dir(case.framework), src_root)
             apply_patch(case.path / "bug.patch", src_root)
             diagnosis = diagnose_and_reduce(
                 diagnose_config(

@@ -43,6 +43,7 @@ def diagnose_config(
         target_pythonpath=tuple(target_pythonpath),
         engine=dict(request.engine),
         scenario=resolved.scenario,
+        framework=request.framework,
     )
 
 
@@ -64,8 +65,8 @@ def full_config(
     """The full mode's configuration: the request bisected over `repo` between `good` and
     `bad`, each commit probed by the executor the spec names; the overlays stand on the
     installed release of the request's framework."""
+    from ekka.frameworks import installed_package_dir
     from ekka.full import FullConfig
-    from ekka.repo import installed_framework_dir
 
     request = resolved.request
     return FullConfig(
@@ -75,7 +76,7 @@ def full_config(
         model=request.model,
         prompt_ids=request.prompt_ids,
         workdir=str(workdir),
-        package_dir=str(installed_framework_dir(request.framework)),
+        package_dir=str(installed_package_dir(request.framework)),
         dtype=request.dtype,
         max_tokens=request.max_tokens,
         engine=dict(request.engine),
@@ -89,5 +90,6 @@ def full_config(
         github_api=github_api or DEFAULT_GITHUB_API,
         github_token=github_token,
         scenario=resolved.scenario,
+        framework=request.framework,
         **executor.full_options(request.framework),
     )

@@ -34,6 +34,7 @@ from ekka.bisect.worktree import worktree
 from ekka.containers.local import LocalExecutor, overlay_compiled
 from ekka.containers.spec import CLI_KINDS
 from ekka.errors import UsageError
+from ekka.frameworks import framework
 from ekka.reduce import diagnose_and_reduce
 from ekka.report import BisectionSummary, Diagnosis, RootCause
 from ekka.tracer.diagnose import DiagnoseConfig
@@ -74,6 +75,7 @@ class FullConfig:
     ray: RaySettings | None = None  # ray: the cluster, the tasks' resources, the node's executor
     # the requests around the traced one: localization and every probe run them
     scenario: Scenario = field(default_factory=Scenario)
+    framework: str = "vllm"  # the target framework (`ekka.frameworks`)
 
 
 EXECUTORS = CLI_KINDS  # "local", "docker", "ray"
@@ -134,7 +136,8 @@ def run_full_diagnosis(
     t0 = time.perf_counter()
     say(f"localizing at bad ({commits.bad.short})")
     with worktree(config.repo, commits.bad.sha) as tree:
-        overlay_compiled(tree, package_dir)
+        sources = framework(config.framework).sources(tree)
+        overlay_compiled(sources, package_dir)
         diagnosis = diagnose_and_reduce(
             DiagnoseConfig(
                 model=config.model,
@@ -145,9 +148,10 @@ def run_full_diagnosis(
                 threshold=config.threshold,
                 engine=config.engine,
                 prompt_text=config.prompt_text,
-                target_pythonpath=(str(tree),),
+                target_pythonpath=(str(sources),),
                 timeout=config.timeout,
                 scenario=config.scenario,
+                framework=config.framework,
             ),
             progress=say,
         )
@@ -185,6 +189,7 @@ def run_full_diagnosis(
             result.first_bad.pr,
             diagnosis.localization.suspects,
             target,
+            config.framework,
         )
         root_cause = RootCause.from_json(attribution.to_json())
     bisection = BisectionSummary.from_json(result.to_json())
@@ -270,7 +275,7 @@ def ray_executor(
         reference=oracle.prepared,
         kind=settings.node_executor,
         timeout=config.timeout,
-        framework=Path(config.package_dir).name,
+        framework=config.framework,
         images=config.images,
         limits=config.limits,
     )

@@ -1,5 +1,5 @@
-"""Where the installed framework is, and git run in a repository: small helpers shared by the
-bisection, the executors, the bench and the tests.
+"""git run in a repository, and a clone fetched: small helpers shared by the bisection, the
+executors, the bot, the sweeps, the bench and the tests.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ekka.errors import EkkaError, UsageError
+from ekka.errors import EkkaError
 
 # A fixed identity and date, so that the commits Ekka makes (bench and demo histories) are the
 # same from run to run.
@@ -33,18 +33,6 @@ def git(repo: str | Path, *args: str, check: bool = True, strip: bool = True) ->
     if check and proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
     return proc.stdout.strip() if strip else proc.stdout
-
-
-def installed_framework_dir(framework: str = "vllm") -> Path:
-    """The installed package's folder (e.g. .../site-packages/vllm), found without importing it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(framework)
-    if spec is None or not spec.origin:
-        raise UsageError(
-            f"{framework} is not installed in this environment; run `make test` once to set it up."
-        )
-    return Path(spec.origin).resolve().parent
 
 
 def fetch(path: str) -> None:

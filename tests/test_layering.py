@@ -24,7 +24,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "codec": frozenset({"errors"}),
     # toml_reader: typed reads of a TOML table with one-line errors
     "toml_reader": frozenset({"errors"}),
-    # repo: git in a repository and the installed framework's folder
+    # frameworks: the frameworks Ekka targets as data (package, adapter, interpreter)
+    "frameworks": frozenset({"errors"}),
+    # repo: git in a repository
     "repo": frozenset({"errors"}),
     # report: a diagnosis's typed records and their renderers
     "report": frozenset({"errors"}),
@@ -78,8 +80,10 @@ LAYERS: dict[str, frozenset[str]] = {
         | {"modes", "compose"}
     ),
 }
-# every part above the leaves may use the codec, as it may raise Ekka's errors
-LAYERS = {p: a if p in ("errors", "codec") else a | {"codec"} for p, a in LAYERS.items()}
+# every part above the leaves may use the codec, as it may raise Ekka's errors, and the
+# frameworks' data
+LEAVES = ("errors", "codec", "frameworks")
+LAYERS = {p: a if p in LEAVES else a | {"codec", "frameworks"} for p, a in LAYERS.items()}
 
 # sweep -> bot only for the configuration file both read, never the bot's queue, jobs or server
 SWEEP_USES_OF_BOT = frozenset({"ekka.bot.config"})

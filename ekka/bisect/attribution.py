@@ -13,10 +13,11 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ekka.frameworks import framework
 from ekka.repo import git
 
 HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -120,22 +121,37 @@ def touched_symbols(repo: str | Path, commit: str) -> list[Touched]:
 # Serving machinery that decides what a module computes without being part of it, by the
 # module's class: attention reads the KV cache through metadata (sequence lengths, slot
 # mapping, block tables) that the model runner, the scheduler's KV-cache manager and the
-# backend's metadata builder prepare before the forward pass.
-_RUNNER = ("vllm/v1/worker/", "vllm/v1/core/", "vllm/forward_context.py")
+# backend's metadata builder prepare before the forward pass. Per framework, as data.
+_VLLM_RUNNER = ("vllm/v1/worker/", "vllm/v1/core/", "vllm/forward_context.py")
+# SGLang: the model runner and its forward batch, the scheduler's batches, the memory pools
+# (request-to-token map, cache locations).
+_SGLANG_RUNNER = (
+    "sglang/srt/model_executor/",
+    "sglang/srt/managers/",
+    "sglang/srt/mem_cache/",
+)
 # Per class (a regex on its name): the serving machinery that prepares what it reads. The
 # attention reads the attention metadata and the KV-cache blocks; the rotary embedding reads
 # the positions; the embedding reads the input ids; the model runner and the scheduler
 # prepare all of them.
-MACHINERY: dict[str, tuple[str, ...]] = {
-    r"Attention": _RUNNER + ("vllm/v1/attention/", "vllm/attention/"),
-    r".*(Rotary|RoPE|Rope).*": _RUNNER,
-    r".*Embedding": _RUNNER,
+MACHINERY: dict[str, dict[str, tuple[str, ...]]] = {
+    "vllm": {
+        r"Attention": _VLLM_RUNNER + ("vllm/v1/attention/", "vllm/attention/"),
+        r".*(Rotary|RoPE|Rope).*": _VLLM_RUNNER,
+        r".*Embedding": _VLLM_RUNNER,
+    },
+    "sglang": {
+        r".*Attention": _SGLANG_RUNNER + ("sglang/srt/layers/attention/",),
+        r".*(Rotary|RoPE|Rope).*": _SGLANG_RUNNER,
+        r".*Embedding": _SGLANG_RUNNER,
+    },
 }
 
 
-def machinery_of(cls: str) -> tuple[str, ...]:
+def machinery_of(cls: str, framework_name: str = "vllm") -> tuple[str, ...]:
     """The source folders of the serving machinery that prepares what class `cls` reads."""
-    return next((p for pattern, p in MACHINERY.items() if re.fullmatch(pattern, cls)), ())
+    rules = MACHINERY.get(framework_name, {})
+    return next((p for pattern, p in rules.items() if re.fullmatch(pattern, cls)), ())
 
 
 @dataclass(frozen=True)
@@ -184,9 +200,17 @@ def attribute(
     pr: int | None,
     suspects: Sequence[Any],
     trace: Any,
+    framework_name: str = "vllm",
 ) -> Attribution:
-    """State the root cause: which changed class or function is (or owns) which suspect."""
-    touched = touched_symbols(repo, commit)
+    """State the root cause: which changed class or function is (or owns) which suspect.
+
+    Files are compared as the trace names them, from the package's folder down: a repository
+    that keeps the package under a folder (SGLang's `python/`) has that folder taken off."""
+    root = framework(framework_name).source_root
+    touched = [
+        replace(t, file=t.file.removeprefix(f"{root}/")) if root else t
+        for t in touched_symbols(repo, commit)
+    ]
     short = commit[:10]
     pr_text = f" (PR #{pr})" if pr else ""
 
@@ -245,7 +269,7 @@ def attribute(
                             f"{what}, the file of {loc.cls} ({loc.role} of {suspect.component}), for",
                         )
                     if level == "machinery" and loc.role == "module":
-                        prefixes = machinery_of(loc.cls)
+                        prefixes = machinery_of(loc.cls, framework_name)
                         if any(t.file.startswith(p) for p in prefixes):
                             return found(
                                 level,

@@ -2,7 +2,8 @@
 
 `make_base_repo` puts the installed release's Python sources (no compiled `.so` files: those
 come from the installed release at probe time, see `ekka.containers.local`) into a fresh
-repository, one commit. `make_bug_history` clones it and adds harmless commits, the commit that
+repository, one commit, where the framework's own repository keeps them (`vllm/` at the top,
+SGLang's under `python/`). `make_bug_history` clones it and adds harmless commits, the commit that
 applies a bug patch, and more harmless commits, each with a squash-style message carrying a
 pull-request number, as on vLLM's main branch.
 """
@@ -18,19 +19,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekka.errors import UsageError
+from ekka.frameworks import framework
 from ekka.repo import git
 
-# Files a harmless commit may touch (when present), besides the bug patch's own files.
-COMMON_FILES = (
-    "vllm/model_executor/models/llama.py",
-    "vllm/model_executor/models/qwen2.py",
-    "vllm/model_executor/layers/layernorm.py",
-    "vllm/model_executor/layers/activation.py",
-    "vllm/v1/attention/backends/cpu_attn.py",
-    "vllm/v1/worker/gpu_model_runner.py",
-    "vllm/sampling_params.py",
-    "vllm/utils/__init__.py",
-)
+# Per framework, files a harmless commit may touch (when present; relative to the folder that
+# holds the package), besides the bug patch's own files.
+COMMON_FILES = {
+    "vllm": (
+        "vllm/model_executor/models/llama.py",
+        "vllm/model_executor/models/qwen2.py",
+        "vllm/model_executor/layers/layernorm.py",
+        "vllm/model_executor/layers/activation.py",
+        "vllm/v1/attention/backends/cpu_attn.py",
+        "vllm/v1/worker/gpu_model_runner.py",
+        "vllm/sampling_params.py",
+        "vllm/utils/__init__.py",
+    ),
+    "sglang": (
+        "sglang/srt/models/llama.py",
+        "sglang/srt/models/qwen2.py",
+        "sglang/srt/layers/layernorm.py",
+        "sglang/srt/layers/activation.py",
+        "sglang/srt/layers/attention/torch_native_backend.py",
+        "sglang/srt/model_executor/model_runner.py",
+        "sglang/srt/sampling/sampling_params.py",
+        "sglang/srt/utils/common.py",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -46,16 +61,22 @@ class BugHistory:
 
 
 def make_base_repo(
-    dest: str | Path, package_dir: str | Path, *, message: str | None = None
+    dest: str | Path,
+    package_dir: str | Path,
+    *,
+    message: str | None = None,
+    framework_name: str = "vllm",
 ) -> Path:
-    """A repository holding `<package>/` with the package's Python sources, one commit."""
+    """A repository holding `<package>/` (under the framework's source root) with the
+    package's Python sources, one commit."""
     dest, package_dir = Path(dest), Path(package_dir)
     if dest.exists():
         shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    sources = framework(framework_name).sources(dest)
+    sources.mkdir(parents=True)
     shutil.copytree(
         package_dir,
-        dest / package_dir.name,
+        sources / package_dir.name,
         ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"),
     )
     (dest / ".gitignore").write_text("*.so\n__pycache__/\n")
@@ -104,16 +125,24 @@ def apply_patch(patch: Path, root: Path) -> None:
             )
 
 
-def apply_patch_commit(repo: Path, patch: Path, summary: str, pr: int) -> str:
-    apply_patch(patch, repo)
+def apply_patch_commit(
+    repo: Path, patch: Path, summary: str, pr: int, sources: Path | None = None
+) -> str:
+    """Apply `patch` in `sources` (the folder of `repo` that holds the package: `repo` itself
+    by default) and commit."""
+    apply_patch(patch, sources or repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", f"{summary} (#{pr})")
     return git(repo, "rev-parse", "HEAD")
 
 
-def _applies(repo: Path, patch: Path) -> bool:
+def _applies(sources: Path, patch: Path) -> bool:
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(Path(sources).resolve().parent))
     proc = subprocess.run(
-        ["git", "apply", "-p1", "--check", str(patch.resolve())], cwd=repo, capture_output=True
+        ["git", "apply", "-p1", "--check", str(patch.resolve())],
+        cwd=sources,
+        capture_output=True,
+        env=env,
     )
     return proc.returncode == 0
 
@@ -134,31 +163,39 @@ def make_bug_history(
     after: int = 5,
     seed: int = 0,
     first_pr: int = 9001,
-    extra_files: Sequence[str] = COMMON_FILES,
+    extra_files: Sequence[str] | None = None,
+    framework_name: str = "vllm",
 ) -> BugHistory:
     """Clone `base` and add `before` harmless commits, the patch, `after` harmless commits.
 
     Some harmless commits touch the patch's own files (harmlessly), as real neighbours do.
+    Paths (the patch's, `extra_files`) are relative to the folder that holds the package.
     """
     repo = clone(base, dest)
+    fw = framework(framework_name)
+    sources = fw.sources(repo)
     good = git(repo, "rev-parse", "HEAD")
     rng = random.Random(seed)
-    touched = patch_files(patch)
-    candidates = [f for f in list(extra_files) + touched if (repo / f).is_file()]
+    prefix = f"{fw.source_root}/" if fw.source_root else ""
+    touched = [prefix + f for f in patch_files(patch)]
+    if extra_files is None:
+        extra_files = COMMON_FILES[framework_name]
+    extra = [prefix + f for f in extra_files]
+    candidates = [f for f in extra + touched if (repo / f).is_file()]
     commits: list[str] = []
     pr = first_pr
     others = [f for f in candidates if f not in touched] or candidates
     for i in range(before):
         path = touched[0] if (i == before - 1 and touched) else rng.choice(candidates)
         sha = harmless_commit(repo, path, i, pr)
-        if path in touched and not _applies(repo, patch):
+        if path in touched and not _applies(sources, patch):
             # the appended line sits in a hunk's end-of-file context: touch another file instead
             git(repo, "reset", "-q", "--hard", "HEAD~1")
             sha = harmless_commit(repo, rng.choice(others), i, pr)
         commits.append(sha)
         pr += 1
     bug_pr = pr
-    bug = apply_patch_commit(repo, patch, summary, bug_pr)
+    bug = apply_patch_commit(repo, patch, summary, bug_pr, sources)
     commits.append(bug)
     pr += 1
     for i in range(after):

@@ -39,6 +39,7 @@ from ekka.containers.spec import TOML_KEYS as EXECUTOR_KEYS
 from ekka.containers.spec import ExecutorSpec
 from ekka.errors import ConfigError, UsageError
 from ekka.forge.settings import GitHubSettings
+from ekka.frameworks import FRAMEWORKS
 from ekka.request import Request, ScenarioRef
 from ekka.toml_reader import TomlReader
 
@@ -303,8 +304,10 @@ def _repository(reader: TomlReader, index: int, data: Any) -> Repository:
     reader.known(data, at, ("name", "path", "framework", "good", "bad"))
     name = _repo_name(reader.required_string(data, f"{at}.name"), f"{reader.where}: {at}.name")
     framework = reader.string(data, f"{at}.framework", "vllm")
-    if framework != "vllm":
-        raise ConfigError(f"{reader.where}: {at}.framework {framework!r}: only vllm is supported.")
+    if framework not in FRAMEWORKS:
+        raise ConfigError(
+            f"{reader.where}: {at}.framework {framework!r}: use one of {', '.join(FRAMEWORKS)}."
+        )
     return Repository(
         name=name,
         path=reader.optional_string(data, f"{at}.path"),

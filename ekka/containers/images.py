@@ -39,6 +39,7 @@ from ekka.containers.base import _add_bytes, default_cache_dir, image_exists
 from ekka.containers.engine import Progress, stream_lines, tail
 from ekka.containers.overlay import compiled_changes
 from ekka.errors import ImageBuildError, UsageError
+from ekka.frameworks import framework
 from ekka.repo import git
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ MANAGED = "ekka.managed"  # label: "commit" on every per-commit image Ekka build
 OVERLAY_DOCKERFILE = """\
 ARG EKKA_BASE
 FROM ${{EKKA_BASE}}
-COPY {package} /src/{package}
+COPY {path} /src/{package}
 RUN python -m ekka.containers.overlay /src {package}
 """
 HOST_DOCKERFILE = ".ekka.Dockerfile"  # where a Dockerfile from the host goes in the context
@@ -170,16 +171,19 @@ class ImageStore:
         return True
 
     def _overlay_context(self, sha: str) -> io.BytesIO:
-        package = self.settings.framework
-        names = git(self.repo, "ls-tree", "--name-only", sha, package).splitlines()
+        fw = framework(self.settings.framework)
+        package = fw.package
+        path = f"{fw.source_root}/{package}" if fw.source_root else package
+        names = git(self.repo, "ls-tree", "--name-only", sha, path).splitlines()
         if not names:
             raise UsageError(
-                f"the repository has no {package}/ folder at {sha[:10]}: it is not the "
-                f"{package} repository (or not its Python sources)."
+                f"the repository has no {path}/ folder at {sha[:10]}: it is not the "
+                f"{fw.title} repository (or not its Python sources)."
             )
-        context = self._archive(sha, package)
+        context = self._archive(sha, path)
         with tarfile.open(fileobj=context, mode="a") as tar:
-            _add_bytes(tar, "Dockerfile", OVERLAY_DOCKERFILE.format(package=package).encode())
+            dockerfile = OVERLAY_DOCKERFILE.format(path=path, package=package)
+            _add_bytes(tar, "Dockerfile", dockerfile.encode())
         context.seek(0)
         return context
 

@@ -17,6 +17,7 @@ from ekka.bisect.verdict import TRANSIENT, ProbeResult, Verdict
 from ekka.bisect.worktree import worktree
 from ekka.containers.overlay import compiled_changes, overlay_compiled
 from ekka.errors import CaptureError
+from ekka.frameworks import framework
 from ekka.tracer.capture import capture
 
 __all__ = ["LocalExecutor", "compiled_changes", "overlay_compiled"]
@@ -65,10 +66,11 @@ class LocalExecutor:
                 {"compiled_changes": changed},
             )
         with worktree(self.repo, commit.sha) as tree:
-            overlay_compiled(tree, self.package_dir)
+            sources = framework(self.oracle.config.framework).sources(tree)
+            overlay_compiled(sources, self.package_dir)
             out = self.workdir / f"probe-{commit.sha[:12]}"
             try:
-                trace = capture(self.oracle.spec(out), pythonpath=[tree], timeout=self.timeout)
+                trace = capture(self.oracle.spec(out), pythonpath=[sources], timeout=self.timeout)
             except CaptureError as exc:
                 # An import or start-up failure is an infrastructure problem for this commit:
                 # skip, never bad.

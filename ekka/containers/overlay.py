@@ -55,10 +55,10 @@ def overlay_compiled(tree: Path, package_dir: Path) -> int:
 
 def main(argv: list[str]) -> int:
     """`python -m ekka.containers.overlay TREE PACKAGE`: link PACKAGE's installed extensions."""
-    from ekka.repo import installed_framework_dir
+    from ekka.frameworks import installed_package_dir
 
     tree, package = argv
-    count = overlay_compiled(Path(tree), installed_framework_dir(package))
+    count = overlay_compiled(Path(tree), installed_package_dir(package))
     print(f"{count} compiled files of the installed {package} linked into {tree}")
     return 0
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ekka.errors import EkkaError
+from ekka.frameworks import framework
 from ekka.tracer.capture import capture
 from ekka.tracer.protocol import CaptureSpec
 
@@ -26,8 +27,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m ekka.containers.probe SPEC_JSON", file=sys.stderr)
         return 2
     spec = CaptureSpec.from_json(json.loads(argv[0]))
-    framework = SOURCES / "vllm"
-    pythonpath = [SOURCES] if framework.is_dir() else []
+    package = framework(spec.framework).package
+    pythonpath = [SOURCES] if (SOURCES / package).is_dir() else []
     try:
         trace = capture(spec, pythonpath=pythonpath)
     except EkkaError as exc:

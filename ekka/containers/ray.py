@@ -321,9 +321,9 @@ class TracerProbe:
                 limits=limits,
             )
         from ekka.containers.local import LocalExecutor
-        from ekka.repo import installed_framework_dir
+        from ekka.frameworks import installed_package_dir
 
-        package_dir = installed_framework_dir(self.framework)
+        package_dir = installed_package_dir(self.framework)
         workdir.mkdir(parents=True, exist_ok=True)
         return LocalExecutor(
             self.repo,

@@ -272,11 +272,11 @@ def at_commit(
     from ekka.bisect.history import open_repo, resolve_ref
     from ekka.bisect.worktree import worktree
     from ekka.containers.overlay import overlay_compiled
-    from ekka.repo import installed_framework_dir
+    from ekka.frameworks import installed_package_dir
 
     sha = str(resolve_ref(open_repo(repo), ref, "--commit").hexsha)
     with worktree(repo, sha) as tree:
-        overlay_compiled(tree, installed_framework_dir("vllm"))
+        overlay_compiled(tree, installed_package_dir("vllm"))
         at = Commit(str(Path(repo).resolve()), sha, str(tree))
         return run_sweep(
             names, dtypes, out_dir, db, progress=tick, report_only=report_only, commit=at

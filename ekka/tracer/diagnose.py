@@ -56,6 +56,7 @@ class DiagnoseConfig:
     # the requests around the traced one in the target's engine (the reference runs the
     # traced request alone); empty: the traced request alone
     scenario: Scenario = field(default_factory=Scenario)
+    framework: str = "vllm"  # the target framework (`ekka.frameworks`)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     from ekka.tracer.adapters import transformers as reference_adapter
 
     target_spec = spec(
-        "vllm",
+        config.framework,
         "target",
         config.dtype,
         engine=dict(config.engine),

@@ -177,11 +177,43 @@ def test_delegate_model_and_machinery_attribution(tmp_path):
     )
     from ekka.bisect import attribution
 
-    saved = attribution.MACHINERY["Attention"]
-    attribution.MACHINERY["Attention"] = ("pkg/runner.py",)
+    saved = attribution.MACHINERY["vllm"]["Attention"]
+    attribution.MACHINERY["vllm"]["Attention"] = ("pkg/runner.py",)
     try:
         sha = _commit(repo, "pkg/runner.py", "return 1", "return 2", "rows (#5)")
         result = attribute(repo, sha, 5, attn, trace)
         assert result.level == "machinery" and "Runner.update" in result.statement
     finally:
-        attribution.MACHINERY["Attention"] = saved
+        attribution.MACHINERY["vllm"]["Attention"] = saved
+
+
+def test_a_package_under_a_source_root_is_attributed_by_the_traces_paths(tmp_path):
+    """SGLang keeps its package under python/: the diff says python/sglang/..., the trace
+    sglang/...; the class is still found, and SGLang's serving machinery is its own."""
+    repo = tmp_path / "repo"
+    (repo / "python" / "sglang" / "srt" / "managers").mkdir(parents=True)
+    (repo / "python" / "sglang" / "layers.py").write_text(LAYERS)
+    runner = repo / "python" / "sglang" / "srt" / "managers" / "schedule_batch.py"
+    runner.write_text("class ScheduleBatch:\n    def prepare(self):\n        return 1\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    trace = FakeTrace(
+        [
+            _record("model.layers.0.input_layernorm", "RMSNorm", "sglang/layers.py"),
+            _record("model.layers.0.self_attn.attn", "RadixAttention", "sglang/attn.py"),
+        ]
+    )
+    norm = _suspect("model.layers.0.input_layernorm", "RMSNorm")
+    sha = _commit(repo, "python/sglang/layers.py", "self.eps = eps", "self.eps = 1e-6", "eps (#8)")
+    result = attribute(repo, sha, 8, [norm], trace, "sglang")
+    assert result.level == "class" and "RMSNorm.__init__ in sglang/layers.py" in result.statement
+    attn = _suspect("model.layers.0.self_attn.attn", "RadixAttention")
+    sha = _commit(
+        repo, "python/sglang/srt/managers/schedule_batch.py", "return 1", "return 2", "rows (#9)"
+    )
+    result = attribute(repo, sha, 9, [attn], trace, "sglang")
+    assert result.level == "machinery" and "ScheduleBatch.prepare" in result.statement
+    assert not attribute(repo, sha, 9, [attn], trace, "vllm").matched, (
+        "vLLM's machinery folders are not SGLang's"
+    )

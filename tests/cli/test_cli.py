@@ -286,7 +286,21 @@ def test_the_cpu_shape_check_applies_only_to_vllms_cpu_build(monkeypatch, zoo_mo
 def test_demo_names_the_models_it_knows(capsys, tmp_path):
     code, text = run(capsys, "demo", "--model", "gpt5", "--workdir", str(tmp_path))
     assert code == 2
-    assert "--model must be one of llama, gemma3-270m, got 'gpt5'" in text
+    assert "--model for vLLM must be one of llama, gemma3-270m, got 'gpt5'" in text
+    assert "Traceback" not in text
+    code, text = run(
+        capsys,
+        "demo",
+        "--framework",
+        "sglang",
+        "--model",
+        "gemma3-270m",
+        "--workdir",
+        str(tmp_path),
+    )
+    assert code == 2 and "--model for SGLang must be one of llama, got 'gemma3-270m'" in text
+    code, text = run(capsys, "demo", "--framework", "tgi", "--workdir", str(tmp_path))
+    assert code == 2 and "unknown framework 'tgi'; use one of vllm, sglang" in text
     assert "Traceback" not in text
 
 

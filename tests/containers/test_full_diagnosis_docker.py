@@ -26,7 +26,8 @@ from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.search import Bisector
 from ekka.cli import main
 from ekka.containers.local import LocalExecutor
-from ekka.repo import git, installed_framework_dir
+from ekka.frameworks import installed_package_dir
+from ekka.repo import git
 from tests.conftest import PROMPT_IDS
 from tests.containers.conftest import FULL_DOCKERFILE
 
@@ -120,7 +121,7 @@ def test_docker_full_diagnosis_builds_the_compiled_commit_and_agrees_with_local(
         LocalExecutor(
             repo,
             oracle,
-            package_dir=installed_framework_dir(),
+            package_dir=installed_package_dir("vllm"),
             base=good,
             workdir=tmp_path / "local",
         )

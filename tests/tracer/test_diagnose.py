@@ -11,7 +11,7 @@ import pytest
 from ekka.bench import copy_sources, find_cases
 from ekka.bisect.framework_repo import apply_patch
 from ekka.cli import main
-from ekka.repo import installed_framework_dir
+from ekka.frameworks import installed_package_dir
 from ekka.sweep.arch_rows import known_finding, load_findings
 from ekka.sweep.arch_runner import framework_versions
 from ekka.tracer.coverage import NO_COUNTERPART
@@ -73,7 +73,7 @@ def test_unmodified_vllm_chunked_prefill_matches_the_request_everywhere(arch, di
 
 def _patched_copy(case_id: str, root):
     case = find_cases(CASES, [case_id])[0]
-    copy_sources(installed_framework_dir(), root)
+    copy_sources(installed_package_dir("vllm"), root)
     apply_patch(case.path / "bug.patch", root)
     return case
 

@@ -26,9 +26,9 @@ from ekka.bench import (
     run_case,
 )
 from ekka.bisect.framework_repo import make_bug_history
+from ekka.frameworks import installed_package_dir
 from ekka.full import FullConfig, run_full_diagnosis
 from ekka.reduce import diagnose_and_reduce
-from ekka.repo import installed_framework_dir
 from ekka.tracer.diagnose import DiagnoseConfig
 from ekka.tracer.protocol import ScenarioRequest
 from ekka.tracer.scenario import Scenario
@@ -61,7 +61,7 @@ def test_public_scenario_case_localized_bisected_and_reduced(tmp_path):
             model=str(model),
             prompt_ids=tuple(case_prompt_ids(case, model)),
             workdir=str(tmp_path / "traces"),
-            package_dir=str(installed_framework_dir()),
+            package_dir=str(installed_package_dir("vllm")),
             max_tokens=case.max_tokens,
             engine=case.engine,
             db_url=f"sqlite:///{tmp_path / 'verdicts.db'}",

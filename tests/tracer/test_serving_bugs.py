@@ -15,7 +15,7 @@ import pytest
 
 from ekka.bench import copy_sources
 from ekka.bisect.framework_repo import apply_patch
-from ekka.repo import installed_framework_dir
+from ekka.frameworks import installed_package_dir
 from ekka.report import Diagnosis
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
 from tests.conftest import PROMPT_IDS
@@ -30,7 +30,7 @@ def diagnose(
     case: str, model: Path, tmp_path: Path, prompt: tuple[int, ...] = PROMPT_IDS, **engine: object
 ) -> Diagnosis:
     sources = tmp_path / "vllm-src"
-    copy_sources(installed_framework_dir(), sources)
+    copy_sources(installed_package_dir("vllm"), sources)
     apply_patch(FIXTURES / f"{case}.patch", sources)
     return run_diagnosis(
         DiagnoseConfig(

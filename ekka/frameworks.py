@@ -1,0 +1,113 @@
+"""The serving frameworks Ekka targets, as data: what each is called, where its Python package
+sits in its repository, which module runs it as the target and with which interpreter.
+
+vLLM runs with Ekka's own interpreter. SGLang runs in an environment of its own (its torch
+differs from vLLM's), made by `make venv` beside vLLM's (`.venv-sglang`), or the interpreter
+that `EKKA_SGLANG_PYTHON` names. A framework's interpreter is the one seam between Ekka and
+the framework's process: the local executor, a container and a Ray node all start the target
+through it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ekka.errors import UsageError
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # Ekka's checkout (editable install)
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str  # as users write it: --framework NAME, framework = "NAME"
+    title: str  # as reports write it
+    package: str  # the import name of its Python package
+    source_root: str  # the folder of its repository that holds the package ("" top level)
+    adapter: str  # the module run as the target's process (`python -m ADAPTER READ WRITE`)
+    python_variable: str = ""  # the variable naming its interpreter ("": Ekka's own)
+    venv: str = ""  # the environment `make venv` makes for it, in Ekka's checkout
+
+    def sources(self, tree: str | Path) -> Path:
+        """The folder of a checkout of the framework's repository to put first on the path."""
+        return Path(tree) / self.source_root if self.source_root else Path(tree)
+
+
+FRAMEWORKS: dict[str, Framework] = {
+    "vllm": Framework("vllm", "vLLM", "vllm", "", "ekka.tracer.adapters.vllm"),
+    "sglang": Framework(
+        "sglang",
+        "SGLang",
+        "sglang",
+        "python",
+        "ekka.tracer.adapters.sglang",
+        python_variable="EKKA_SGLANG_PYTHON",
+        venv=".venv-sglang",
+    ),
+}
+
+
+def framework(name: str) -> Framework:
+    """The framework called `name`, or a UsageError that lists the known ones."""
+    if name not in FRAMEWORKS:
+        raise UsageError(f"unknown framework {name!r}; use one of {', '.join(FRAMEWORKS)}.")
+    return FRAMEWORKS[name]
+
+
+def python_for(name: str) -> str:
+    """The interpreter that runs `name`'s target process."""
+    fw = framework(name)
+    if not fw.python_variable:
+        return sys.executable
+    given = os.environ.get(fw.python_variable)
+    python = Path(given) if given else CHECKOUT / fw.venv / "bin" / "python"
+    if not python.exists():
+        where = f"{fw.python_variable}={given}" if given else f"{CHECKOUT / fw.venv}"
+        raise UsageError(
+            f"{fw.title}'s environment is not installed ({where} has no interpreter): run "
+            f"`make venv` in {CHECKOUT} to make it, or set {fw.python_variable} to the python "
+            f"of an environment where {fw.package} imports."
+        )
+    return str(python)
+
+
+def installed_package_dir(name: str) -> Path:
+    """The installed release's package folder (e.g. .../site-packages/vllm) in the
+    framework's environment, found without importing it."""
+    fw = framework(name)
+    python = python_for(name)
+    origin = _origin(python, fw.package)
+    if not origin:
+        raise UsageError(
+            f"{fw.title} is not installed in its environment ({python}); run `make venv` once "
+            "to set it up."
+        )
+    return Path(origin).resolve().parent
+
+
+@functools.cache
+def _origin(python: str, package: str) -> str:
+    """Where `package`'s `__init__.py` is for `python` ("" when it is not installed)."""
+    if python == sys.executable:
+        import importlib.util
+
+        spec = importlib.util.find_spec(package)
+        return spec.origin if spec is not None and spec.origin else ""
+    found = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]); "
+            "print(s.origin if s and s.origin else '')",
+            package,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    return found.stdout.strip()
