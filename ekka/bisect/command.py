@@ -93,8 +93,11 @@ class CommandOracle:
                 )  # fmt: skip
             except OSError as exc:
                 raise OracleStartError(f"the oracle command could not start: {exc}") from exc
-            with self._lock:
-                self._running.add(process)
+            with self._lock:  # a cancel() before this point finds the event set, after it
+                self._running.add(process)  # the process in the running set: never missed
+                cancelled = self._cancelled.is_set()
+            if cancelled:
+                _kill_group(process)
             timed_out = False
             try:
                 process.wait(timeout=self.timeout)

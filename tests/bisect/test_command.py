@@ -194,3 +194,25 @@ def test_an_interrupted_parallel_search_stops_its_probes_and_leaves_nothing(line
         Bisector(CommandOracle(repo, cmd), workers=3, observer=Interrupt()).run(commits)
     assert time.monotonic() - start < 15
     assert_no_stray_worktrees(repo)
+
+
+def test_a_cancel_while_a_probe_is_starting_its_command_still_stops_it(linear, monkeypatch):
+    """The search is interrupted after a probe checked for a cancel and before its command is
+    in the running set (its worktree takes seconds under load): the command is killed at once
+    instead of running to its end."""
+    import subprocess
+
+    from ekka.bisect import command
+
+    repo, _, commits = linear
+    oracle = CommandOracle(repo, "sleep 30")
+    real = subprocess.Popen
+
+    def cancel_then_start(*args, **kwargs):
+        oracle.cancel()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(command.subprocess, "Popen", cancel_then_start)
+    result = oracle.probe(commits[3])
+    assert result.details["exit_code"] == -9, "the command was killed, not left to sleep"
+    assert_no_stray_worktrees(repo)
