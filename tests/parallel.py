@@ -26,6 +26,7 @@ records each test's.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -57,13 +58,14 @@ def shared_keys(item: pytest.Item) -> set[str]:
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return keys
+    root = item.config.rootpath
     for name in info.names_closure:
         definitions = info.name2fixturedefs.get(name)
         if not definitions:
             continue
         fixture = definitions[-1]  # the one this item gets (closest overrides last)
-        # plugins' fixtures (tmp_path_factory, ...) have an empty baseid: per worker anyway
-        if fixture.scope not in SHARED_SCOPES or not fixture.baseid:
+        # pytest's and plugins' fixtures (tmp_path_factory, ...) are per worker anyway
+        if fixture.scope not in SHARED_SCOPES or not _is_the_suites(fixture.func, root):
             continue
         if fixture.scope == "session" and name in PER_WORKER:
             continue
@@ -72,9 +74,19 @@ def shared_keys(item: pytest.Item) -> set[str]:
         elif fixture.scope == "class":
             owner = item.nodeid.rsplit("::", 1)[0]
         else:
-            owner = fixture.baseid
+            owner = fixture.baseid or "."
         keys.add(f"fixture:{owner}::{name}")
     return keys
+
+
+def _is_the_suites(function: Any, root: Path) -> bool:
+    """True for a fixture defined in a conftest or test module under the rootdir, not in an
+    installed package (a virtual environment may live in the checkout)."""
+    try:
+        source = Path(inspect.getsourcefile(inspect.unwrap(function)) or "")
+    except TypeError:
+        return False
+    return source.is_relative_to(root) and "site-packages" not in source.parts
 
 
 def units(keys_by_test: dict[str, set[str]]) -> dict[str, str]:
