@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ekka demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The quality gates that CI runs (.ci/run) before the tests: all three run, and the target
 # fails when any of them fails.

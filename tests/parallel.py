@@ -1,6 +1,6 @@
 """A pytest plugin that keeps together, on one xdist worker, the tests that share something
-expensive or exclusive, so that `make test` runs the suite on both cores (`-n 2 --dist
-loadgroup`) without building anything twice or two tests fighting over one resource.
+expensive or exclusive, so that `make test` runs the suite on both cores (`-n 2`) without
+building anything twice or two tests fighting over one resource.
 
 Two tests are in one work unit when they share, directly or through others:
 
@@ -17,9 +17,10 @@ Two tests are in one work unit when they share, directly or through others:
 under a second once torch is imported): tying every test that uses them together would leave one
 worker idle. Every other test is a unit of its own, given to whichever worker is free.
 
-Under `-n N --dist loadgroup` the workers put each unit's tests together, the heaviest units
-first, and write the units to a file that the controller's scheduler (xdist's scope scheduling,
-a scope being a unit) reads. Without xdist (a developer running one file) the order is the
+Under `-n N` (xdist's `load` or `loadgroup` distribution) the workers put each unit's tests
+together, the heaviest units first, and write the units to a file that the controller's
+scheduler (xdist's scope scheduling, a scope being a unit) reads: no way of running the suite
+on several workers splits a unit. Other distributions (`--dist loadfile`, ...) are xdist's. Without xdist (a developer running one file) the order is the
 collection's and nothing is scheduled; the units are still computed, so that the timing plugin
 records each test's.
 """
@@ -157,7 +158,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     plan = getattr(config, "workerinput", {}).get(PLAN)
     if plan is None:
         return
-    # an xdist worker under `--dist loadgroup`: every worker computes the same order and
+    # an xdist worker under `-n N`: every worker computes the same order and
     # units from the same collection; the controller's scheduler reads them from the file
     items[:] = in_unit_order(items, by_test)
     staging = Path(f"{plan}.{os.getpid()}")
@@ -177,7 +178,7 @@ def _distributes_units(config: pytest.Config) -> bool:
     return (
         not is_worker(config)
         and bool(getattr(config.option, "numprocesses", None))
-        and getattr(config.option, "dist", "no") == "loadgroup"
+        and getattr(config.option, "dist", "no") in ("load", "loadgroup")
     )
 
 
@@ -202,15 +203,15 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Under `--dist loadgroup`, xdist's scopes are this suite's units (xdist's own loadgroup
-    reads `xdist_group` marks from the node ids it rewrites, which pytest 9 no longer lets it
-    do; the units hold those marks too)."""
+    """Under `-n N`, xdist's scopes are this suite's units (xdist's own loadgroup reads
+    `xdist_group` marks from the node ids it rewrites, which pytest 9 no longer lets it do; the
+    units hold those marks too)."""
     folder = config.stash.get(PLAN_DIR, None)
     if folder is None:
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class UnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
+    class UnitScheduling(LoadScopeScheduling):
         """xdist's scope scheduling, a scope being a unit; units go out in the collection's
         order, which the workers made heaviest first."""
 

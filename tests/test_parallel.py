@@ -75,7 +75,7 @@ def test_units_join_tests_that_share_any_key_transitively() -> None:
 def test_two_workers_keep_units_together_and_record_every_test_in_one_file(
     tmp_path: Path,
 ) -> None:
-    """The suite's plugins on a small suite with `-n 2 --dist loadgroup`, as `make test` runs."""
+    """The suite's plugins on a small suite with `-n 2`, as `make test` runs."""
     suite = tmp_path / "suite"
     (suite / "out").mkdir(parents=True)
     (suite / "conftest.py").write_text(CONFTEST)
@@ -89,7 +89,7 @@ def test_two_workers_keep_units_together_and_record_every_test_in_one_file(
     times = tmp_path / "times.jsonl"
     env = {**os.environ, "EKKA_TEST_TIMES": str(times)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    command += ["-p", "tests.conftest", "-n", "2", "--dist", "loadgroup"]  # with its plugins
+    command += ["-p", "tests.conftest", "-n", "2"]  # the conftest brings its plugins
     try:
         done = subprocess.run(
             [*command, "--rootdir", str(suite), str(suite)],
