@@ -5,6 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ekka-installed
 PYTEST_ARGS ?=
+# `make test` runs the tests on TEST_WORKERS xdist workers (both cores of CI's machine: most of
+# the suite waits on one single-threaded vLLM start at a time); tests/parallel.py keeps the tests
+# that share a fixture or a resource on one worker. TEST_WORKERS=0 runs them in this process.
+# Here and not in pyproject's addopts: `pytest tests/one_file.py` starts no workers.
+TEST_WORKERS ?= 2
 LINT_PATHS := ekka tests benchmarks
 
 .PHONY: demo test venv lint clean
@@ -19,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ekka demo
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The quality gates that CI runs (.ci/run) before the tests: all three run, and the target
 # fails when any of them fails.

@@ -4,13 +4,18 @@ Reads the JSON lines that the test timing plugin (tests/timing.py) writes when `
 names a file, e.g. after `EKKA_TEST_TIMES=/tmp/times.jsonl make test`:
 
     python benchmarks/suite_times.py /tmp/times.jsonl [--slowest 10] [--markdown] [--files]
+        [--units N]
 
 Each test is in one group, by what it starts (docker, ray, vllm, postgres, transformers,
 nothing; see tests/timing.py). The sum of the tests' times is the time spent in tests; with
-parallel workers it exceeds the wall-clock time, which `.ci/run` prints next to it.
-`--files` adds, per test file, its tests, seconds and vLLM engine starts (the `engines` the
-plugin counts: target processes started in this process; a probe in a container or a Ray task
-is not seen).
+xdist's workers (`make test` runs two) it exceeds the wall-clock time from the first test's
+start to the last one's end, printed next to it, with a table per worker: its tests, the
+seconds it spent in them and when its last test ended (workers that end far apart were given
+unbalanced work). `--files` adds, per test file, its tests, seconds and vLLM engine starts (the
+`engines` the plugin counts: target processes started in this process; a probe in a container
+or a Ray task is not seen). `--units N` adds the N largest work units (tests/parallel.py: tests
+kept on one worker because they share a fixture or a resource): no run on any number of
+workers is shorter than the largest.
 """
 
 from __future__ import annotations
@@ -76,12 +81,15 @@ def report(records: list[dict[str, object]], slowest: int, markdown: bool) -> st
     for record in records:
         outcomes[str(record["outcome"])] += 1
     top = sorted(records, key=lambda r: -float(r["seconds"]))[:slowest]  # type: ignore[arg-type]
+    span = wall_clock(records)
+    in_tests = f" {minutes(total)} in tests" + (f", {minutes(span)} wall-clock" if span else "")
     top_rows = [["test", "seconds", "group"]]
     top_rows += [[str(r["test"]), f"{float(r['seconds']):.1f}", str(r["group"])] for r in top]  # type: ignore[arg-type]
     return "\n".join(
         [
             f"Tests: {len(records)} ({', '.join(f'{n} {k}' for k, n in sorted(outcomes.items()))}),"
-            f" {minutes(total)} in tests",
+            f"{in_tests}",
+            *(["", by_worker(records, markdown)] if any(r.get("worker") for r in records) else []),
             "",
             "Time per group (what each test starts):",
             table(rows, markdown),
@@ -90,6 +98,56 @@ def report(records: list[dict[str, object]], slowest: int, markdown: bool) -> st
             table(top_rows, markdown),
         ]
     )
+
+
+def _end(record: dict[str, object]) -> float:
+    return float(record["start"]) + float(record["seconds"])  # type: ignore[arg-type]
+
+
+def wall_clock(records: list[dict[str, object]]) -> float | None:
+    """Seconds from the first test's start to the last one's end (None for records written
+    before the plugin recorded starts)."""
+    if not records or any("start" not in r for r in records):
+        return None
+    return max(map(_end, records)) - min(float(r["start"]) for r in records)  # type: ignore[arg-type]
+
+
+def by_worker(records: list[dict[str, object]], markdown: bool) -> str:
+    """Per xdist worker: tests, seconds in tests, and when its last test ended (seconds after
+    the first test of the run started)."""
+    first = min(float(r.get("start", 0.0)) for r in records)  # type: ignore[arg-type]
+    workers: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for record in records:
+        workers[str(record.get("worker") or "-")].append(record)
+    rows = [["worker", "tests", "seconds", "units", "last ended at s"]]
+    for name, tests in sorted(workers.items()):
+        ended = f"{max(map(_end, tests)) - first:.0f}" if all("start" in t for t in tests) else ""
+        rows.append(
+            [
+                name,
+                str(len(tests)),
+                f"{sum(float(t['seconds']) for t in tests):.0f}",  # type: ignore[arg-type]
+                str(len({t.get("unit", t["test"]) for t in tests})),
+                ended,
+            ]
+        )
+    return "Per worker:\n" + table(rows, markdown)
+
+
+def by_unit(records: list[dict[str, object]], count: int, markdown: bool) -> str:
+    """The `count` largest work units (tests kept on one worker), the largest first."""
+    units: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for record in records:
+        units[str(record.get("unit", record["test"]))].append(record)
+
+    def seconds(tests: list[dict[str, object]]) -> float:
+        return sum(float(t["seconds"]) for t in tests)  # type: ignore[arg-type]
+
+    rows = [["unit", "tests", "seconds", "workers"]]
+    for name, tests in sorted(units.items(), key=lambda kv: -seconds(kv[1]))[:count]:
+        ran_on = sorted({str(t.get("worker") or "-") for t in tests})
+        rows.append([name, str(len(tests)), f"{seconds(tests):.0f}", ",".join(ran_on)])
+    return f"The {len(rows) - 1} largest work units:\n" + table(rows, markdown)
 
 
 def by_file(records: list[dict[str, object]], markdown: bool) -> str:
@@ -112,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slowest", type=int, default=10)
     parser.add_argument("--markdown", action="store_true", help="Markdown tables (for a note)")
     parser.add_argument("--files", action="store_true", help="a table per test file")
+    parser.add_argument("--units", type=int, default=0, help="a table of the N largest units")
     args = parser.parse_args(argv)
     if not args.times.exists():
         print(f"no test times in {args.times}", file=sys.stderr)
@@ -123,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(records, args.slowest, args.markdown))
     if args.files:
         print("\n" + by_file(records, args.markdown))
+    if args.units:
+        print("\n" + by_unit(records, args.units, args.markdown))
     return 0
 
 

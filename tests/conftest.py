@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.parallel import is_worker
+
 if TYPE_CHECKING:
     from ekka.report import Diagnosis
     from ekka.tracer.trace import TraceReader
 
-# Each test's duration and what it starts, into the file EKKA_TEST_TIMES names (.ci/run).
-pytest_plugins = ("tests.timing",)
+# Each test's duration and what it starts, into the file EKKA_TEST_TIMES names (.ci/run); the
+# work units that keep tests sharing a fixture or a resource on one xdist worker (`make test`).
+pytest_plugins = ("tests.parallel", "tests.timing")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -192,12 +195,16 @@ _TREE_AT_START = pytest.StashKey[frozenset[str] | None]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.stash[_TREE_AT_START] = tree_state(REPO)
+    if not is_worker(session.config):
+        session.stash[_TREE_AT_START] = tree_state(REPO)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No test writes into the working tree (a test once committed a 2 MB model as `unused/`):
-    files that `git status` shows now and did not at the start fail the run."""
+    files that `git status` shows now and did not at the start fail the run. Under xdist the
+    controller checks, once, before the first worker starts and after the last one ends."""
+    if is_worker(session.config):
+        return
     before = session.stash.get(_TREE_AT_START, None)
     after = tree_state(REPO)
     if before is None or after is None:

@@ -1,9 +1,11 @@
 """A pytest plugin that records each test's duration and what it starts, for the CI budget.
 
-With `EKKA_TEST_TIMES=FILE` set, every test appends one JSON line to FILE (append-only, so
-parallel workers can share it): its node id, outcome, seconds (setup + call + teardown, so a
-session fixture's first build counts on the test that triggers it), markers, group and the
-number of vLLM target processes it started (`engines`: one engine start each).
+With `EKKA_TEST_TIMES=FILE` set, every test appends one JSON line to FILE (one locked append
+per test, so xdist's workers share the file): its node id, outcome, seconds (setup + call +
+teardown, so a session fixture's first build counts on the test that triggers it), when it
+started (`start`, seconds since the epoch), markers, group, the number of vLLM target processes
+it started (`engines`: one engine start each), the xdist worker that ran it (`worker`, empty
+without xdist) and its work unit (`unit`, tests/parallel.py: the tests kept on one worker).
 `benchmarks/suite_times.py FILE` prints the table `.ci/run` shows. Without the variable the
 plugin does nothing.
 
@@ -20,6 +22,7 @@ The group is what the test starts, the most expensive first:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -28,6 +31,8 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+
+from tests.parallel import unit_of
 
 ENV = "EKKA_TEST_TIMES"
 MODEL_FIXTURES = frozenset({"zoo_model", "captured", "diagnosed", "real_model"})
@@ -84,6 +89,7 @@ def pytest_runtest_protocol(
     _state["started"] = set()
     _state["engines"] = 0
     _state["outcome"] = "passed"
+    started = time.time()
     start = time.perf_counter()
     try:
         yield
@@ -96,13 +102,16 @@ def pytest_runtest_protocol(
             "test": item.nodeid,
             "outcome": _state["outcome"],
             "seconds": round(seconds, 3),
+            "start": round(started, 3),
             "markers": sorted(markers - {"parametrize", "usefixtures", "filterwarnings"}),
             "group": group_of(markers, fixtures, _state["started"]),
             "started": sorted(_state["started"]),
             "engines": _state["engines"],
-            "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
+            "worker": getattr(item.config, "workerinput", {}).get("workerid", ""),
+            "unit": unit_of(item),
         }
         with open(path, "a", encoding="utf-8") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)  # released when the file closes
             out.write(json.dumps(record) + "\n")
 
 
