@@ -193,6 +193,15 @@ RULES: tuple[Rule, ...] = (
     *_layer_rules(),
     Rule(
         r"(?P<p>.*)\.rotary_emb",
+        ("{p}.apply_rotary_pos_emb", "{p}.apply_rotary_pos_emb#1"),
+        "cat_outputs",
+        "heads_concat",
+        slot="outs",
+        target_class=r"Rotary|RoPE|Rope",
+        note="post-rotary q and k, rotated one a call (Gemma 3n, Gemma 4)",
+    ),
+    Rule(
+        r"(?P<p>.*)\.rotary_emb",
         ("{p}.apply_rotary_pos_emb",),
         "cat_outputs",
         "heads_concat",

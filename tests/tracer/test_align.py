@@ -143,3 +143,19 @@ def test_rotary_is_recorded_heads_first_whatever_the_model_applies_it_to():
     square = torch.randn(1, 3, 3, 4)  # as many heads as tokens: the call's unsqueeze_dim decides
     assert _heads_first(square, cos, 1) is square
     assert torch.equal(_heads_first(square, cos, 2), square.transpose(1, 2))
+
+
+def test_a_rotary_that_transformers_applies_one_tensor_a_call_pairs_with_both_calls():
+    """Gemma 3n and Gemma 4 rotate q, then k, in two calls: two records (`#1` the second),
+    side by side against vLLM's (q, k); a model with one call keeps the one-record rule."""
+    one = "model.layers.0.self_attn.apply_rotary_pos_emb"
+    rot = plan_component(
+        "model.layers.0.self_attn.rotary_emb",
+        "Gemma4RotaryEmbedding",
+        "gemma4_text",
+        {one, f"{one}#1"},
+    )
+    assert rot is not None and rot.reference == (one, f"{one}#1")
+    assert rot.reference_op == "heads_concat" and rot.slot == "outs"
+    rot = plan_component("model.layers.0.self_attn.rotary_emb", "RotaryEmbedding", "llama", {one})
+    assert rot is not None and rot.reference == (one,)

@@ -6,12 +6,14 @@ pass is compared at the same positions with the same inputs).
 
 Besides every module call it records what the modeling code computes outside modules: the
 post-rotary q and k, by wrapping the modeling module's `apply_rotary_pos_emb` (recorded as
-`<attention>.apply_rotary_pos_emb`, with q, k, cos and sin as inputs), and the logits of the
+`<attention>.apply_rotary_pos_emb`, with q, k, cos and sin as inputs; where it rotates one
+tensor a call, each call is a record, q's then k's `#1`, with input x), and the logits of the
 last position of each step.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections.abc import Iterator
@@ -42,6 +44,9 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
 
         def wrapped(q: Any, k: Any, *args: Any, _orig: Any = original, **kwargs: Any) -> Any:
             out = _orig(q, k, *args, **kwargs)
+            if not isinstance(out, (tuple, list)):  # one tensor a call (Gemma 3n, Gemma 4)
+                _record_one(recorder, _orig, out, (q, k, *args), kwargs)
+                return out
             cos = args[0] if args else kwargs.get("cos")
             unsqueeze = kwargs.get("unsqueeze_dim", 1)
             inputs = {"q": _heads_first(q, cos, unsqueeze), "k": _heads_first(k, cos, unsqueeze)}
@@ -59,6 +64,23 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
     finally:
         for pymod, original in originals:
             pymod.apply_rotary_pos_emb = original
+
+
+def _record_one(recorder: Any, func: Any, out: Any, args: tuple[Any, ...], kwargs: Any) -> None:
+    """An `apply_rotary_pos_emb(x, cos, sin, ...)` that rotates one tensor a call: each call is
+    its own record (`<attention>.apply_rotary_pos_emb`, then `#1`: q, then k), input `x`."""
+    try:
+        named = inspect.signature(func).bind(*args, **kwargs)
+    except (TypeError, ValueError):  # not a signature to read: the call is not recorded
+        return
+    named.apply_defaults()
+    values = dict(named.arguments)
+    cos, sin = values.get("cos"), values.get("sin")
+    unsqueeze = values.get("unsqueeze_dim", 1)
+    unsqueeze = unsqueeze if isinstance(unsqueeze, int) else 1
+    inputs = {"x": _heads_first(args[0], cos, unsqueeze), "cos": cos, "sin": sin}
+    outputs = [_heads_first(out, cos, unsqueeze)]
+    recorder.record_function("apply_rotary_pos_emb", func, outputs, inputs, kind="rotary")
 
 
 def _heads_first(t: Any, cos: Any, unsqueeze_dim: int) -> Any:

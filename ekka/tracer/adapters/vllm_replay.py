@@ -73,6 +73,9 @@ def reference_inputs(
             return None
         inputs = reference.inputs(rot)
         q, k = inputs.get("q"), inputs.get("k")
+        second = index.get(f"{parent}.apply_rotary_pos_emb#1")
+        if q is None and second is not None:  # rotated one a call: q's input x, then k's
+            q, k = inputs.get("x"), reference.inputs(second).get("x")
         if q is None or k is None:
             return None
         positions = torch.arange(q.shape[2], dtype=torch.long)
