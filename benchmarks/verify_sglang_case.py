@@ -472,6 +472,12 @@ def report(data: dict[str, Any], case_dir: Path) -> str:
         )
     hit = name is not None and any(fnmatch.fnmatchcase(name, p) for p in truth)
     same = res["pristine"]["output_ids"] == res["pristine"]["hf_tokens"]
+    noise = res["pristine"].get("hf_dtype_noise", {})
+    if noise:
+        lines.append(
+            f"  dtype noise: transformers in {dtype} against float32, logits "
+            f"{noise.get('logits', float('nan')):.1e}, largest module {max(noise.values()):.1e}"
+        )
     lines.append(f"  not aligned (no transformers counterpart): {', '.join(unaligned) or '-'}")
     lines.append(
         f"  pristine: {len(pristine)} aligned, max err {worst_pristine:.1e}, greedy equal to "
