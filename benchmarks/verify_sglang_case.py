@@ -56,7 +56,10 @@ ENGINE_BASE: dict[str, Any] = {
     "attention_backend": "torch_native",
     "disable_cuda_graph": True,
     "disable_overlap_schedule": True,
-    "mem_fraction_static": 0.05,
+    # A share of the memory SGLang sees free at start (on CPU: the machine's). The pool is
+    # capped by max_total_tokens anyway; 0.05 failed on a shared machine when other processes
+    # took 7 % of its memory while the weights loaded ("no memory for the KV cache").
+    "mem_fraction_static": 0.3,
     "max_total_tokens": 2048,
     "skip_tokenizer_init": True,
     "random_seed": 0,
