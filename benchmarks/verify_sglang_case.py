@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -244,10 +245,6 @@ def passes_of(capture: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return rows
 
 
-def rows2d(t: Any, rows: int) -> Any:
-    return t.reshape(rows, -1) if t.numel() % rows == 0 else None
-
-
 def dense_routing(weights: Any, ids: Any, experts: int) -> Any:
     import torch
 
@@ -256,7 +253,7 @@ def dense_routing(weights: Any, ids: Any, experts: int) -> Any:
     return dense
 
 
-def reference_value(name: str, call: int, rec: Any, ref: dict[str, list[Any]]) -> Any:
+def reference_value(name: str, call: int, ref: dict[str, list[Any]]) -> Any:
     """The transformers tensor [all tokens, features] that SGLang's `name` computes, or None."""
     import torch
 
@@ -307,16 +304,30 @@ def target_value(name: str, rec: Any) -> Any:
     return outs[0]
 
 
-def compare(
-    capture: list[dict[str, Any]], ref: dict[str, list[Any]]
-) -> dict[tuple[int, str], float]:
-    """Relative error ||target - reference|| / ||reference|| by (call order index, component),
-    over all of each component's calls (passes) stitched together."""
+@dataclass(frozen=True)
+class Comparison:
+    """One run against transformers: relative error ||target - reference|| / ||reference|| per
+    component over all its passes, in SGLang's call order, and per pass; and the SGLang modules
+    that have no counterpart."""
+
+    errors: dict[str, float]  # in call order (the order of first calls)
+    by_pass: dict[str, list[tuple[int, float]]]
+    unaligned: list[str]
+
+
+def relative_error(target: Any, reference: Any) -> float:
+    import torch
+
+    if not torch.isfinite(target).all():
+        return float("inf")
+    return float((target - reference).norm() / reference.norm().clamp_min(1e-30))
+
+
+def compare(capture: list[dict[str, Any]], ref: dict[str, list[Any]]) -> Comparison:
     import torch
 
     passes = passes_of(capture)
-    stitched: dict[str, list[Any]] = {}
-    order: dict[str, int] = {}
+    stitched: dict[str, list[tuple[Any, Any, int]]] = {}
     unaligned: set[str] = set()
     for rec in capture:
         name, p = rec["name"], rec["pass"]
@@ -324,47 +335,41 @@ def compare(
             continue
         start, count = passes[p]
         if name.endswith(".rotary_emb"):
-            name_key = f"{name}#{rec['call']}"
+            key = f"{name}#{rec['call']}"  # one module shared by the layers: call k is layer k
+        elif rec["call"]:
+            continue  # only a module's first call in a pass
         else:
-            if rec["call"]:
-                continue  # only a module's first call in a pass
-            name_key = name
+            key = name
         value = target_value(name, rec)
-        expect = reference_value(name, rec["call"], rec, ref)
+        expect = reference_value(name, rec["call"], ref)
         if value is None or expect is None:
             unaligned.add(name)
             continue
-        if isinstance(value, tuple) and value and value[0] == "topk":
+        if isinstance(value, tuple):  # top-k (weights, ids) -> the dense routing matrix
             value = dense_routing(value[1], value[2], expect.shape[-1])
-        elif isinstance(value, list):
+        elif isinstance(value, list):  # rotary (q, k)
             value = torch.cat([v.reshape(count, -1) for v in value], -1)
         if value.dim() > 1 and value.shape[0] == 1 and count > 1:
             span = slice(start + count - 1, start + count)  # one row: the pass's last token
         elif value.numel() % count == 0:
             span = slice(start, start + count)
         else:
-            continue
-        t = rows2d(value, span.stop - span.start)
-        r = expect.reshape(expect.shape[0], -1)[span] if expect.dim() > 1 else None
-        if t is None or r is None or t.shape != r.shape:
             unaligned.add(name)
             continue
-        stitched.setdefault(name_key, []).append((t, r, p))
-        order.setdefault(name_key, rec["seq"])
-    errors = {}
-    for key, pairs in stitched.items():
-        t = torch.cat([a for a, _, _ in pairs])
-        r = torch.cat([b for _, b, _ in pairs])
-        errors[(-2, key)] = [  # type: ignore[assignment]
-            (p, float((a - b).norm() / b.norm().clamp_min(1e-30))) for a, b, p in pairs
-        ]
-        if not torch.isfinite(t).all():
-            err = float("inf")
-        else:
-            err = float((t - r).norm() / r.norm().clamp_min(1e-30))
-        errors[(order[key], key)] = err
-    errors[(-1, "unaligned")] = sorted(unaligned - {k.split("#")[0] for k in stitched})  # type: ignore[assignment]
-    return errors
+        t = value.reshape(span.stop - span.start, -1)
+        r = expect.reshape(expect.shape[0], -1)[span] if expect.dim() > 1 else None
+        if r is None or t.shape != r.shape:
+            unaligned.add(name)
+            continue
+        stitched.setdefault(key, []).append((t, r, p))
+    return Comparison(
+        errors={
+            key: relative_error(torch.cat([t for t, _, _ in v]), torch.cat([r for _, r, _ in v]))
+            for key, v in stitched.items()
+        },
+        by_pass={key: [(p, relative_error(t, r)) for t, r, p in v] for key, v in stitched.items()},
+        unaligned=sorted(unaligned - {k.split("#")[0] for k in stitched}),
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -405,9 +410,7 @@ def verify(case_dir: Path, model: Path | None, work: Path, reuse: bool = False) 
             int(t) for t in ref["logits"][0][0][len(spec["prompt_ids"]) - 1 :].argmax(-1)
         ]
         if dtype != "float32":
-            results[side]["hf_dtype_noise"] = {
-                k: v for k, v in compare_reference(ref, ref32).items()
-            }
+            results[side]["hf_dtype_noise"] = compare_reference(ref, ref32)
     return {"case": case, "results": results, "errors": errors, "dtype": dtype}
 
 
@@ -431,11 +434,11 @@ def shown(key: str) -> str:
     return name
 
 
-def report(data: dict[str, Any], case_dir: Path) -> str:
-    case, res, errs, dtype = data["case"], data["results"], data["errors"], data["dtype"]
+def report(data: dict[str, Any]) -> str:
+    case, res, dtype = data["case"], data["results"], data["dtype"]
+    target: Comparison = data["errors"]["patched"]
+    pristine: Comparison = data["errors"]["pristine"]
     truth = case["truth"]["components"]
-    pristine = {k: v for (_, k), v in errs["pristine"].items()}
-    floor = FLOOR[dtype]
     lines = [f"case {case['id']} ({case['model']['architecture']}, {dtype})"]
     lines.append(f"  patched sglang: {res['patched']['sglang_file']}")
     for side in ("pristine", "patched"):
@@ -448,46 +451,42 @@ def report(data: dict[str, Any], case_dir: Path) -> str:
         f"  {'component (relative error against transformers)':<52} {'pristine':>10} {'patched':>10}"
     )
     first = None
-    worst_pristine = 0.0
-    unaligned = errs["patched"].pop((-1, "unaligned"), [])
-    by_pass = {k: v for (i, k), v in errs["patched"].items() if i == -2}
-    pristine_by_pass = {k: v for (i, k), v in errs["pristine"].items() if i == -2}
-    for side in ("pristine", "patched"):
-        errs[side] = {(i, k): v for (i, k), v in errs[side].items() if i >= 0}
-    pristine = {k: v for (_, k), v in errs["pristine"].items()}
-    for (_, key), err in sorted(errs["patched"].items()):
-        base = pristine.get(key, float("nan"))
-        worst_pristine = max(worst_pristine, base if base == base else 0.0)
-        jump = err > max(floor, FACTOR * (base if base == base else 0.0))
+    for key, err in target.errors.items():
+        base = pristine.errors.get(key, float("nan"))
+        jump = err > max(FLOOR[dtype], FACTOR * (base if base == base else 0.0))
         mark = ""
         if jump and first is None:
-            first = key
-            mark = "  <- first divergence"
+            first, mark = key, "  <- first divergence"
         lines.append(f"  {shown(key):<52} {base:>10.2e} {err:>10.2e}{mark}")
     name = None if first is None else shown(first).split(" ")[0]
     if first is not None:
-        base_by_pass = dict(pristine_by_pass.get(first, []))
+        base_by_pass = dict(pristine.by_pass.get(first, []))
         lines.append(
             f"  {shown(first)} by pass (0 = the first prefill pass), pristine / patched: "
             + ", ".join(
-                f"{p}: {base_by_pass.get(p, float('nan')):.1e} / {e:.1e}" for p, e in by_pass[first]
+                f"{p}: {base_by_pass.get(p, float('nan')):.1e} / {e:.1e}"
+                for p, e in target.by_pass[first]
             )
         )
-    hit = name is not None and any(fnmatch.fnmatchcase(name, p) for p in truth)
-    same = res["pristine"]["output_ids"] == res["pristine"]["hf_tokens"]
     noise = res["pristine"].get("hf_dtype_noise", {})
     if noise:
         lines.append(
             f"  dtype noise: transformers in {dtype} against float32, logits "
             f"{noise.get('logits', float('nan')):.1e}, largest module {max(noise.values()):.1e}"
         )
-    lines.append(f"  not aligned (no transformers counterpart): {', '.join(unaligned) or '-'}")
     lines.append(
-        f"  pristine: {len(pristine)} aligned, max err {worst_pristine:.1e}, greedy equal to "
+        f"  not aligned (no transformers counterpart): {', '.join(target.unaligned) or '-'}"
+    )
+    same = res["pristine"]["output_ids"] == res["pristine"]["hf_tokens"]
+    worst = max(pristine.errors.values(), default=float("nan"))
+    lines.append(
+        f"  pristine: {len(pristine.errors)} aligned, max err {worst:.1e}, greedy equal to "
         f"transformers: {same}"
     )
+    moved = res["patched"]["output_ids"] != res["pristine"]["output_ids"]
+    hit = name is not None and any(fnmatch.fnmatchcase(name, p) for p in truth)
     lines.append(
-        f"  patched: greedy {'same as' if res['patched']['output_ids'] == res['pristine']['output_ids'] else 'differs from'} pristine; "
+        f"  patched: greedy {'differs from' if moved else 'same as'} pristine; "
         f"first divergence {name} (truth {truth}): {'MATCH' if hit else 'NO MATCH'}"
     )
     return "\n".join(lines)
@@ -513,7 +512,7 @@ def main() -> None:
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sgl-verify-")))
         data = verify(case_dir, args.model, work, args.reuse and args.keep is not None)
-        print(report(data, case_dir))
+        print(report(data))
 
 
 if __name__ == "__main__":
