@@ -12,6 +12,7 @@ from tests.conftest import REPO
 
 DOCUMENTS = [REPO / "README.md", REPO / "benchmarks" / "README.md", *(REPO / "docs").glob("*.md")]
 DOCUMENTS += [REPO / "bench" / "FORMAT.md", REPO / "bench" / "real" / "CASES.md"]
+DOCUMENTS += [REPO / "bench" / "sglang" / "CASES.md"]
 # Backquoted paths under these top-level folders are checked; placeholders are not.
 TOP = ("bench/", "docs/", "benchmarks/", "ekka/", "tests/", "deploy/", ".github/", "scripts/")
 PLACEHOLDER = re.compile(r"[<>*{}]|\.\.\.|NAME|DIR\b")
