@@ -422,6 +422,8 @@ def test_exported_names() -> None:
         "Comparison",
         "Coverage",
         "Diagnosis",
+        "Latent",
+        "LatentVerdict",
         "Localization",
         "OutputCheck",
         "ProbeStep",
