@@ -16,6 +16,7 @@ from ekka.sweep.arch_rows import (
     RowKind,
     SweepReport,
     confirmed_latent,
+    shown,
 )
 
 
@@ -72,17 +73,22 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
         if (f := report.finding(r)) is not None and report.kind(r) is not RowKind.MATCH
     ]
     lines += ["", "## New findings", ""]
-    lines += [
-        f"- **{r.architecture}** ({r.dtype}, {report.label(r)}): {_what(report, r)}\n  `{r.command}`"
-        for r in new
-    ] or ["None: every finding below is a known one."]
+    for r in new:
+        where = (folders or {}).get(f"new-{r.architecture}-{r.dtype}")
+        link = f" [finding folder]({where})" if where else ""
+        lines.append(
+            f"- **{r.architecture}** ({r.dtype}, {report.label(r)}): {_what(report, r)}{link}"
+            f"\n  `{r.command}`"
+        )
+    if not new:
+        lines.append("None: every finding below is a known one.")
     lines += ["", "## Known findings", ""]
     for r, f in known:
         where = (folders or {}).get(f.slug or "")
         link = f" [finding folder]({where})" if where else ""
         lines.append(
             f"- **{r.architecture}** ({r.dtype}, {report.label(r)}, ratio {_fmt(r.ratio)}): "
-            f"{f.classification}: {f.note}{link}"
+            f"{shown(f.classification)}: {f.note}{link}"
         )
     lines += [
         "",
@@ -147,10 +153,11 @@ def _log(ratio: float | None) -> float:
     return math.log10(max(ratio, 1e-3))
 
 
-def render_html(report: SweepReport) -> str:
+def render_html(report: SweepReport, folders: Mapping[str, str] | None = None) -> str:
     import markdown_it
 
-    body = markdown_it.MarkdownIt("commonmark").enable("table").render(render_markdown(report))
+    text = render_markdown(report, folders)
+    body = markdown_it.MarkdownIt("commonmark").enable("table").render(text)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Ekka architecture sweep</title>"
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:"
@@ -160,8 +167,14 @@ def render_html(report: SweepReport) -> str:
 
 
 def write_reports(report: SweepReport, out: Path) -> dict[str, Path]:
+    """sweep.md, sweep.json, sweep.html, and a folder per finding (`arch_findings`)."""
+    from ekka.sweep.arch_findings import write_finding_folders
+
+    folders = write_finding_folders(report, out)
     paths = {"md": out / "sweep.md", "json": out / "sweep.json", "html": out / "sweep.html"}
-    paths["md"].write_text(render_markdown(report))
-    paths["json"].write_text(json.dumps(report.to_json(), indent=1) + "\n")
-    paths["html"].write_text(render_html(report))
+    paths["md"].write_text(render_markdown(report, folders))
+    paths["json"].write_text(
+        json.dumps({**report.to_json(), "finding_folders": folders}, indent=1) + "\n"
+    )
+    paths["html"].write_text(render_html(report, folders))
     return paths

@@ -147,6 +147,13 @@ class Finding:
         return self.kind in ("alignment gap", "ekka gap")
 
 
+def shown(classification: str) -> str:
+    """A classification as a reader writes it: "vLLM bug", "Ekka gap"."""
+    for name, display in (("vllm", "vLLM"), ("sglang", "SGLang"), ("ekka", "Ekka")):
+        classification = classification.replace(name, display)
+    return classification
+
+
 def parse_findings(text: str) -> list[Finding]:
     """The findings file's entries (UsageError naming an entry of an unknown kind)."""
     out = []

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,9 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             t = time.perf_counter()
             ratios: dict[str, float] = {}
             try:
-                replayed = session.replay(references[config.dtype].path, modules)
+                replayed = session.replay(
+                    references[config.dtype].path, modules, reference_names(found.mapping, modules)
+                )
             except CaptureError as exc:
                 say(f"target: the replay failed ({str(exc).splitlines()[0]}); no replay verdict")
             else:
@@ -260,6 +262,17 @@ def confirm_by_replay(
     ordered = sorted(suspects, key=lambda s: (s.confirmed is False, s.rank))
     ranked = tuple(replace(s, rank=i + 1) for i, s in enumerate(ordered))
     return replace(localization, suspects=ranked)
+
+
+def reference_names(mapping: ComponentMap, modules: Sequence[str]) -> dict[str, str]:
+    """A module's one reference counterpart, where it is named otherwise (its input is
+    recorded under that name)."""
+    out = {}
+    for name in modules:
+        plan = mapping.plans.get(name)
+        if plan is not None and len(plan.reference) == 1 and plan.reference[0] != name:
+            out[name] = plan.reference[0]
+    return out
 
 
 def replay_ratios(

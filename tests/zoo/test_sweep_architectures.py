@@ -10,7 +10,7 @@ import pytest
 
 from ekka.cli import main
 from ekka.sweep.arch_render import chart_svg, render_markdown
-from ekka.sweep.arch_rows import ArchRow, SweepReport
+from ekka.sweep.arch_rows import ArchRow, SweepReport, load_findings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 BROKEN = "DbrxForCausalLM"  # its config class's defaults do not build (no rope_theta)
@@ -54,7 +54,8 @@ def test_a_new_divergence_is_listed_as_new():
         ArchRow("Cohere2ForCausalLM", "bfloat16", "diverges", True, True, True, "divergence: y",
                 ratio=float("inf"), note="vllm bug: window"),
     )  # fmt: skip
-    report = SweepReport({"vllm": "0.32.0", "transformers": "5.19.0"}, rows, 1.0, 0)
+    versions = {"vllm": "0.32.0", "transformers": "5.19.0"}
+    report = SweepReport(versions, rows, 1.0, 0, tuple(load_findings()))
     md = render_markdown(report)
     new = md.split("## New findings")[1].split("## Known findings")[0]
     assert "LlamaForCausalLM" in new and "Cohere2" not in new
@@ -85,3 +86,30 @@ def test_a_sweep_at_a_commit_runs_that_commits_sources(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sweep", "--architectures", "cohere2", "--repo", str(repo)]) == 2
     assert "--repo and --commit go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "apertus-xielu-bfloat16",
+        "cohere2-sliding-window",
+        "falcon-ffn-hidden-size",
+        "gemma3n-per-layer-projection-scale",
+    ],
+)
+def test_a_findings_reproduction_runs_alone_and_shows_the_difference(slug, tmp_path):
+    """The standalone script a finding folder carries: torch and the two frameworks only
+    (run from an empty folder, without Ekka on the path), and it prints the difference."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "ekka" / "data" / "reproduce" / f"{slug}.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-I", str(script)], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DIFFERS" in done.stdout, done.stdout
