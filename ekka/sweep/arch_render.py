@@ -67,11 +67,8 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
         "a kernel missing from the CPU build, Ekka's configuration, Ekka).",
     ]
     new = [r for r in report.rows if report.new(r)]
-    known = [
-        (r, f)
-        for r in report.rows
-        if (f := report.finding(r)) is not None and report.kind(r) is not RowKind.MATCH
-    ]
+    # every row with a finding, a matching one too (a finding its config does not show)
+    known = [(r, f) for r in report.rows if (f := report.finding(r)) is not None]
     lines += ["", "## New findings", ""]
     for r in new:
         where = (folders or {}).get(f"new-{r.architecture}-{r.dtype}")
