@@ -159,7 +159,11 @@ def _forward(
     past: Any,
     *,
     cache: bool = False,
+    prompt: int = 0,
 ) -> Any:
+    """One traced pass. `prompt`: the prompt's length, for a prefix LM (`config.prefix_lm`):
+    its first pass marks the prompt as the prefix (token_type_ids 1: bidirectional there), as
+    a serving framework runs it; the tokens after it stay causal."""
     import torch
 
     from ekka.tracer.trace import PassInfo
@@ -170,11 +174,15 @@ def _forward(
             index=recorder.pass_index, step=step, input_ids=tuple(feed), positions=tuple(positions)
         )
     )
+    prefix: dict[str, Any] = {}
+    if past is None and getattr(model.config, "prefix_lm", False):
+        prefix["token_type_ids"] = torch.tensor([[int(p < prompt) for p in positions]])
     out = model(
         input_ids=torch.tensor([feed]),
         position_ids=torch.tensor([positions]),
         past_key_values=past,
         use_cache=cache or past is not None or step == 0,
+        **prefix,
     )
     recorder.record_tensor("logits", out.logits[0], kind="logits")
     return out
@@ -190,7 +198,7 @@ def _greedy(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[i
             feed, positions = ids, list(range(len(ids)))
         else:
             feed, positions = ids[-1:], [len(ids) - 1]
-        out = _forward(model, recorder, writer, feed, positions, step, past)
+        out = _forward(model, recorder, writer, feed, positions, step, past, prompt=len(ids))
         past = out.past_key_values
         token = int(out.logits[0, -1].float().argmax().item())
         ids.append(token)
@@ -201,6 +209,7 @@ def _greedy(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[i
 def _forced_pass(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[int]:
     """Teacher forcing: one pass over prompt + forced ids, no cache; returns the greedy choices."""
     feed = list(spec.prompt_ids) + list(spec.forced_ids)
-    out = _forward(model, recorder, writer, feed, list(range(len(feed))), 0, None)
+    prompt = len(spec.prompt_ids)
+    out = _forward(model, recorder, writer, feed, list(range(len(feed))), 0, None, prompt=prompt)
     start = len(spec.prompt_ids) - 1
     return [int(t) for t in out.logits[0, start:].float().argmax(dim=-1).tolist()]
