@@ -133,6 +133,9 @@ class Finding:
     evidence: str = ""
     target_code: tuple[str, ...] = ()
     reference_code: tuple[str, ...] = ()
+    # False: the sweep's tiny config does not show it (OLMoE's keys hold the released values
+    # there); its reproduction does
+    shown_by_sweep: bool = True
 
     @property
     def classification(self) -> str:
@@ -180,6 +183,7 @@ def parse_findings(text: str) -> list[Finding]:
                 f.get("evidence", ""),
                 tuple(f.get("target_code", ())),
                 tuple(f.get("reference_code", ())),
+                bool(f.get("shown_by_sweep", True)),
             )
         )
     return out
@@ -233,6 +237,11 @@ def transient(row: ArchRow) -> bool:
     return row.status == "match" and row.ratio is not None and row.ratio > threshold_for(row.dtype)
 
 
+def _shown(finding: Finding | None) -> Finding | None:
+    """The finding where the sweep's config shows it (None otherwise: it explains no row)."""
+    return finding if finding is not None and finding.shown_by_sweep else None
+
+
 def confirmed_latent(row: ArchRow) -> Latent | None:
     """The first latent component the replay confirmed (None: none)."""
     return next((x for x in row.latent if x.confirmed), None)
@@ -241,6 +250,7 @@ def confirmed_latent(row: ArchRow) -> Latent | None:
 def row_kind(row: ArchRow, finding: Finding | None) -> RowKind:
     """match, latent, diverges, alignment gap (named by a finding), unexplained (a transient
     ratio neither confirmed nor named), fails, not-run."""
+    finding = _shown(finding)
     if row.status == "not-run":
         return RowKind.NOT_RUN
     if row.status not in ("match", "diverges"):
@@ -257,6 +267,7 @@ def row_kind(row: ArchRow, finding: Finding | None) -> RowKind:
 def fail_cause(row: ArchRow, finding: Finding | None) -> FailCause | None:
     """Why a failed row fails (None: it did not fail). A finding names the side; else the
     reason's text: a kernel the CPU build lacks, a key the derived config lacks."""
+    finding = _shown(finding)
     if row.status in ("match", "diverges", "not-run"):
         return None
     if row.status == "error":
@@ -288,7 +299,11 @@ def is_new(row: ArchRow, finding: Finding | None) -> bool:
     """A finding nobody examined yet: a divergence, a latent module or an unexplained transient
     ratio without an entry in the findings file."""
     kind = row_kind(row, finding)
-    return finding is None and kind in (RowKind.DIVERGES, RowKind.LATENT, RowKind.UNEXPLAINED)
+    return _shown(finding) is None and kind in (
+        RowKind.DIVERGES,
+        RowKind.LATENT,
+        RowKind.UNEXPLAINED,
+    )
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,9 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # Arcee Trinity (afmoe): sigmoid routing, normalized, one group
         "AfmoeForCausalLM": {"score_func": "sigmoid", "route_norm": True, "n_group": 1,
                              "topk_group": 1},
-        # Hunyuan v3: the first layer dense, the experts' width under its own key
+        # Hunyuan v3: the first layer dense, the experts' width under its own key, q/k norms
         "HYV3ForCausalLM": {"first_k_dense_replace": 1, "expert_hidden_dim": 64,
-                            "route_norm": True},
+                            "route_norm": True, "qk_norm": True},
         # LFM2: the block and convolution widths (the hidden size), a convolution layer
         "Lfm2ForCausalLM": {"block_dim": 128, "conv_dim": 128,
                             "layer_types": ["conv", "full_attention"]},

@@ -149,3 +149,14 @@ def test_code_excerpts_read_the_installed_lines() -> None:
     assert code_excerpt("nowhere/x.py:1") is None and code_excerpt("not a reference") is None
     excerpt = code_excerpt("json/__init__.py:1-2")
     assert excerpt is not None and excerpt.splitlines()[0].startswith("    1  ")
+
+
+def test_a_finding_the_sweeps_config_does_not_show_explains_no_row() -> None:
+    findings = tuple(load_findings())
+    [olmoe] = [f for f in findings if f.architecture == "OlmoeForCausalLM"]
+    assert not olmoe.shown_by_sweep and olmoe.slug == "olmoe-norm-eps-clip-qkv"
+    diverging = row("OlmoeForCausalLM", "diverges", 50.0, component="model.layers.0.mlp")
+    report = SweepReport(VERSIONS, (diverging,), 1.0, 0, findings)
+    assert report.kind(diverging) is RowKind.DIVERGES and report.new(diverging)
+    matching = row("OlmoeForCausalLM", "match", 0.2)
+    assert SweepReport(VERSIONS, (matching,), 1.0, 0, findings).kind(matching) is RowKind.MATCH
