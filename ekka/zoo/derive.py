@@ -61,9 +61,11 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                             "layer_types": ["conv", "full_attention"]},
         # LFM2-MoE: dense layers first, then sparse ones (the class default makes both dense)
         "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
-        # MiniMax-M2: sigmoid routing; rotary over the whole head (the transformers config
-        # has no partial rotary: a smaller rotary_dim would compare two different models)
-        "MiniMaxM2ForCausalLM": {"rotary_dim": 64, "scoring_func": "sigmoid"},
+        # MiniMax-M2: sigmoid routing with its correction bias; rotary over the whole head
+        # (the transformers config has no partial rotary: a smaller rotary_dim would compare
+        # two different models)
+        "MiniMaxM2ForCausalLM": {"rotary_dim": 64, "scoring_func": "sigmoid",
+                                 "use_routing_bias": True},
         # Llama 4: one routed expert per token (vLLM's CPU MoE applies the router weight on the
         # input only for top-1, as the released Scout and Maverick are), a small dense MLP
         "Llama4ForCausalLM": {"num_experts_per_tok": 1, "intermediate_size_mlp": 256},
