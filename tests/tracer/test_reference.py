@@ -67,3 +67,19 @@ def test_a_prefix_lm_attends_over_the_whole_prompt(tmp_path):
     assert not torch.allclose(a[3], c[3])
     d = logits((1, 5, 6, 7), (9, 12), "d")  # a later forced token: causal after the prompt
     assert torch.allclose(a[:5], d[:5])
+
+
+def test_only_a_rotary_of_q_and_k_together_is_recorded():
+    """vLLM's rotary embedding returns q and k rotated over the whole head; a reference
+    function that rotates one tensor (GPT-J's rotary slice, Gemma 3n's q then k) is not its
+    counterpart and is not wrapped (read as `(q, k, ...)` it recorded a batch's slices)."""
+    from transformers.models.gemma3n import modeling_gemma3n
+    from transformers.models.gptj import modeling_gptj
+    from transformers.models.llama import modeling_llama
+
+    from ekka.tracer.adapters.transformers import _rotates_q_and_k
+
+    assert _rotates_q_and_k(modeling_llama.apply_rotary_pos_emb)
+    assert not _rotates_q_and_k(modeling_gptj.apply_rotary_pos_emb)
+    assert not _rotates_q_and_k(modeling_gemma3n.apply_rotary_pos_emb)
+    assert not _rotates_q_and_k(print)

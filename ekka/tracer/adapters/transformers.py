@@ -12,6 +12,7 @@ last position of each step.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +28,12 @@ if TYPE_CHECKING:
 
 @contextmanager
 def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
-    """Wrap `apply_rotary_pos_emb` in every modeling module the model's classes come from."""
+    """Wrap `apply_rotary_pos_emb` in every modeling module the model's classes come from,
+    where it rotates q and k together (`(q, k, cos, sin, ...)`, which vLLM's rotary embedding
+    computes too). A one-tensor form (GPT-J's and CodeGen's `(tensor, sin, cos)` on the rotary
+    slice only, Gemma 3n's and Gemma 4's `(x, cos, sin)` called once for q and once for k) is
+    left alone: its calls are not vLLM's output, and read as `(q, k, ...)` they recorded the
+    batch's slices of one tensor as a rotary output (a false divergence of `rotary_emb`)."""
     originals: list[tuple[Any, Any]] = []
     seen: set[str] = set()
     for module in model.modules():
@@ -38,6 +44,8 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
         pymod = sys.modules.get(modname)
         original = getattr(pymod, "apply_rotary_pos_emb", None)
         if pymod is None or original is None or getattr(original, "_ekka_wrapped", False):
+            continue
+        if not _rotates_q_and_k(original):
             continue
 
         def wrapped(q: Any, k: Any, *args: Any, _orig: Any = original, **kwargs: Any) -> Any:
@@ -59,6 +67,15 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
     finally:
         for pymod, original in originals:
             pymod.apply_rotary_pos_emb = original
+
+
+def _rotates_q_and_k(function: Any) -> bool:
+    """Whether an `apply_rotary_pos_emb` takes q and k together (its first two parameters)."""
+    try:
+        names = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return False
+    return names[:2] == ["q", "k"]
 
 
 def _heads_first(t: Any, cos: Any, unsqueeze_dim: int) -> Any:
