@@ -79,6 +79,9 @@ class Unmapped:
 
 
 MOE = ("mixtral",)
+# vLLM's SharedFusedMoE holds the shared experts and returns routed + shared from `experts`;
+# transformers adds `shared_experts` after its `experts`
+SHARED_EXPERTS = ("glm4_moe", "afmoe", "ernie4_5_moe", "exaone_moe")
 GEMMA = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
 
@@ -189,6 +192,13 @@ RULES: tuple[Rule, ...] = (
         reference_op="gated_sum",
         families=("qwen2_moe",),
         note="vLLM's FusedMoE returns routed + gated shared experts",
+    ),
+    Rule(
+        r"(?P<p>.*\.mlp)\.experts",
+        ("{p}.experts", "{p}.shared_experts"),
+        reference_op="sum",
+        families=SHARED_EXPERTS,
+        note="vLLM's SharedFusedMoE returns routed + shared experts",
     ),
     *_layer_rules(),
     Rule(
