@@ -263,13 +263,16 @@ def plan_component(
     reference_names: set[str],
     rules: Sequence[Rule] = RULES,
 ) -> Plan | None:
+    # a module's k-th call in a forward (`name#k`: HRM's recurrence runs each layer several
+    # times) pairs by its rule with the reference components' k-th calls
+    base, repeated, call = name.partition("#")
     for rule in rules:
-        match = rule.matches(name, cls, family)
+        match = rule.matches(base, cls, family)
         if match is None:
             continue
         groups = {k: (v or "") for k, v in match.groupdict().items()}
-        groups.setdefault("name", name)
-        refs = tuple(t.format(**groups) for t in rule.reference)
+        groups.setdefault("name", base)
+        refs = tuple(t.format(**groups) + (f"#{call}" if repeated else "") for t in rule.reference)
         if all(r in reference_names for r in refs):
             return Plan(
                 target=name,
