@@ -31,12 +31,14 @@ def _what(report: SweepReport, r: ArchRow) -> str:
     latent = confirmed_latent(r)
     if latent is not None and report.kind(r) is RowKind.LATENT:
         return latent.statement()
+    above = "; ".join(x.statement() for x in r.latent) or "no component replayed"
     if report.kind(r) is RowKind.UNEXPLAINED:
-        above = "; ".join(x.statement() for x in r.latent) or "no component replayed"
         return (
             f"a component above the threshold whose error fades, neither confirmed by its "
             f"replay nor named as an alignment gap: {above}"
         )
+    if report.kind(r) is RowKind.GAP and r.status == "match":
+        return f"a named alignment gap (the output matches): {above}"
     return f"ratio {_fmt(r.ratio)} at `{r.component or 'output'}` — {r.reason}"
 
 
@@ -97,7 +99,7 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
     yes = {True: "yes", False: "no", None: "-"}
     for r in report.rows:
         verdict = r.reason
-        if report.kind(r) in (RowKind.LATENT, RowKind.UNEXPLAINED):
+        if report.kind(r) in (RowKind.LATENT, RowKind.UNEXPLAINED, RowKind.GAP):
             verdict = _what(report, r)
         reason = verdict.replace("|", "\\|").replace("\n", " ")[:200]
         first = r.component or next((x.owner for x in r.latent if x.confirmed), None)
