@@ -81,7 +81,7 @@ class Unmapped:
 MOE = ("mixtral",)
 # vLLM's SharedFusedMoE holds the shared experts and returns routed + shared from `experts`;
 # transformers adds `shared_experts` after its `experts`
-SHARED_EXPERTS = ("glm4_moe", "afmoe", "ernie4_5_moe", "exaone_moe")
+SHARED_EXPERTS = ("glm4_moe", "afmoe", "ernie4_5_moe", "exaone_moe", "hy_v3")
 GEMMA = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
 
