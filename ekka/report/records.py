@@ -120,6 +120,7 @@ class LatentVerdict(str, enum.Enum):
     MODULE = "module"  # alone on the reference's input it reproduces the error: it differs
     GLUE = "glue"  # its input differs, the output before it matched, alone it matches
     UPSTREAM = "upstream"  # alone it matches and its input came in wrong from upstream
+    LAYOUT = "layout"  # alone it differs only in the order of its features (a weight layout)
     UNREPLAYED = "unreplayed"  # not replayable (or the replay failed): to be named or examined
 
 
@@ -163,6 +164,11 @@ class Latent(ReportRecord):
             )
         if self.verdict is LatentVerdict.UPSTREAM:
             return f"{self.component}: its error arrives from upstream ({figures})"
+        if self.verdict is LatentVerdict.LAYOUT:
+            return (
+                f"{self.component} ({self.module_class}): alone it gives the reference's values "
+                f"in another order, a weight layout, not a value ({figures})"
+            )
         return (
             f"{self.component} ({self.module_class}) above the threshold, not replayed ({figures})"
         )

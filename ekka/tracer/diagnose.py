@@ -170,6 +170,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             say("target: replaying the components whose error fades on the reference's inputs")
             t = time.perf_counter()
             ratios: dict[str, float] = {}
+            layouts: dict[str, float] = {}
             try:
                 replayed = session.replay(
                     references[config.dtype].path, modules, reference_names(found.mapping, modules)
@@ -177,14 +178,11 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
             except CaptureError as exc:
                 say(f"target: the replay failed ({str(exc).splitlines()[0]}); no replay verdict")
             else:
-                ratios = replay_ratios(
-                    TraceReader(replayed.path),
-                    references[config.dtype],
-                    reference32,
-                    found.mapping,
-                    config.dtype,
-                )
-            latent = judge_latent(found.comparisons, threshold, ratios)
+                replay_trace = TraceReader(replayed.path)
+                args = (replay_trace, references[config.dtype], reference32, found.mapping)
+                ratios = replay_ratios(*args, config.dtype)
+                layouts = replay_ratios(*args, config.dtype, sort_rows=True)
+            latent = judge_latent(found.comparisons, threshold, ratios, layouts)
             timings["latent_replay"] = time.perf_counter() - t
     diagnosis = Diagnosis(
         model=config.model,
@@ -281,10 +279,13 @@ def replay_ratios(
     reference32: TraceReader | None,
     mapping: ComponentMap,
     dtype: str,
+    *,
+    sort_rows: bool = False,
 ) -> dict[str, float]:
     """Each module the target replayed alone (`replays`: its replay trace) -> the error ratio
     of its replay against the reference's output (modules without a plan or whose replay does
-    not align are left out)."""
+    not align are left out). `sort_rows`: each row's values sorted on both sides first, a
+    ratio blind to the order of the features (a weight layout one side permutes on load)."""
     aligner = Aligner(replays, reference, reference32)
     out: dict[str, float] = {}
     replayed = {r.name: r for r in replays.records if r.kind == "replay"}
@@ -301,6 +302,8 @@ def replay_ratios(
         y_r = x_r if reference32 is None else aligner.reference_tensor(reference32, plan, positions)
         if x_r is None or y_r is None or x_r.shape != x.shape:
             continue
+        if sort_rows:
+            x, x_r, y_r = (t.sort(dim=-1).values for t in (x, x_r, y_r))
         out[record.name] = compute_error_ratio(x, x_r, y_r, dtype)
     return out
 

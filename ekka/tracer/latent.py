@@ -9,6 +9,9 @@ reference's inputs shows that what it computes differs:
 - `GLUE`: its input differs while the output just before it (same pass) matched, and alone it
   matches: the code that feeds it, in its caller's forward, differs;
 - `UPSTREAM`: alone it matches and its input came in wrong: not a finding of its own;
+- `LAYOUT`: alone it differs, but each row holds the reference's values in another order (a
+  weight layout one side permutes on load: vLLM's fused Bloom qkv, Llama 4's q and k rows):
+  not a finding;
 - `UNREPLAYED`: no replay (attention, a block, a failed replay): a difference to name as an
   alignment gap or to examine, never a silent label.
 
@@ -41,9 +44,11 @@ def judge(
     comparisons: Sequence[Comparison],
     threshold: float,
     replay_ratios: Mapping[str, float],
+    layout_ratios: Mapping[str, float] | None = None,
 ) -> tuple[Latent, ...]:
     """Each candidate with its verdict (`replay_ratios`: module -> its replay's ratio, for the
-    modules the target replayed)."""
+    modules the target replayed; `layout_ratios`: the same with each row's values sorted on
+    both sides, where a replay that differs only in the order of its features agrees)."""
     comps = sorted(comparisons, key=lambda c: c.sequence)
     result = []
     for name in candidates(comps, threshold):
@@ -57,6 +62,8 @@ def judge(
         owner = name
         if replay is None:
             verdict = LatentVerdict.UNREPLAYED
+        elif replay > threshold and (layout_ratios or {}).get(name, replay) <= threshold:
+            verdict = LatentVerdict.LAYOUT
         elif replay > threshold:
             verdict = LatentVerdict.MODULE
         elif inputs and _fed_after_match(comps, inputs[0], threshold):

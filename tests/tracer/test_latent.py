@@ -53,3 +53,31 @@ def test_upstream_and_unreplayed_are_not_confirmed() -> None:
 def test_nothing_above_the_threshold_nothing_to_replay() -> None:
     comps = [comp(i, f"m{i}", 0.5) for i in range(5)]
     assert candidates(comps, 4.0) == () and judge(comps, 4.0, {}) == ()
+
+
+def test_layout_a_replay_that_differs_only_in_the_order_of_its_features() -> None:
+    """vLLM's Bloom reorders its fused qkv rows on load: alone, the projection gives the
+    reference's values in another order; sorted, they agree. Not a finding."""
+    comps = [comp(0, "qkv", 3e5), *[comp(1 + i, f"c{i}", 0.1) for i in range(6)]]
+    [layout] = judge(comps, 4.0, {"qkv": 2.9e5}, {"qkv": 0.2})
+    assert layout.verdict is LatentVerdict.LAYOUT and not layout.confirmed
+    assert "weight layout" in layout.statement()
+    [module] = judge(comps, 4.0, {"qkv": 2.9e5}, {"qkv": 50.0})  # sorted, still apart
+    assert module.verdict is LatentVerdict.MODULE
+
+
+def test_sorted_rows_tell_a_permutation_from_a_different_value() -> None:
+    import torch
+
+    from ekka.tracer.metrics import compute_error_ratio
+
+    torch.manual_seed(0)
+    reference = torch.randn(8, 12)
+    permuted = reference[:, torch.randperm(12)]
+
+    def ratio(x: torch.Tensor) -> float:
+        xs, rs = x.sort(dim=-1).values, reference.sort(dim=-1).values
+        return compute_error_ratio(xs, rs, rs, "float32")
+
+    assert compute_error_ratio(permuted, reference, reference, "float32") > 1e4
+    assert ratio(permuted) < 1.0 and ratio(reference * 1.01) > 1e3
