@@ -276,8 +276,10 @@ def fail_cause(row: ArchRow, finding: Finding | None) -> FailCause | None:
         return FailCause.CONFIG
     if row.status == "transformers-failed":
         return FailCause.REFERENCE
-    if finding is not None:
-        return FailCause.EKKA if finding.is_gap else FailCause.TARGET
+    if finding is not None and finding.kind == f"{finding.framework} bug":
+        return FailCause.TARGET  # a bug that fails loudly (Falcon's MLP width)
+    if finding is not None and finding.kind == "transformers bug":
+        return FailCause.REFERENCE
     if any(re.search(p, row.reason) for p in KERNEL_PATTERNS):
         return FailCause.KERNEL
     if any(re.search(p, row.reason) for p in CONFIG_PATTERNS):

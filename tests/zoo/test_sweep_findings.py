@@ -41,7 +41,7 @@ def row(arch: str, status: str, ratio: float | None = None, **fields: object) ->
 ROWS = (
     row("LlamaForCausalLM", "match", 0.15),
     row("Gemma3nForCausalLM", "match", 2.58e6, latent=(latent(LatentVerdict.GLUE),)),
-    row("BloomForCausalLM", "match", 2.9e5, latent=(latent(LatentVerdict.UNREPLAYED),)),
+    row("Exaone4ForCausalLM", "match", 2.9e5, latent=(latent(LatentVerdict.UNREPLAYED),)),
     row("ApertusForCausalLM", "diverges", 136.0, component="model.layers.0.mlp.act_fn"),
     row("Cohere2ForCausalLM", "diverges", 1.3e5, component="model.layers.0.self_attn.attn"),
     row("HrmTextForCausalLM", "diverges", 2.6e5, component="model.L_module.layers.0.self_attn"),
@@ -63,7 +63,7 @@ def test_row_kinds_and_causes(report: SweepReport) -> None:
     kinds = {r.architecture: report.kind(r) for r in report.rows}
     assert kinds["LlamaForCausalLM"] is RowKind.MATCH
     assert kinds["Gemma3nForCausalLM"] is RowKind.LATENT  # confirmed by the replay
-    assert kinds["BloomForCausalLM"] is RowKind.UNEXPLAINED  # never a silent "transient"
+    assert kinds["Exaone4ForCausalLM"] is RowKind.UNEXPLAINED  # never a silent "transient"
     assert kinds["ApertusForCausalLM"] is RowKind.DIVERGES
     assert kinds["Cohere2ForCausalLM"] is RowKind.DIVERGES  # a known convention difference
     assert kinds["HrmTextForCausalLM"] is RowKind.GAP  # Ekka's gap, named
@@ -77,7 +77,7 @@ def test_row_kinds_and_causes(report: SweepReport) -> None:
     assert fail_cause(ROWS[7], None) is FailCause.KERNEL
     assert row_kind(ROWS[1], None) is RowKind.LATENT
     # new: the unexplained ratio only (Gemma3n's latent finding is known)
-    assert [r.architecture for r in report.rows if report.new(r)] == ["BloomForCausalLM"]
+    assert [r.architecture for r in report.rows if report.new(r)] == ["Exaone4ForCausalLM"]
     assert report.summary()["new_findings"] == 1
     assert report.summary()["float32 kinds"]["latent"] == 1
 
@@ -115,7 +115,7 @@ def test_finding_folders_are_written_and_linked(report: SweepReport, tmp_path: P
         "cohere2-sliding-window",
         "falcon-ffn-hidden-size",
         "gemma3n-per-layer-projection-scale",
-        "new-BloomForCausalLM-float32",
+        "new-Exaone4ForCausalLM-float32",
     ]
     gemma = found / "gemma3n-per-layer-projection-scale"
     record = FindingFolder.from_json(json.loads((gemma / "classification.json").read_text()))
@@ -125,12 +125,12 @@ def test_finding_folders_are_written_and_linked(report: SweepReport, tmp_path: P
     assert text.startswith("# Gemma3nForCausalLM: vLLM bug")
     assert "## Which side differs, and why" in text and "gemma3n.py:651-657" in text
     new = FindingFolder.from_json(
-        json.loads((found / "new-BloomForCausalLM-float32" / "classification.json").read_text())
+        json.loads((found / "new-Exaone4ForCausalLM-float32" / "classification.json").read_text())
     )
     assert new.classification == "unexamined" and new.reproduce is None
     md = paths["md"].read_text()
     assert "[finding folder](findings/gemma3n-per-layer-projection-scale)" in md
-    assert "[finding folder](findings/new-BloomForCausalLM-float32)" in md
+    assert "[finding folder](findings/new-Exaone4ForCausalLM-float32)" in md
     assert json.loads(paths["json"].read_text())["finding_folders"]["cohere2-sliding-window"]
 
 
