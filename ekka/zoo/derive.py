@@ -71,6 +71,12 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "Llama4ForCausalLM": {"num_experts_per_tok": 1, "intermediate_size_mlp": 256},
         # DeepSeek V3: noaux_tc routing with its correction bias, sigmoid scores
         "DeepseekV3ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
+        # MiniCPM3: multi-head latent attention, one key and value head per query head (its
+        # transformers attention expands the latent keys to every head; no GQA)
+        "MiniCPM3ForCausalLM": {"num_key_value_heads": 2},
+        # Granite 4 (hybrid): Mamba heads of 64 as released, a Mamba and an attention layer
+        "GraniteMoeHybridForCausalLM": {"mamba_n_heads": 4, "mamba_d_head": 64,
+                                        "layer_types": ["linear_attention", "full_attention"]},
         # DBRX: the rotary base in the attention config, a small expert width
         "DbrxForCausalLM": {
             "n_heads": 2,
