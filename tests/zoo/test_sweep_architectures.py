@@ -13,7 +13,8 @@ from ekka.sweep.arch_render import chart_svg, render_markdown
 from ekka.sweep.arch_rows import ArchRow, SweepReport, load_findings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-BROKEN = "DbrxForCausalLM"  # its config class's defaults do not build (no rope_theta)
+# its config class's defaults do not build (indexer head sizes left None)
+BROKEN = "Qwen4ExpForCausalLM"
 
 
 def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, capsys):
@@ -28,7 +29,8 @@ def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, c
     assert "self_attn" in cohere2["component"] and cohere2["ratio"] > 100
     assert "sliding_window + 1" in cohere2["note"]
     assert cohere2["command"].startswith("ekka zoo build Cohere2ForCausalLM")
-    assert broken["status"] == "build-failed" and "rope_theta" in broken["reason"]
+    assert broken["status"] == "build-failed" and "NoneType" in broken["reason"]
+    assert broken["kind"] == "fails (Ekka's configuration)" and cohere2["kind"] == "diverges"
     summary = report["summary"]
     assert summary["load_both"] == 1 and summary["new_findings"] == 0
     md = (out / "sweep.md").read_text()
