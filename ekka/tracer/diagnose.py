@@ -263,12 +263,17 @@ def confirm_by_replay(
 
 
 def reference_names(mapping: ComponentMap, modules: Sequence[str]) -> dict[str, str]:
-    """A module's one reference counterpart, where it is named otherwise (its input is
-    recorded under that name)."""
+    """A module's one reference counterpart, where it is named otherwise and computes the same
+    output (its input is recorded under that name; not a plan on another module's input)."""
     out = {}
     for name in modules:
         plan = mapping.plans.get(name)
-        if plan is not None and len(plan.reference) == 1 and plan.reference[0] != name:
+        if (
+            plan is not None
+            and plan.slot == "out"
+            and len(plan.reference) == 1
+            and plan.reference[0] != name
+        ):
             out[name] = plan.reference[0]
     return out
 

@@ -81,3 +81,22 @@ def test_sorted_rows_tell_a_permutation_from_a_different_value() -> None:
 
     assert compute_error_ratio(permuted, reference, reference, "float32") > 1e4
     assert ratio(permuted) < 1.0 and ratio(reference * 1.01) > 1e3
+
+
+def test_a_module_named_otherwise_is_replayed_on_its_counterparts_input() -> None:
+    """vLLM's `model.self_decoder.per_layer_projection_norm` is transformers'
+    `model.per_layer_projection_norm`: its replay reads that input; a plan on another module's
+    input (act_fn = the input of down_proj) names no input of the module's own."""
+    from ekka.tracer.align import ComponentMap, Plan
+    from ekka.tracer.diagnose import reference_names
+
+    norm = "model.self_decoder.per_layer_projection_norm"
+    mapping = ComponentMap(
+        plans={
+            norm: Plan(norm, "first", ("model.per_layer_projection_norm",), None),
+            "m.mlp.act_fn": Plan("m.mlp.act_fn", "first", ("m.mlp.down_proj",), None, slot="in"),
+            "m.norm": Plan("m.norm", "first", ("m.norm",), None),
+        }
+    )
+    names = reference_names(mapping, [norm, "m.mlp.act_fn", "m.norm", "unplanned"])
+    assert names == {norm: "model.per_layer_projection_norm"}
