@@ -20,6 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ekka"
 LAYERS: dict[str, frozenset[str]] = {
     # errors: the one error hierarchy; imports nothing of Ekka
     "errors": frozenset(),
+    # data: the findings' standalone reproductions (ekka/data/reproduce: torch and the two
+    # frameworks only, run where Ekka is not installed): nothing of Ekka
+    "data": frozenset(),
     # codec: the one JSON codec of the typed records (a leaf: the tracer's inside uses it too)
     "codec": frozenset({"errors"}),
     # toml_reader: typed reads of a TOML table with one-line errors

@@ -16,6 +16,7 @@ localization at the top level) over the same codec.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -111,6 +112,66 @@ class Localization(ReportRecord):
 
     def __bool__(self) -> bool:  # "did it pass?"
         return not self.diverged
+
+
+class LatentVerdict(str, enum.Enum):
+    """What the replay says of a latent candidate (`Latent`)."""
+
+    MODULE = "module"  # alone on the reference's input it reproduces the error: it differs
+    GLUE = "glue"  # its input differs, the output before it matched, alone it matches
+    UPSTREAM = "upstream"  # alone it matches and its input came in wrong from upstream
+    LAYOUT = "layout"  # alone it differs only in the order of its features (a weight layout)
+    UNREPLAYED = "unreplayed"  # not replayable (or the replay failed): to be named or examined
+
+
+@dataclass(frozen=True, slots=True)
+class Latent(ReportRecord):
+    """A component above the threshold whose error does not persist (no change point: the
+    output still matches on this prompt), with the replay's verdict on it. A confirmed one
+    (`MODULE`, `GLUE`) is a latent finding: `owner` differs (the module itself, or for `GLUE`
+    the caller whose forward feeds it)."""
+
+    component: str
+    module_class: str
+    source_file: str | None
+    source_line: int | None
+    owner: str
+    verdict: LatentVerdict
+    ratio: float  # its output's ratio (0.0 where its output stayed below the threshold)
+    input_ratio: float  # its input's ratio (0.0 where not compared or below)
+    pass_index: int
+    replay_ratio: float | None = None  # alone on the reference's input (None: not replayed)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.verdict in (LatentVerdict.MODULE, LatentVerdict.GLUE)
+
+    def statement(self) -> str:
+        """One line: what differs and the evidence."""
+        replay = (
+            ""
+            if self.replay_ratio is None
+            else f"; alone on the reference's input {self.replay_ratio:.3g}"
+        )
+        figures = f"output ratio {self.ratio:.3g}, input ratio {self.input_ratio:.3g}{replay}"
+        if self.verdict is LatentVerdict.MODULE:
+            return f"latent: {self.component} ({self.module_class}) differs by itself ({figures}); the output still matches on this prompt"
+        if self.verdict is LatentVerdict.GLUE:
+            return (
+                f"latent: the code in {self.owner}'s forward that feeds {self.component} "
+                f"({self.module_class}) differs ({figures}: the output before it matched, the "
+                "module alone matches); the output still matches on this prompt"
+            )
+        if self.verdict is LatentVerdict.UPSTREAM:
+            return f"{self.component}: its error arrives from upstream ({figures})"
+        if self.verdict is LatentVerdict.LAYOUT:
+            return (
+                f"{self.component} ({self.module_class}): alone it gives the reference's values "
+                f"in another order, a weight layout, not a value ({figures})"
+            )
+        return (
+            f"{self.component} ({self.module_class}) above the threshold, not replayed ({figures})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +366,8 @@ class Diagnosis:
     reduction: Reduction | None = None  # a diverging scenario reduced to what it needs
     # every target module: which passes compared it, which did not and why
     coverage: tuple[Coverage, ...] = ()
+    # no change point: the components above the threshold whose error fades, replayed alone
+    latent: tuple[Latent, ...] = ()
 
     def __post_init__(self) -> None:
         if self.localization.threshold != self.threshold:

@@ -87,6 +87,18 @@ def render_markdown(diagnosis: Diagnosis) -> str:
         ]
     if diagnosis.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in diagnosis.notes] + [""]
+    if diagnosis.latent:
+        lines += [
+            "## Latent differences",
+            "",
+            "Components above the threshold whose error fades before the logits, each replayed "
+            "alone on the reference's input (confirmed: the module, or the code feeding it, "
+            "differs; the output still matches on this prompt).",
+            "",
+        ]
+        lines += [f"- {'**confirmed**' if x.confirmed else 'not confirmed'}: {x.statement()}"
+                  for x in diagnosis.latent]  # fmt: skip
+        lines.append("")
     if diagnosis.bisection is not None:
         lines += _bisection_markdown(diagnosis.bisection, diagnosis.root_cause)
     if loc.suspects:

@@ -6,9 +6,18 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
-from ekka.sweep.arch_rows import MAX_TOKENS, PROMPT_IDS, SweepReport, transient
+from ekka.sweep.arch_rows import (
+    MAX_TOKENS,
+    PROMPT_IDS,
+    ArchRow,
+    RowKind,
+    SweepReport,
+    confirmed_latent,
+    shown,
+)
 
 
 def _fmt(x: float | None) -> str:
@@ -17,50 +26,86 @@ def _fmt(x: float | None) -> str:
     return "inf" if not math.isfinite(x) else f"{x:.3g}"
 
 
-def render_markdown(report: SweepReport) -> str:
+def _what(report: SweepReport, r: ArchRow) -> str:
+    """A row's finding in a line: its latent component, or its first divergence."""
+    latent = confirmed_latent(r)
+    if latent is not None and report.kind(r) is RowKind.LATENT:
+        return latent.statement()
+    above = "; ".join(x.statement() for x in r.latent) or "no component replayed"
+    if report.kind(r) is RowKind.UNEXPLAINED:
+        return (
+            f"a component above the threshold whose error fades, neither confirmed by its "
+            f"replay nor named as an alignment gap: {above}"
+        )
+    if report.kind(r) is RowKind.GAP and r.status == "match":
+        return f"a named alignment gap (the output matches): {above}"
+    return f"ratio {_fmt(r.ratio)} at `{r.component or 'output'}` — {r.reason}"
+
+
+def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = None) -> str:
+    """`folders`: a finding's slug -> its folder (relative to the report), linked."""
     s = report.summary()
     v = report.versions
+    target = next((r.framework for r in report.rows), "vllm")
     lines = [
         "# Ekka architecture sweep",
         "",
-        f"vLLM {v['vllm']} against transformers {v['transformers']}; {s['architectures']} "
+        f"{'vLLM' if target == 'vllm' else target} {v.get(target, '?')} against transformers "
+        f"{v['transformers']}; {s['architectures']} "
         f"architectures, {s['load_both']} load on both sides; prompt of {len(PROMPT_IDS)} tokens, "
         f"{MAX_TOKENS} generated; {s['seconds']:.0f} s.",
         "",
     ]
     for dtype in sorted({r.dtype for r in report.rows}):
-        counts = ", ".join(f"{n} {status}" for status, n in s[dtype].items() if n)
+        counts = ", ".join(f"{n} {kind}" for kind, n in s[f"{dtype} kinds"].items() if n)
         lines.append(f"- {dtype}: {counts}")
     lines += [
         "",
-        "The largest ratio is over every aligned component and the logits. "
-        f"{s['match_with_transient_ratio']} matching rows have a component above the threshold "
-        "whose error does not persist (marked *transient*): the logits match; often a component "
-        "whose output the two frameworks define otherwise (an alignment gap to examine).",
+        "Row kinds: *match*; *latent* (a component's own output differs beyond the threshold and "
+        "its replay alone on the reference's input confirms it, though the error fades before "
+        "the logits on this prompt); *diverges*; *alignment gap* (a difference of definition "
+        "Ekka names); *unexplained* (a component above the threshold whose error fades, "
+        "neither confirmed nor named: to examine); *fails* (with its cause: vLLM, transformers, "
+        "a kernel missing from the CPU build, Ekka's configuration, Ekka).",
     ]
-    new = [r for r in report.rows if r.status == "diverges" and not r.note]
-    known = [r for r in report.rows if r.status == "diverges" and r.note]
+    new = [r for r in report.rows if report.new(r)]
+    # every row with a finding, a matching one too (a finding its config does not show)
+    known = [(r, f) for r in report.rows if (f := report.finding(r)) is not None]
     lines += ["", "## New findings", ""]
-    lines += [
-        f"- **{r.architecture}** ({r.dtype}): ratio {_fmt(r.ratio)} at `{r.component or 'output'}`"
-        f" — {r.reason}\n  `{r.command}`"
-        for r in new
-    ] or ["None: every divergence below is a known one."]
+    for r in new:
+        where = (folders or {}).get(f"new-{r.architecture}-{r.dtype}")
+        link = f" [finding folder]({where})" if where else ""
+        lines.append(
+            f"- **{r.architecture}** ({r.dtype}, {report.label(r)}): {_what(report, r)}{link}"
+            f"\n  `{r.command}`"
+        )
+    if not new:
+        lines.append("None: every finding below is a known one.")
     lines += ["", "## Known findings", ""]
-    lines += [f"- **{r.architecture}** ({r.dtype}), ratio {_fmt(r.ratio)}: {r.note}" for r in known]
+    for r, f in known:
+        where = (folders or {}).get(f.slug or "")
+        link = f" [finding folder]({where})" if where else ""
+        lines.append(
+            f"- **{r.architecture}** ({r.dtype}, {report.label(r)}, ratio {_fmt(r.ratio)}): "
+            f"{shown(f.classification)}: {f.note}{link}"
+        )
     lines += [
         "",
         "## All rows",
         "",
-        "| architecture | dtype | status | vLLM | transformers | largest ratio | first divergence | suspects | why / verdict |",
+        "| architecture | dtype | kind | vLLM | transformers | largest ratio | first divergence | suspects | why / verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     yes = {True: "yes", False: "no", None: "-"}
     for r in report.rows:
-        reason = r.reason.replace("|", "\\|").replace("\n", " ")[:200]
+        verdict = r.reason
+        if report.kind(r) in (RowKind.LATENT, RowKind.UNEXPLAINED, RowKind.GAP):
+            verdict = _what(report, r)
+        reason = verdict.replace("|", "\\|").replace("\n", " ")[:200]
+        first = r.component or next((x.owner for x in r.latent if x.confirmed), None)
         lines.append(
-            f"| {r.architecture} | {r.dtype} | {r.status}{' (transient)' if transient(r) else ''} | {yes[r.vllm_loads]} | "
-            f"{yes[r.transformers_loads]} | {_fmt(r.ratio)} | {r.component or '-'} | "
+            f"| {r.architecture} | {r.dtype} | {report.label(r)} | {yes[r.vllm_loads]} | "
+            f"{yes[r.transformers_loads]} | {_fmt(r.ratio)} | {first or '-'} | "
             f"{', '.join(r.suspects) or '-'} | {reason} |"
         )
     return "\n".join(lines) + "\n"
@@ -107,10 +152,11 @@ def _log(ratio: float | None) -> float:
     return math.log10(max(ratio, 1e-3))
 
 
-def render_html(report: SweepReport) -> str:
+def render_html(report: SweepReport, folders: Mapping[str, str] | None = None) -> str:
     import markdown_it
 
-    body = markdown_it.MarkdownIt("commonmark").enable("table").render(render_markdown(report))
+    text = render_markdown(report, folders)
+    body = markdown_it.MarkdownIt("commonmark").enable("table").render(text)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Ekka architecture sweep</title>"
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:"
@@ -120,8 +166,14 @@ def render_html(report: SweepReport) -> str:
 
 
 def write_reports(report: SweepReport, out: Path) -> dict[str, Path]:
+    """sweep.md, sweep.json, sweep.html, and a folder per finding (`arch_findings`)."""
+    from ekka.sweep.arch_findings import write_finding_folders
+
+    folders = write_finding_folders(report, out)
     paths = {"md": out / "sweep.md", "json": out / "sweep.json", "html": out / "sweep.html"}
-    paths["md"].write_text(render_markdown(report))
-    paths["json"].write_text(json.dumps(report.to_json(), indent=1) + "\n")
-    paths["html"].write_text(render_html(report))
+    paths["md"].write_text(render_markdown(report, folders))
+    paths["json"].write_text(
+        json.dumps({**report.to_json(), "finding_folders": folders}, indent=1) + "\n"
+    )
+    paths["html"].write_text(render_html(report, folders))
     return paths

@@ -159,6 +159,8 @@ def sweep_one(
             ratio=max(ratios) if ratios else None,
             component=change.target if change is not None else None,
             suspects=tuple(s.component for s in diagnosis.localization.suspects[:3]),
+            latent=diagnosis.latent,
+            evidence=next((s.evidence for s in diagnosis.localization.suspects[:1]), ""),
         )
     except Exception as exc:  # anything else is this row's, never the sweep's end
         return row("error", builds=model.is_dir(), vllm_loads=None, transformers_loads=None,
@@ -202,6 +204,7 @@ def run_sweep(
         versions["vllm"] = f"{versions['vllm']} + {commit.sha[:12]} ({commit.repo})"
         pythonpath = (commit.tree,)
     findings = load_findings()
+    known = tuple(findings)
     store = ArchStore(db_url or f"sqlite:///{(out / 'sweep.db').resolve()}", versions)
     started = time.perf_counter()
     rows: list[ArchRow] = []
@@ -238,12 +241,14 @@ def run_sweep(
                 rows.append(row)
                 tick(i + 1, total, f"{architecture} {dtype}: {row.status}")
                 write_reports(
-                    SweepReport(versions, tuple(rows), time.perf_counter() - started, resumed),
+                    SweepReport(
+                        versions, tuple(rows), time.perf_counter() - started, resumed, known
+                    ),
                     out,
                 )
     finally:
         store.close()
-    report = SweepReport(versions, tuple(rows), time.perf_counter() - started, resumed)
+    report = SweepReport(versions, tuple(rows), time.perf_counter() - started, resumed, known)
     write_reports(report, out)
     return report
 

@@ -13,7 +13,7 @@ from ekka.sweep.arch_rows import MAX_TOKENS, PROMPT_IDS, ArchRow
 def sweep_key(versions: dict[str, str]) -> str:
     """What a finished row is kept under: the versions and the sweep's settings."""
     data = json.dumps(
-        {**versions, "prompt": PROMPT_IDS, "max_tokens": MAX_TOKENS, "rows": 1}, sort_keys=True
+        {**versions, "prompt": PROMPT_IDS, "max_tokens": MAX_TOKENS, "rows": 2}, sort_keys=True
     )
     return hashlib.sha256(data.encode()).hexdigest()[:24]
 

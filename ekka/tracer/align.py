@@ -79,6 +79,9 @@ class Unmapped:
 
 
 MOE = ("mixtral",)
+# vLLM's SharedFusedMoE holds the shared experts and returns routed + shared from `experts`;
+# transformers adds `shared_experts` after its `experts`
+SHARED_EXPERTS = ("glm4_moe", "afmoe", "ernie4_5_moe", "exaone_moe", "hy_v3")
 GEMMA = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
 
@@ -190,6 +193,13 @@ RULES: tuple[Rule, ...] = (
         families=("qwen2_moe",),
         note="vLLM's FusedMoE returns routed + gated shared experts",
     ),
+    Rule(
+        r"(?P<p>.*\.mlp)\.experts",
+        ("{p}.experts", "{p}.shared_experts"),
+        reference_op="sum",
+        families=SHARED_EXPERTS,
+        note="vLLM's SharedFusedMoE returns routed + shared experts",
+    ),
     *_layer_rules(),
     Rule(
         r"(?P<p>.*)\.rotary_emb",
@@ -262,13 +272,16 @@ def plan_component(
     reference_names: set[str],
     rules: Sequence[Rule] = RULES,
 ) -> Plan | None:
+    # a module's k-th call in a forward (`name#k`: HRM's recurrence runs each layer several
+    # times) pairs by its rule with the reference components' k-th calls
+    base, repeated, call = name.partition("#")
     for rule in rules:
-        match = rule.matches(name, cls, family)
+        match = rule.matches(base, cls, family)
         if match is None:
             continue
         groups = {k: (v or "") for k, v in match.groupdict().items()}
-        groups.setdefault("name", name)
-        refs = tuple(t.format(**groups) for t in rule.reference)
+        groups.setdefault("name", base)
+        refs = tuple(t.format(**groups) + (f"#{call}" if repeated else "") for t in rule.reference)
         if all(r in reference_names for r in refs):
             return Plan(
                 target=name,

@@ -17,17 +17,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ekka.errors import CaptureError
-from ekka.report.records import Comparison, Diagnosis, Localization, TargetInfo
+from ekka.report.records import Comparison, Diagnosis, Latent, Localization, TargetInfo
 from ekka.tracer.align import Aligner, ComponentMap, infer_missing, plan_components
 from ekka.tracer.capture import resolved, validate
 from ekka.tracer.compare import iter_comparisons
 from ekka.tracer.coverage import coverage_map
+from ekka.tracer.latent import candidates as latent_candidates
+from ekka.tracer.latent import judge as judge_latent
 from ekka.tracer.localize import localize, threshold_for
 from ekka.tracer.metrics import compute_error_ratio
 from ekka.tracer.output import check_output
@@ -145,6 +147,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         # a suspect that consumed wrong metadata is not replayed: alone, on the reference's
         # inputs, it gets the right metadata
         replayable = [s.component for s in localization.suspects if not s.metadata]
+        reference32 = references.get("float32") if config.dtype != "float32" else None
         if replayable:
             say("target: replaying the suspects on the reference's inputs")
             t = time.perf_counter()
@@ -157,11 +160,31 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
                     localization,
                     TraceReader(replayed.path),
                     references[config.dtype],
-                    references.get("float32") if config.dtype != "float32" else None,
+                    reference32,
                     found.mapping,
                     config.dtype,
                 )
             timings["replay"] = time.perf_counter() - t
+        latent: tuple[Latent, ...] = ()
+        modules = latent_candidates(found.comparisons, threshold)
+        if not localization.diverged and modules:  # above the threshold, fading: latent?
+            say("target: replaying the components whose error fades on the reference's inputs")
+            t = time.perf_counter()
+            ratios: dict[str, float] = {}
+            layouts: dict[str, float] = {}
+            try:
+                replayed = session.replay(
+                    references[config.dtype].path, modules, reference_names(found.mapping, modules)
+                )
+            except CaptureError as exc:
+                say(f"target: the replay failed ({str(exc).splitlines()[0]}); no replay verdict")
+            else:
+                replay_trace = TraceReader(replayed.path)
+                args = (replay_trace, references[config.dtype], reference32, found.mapping)
+                ratios = replay_ratios(*args, config.dtype)
+                layouts = replay_ratios(*args, config.dtype, sort_rows=True)
+            latent = judge_latent(found.comparisons, threshold, ratios, layouts)
+            timings["latent_replay"] = time.perf_counter() - t
     diagnosis = Diagnosis(
         model=config.model,
         dtype=config.dtype,
@@ -185,6 +208,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         notes=()
         if config.scenario.empty
         else tuple(scenario_events(target.passes, len(config.prompt_ids))),
+        latent=latent,
     )
     return diagnosis
 
@@ -223,26 +247,12 @@ def confirm_by_replay(
 ) -> Localization:
     """The localization with the replay's verdict on each suspect the target replayed alone
     (`replays`: its replay trace); a suspect the replay clears goes behind the others."""
-    replayed = {r.name: r for r in replays.records if r.kind == "replay"}
-    aligner = Aligner(replays, reference, reference32)
+    ratios = replay_ratios(replays, reference, reference32, mapping, dtype)
     suspects = list(localization.suspects)
     for i, suspect in enumerate(suspects):
-        if suspect.metadata:
+        if suspect.metadata or suspect.component not in ratios:
             continue
-        record = replayed.get(suspect.component)
-        plan = mapping.plans.get(suspect.component)
-        if record is None or plan is None:
-            continue
-        try:
-            x = aligner.target_tensor(record, plan, None)
-        except (RuntimeError, AssertionError, IndexError):
-            continue
-        positions = list(range(x.shape[0]))
-        x_r = aligner.reference_tensor(reference, plan, positions)
-        y_r = x_r if reference32 is None else aligner.reference_tensor(reference32, plan, positions)
-        if x_r is None or y_r is None or x_r.shape != x.shape:
-            continue
-        ratio = compute_error_ratio(x, x_r, y_r, dtype)
+        ratio = ratios[suspect.component]
         confirmed = ratio > localization.threshold
         note = f"; replayed alone on the reference's input it gives ratio {ratio:.3g}: " + (
             "the module itself is wrong" if confirmed else "its error arrives from upstream"
@@ -253,4 +263,62 @@ def confirm_by_replay(
     return replace(localization, suspects=ranked)
 
 
-__all__ = ["Analysis", "DiagnoseConfig", "analyse", "confirm_by_replay", "run_diagnosis"]
+def reference_names(mapping: ComponentMap, modules: Sequence[str]) -> dict[str, str]:
+    """A module's one reference counterpart, where it is named otherwise and computes the same
+    output (its input is recorded under that name; not a plan on another module's input)."""
+    out = {}
+    for name in modules:
+        plan = mapping.plans.get(name)
+        if (
+            plan is not None
+            and plan.slot == "out"
+            and len(plan.reference) == 1
+            and plan.reference[0] != name
+        ):
+            out[name] = plan.reference[0]
+    return out
+
+
+def replay_ratios(
+    replays: TraceReader,
+    reference: TraceReader,
+    reference32: TraceReader | None,
+    mapping: ComponentMap,
+    dtype: str,
+    *,
+    sort_rows: bool = False,
+) -> dict[str, float]:
+    """Each module the target replayed alone (`replays`: its replay trace) -> the error ratio
+    of its replay against the reference's output (modules without a plan or whose replay does
+    not align are left out). `sort_rows`: each row's values sorted on both sides first, a
+    ratio blind to the order of the features (a weight layout one side permutes on load)."""
+    aligner = Aligner(replays, reference, reference32)
+    out: dict[str, float] = {}
+    replayed = {r.name: r for r in replays.records if r.kind == "replay"}
+    for record in replayed.values():
+        plan = mapping.plans.get(record.name)
+        if plan is None:
+            continue
+        try:
+            x = aligner.target_tensor(record, plan, None)
+        except (RuntimeError, AssertionError, IndexError):
+            continue
+        positions = list(range(x.shape[0]))
+        x_r = aligner.reference_tensor(reference, plan, positions)
+        y_r = x_r if reference32 is None else aligner.reference_tensor(reference32, plan, positions)
+        if x_r is None or y_r is None or x_r.shape != x.shape:
+            continue
+        if sort_rows:
+            x, x_r, y_r = (t.sort(dim=-1).values for t in (x, x_r, y_r))
+        out[record.name] = compute_error_ratio(x, x_r, y_r, dtype)
+    return out
+
+
+__all__ = [
+    "Analysis",
+    "DiagnoseConfig",
+    "analyse",
+    "confirm_by_replay",
+    "replay_ratios",
+    "run_diagnosis",
+]

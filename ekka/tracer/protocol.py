@@ -144,6 +144,9 @@ class Replay:
     type: ClassVar[str] = "replay"
     reference: str
     modules: tuple[str, ...] | None
+    # (target name, reference name) of a module whose reference counterpart is named otherwise
+    # (vLLM's `model.self_decoder.x`, transformers' `model.x`): where its input is recorded
+    names: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -141,11 +141,17 @@ class TargetSession:
         """Wait until the traced request's trace is on disk."""
         return self._receive(Written, "write its trace")
 
-    def replay(self, reference: str | Path, modules: Sequence[str] | None = None) -> Replayed:
+    def replay(
+        self,
+        reference: str | Path,
+        modules: Sequence[str] | None = None,
+        names: Mapping[str, str] | None = None,
+    ) -> Replayed:
         """Run `modules` (None: every replayable leaf) of the first pass alone on the inputs
-        the reference trace recorded; returns where the replay trace is."""
-        names = None if modules is None else tuple(modules)
-        self._send(Replay(str(reference), names))
+        the reference trace recorded (`names`: a module's reference name where it differs);
+        returns where the replay trace is."""
+        wanted = None if modules is None else tuple(modules)
+        self._send(Replay(str(reference), wanted, tuple(sorted((names or {}).items()))))
         return self._receive(Replayed, "replay its modules")
 
     def close(self) -> None:

@@ -58,6 +58,8 @@ def shard_buffers(
     offset = 0
     for key, tensor in tensors.items():
         t = tensor.detach().contiguous()
+        if t.is_complex():  # Llama 4's rotary (freqs_cis): kept as its real view, [..., 2]
+            t = torch.view_as_real(t).contiguous()
         if t.dtype not in DTYPES:
             raise TypeError(f"tensor {key}: dtype {t.dtype} cannot be stored in a trace shard")
         size = t.numel() * t.element_size()

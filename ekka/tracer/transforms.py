@@ -94,8 +94,17 @@ def gated_sum(tensors: Sequence[Tensor], rows: int | None) -> Tensor:
     return to_rows(experts, rows) + to_rows(torch.sigmoid(gate) * shared, rows)
 
 
+def plain_sum(tensors: Sequence[Tensor], rows: int | None) -> Tensor:
+    """Routed plus shared experts (`experts + shared_experts`), as rows."""
+    out = to_rows(tensors[0], rows)
+    for t in tensors[1:]:
+        out = out + to_rows(t, rows)
+    return out
+
+
 REFERENCE_OPS: dict[str, Callable[[Sequence[Tensor], int | None], Tensor]] = {
     "concat": concat,
     "heads_concat": heads_concat,
     "gated_sum": gated_sum,
+    "sum": plain_sum,
 }

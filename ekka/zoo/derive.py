@@ -44,6 +44,48 @@ SCALED: Mapping[str, Any] = MappingProxyType(
 )  # fmt: skip
 SLIDING_WINDOW = 8  # a window the tests' 32-token prompt crosses
 
+# Keys that the family's real config.json carries and vLLM reads, where the config class's
+# defaults lack them (or hold what no released checkpoint has); values as the released
+# checkpoints have them, sizes scaled down. Without them vLLM fails on the derived config
+# (Ekka's configuration, not vLLM's fault: the sweep's "fails (Ekka's configuration)").
+CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        # Arcee Trinity (afmoe): sigmoid routing, normalized, one group
+        "AfmoeForCausalLM": {"score_func": "sigmoid", "route_norm": True, "n_group": 1,
+                             "topk_group": 1},
+        # Hunyuan v3: the first layer dense, the experts' width under its own key, q/k norms
+        "HYV3ForCausalLM": {"first_k_dense_replace": 1, "expert_hidden_dim": 64,
+                            "route_norm": True, "qk_norm": True},
+        # LFM2: the block and convolution widths (the hidden size), a convolution layer
+        "Lfm2ForCausalLM": {"block_dim": 128, "conv_dim": 128,
+                            "layer_types": ["conv", "full_attention"]},
+        # LFM2-MoE: dense layers first, then sparse ones (the class default makes both dense)
+        "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
+        # MiniMax-M2: sigmoid routing with its correction bias; rotary over the whole head
+        # (the transformers config has no partial rotary: a smaller rotary_dim would compare
+        # two different models)
+        "MiniMaxM2ForCausalLM": {"rotary_dim": 64, "scoring_func": "sigmoid",
+                                 "use_routing_bias": True},
+        # Llama 4: one routed expert per token (vLLM's CPU MoE applies the router weight on the
+        # input only for top-1, as the released Scout and Maverick are), a small dense MLP
+        "Llama4ForCausalLM": {"num_experts_per_tok": 1, "intermediate_size_mlp": 256},
+        # DeepSeek V3: noaux_tc routing with its correction bias, sigmoid scores
+        "DeepseekV3ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
+        # MiniCPM3: multi-head latent attention, one key and value head per query head (its
+        # transformers attention expands the latent keys to every head; no GQA)
+        "MiniCPM3ForCausalLM": {"num_key_value_heads": 2},
+        # Granite 4 (hybrid): Mamba heads of 64 as released, a Mamba and an attention layer
+        "GraniteMoeHybridForCausalLM": {"mamba_n_heads": 4, "mamba_d_head": 64,
+                                        "layer_types": ["linear_attention", "full_attention"]},
+        # DBRX: the rotary base in the attention config, a small expert width
+        "DbrxForCausalLM": {
+            "n_heads": 2,
+            "attn_config": {"rope_theta": 10000.0, "kv_n_heads": 1, "clip_qkv": None},
+            "ffn_config": {"ffn_hidden_size": 256, "moe_num_experts": 4, "moe_top_k": 1},
+        },
+    }
+)  # fmt: skip
+
 # Per-architecture overrides on top of the scaled defaults, where those do not build or run.
 OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
@@ -60,6 +102,7 @@ OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "num_kv_shared_layers": 0,
             "activation_sparsity_pattern": [0.0, 0.0],
         },
+        **CHECKPOINT_KEYS,
     }
 )
 

@@ -422,6 +422,8 @@ def test_exported_names() -> None:
         "Comparison",
         "Coverage",
         "Diagnosis",
+        "Latent",
+        "LatentVerdict",
         "Localization",
         "OutputCheck",
         "ProbeStep",
@@ -458,3 +460,21 @@ def test_the_comparisons_table_shows_every_row_and_marks_a_large_ratio() -> None
     assert "target vs reference, component by component" in text
     rows = [line for line in text.splitlines() if "model.layers" in line]
     assert len(rows) == 2 and "\x1b[31m" not in rows[0] and "\x1b[31m" in rows[1]
+
+
+def test_a_latent_difference_is_reported_and_round_trips() -> None:
+    from ekka.report.records import Latent, LatentVerdict
+
+    latent = (
+        Latent("model.self_decoder.per_layer_projection_norm", "RMSNorm", "vllm/x.py", 3,
+               "model.self_decoder", LatentVerdict.GLUE, 6272.0, 2.58e6, 0, 0.0),
+        Latent("model.layers.0.self_attn.attn", "Attention", None, None,
+               "model.layers.0.self_attn.attn", LatentVerdict.UNREPLAYED, 30.0, 0.0, 0),
+    )  # fmt: skip
+    original = diagnosis(localization=Localization(2.0), latent=latent)
+    md = render_markdown(original)
+    assert "**Verdict: no divergence.**" in md and "## Latent differences" in md
+    assert "- **confirmed**: latent: the code in model.self_decoder's forward" in md
+    assert "- not confirmed: model.layers.0.self_attn.attn (Attention)" in md
+    assert Diagnosis.from_json(original.to_json()) == original
+    assert "## Latent differences" not in render_markdown(diagnosis(localization=Localization(2.0)))

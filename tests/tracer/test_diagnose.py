@@ -38,9 +38,10 @@ def test_unmodified_vllm_has_no_divergence(arch, dtype, diagnosed):
     gaps = [c for c in diagnosis.coverage if not c.complete and NO_COUNTERPART not in c.reason]
     assert diagnosis.coverage and not gaps, gaps
     # A divergence examined once (ekka/data/arch-sweep-findings.json, for these releases):
-    # Cohere2's sliding window, which vLLM widens by one on purpose and transformers does not.
+    # Cohere2's sliding window, which vLLM widens by one on purpose and transformers does not
+    # (a finding the zoo's config does not show, OLMoE's, is not expected here).
     finding = known_finding(load_findings(), arch, dtype, framework_versions())
-    if finding is not None:
+    if finding is not None and finding.shown_by_sweep:
         assert diagnosis.diverged, finding.note
         assert diagnosis.localization.suspects[0].component == finding.component
     else:

@@ -457,3 +457,13 @@ def test_a_reader_keeps_two_small_shards_open_and_one_large(tmp_path, monkeypatc
     )
     reader._handles.clear()
     assert read_in_turn() == [shards[last.outputs[0].key]]
+
+
+def test_a_complex_tensor_is_kept_as_its_real_view(tmp_path):
+    """Llama 4's rotary embedding returns complex frequencies: kept as [..., 2] floats."""
+    from ekka.tracer.shards import ShardFile, write_shard
+
+    freqs = torch.polar(torch.ones(3, 4), torch.randn(3, 4))
+    write_shard(tmp_path / "c.safetensors", {"freqs": freqs})
+    got = ShardFile(tmp_path / "c.safetensors").get("freqs")
+    assert got.shape == (3, 4, 2) and torch.equal(torch.view_as_complex(got), freqs)

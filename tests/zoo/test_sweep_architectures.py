@@ -10,10 +10,11 @@ import pytest
 
 from ekka.cli import main
 from ekka.sweep.arch_render import chart_svg, render_markdown
-from ekka.sweep.arch_rows import ArchRow, SweepReport
+from ekka.sweep.arch_rows import ArchRow, SweepReport, load_findings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-BROKEN = "DbrxForCausalLM"  # its config class's defaults do not build (no rope_theta)
+# its config class's defaults do not build (indexer head sizes left None)
+BROKEN = "Qwen4ExpForCausalLM"
 
 
 def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, capsys):
@@ -28,7 +29,8 @@ def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, c
     assert "self_attn" in cohere2["component"] and cohere2["ratio"] > 100
     assert "sliding_window + 1" in cohere2["note"]
     assert cohere2["command"].startswith("ekka zoo build Cohere2ForCausalLM")
-    assert broken["status"] == "build-failed" and "rope_theta" in broken["reason"]
+    assert broken["status"] == "build-failed" and "NoneType" in broken["reason"]
+    assert broken["kind"] == "fails (Ekka's configuration)" and cohere2["kind"] == "diverges"
     summary = report["summary"]
     assert summary["load_both"] == 1 and summary["new_findings"] == 0
     md = (out / "sweep.md").read_text()
@@ -54,7 +56,8 @@ def test_a_new_divergence_is_listed_as_new():
         ArchRow("Cohere2ForCausalLM", "bfloat16", "diverges", True, True, True, "divergence: y",
                 ratio=float("inf"), note="vllm bug: window"),
     )  # fmt: skip
-    report = SweepReport({"vllm": "0.32.0", "transformers": "5.19.0"}, rows, 1.0, 0)
+    versions = {"vllm": "0.32.0", "transformers": "5.19.0"}
+    report = SweepReport(versions, rows, 1.0, 0, tuple(load_findings()))
     md = render_markdown(report)
     new = md.split("## New findings")[1].split("## Known findings")[0]
     assert "LlamaForCausalLM" in new and "Cohere2" not in new
@@ -85,3 +88,30 @@ def test_a_sweep_at_a_commit_runs_that_commits_sources(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sweep", "--architectures", "cohere2", "--repo", str(repo)]) == 2
     assert "--repo and --commit go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "apertus-xielu-bfloat16",
+        "cohere2-sliding-window",
+        "falcon-ffn-hidden-size",
+        "gemma3n-per-layer-projection-scale",
+    ],
+)
+def test_a_findings_reproduction_runs_alone_and_shows_the_difference(slug, tmp_path):
+    """The standalone script a finding folder carries: torch and the two frameworks only
+    (run from an empty folder, without Ekka on the path), and it prints the difference."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "ekka" / "data" / "reproduce" / f"{slug}.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-I", str(script)], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DIFFERS" in done.stdout, done.stdout

@@ -29,7 +29,13 @@ if TYPE_CHECKING:
 
 @contextmanager
 def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
-    """Wrap `apply_rotary_pos_emb` in every modeling module the model's classes come from."""
+    """Wrap `apply_rotary_pos_emb` in every modeling module the model's classes come from,
+    where it rotates q and k together (`(q, k, cos, sin, ...)`, which vLLM's rotary embedding
+    computes too) or one tensor a call (Gemma 3n's and Gemma 4's `(x, cos, sin)`, called once
+    for q and once for k: each call its own record). Another form (GPT-J's and CodeGen's
+    `(tensor, sin, cos)` on the rotary slice only) is left alone: its calls are not vLLM's
+    output, and read as `(q, k, ...)` they recorded the batch's slices of one tensor as a
+    rotary output (a false divergence of `rotary_emb`)."""
     originals: list[tuple[Any, Any]] = []
     seen: set[str] = set()
     for module in model.modules():
@@ -41,22 +47,37 @@ def wrap_rotary(model: Any, recorder: Any) -> Iterator[int]:
         original = getattr(pymod, "apply_rotary_pos_emb", None)
         if pymod is None or original is None or getattr(original, "_ekka_wrapped", False):
             continue
+        form = _rotary_form(original)
+        if form is None:
+            continue
+        wrapped: Any
 
-        def wrapped(q: Any, k: Any, *args: Any, _orig: Any = original, **kwargs: Any) -> Any:
-            out = _orig(q, k, *args, **kwargs)
-            if not isinstance(out, (tuple, list)):  # one tensor a call (Gemma 3n, Gemma 4)
-                _record_one(recorder, _orig, out, (q, k, *args), kwargs)
+        if form == "one":
+
+            def wrapped(*args: Any, _orig: Any = original, **kwargs: Any) -> Any:
+                out = _orig(*args, **kwargs)
+                _record_one(recorder, _orig, out, args, kwargs)
                 return out
-            cos = args[0] if args else kwargs.get("cos")
-            unsqueeze = kwargs.get("unsqueeze_dim", 1)
-            inputs = {"q": _heads_first(q, cos, unsqueeze), "k": _heads_first(k, cos, unsqueeze)}
-            for i, arg in enumerate(args[:2]):
-                inputs[("cos", "sin")[i]] = arg
-            outputs = [_heads_first(t, cos, unsqueeze) for t in out]
-            recorder.record_function("apply_rotary_pos_emb", _orig, outputs, inputs, kind="rotary")
-            return out
 
-        wrapped._ekka_wrapped = True  # type: ignore[attr-defined]
+        else:
+
+            def wrapped(q: Any, k: Any, *args: Any, _orig: Any = original, **kwargs: Any) -> Any:
+                out = _orig(q, k, *args, **kwargs)
+                cos = args[0] if args else kwargs.get("cos")
+                unsqueeze = kwargs.get("unsqueeze_dim", 1)
+                inputs = {
+                    "q": _heads_first(q, cos, unsqueeze),
+                    "k": _heads_first(k, cos, unsqueeze),
+                }
+                for i, arg in enumerate(args[:2]):
+                    inputs[("cos", "sin")[i]] = arg
+                outputs = [_heads_first(t, cos, unsqueeze) for t in out]
+                recorder.record_function(
+                    "apply_rotary_pos_emb", _orig, outputs, inputs, kind="rotary"
+                )
+                return out
+
+        wrapped._ekka_wrapped = True
         pymod.apply_rotary_pos_emb = wrapped  # type: ignore[attr-defined]
         originals.append((pymod, original))
     try:
@@ -81,6 +102,19 @@ def _record_one(recorder: Any, func: Any, out: Any, args: tuple[Any, ...], kwarg
     inputs = {"x": _heads_first(args[0], cos, unsqueeze), "cos": cos, "sin": sin}
     outputs = [_heads_first(out, cos, unsqueeze)]
     recorder.record_function("apply_rotary_pos_emb", func, outputs, inputs, kind="rotary")
+
+
+def _rotary_form(function: Any) -> str | None:
+    """How an `apply_rotary_pos_emb` rotates: "pair" (q and k together, its first two
+    parameters), "one" (`(x, cos, sin, ...)`, one tensor a call: Gemma 3n, Gemma 4), None
+    (another form, e.g. GPT-J's `(tensor, sin, cos)` on the rotary slice only: not recorded)."""
+    try:
+        names = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return None
+    if names[:2] == ["q", "k"]:
+        return "pair"
+    return "one" if names[:3] == ["x", "cos", "sin"] else None
 
 
 def _heads_first(t: Any, cos: Any, unsqueeze_dim: int) -> Any:
@@ -181,7 +215,11 @@ def _forward(
     past: Any,
     *,
     cache: bool = False,
+    prompt: int = 0,
 ) -> Any:
+    """One traced pass. `prompt`: the prompt's length, for a prefix LM (`config.prefix_lm`):
+    its first pass marks the prompt as the prefix (token_type_ids 1: bidirectional there), as
+    a serving framework runs it; the tokens after it stay causal."""
     import torch
 
     from ekka.tracer.trace import PassInfo
@@ -192,11 +230,15 @@ def _forward(
             index=recorder.pass_index, step=step, input_ids=tuple(feed), positions=tuple(positions)
         )
     )
+    prefix: dict[str, Any] = {}
+    if past is None and getattr(model.config, "prefix_lm", False):
+        prefix["token_type_ids"] = torch.tensor([[int(p < prompt) for p in positions]])
     out = model(
         input_ids=torch.tensor([feed]),
         position_ids=torch.tensor([positions]),
         past_key_values=past,
         use_cache=cache or past is not None or step == 0,
+        **prefix,
     )
     recorder.record_tensor("logits", out.logits[0], kind="logits")
     return out
@@ -212,7 +254,7 @@ def _greedy(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[i
             feed, positions = ids, list(range(len(ids)))
         else:
             feed, positions = ids[-1:], [len(ids) - 1]
-        out = _forward(model, recorder, writer, feed, positions, step, past)
+        out = _forward(model, recorder, writer, feed, positions, step, past, prompt=len(ids))
         past = out.past_key_values
         token = int(out.logits[0, -1].float().argmax().item())
         ids.append(token)
@@ -223,6 +265,7 @@ def _greedy(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[i
 def _forced_pass(spec: CaptureSpec, model: Any, recorder: Any, writer: Any) -> list[int]:
     """Teacher forcing: one pass over prompt + forced ids, no cache; returns the greedy choices."""
     feed = list(spec.prompt_ids) + list(spec.forced_ids)
-    out = _forward(model, recorder, writer, feed, list(range(len(feed))), 0, None)
+    prompt = len(spec.prompt_ids)
+    out = _forward(model, recorder, writer, feed, list(range(len(feed))), 0, None, prompt=prompt)
     start = len(spec.prompt_ids) - 1
     return [int(t) for t in out.logits[0, start:].float().argmax(dim=-1).tolist()]

@@ -219,8 +219,14 @@ class VllmTarget:
             generated_ids=tuple(self.generated), timings=self.timings, **self.found
         )
 
-    def replay(self, reference: str, modules: tuple[str, ...] | None) -> tuple[Path, int]:
-        """Replay `modules` (None: every replayable leaf) on the reference's inputs."""
+    def replay(
+        self,
+        reference: str,
+        modules: tuple[str, ...] | None,
+        names: tuple[tuple[str, str], ...] = (),
+    ) -> tuple[Path, int]:
+        """Replay `modules` (None: every replayable leaf) on the reference's inputs (`names`:
+        the reference's name of a module named otherwise there)."""
         from ekka.tracer.adapters.vllm_replay import replay_modules
 
         assert self.writer is not None and self.recorder is not None, "generate first"
@@ -236,6 +242,7 @@ class VllmTarget:
             reference,
             modules,
             passes=[p.positions for p in self.writer.passes],
+            names=dict(names),
         )
         replays.close(replayed=count, timings={"replay": time.perf_counter() - started})
         return path, count
@@ -432,7 +439,7 @@ def serve(channel: Channel) -> None:
             path = target.write()
             channel.send(Written(str(path), time.perf_counter() - started))
         elif isinstance(message, Replay):
-            path, count = target.replay(message.reference, message.modules)
+            path, count = target.replay(message.reference, message.modules, message.names)
             channel.send(Replayed(str(path), count))
         else:
             raise RuntimeError(f"the session sent {message!r}, which a target does not take")

@@ -19,7 +19,7 @@ kept here with the vLLM adapter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -63,8 +63,10 @@ def reference_inputs(
     reference: TraceReader,
     index: dict[str, Record],
     rows: int,
+    reference_name: str | None = None,
 ) -> tuple[Any, ...] | None:
-    """The arguments to call the target module with, built from the reference's tensors."""
+    """The arguments to call the target module with, built from the reference's tensors
+    (`reference_name`: the module's name in the reference, where it differs)."""
     cls = type(module).__name__
     parent = record.name.rsplit(".", 1)[0]
     if "Rotary" in cls:
@@ -88,7 +90,7 @@ def reference_inputs(
         return (torch.cat([gate, up], dim=-1).contiguous(),)
     if "Attention" in cls or "Embedding" in cls:
         return None
-    own = record.name
+    own = reference_name or record.name
     for candidate in (own, f"{parent}.q_proj", f"{parent}.gate_proj"):
         x = _reference_input(reference, candidate, index)
         if x is not None and (candidate == own or own.endswith(("qkv_proj", "gate_up_proj"))):
@@ -140,10 +142,12 @@ def replay_modules(
     reference_path: str,
     only: Sequence[str] | None = None,
     passes: Sequence[Sequence[int]] = (),
+    names: Mapping[str, str] | None = None,
 ) -> int:
     """Replay the replayable leaf modules of the target's first pass (`records`, the target's),
     or those named in `only`; writes one record per module to `writer`, returns how many.
-    `passes`: the positions of each of the target's passes, the batches the replay runs in."""
+    `passes`: the positions of each of the target's passes, the batches the replay runs in;
+    `names`: a module's name in the reference where it differs (its input is read there)."""
     reference = TraceReader(reference_path)
     first_pass = reference.passes[0].index if reference.passes else 0
     index = {r.name: r for r in reference.records if r.pass_index == first_pass}
@@ -161,7 +165,9 @@ def replay_modules(
         if module is None:
             continue
         try:
-            args = reference_inputs(record, module, reference, index, rows)
+            args = reference_inputs(
+                record, module, reference, index, rows, (names or {}).get(record.name)
+            )
             if args is None:
                 continue
             dtype = next((p.dtype for p in module.parameters()), None)
