@@ -69,17 +69,18 @@ def test_a_prefix_lm_attends_over_the_whole_prompt(tmp_path):
     assert torch.allclose(a[:5], d[:5])
 
 
-def test_only_a_rotary_of_q_and_k_together_is_recorded():
-    """vLLM's rotary embedding returns q and k rotated over the whole head; a reference
-    function that rotates one tensor (GPT-J's rotary slice, Gemma 3n's q then k) is not its
-    counterpart and is not wrapped (read as `(q, k, ...)` it recorded a batch's slices)."""
+def test_a_rotary_is_recorded_where_it_is_vllms_counterpart():
+    """vLLM's rotary embedding returns q and k rotated over the whole head: a reference
+    function that rotates q and k together is recorded as one call, Gemma 3n's that rotates q,
+    then k, over the whole head as one call each; GPT-J's rotary slice is not its counterpart
+    and is not wrapped (read as `(q, k, ...)` it recorded a batch's slices)."""
     from transformers.models.gemma3n import modeling_gemma3n
     from transformers.models.gptj import modeling_gptj
     from transformers.models.llama import modeling_llama
 
-    from ekka.tracer.adapters.transformers import _rotates_q_and_k
+    from ekka.tracer.adapters.transformers import _rotary_form
 
-    assert _rotates_q_and_k(modeling_llama.apply_rotary_pos_emb)
-    assert not _rotates_q_and_k(modeling_gptj.apply_rotary_pos_emb)
-    assert not _rotates_q_and_k(modeling_gemma3n.apply_rotary_pos_emb)
-    assert not _rotates_q_and_k(print)
+    assert _rotary_form(modeling_llama.apply_rotary_pos_emb) == "pair"
+    assert _rotary_form(modeling_gemma3n.apply_rotary_pos_emb) == "one"
+    assert _rotary_form(modeling_gptj.apply_rotary_pos_emb) is None
+    assert _rotary_form(print) is None
