@@ -74,6 +74,7 @@ def write_finding_folders(report: SweepReport, out: Path) -> dict[str, str]:
     """Every finding's folder under `out/findings/`; returns slug -> the folder relative to
     `out` (a new finding's slug: new-<architecture>-<dtype>)."""
     folders: dict[str, str] = {}
+    shutil.rmtree(out / FOLDER, ignore_errors=True)  # written anew: a finding named since goes
     grouped: dict[str, tuple[Finding, list[ArchRow]]] = {}
     for row in report.rows:
         finding = report.finding(row)
@@ -109,7 +110,6 @@ def write_finding_folders(report: SweepReport, out: Path) -> dict[str, str]:
             continue
         slug = f"new-{row.architecture}-{row.dtype}"
         folder = out / FOLDER / slug
-        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         figures = _figures(report, row)
         record = FindingFolder(

@@ -87,7 +87,7 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
         link = f" [finding folder]({where})" if where else ""
         lines.append(
             f"- **{r.architecture}** ({r.dtype}, {report.label(r)}, ratio {_fmt(r.ratio)}): "
-            f"{shown(f.classification)}: {f.note}{link}"
+            f"{shown(f.kind if f.kind == 'alignment gap' else f.classification)}: {f.note}{link}"
         )
     lines += [
         "",

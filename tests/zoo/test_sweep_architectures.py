@@ -97,6 +97,7 @@ def test_a_sweep_at_a_commit_runs_that_commits_sources(tmp_path, capsys):
         "cohere2-sliding-window",
         "falcon-ffn-hidden-size",
         "gemma3n-per-layer-projection-scale",
+        "olmoe-norm-eps-clip-qkv",
     ],
 )
 def test_a_findings_reproduction_runs_alone_and_shows_the_difference(slug, tmp_path):

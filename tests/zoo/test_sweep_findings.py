@@ -160,3 +160,11 @@ def test_a_finding_the_sweeps_config_does_not_show_explains_no_row() -> None:
     assert report.kind(diverging) is RowKind.DIVERGES and report.new(diverging)
     matching = row("OlmoeForCausalLM", "match", 0.2)
     assert SweepReport(VERSIONS, (matching,), 1.0, 0, findings).kind(matching) is RowKind.MATCH
+
+
+def test_a_finding_named_since_leaves_no_stale_folder(tmp_path: Path) -> None:
+    exaone = row("Exaone4ForCausalLM", "match", 2.4e5, latent=(latent(LatentVerdict.UNREPLAYED),))
+    write_reports(SweepReport(VERSIONS, (exaone,), 1.0, 0, ()), tmp_path)
+    assert (tmp_path / "findings" / "new-Exaone4ForCausalLM-float32").is_dir()
+    write_reports(SweepReport(VERSIONS, (ROWS[0],), 1.0, 0, ()), tmp_path)
+    assert not (tmp_path / "findings").exists() or not list((tmp_path / "findings").iterdir())
