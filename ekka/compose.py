@@ -43,6 +43,7 @@ def diagnose_config(
         target_pythonpath=tuple(target_pythonpath),
         engine=dict(request.engine),
         scenario=resolved.scenario,
+        framework=request.framework,
     )
 
 

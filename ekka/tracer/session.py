@@ -7,9 +7,12 @@
         replayed = session.replay(reference_trace, ["model.layers.0.mlp.down_proj"])
     # leaving the block closes the session: the target's process ends at once
 
-The target runs `python -m ekka.tracer.adapters.vllm READ_FD WRITE_FD` in a fresh process
-(with `pythonpath` first on its path, so that a patched copy of the framework's sources is the
-one imported), and every message between the two is one of `ekka.tracer.protocol`'s. Its
+The target runs `python -m ekka.tracer.adapters.<framework> READ_FD WRITE_FD` in a fresh
+process, with the framework's own interpreter (`TARGETS`: vLLM's is this one, SGLang's that
+of its own environment, `.venv-sglang`, since the two pin different torch builds; the same seam
+a container or a cluster node uses), with `pythonpath` first on its path (so that a patched
+copy of the framework's sources is the one imported), and every message between the two is one
+of `ekka.tracer.protocol`'s. Its
 output goes to a log file whose last lines come with any error. `timeout` bounds the time
 this side waits for the target, all waits together.
 """
@@ -21,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ekka.errors import CaptureError, ProtocolError
+from ekka.errors import CaptureError, ProtocolError, UsageError
 from ekka.tracer.protocol import (
     CaptureSpec,
     Channel,
@@ -43,7 +47,31 @@ from ekka.tracer.protocol import (
 )
 
 M = TypeVar("M")
-ADAPTERS = {"vllm": "ekka.tracer.adapters.vllm"}
+ROOT = Path(__file__).resolve().parents[2]  # this Ekka's checkout (its sources' parent)
+
+
+@dataclass(frozen=True)
+class TargetRuntime:
+    """How a framework's target process is started: the adapter module run as `python -m`,
+    its interpreter (`python_variable` names the environment variable that overrides it; else
+    `venv`, relative to this checkout; else this interpreter) and the environment it adds."""
+
+    adapter: str
+    python_variable: str | None = None
+    venv: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+TARGETS = {
+    "vllm": TargetRuntime("ekka.tracer.adapters.vllm"),
+    # SGLang's CPU paths (without it, device="cpu" reaches for vLLM's CUDA ops)
+    "sglang": TargetRuntime(
+        "ekka.tracer.adapters.sglang",
+        python_variable="EKKA_SGLANG_PYTHON",
+        venv=".venv-sglang",
+        env={"SGLANG_USE_CPU_ENGINE": "1"},
+    ),
+}
 # The engine in the target's own process, a small KV cache on the CPU build (a user's
 # environment wins), and nothing fetched from a model hub.
 TARGET_ENV = {
@@ -57,15 +85,32 @@ TARGET_ENV = {
 CLOSE_SECONDS = 30.0  # a closed target still running after this long is killed
 
 
-def target_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
+def target_python(framework: str) -> str:
+    """The interpreter the framework's target process runs with; a UsageError when its
+    environment is not installed."""
+    runtime = TARGETS[framework]
+    if runtime.python_variable is None and runtime.venv is None:
+        return sys.executable
+    given = os.environ.get(runtime.python_variable or "")
+    python = Path(given) if given else ROOT / str(runtime.venv) / "bin" / "python"
+    if not os.access(python, os.X_OK):
+        where = f"{runtime.python_variable}={given}" if given else str(python)
+        raise UsageError(
+            f"{framework}'s environment is not installed ({where} is not an interpreter): run "
+            f"`make venv` (scripts/install.sh) to create {runtime.venv}, or set "
+            f"{runtime.python_variable} to the Python of an environment that has {framework}."
+        )
+    return str(python)
+
+
+def target_env(pythonpath: Sequence[str | Path] = (), framework: str = "vllm") -> dict[str, str]:
     """The target's environment: `pythonpath` first, then this Ekka, then the user's path."""
     env = dict(os.environ)
-    ekka_root = str(Path(__file__).resolve().parents[2])
-    parts = [str(Path(p).resolve()) for p in pythonpath] + [ekka_root]
+    parts = [str(Path(p).resolve()) for p in pythonpath] + [str(ROOT)]
     if env.get("PYTHONPATH"):
         parts.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(parts)
-    for name, value in TARGET_ENV.items():
+    for name, value in {**TARGET_ENV, **TARGETS[framework].env}.items():
         env.setdefault(name, value)
     return env
 
@@ -81,8 +126,9 @@ class TargetSession:
         pythonpath: Sequence[str | Path] = (),
         timeout: float | None = None,
     ) -> None:
-        if spec.framework not in ADAPTERS:
+        if spec.framework not in TARGETS:
             raise ValueError(f"no target session for {spec.framework!r}; it runs in this process")
+        self.python = target_python(spec.framework)
         self.spec = spec
         self.pythonpath = tuple(pythonpath)
         self.timeout = timeout
@@ -105,13 +151,13 @@ class TargetSession:
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
                 [
-                    sys.executable,
+                    self.python,
                     "-m",
-                    ADAPTERS[self.spec.framework],
+                    TARGETS[self.spec.framework].adapter,
                     str(target_in),
                     str(target_out),
                 ],
-                env=target_env(self.pythonpath),
+                env=target_env(self.pythonpath, self.spec.framework),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
