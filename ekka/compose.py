@@ -90,5 +90,6 @@ def full_config(
         github_api=github_api or DEFAULT_GITHUB_API,
         github_token=github_token,
         scenario=resolved.scenario,
+        framework=request.framework,
         **executor.full_options(request.framework),
     )

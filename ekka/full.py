@@ -74,6 +74,7 @@ class FullConfig:
     ray: RaySettings | None = None  # ray: the cluster, the tasks' resources, the node's executor
     # the requests around the traced one: localization and every probe run them
     scenario: Scenario = field(default_factory=Scenario)
+    framework: str = "vllm"  # the target
 
 
 EXECUTORS = CLI_KINDS  # "local", "docker", "ray"
@@ -148,6 +149,7 @@ def run_full_diagnosis(
                 target_pythonpath=(str(tree),),
                 timeout=config.timeout,
                 scenario=config.scenario,
+                framework=config.framework,
             ),
             progress=say,
         )

@@ -44,11 +44,14 @@ class OracleConfig:
     margin_factor: float = 4.0
     # the requests around the traced one in each probe's engine (the reference runs it alone)
     scenario: Scenario = field(default_factory=Scenario)
+    framework: str = "vllm"  # the target
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["prompt_ids"] = list(self.prompt_ids)
         data["engine"] = dict(self.engine)
+        if self.framework == "vllm":
+            del data["framework"]  # vLLM's verdicts keyed as before SGLang
         if self.scenario.empty and self.scenario.traced_at is None:
             del data["scenario"]  # a lone request keys its verdicts as before scenarios
         else:
@@ -79,6 +82,8 @@ class OracleSource(Protocol):
     def threshold(self) -> float | None: ...
     @property
     def scenario(self) -> Scenario: ...
+    @property
+    def framework(self) -> str: ...
 
 
 def oracle_config(source: OracleSource, *, with_scenario: bool = True) -> OracleConfig:
@@ -92,6 +97,7 @@ def oracle_config(source: OracleSource, *, with_scenario: bool = True) -> Oracle
         engine=dict(source.engine),
         logits_threshold=source.threshold,
         scenario=source.scenario if with_scenario else Scenario(),
+        framework=source.framework,
     )
 
 
@@ -182,7 +188,7 @@ class TracerOracle:
         """What a probe captures: the target's logits only (cheap), greedy tokens, of the
         traced request in its scenario."""
         return CaptureSpec(
-            framework="vllm",
+            framework=self.config.framework,
             model=self.config.model,
             prompt_ids=self.config.prompt_ids,
             out=str(out),

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.adapters.vllm_requests import TRACED
+from ekka.tracer.metadata import TRACED
 from ekka.tracer.model_config import read_config
 from ekka.tracer.protocol import (
     CaptureSpec,

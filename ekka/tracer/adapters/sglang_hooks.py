@@ -32,8 +32,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.adapters.vllm_requests import TRACED
-from ekka.tracer.metadata import AttentionMetadata, RequestSpan, ServingMetadata, nested_tuples
+from ekka.tracer.metadata import (
+    TRACED,
+    AttentionMetadata,
+    RequestSpan,
+    ServingMetadata,
+    nested_tuples,
+)
 from ekka.tracer.trace import REPLAY_FOLDER, PassInfo, TraceManifest, TraceWriter
 
 COMMAND = "ekka_command"  # the scheduler's method the target process calls
@@ -86,6 +91,12 @@ class SchedulerRecorder:
         self.error: BaseException | None = None
         self.slots: dict[str, list[int]] = {}  # per request, the KV slots allocated to it
         self._forward_batch: Any = None  # the forward batch of the pass now recorded
+        # the traced request's row among the logits' rows (one per request) in that pass
+        self._sampled_rows: tuple[int, int, int, int] | None = None
+        # the first attention layer: the one the attention metadata is named after
+        self.attention_layer = next(
+            (n for n, m in model.named_modules() if type(m).__name__ == "RadixAttention"), ""
+        )
         self._handles: list[Any] = []
         self.timings: dict[str, float] = {}
 
@@ -286,21 +297,15 @@ class SchedulerRecorder:
         query = None
         if forward_batch.forward_mode.is_extend() and starts is not None:
             query = (*[int(s) for s in starts.tolist()], sum(s.count for s in spans))
-        layer = next(
-            (n for n, m in self.model.named_modules() if type(m).__name__ == "RadixAttention"),
-            "",
-        )
         return {
             "0": AttentionMetadata(
-                layer=layer,
+                layer=self.attention_layer,
                 seq_lens=tuple(seq_lens),
                 query_start_loc=query,
                 slot_mapping=tuple(int(s) for s in forward_batch.out_cache_loc.tolist()),
                 block_table=rows,
             )
         }
-
-    _sampled_rows: tuple[int, int, int, int] | None = None
 
     def logits(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         """The logits processor's output: one row per request of the batch (the last token of
