@@ -23,6 +23,7 @@ from ekka.errors import UsageError
 from ekka.repo import installed_framework_dir
 from ekka.scenario import RunSpec, parse_run
 from ekka.tracer.scenario import Scenario
+from ekka.tracer.session import target_python
 
 if TYPE_CHECKING:
     from ekka.request import Resolved
@@ -214,7 +215,7 @@ def base_repository(workdir: Path, framework: str = "vllm") -> Path:
 
     base = workdir / f"_{framework}-release"
     if not (base / ".git").is_dir():
-        make_base_repo(base, installed_framework_dir(framework))
+        make_base_repo(base, installed_framework_dir(framework, target_python(framework)))
     return base
 
 
@@ -278,7 +279,9 @@ def run_case(
             say("copying and patching the framework's sources")
             src_root = work / "src"
             src_root.mkdir()
-            copy_sources(installed_framework_dir(case.framework), src_root)
+            copy_sources(
+                installed_framework_dir(case.framework, target_python(case.framework)), src_root
+            )
             apply_patch(case.path / "bug.patch", src_root)
             diagnosis = diagnose_and_reduce(
                 diagnose_config(

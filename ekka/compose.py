@@ -67,6 +67,7 @@ def full_config(
     installed release of the request's framework."""
     from ekka.full import FullConfig
     from ekka.repo import installed_framework_dir
+    from ekka.tracer.session import target_python
 
     request = resolved.request
     return FullConfig(
@@ -76,7 +77,9 @@ def full_config(
         model=request.model,
         prompt_ids=request.prompt_ids,
         workdir=str(workdir),
-        package_dir=str(installed_framework_dir(request.framework)),
+        package_dir=str(
+            installed_framework_dir(request.framework, target_python(request.framework))
+        ),
         dtype=request.dtype,
         max_tokens=request.max_tokens,
         engine=dict(request.engine),

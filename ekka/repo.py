@@ -35,16 +35,33 @@ def git(repo: str | Path, *args: str, check: bool = True, strip: bool = True) ->
     return proc.stdout.strip() if strip else proc.stdout
 
 
-def installed_framework_dir(framework: str = "vllm") -> Path:
-    """The installed package's folder (e.g. .../site-packages/vllm), found without importing it."""
+def installed_framework_dir(framework: str = "vllm", python: str | None = None) -> Path:
+    """The installed package's folder (e.g. .../site-packages/vllm), found without importing it,
+    in this environment or in that of the interpreter `python` (SGLang's own, say)."""
     import importlib.util
+    import sys
 
-    spec = importlib.util.find_spec(framework)
-    if spec is None or not spec.origin:
-        raise UsageError(
-            f"{framework} is not installed in this environment; run `make test` once to set it up."
+    # a virtual environment's interpreter is a link to its base's: compared unresolved
+    if python is None or os.path.abspath(python) == os.path.abspath(sys.executable):
+        spec = importlib.util.find_spec(framework)
+        origin = spec.origin if spec is not None else None
+    else:
+        found = subprocess.run(
+            [python, "-c", FIND_SPEC, framework], capture_output=True, text=True, check=False
         )
-    return Path(spec.origin).resolve().parent
+        origin = found.stdout.strip() if found.returncode == 0 else None
+    if not origin or origin == "None":
+        raise UsageError(
+            f"{framework} is not installed in {python or 'this environment'}; run `make test` "
+            "once to set it up."
+        )
+    return Path(origin).resolve().parent
+
+
+FIND_SPEC = (
+    "import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]);"
+    " print(s.origin if s else None)"
+)
 
 
 def fetch(path: str) -> None:

@@ -40,3 +40,15 @@ def test_sglang_decoder_layers_pair_with_their_mlp_and_vllms_do_not():
         "model.layers.0", "Gemma3DecoderLayer", "gemma3_text", names, rules_for("sglang")
     )
     assert gemma is not None and gemma.reference == ("model.layers.0",)
+
+
+def test_the_installed_framework_is_found_by_its_own_interpreter(tmp_path):
+    from ekka.repo import installed_framework_dir
+
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\necho {tmp_path}/site-packages/$3/__init__.py\n")
+    python.chmod(0o755)
+    assert installed_framework_dir("sglang", str(python)) == tmp_path / "site-packages" / "sglang"
+    python.write_text("#!/bin/sh\necho None\n")
+    with pytest.raises(UsageError, match="sglang is not installed in"):
+        installed_framework_dir("sglang", str(python))
