@@ -52,13 +52,16 @@ COMMAND = "ekka_command"  # sglang_hooks.COMMAND: the scheduler's method it adds
 # torch-native attention, eager (a CUDA graph replays without Python hooks), no overlap of
 # scheduling and compute (the scheduler's batch is the one the model runs), no prefix reuse
 # unless a scenario asks for it, a small KV pool, token ids in and out, greedy and seeded.
+# The pool's size is `max_total_tokens`; `mem_fraction_static` only sets how much of the memory
+# free before the model loaded must still be free after it (on a CPU: the machine's, which other
+# processes share): with 0.05, SGLang refused to start whenever others took 5% meanwhile.
 ENGINE_DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "attention_backend": "torch_native",
     "disable_cuda_graph": True,
     "disable_overlap_schedule": True,
     "disable_radix_cache": True,
-    "mem_fraction_static": 0.05,
+    "mem_fraction_static": 0.5,
     "max_total_tokens": 2048,
     "skip_tokenizer_init": True,
     "random_seed": 0,
