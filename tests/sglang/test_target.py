@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from ekka.errors import CaptureError
+from ekka.reduce import diagnose_and_reduce
 from ekka.tracer.adapters.sglang import STANDIN_NOTE
 from ekka.tracer.diagnose import DiagnoseConfig, run_diagnosis
-from ekka.tracer.protocol import CaptureSpec
-from tests.conftest import PROMPT_IDS
+from ekka.tracer.protocol import CaptureSpec, ScenarioRequest
+from ekka.tracer.scenario import Scenario
+from ekka.tracer.trace import TraceReader
+from tests.conftest import LONG_PROMPT_IDS, PROMPT_IDS
 from tests.sglang.conftest import sglang_python
 
 pytestmark = [pytest.mark.sglang, pytest.mark.slow]
@@ -99,6 +102,7 @@ def test_a_planted_rmsnorm_bug_is_localized_to_the_norm(tmp_path, zoo_model):
     top = diagnosis.localization.suspects[0]
     assert top.component == "model.layers.0.input_layernorm", diagnosis.localization.suspects
     assert top.source_file == "sglang/srt/layers/layernorm.py"
+    assert top.confirmed is True  # replayed alone in SGLang's scheduler, it reproduces the error
     assert diagnosis.target.path == str(src / "sglang")
 
 
@@ -116,3 +120,47 @@ def test_an_unknown_engine_argument_is_named(tmp_path, zoo_model):
     with pytest.raises(CaptureError, match="no_such_setting: not an SGLang engine argument"):
         capture(spec, timeout=300)
     assert not os.path.exists(tmp_path / "t" / "manifest.json")
+
+
+def test_chunked_prefill_passes_are_placed_by_the_scheduler(sglang_diagnosed):
+    """A 37-token prompt in chunks of at most 16 tokens, then two decode steps: every pass
+    placed by the scheduler's `Req`s and every metadata check as expected."""
+    diagnosis = sglang_diagnosed(
+        "llama", prompt_ids=LONG_PROMPT_IDS, engine={"chunked_prefill_size": 16}
+    ).diagnosis
+    passes = {c.pass_index: c.step for c in diagnosis.comparisons}
+    assert passes == {0: 0, 1: 0, 2: 0, 3: 1, 4: 2}
+    metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
+    assert len(metadata) == 5 * 3
+    assert all(c.ratio == 0 for c in metadata), [c.detail for c in metadata if c.ratio]
+    assert not diagnosis.diverged, diagnosis.verdict
+
+
+def test_no_false_alarm_when_requests_meet_in_sglang(tmp_path, zoo_model):
+    """A request before shares the traced prompt's first 16 tokens (SGLang's radix cache, on
+    for this scenario, hands them over) and one request is batched with the traced one."""
+    sglang_python()
+    traced = PROMPT_IDS
+    scenario = Scenario(
+        before=(ScenarioRequest(traced[:16] + (7, 8, 9), 1),),
+        alongside=(ScenarioRequest(tuple(range(3, 23)), 4),),
+    )
+    diagnosis = diagnose_and_reduce(
+        DiagnoseConfig(
+            model=str(zoo_model("llama")),
+            prompt_ids=traced,
+            workdir=str(tmp_path / "work"),
+            max_tokens=3,
+            engine={"disable_radix_cache": False},
+            scenario=scenario,
+            framework="sglang",
+        )
+    )
+    assert not diagnosis.diverged, diagnosis.verdict
+    passes = TraceReader(tmp_path / "work" / "target").passes
+    spans = [p.serving.request for p in passes if p.serving is not None]
+    assert len(spans) == len(passes) == 3, "every pass placed by the scheduler"
+    assert spans[0] is not None and spans[0].start == 16, "16 prompt tokens from the radix cache"
+    assert max(len(p.serving.spans) for p in passes if p.serving) == 2, "two in a batch"
+    metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
+    assert metadata and all(c.ratio == 0 for c in metadata), [c.detail for c in metadata]

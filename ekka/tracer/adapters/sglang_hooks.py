@@ -257,6 +257,7 @@ class SchedulerRecorder:
         extend = batch.forward_mode.is_extend()
         allocated = [] if batch.out_cache_loc is None else batch.out_cache_loc.tolist()
         pool = batch.req_to_token_pool.req_to_token
+        rows = getattr(batch, "req_pool_indices_cpu", None)  # each request's pool row
         spans, offset = [], 0
         for index, req in enumerate(batch.reqs):
             rid = str(req.rid)
@@ -266,7 +267,8 @@ class SchedulerRecorder:
                 start, count = int(req.seqlen) - 1, 1
             known = self.slots.get(rid, [])
             if len(known) < start:  # a prefix this capture did not see placed (a cached one)
-                known = pool[req.req_pool_idx, :start].tolist()
+                row = int(rows[index]) if rows is not None else int(req.kv.req_pool_idx)
+                known = pool[row, :start].tolist()
             slots = known[:start] + allocated[offset : offset + count]
             self.slots[rid] = slots
             spans.append(
