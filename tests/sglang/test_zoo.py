@@ -24,24 +24,31 @@ NOT_RUNNING = {
     "for the KV heads: the zoo's grouped-query model does not load (a weight of 64 into 128)",
 }
 # Divergences examined once: SGLang computes something else than transformers (findings, not
-# false alarms), with the component where they start.
+# false alarms), with the component where they start and the dtypes they show in.
 FINDINGS = {
     "MistralForCausalLM": (
         "model.layers.0.self_attn.attn",
+        ("float32", "bfloat16"),
         "SGLang serves Mistral with LlamaForCausalLM's attention, built without a sliding "
         "window: config.sliding_window (8 here) is ignored, every position attends to all before",
     ),
     "GemmaForCausalLM": (
         "model.layers.0.mlp.act_fn",
+        ("float32",),
         "SGLang's gemma.py builds GeluAndMul('none') (exact GELU) where transformers' Gemma "
-        "uses hidden_activation gelu_pytorch_tanh",
+        "uses hidden_activation gelu_pytorch_tanh (in bfloat16 the two differ below its noise)",
     ),
     "Cohere2ForCausalLM": (
         "model.layers.0.self_attn.attn",
+        ("float32", "bfloat16"),
         "the torch_native attention's sliding mask keeps k_pos >= q_pos - sliding_window: a "
         "window of sliding_window + 1 tokens, transformers' sliding_window (vLLM's finding too)",
     ),
 }
+# Modules a pristine run leaves uncompared, and why (the coverage map says so too): SGLang's
+# Qwen3 attention normalizes q per head as `[tokens * heads, head_dim]` rows, which no rule
+# folds back to transformers' `[tokens, heads, head_dim]` yet (k fits where there is one KV head).
+UNCOMPARED = {".self_attn.q_norm": "per-head rows [tokens * heads, head_dim]"}
 ARCHS = [a.name for a in list_architectures() if a.name not in NOT_RUNNING]
 
 
@@ -59,12 +66,18 @@ def test_pristine_sglang_has_no_false_alarm(arch, dtype, sglang_diagnosed):
     metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
     assert len(metadata) == 3 * 3, "input ids, positions, attention metadata in each pass"
     assert all(c.ratio == 0 for c in metadata), [c.detail for c in metadata if c.ratio]
-    gaps = [c for c in diagnosis.coverage if not c.complete and NO_COUNTERPART not in c.reason]
+    gaps = [
+        c
+        for c in diagnosis.coverage
+        if not c.complete
+        and NO_COUNTERPART not in c.reason
+        and not c.component.endswith(tuple(UNCOMPARED))
+    ]
     assert diagnosis.coverage and not gaps, gaps
-    finding = FINDINGS.get(arch)
-    if finding is not None:
-        assert diagnosis.diverged, finding[1]
-        assert diagnosis.localization.suspects[0].component == finding[0], finding[1]
+    component, dtypes, note = FINDINGS.get(arch, ("", (), ""))
+    if dtype in dtypes:
+        assert diagnosis.diverged, note
+        assert diagnosis.localization.suspects[0].component == component, note
         return
     assert not diagnosis.diverged, [(s.component, s.ratio) for s in diagnosis.localization.suspects]
     assert diagnosis.output is not None and not diagnosis.output.diverged
