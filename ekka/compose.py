@@ -70,6 +70,14 @@ def full_config(
     from ekka.tracer.session import target_python
 
     request = resolved.request
+    if request.framework != "vllm":
+        from ekka.errors import UsageError
+
+        raise UsageError(
+            f"full mode (--repo/--good/--bad) runs on vLLM's history only for now; diagnose "
+            f"{request.framework} in localize mode (without --repo), with --target-path for a "
+            "checkout's sources."
+        )
     return FullConfig(
         repo=str(repo),
         good=good,

@@ -52,3 +52,14 @@ def test_the_installed_framework_is_found_by_its_own_interpreter(tmp_path):
     python.write_text("#!/bin/sh\necho None\n")
     with pytest.raises(UsageError, match="sglang is not installed in"):
         installed_framework_dir("sglang", str(python))
+
+
+def test_full_mode_on_sglang_is_refused_with_what_works():
+    from ekka.compose import full_config
+    from ekka.containers.spec import ExecutorSpec
+    from ekka.request import Request, Resolved
+    from ekka.tracer.scenario import Scenario
+
+    resolved = Resolved(Request(model="m", prompt_ids=(1, 2), framework="sglang"), Scenario())
+    with pytest.raises(UsageError, match="vLLM's history only for now.*localize mode"):
+        full_config(resolved, ExecutorSpec(), repo="r", good="g", bad="b", workdir="w")
