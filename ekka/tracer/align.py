@@ -249,7 +249,16 @@ RULES: tuple[Rule, ...] = (
 # batch's residual stream: a decoder layer of these families receives the previous layer's
 # mlp output and returns its own (the next layer's input norm adds the residual; its second
 # output is the full hidden state). Checked against sglang/srt/models/*.py.
-SGLANG_BRANCH_LAYERS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe")
+SGLANG_BRANCH_LAYERS = (
+    "llama",
+    "mistral",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+)
 SGLANG_RULES: tuple[Rule, ...] = (
     Rule(
         r"(?P<p>.*\.layers\.\d+)",
@@ -258,6 +267,28 @@ SGLANG_RULES: tuple[Rule, ...] = (
         inputs=False,
         note="SGLang decoder layer: returns its mlp output, the residual stays in the forward "
         "batch's residual stream",
+    ),
+    Rule(
+        r"(?P<p>.*\.layers\.\d+)",
+        ("{p}.post_mlp_layernorm",),
+        families=("glm4",),
+        inputs=False,
+        note="SGLang decoder layer (sandwich norm): returns its mlp output after the post-mlp "
+        "norm, the residual stays in the forward batch's residual stream",
+    ),
+    Rule(
+        r"(?P<p>.*\.layers\.\d+)",
+        ("{p}",),
+        "sum_pair",
+        families=("granite",),
+        note="SGLang's Granite layer returns (mlp output x residual multiplier, residual): the "
+        "next layer's fused norm adds them (vLLM's adds the residual inside)",
+    ),
+    Rule(
+        r"(?P<p>.*)embed_tokens",
+        ("{p}embed_tokens",),
+        families=("gemma3", "gemma3_text"),
+        note="SGLang's Gemma 3 embedding scales by sqrt(hidden) inside the module, as transformers'",
     ),
     *RULES,
 )
