@@ -1,8 +1,10 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test` (the tests).
-# Both create or update the virtual environment in .venv first, idempotently.
+# Both create or update the virtual environments first, idempotently: .venv (Ekka, vLLM)
+# and .venv-sglang (SGLang's own, SGLANG_VENV; SKIP_SGLANG=1 leaves it out).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+SGLANG_VENV := .venv-sglang
 STAMP := $(VENV)/.ekka-installed
 PYTEST_ARGS ?=
 # `make test` runs the tests on TEST_WORKERS xdist workers (both cores of CI's machine: most of
@@ -16,8 +18,8 @@ LINT_PATHS := ekka tests benchmarks
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
-	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh scripts/sglang-requirements.txt scripts/sgl_kernel_standin/sgl_kernel/__init__.py
+	PYTHON=$(PYTHON) VENV=$(VENV) SGLANG_VENV=$(SGLANG_VENV) bash scripts/install.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -40,4 +42,4 @@ lint: $(STAMP)
 	exit $$rc
 
 clean:
-	rm -rf $(VENV) .ekka .pytest_cache
+	rm -rf $(VENV) $(SGLANG_VENV) .ekka .pytest_cache

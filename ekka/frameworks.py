@@ -14,7 +14,8 @@ import functools
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ekka.errors import UsageError
@@ -31,6 +32,7 @@ class Framework:
     adapter: str  # the module run as the target's process (`python -m ADAPTER READ WRITE`)
     python_variable: str = ""  # the variable naming its interpreter ("": Ekka's own)
     venv: str = ""  # the environment `make venv` makes for it, in Ekka's checkout
+    env: Mapping[str, str] = field(default_factory=dict)  # what its target's process adds
 
     def sources(self, tree: str | Path) -> Path:
         """The folder of a checkout of the framework's repository to put first on the path."""
@@ -47,6 +49,8 @@ FRAMEWORKS: dict[str, Framework] = {
         "ekka.tracer.adapters.sglang",
         python_variable="EKKA_SGLANG_PYTHON",
         venv=".venv-sglang",
+        # SGLang's CPU paths (without it, device="cpu" reaches for vLLM's CUDA ops)
+        env={"SGLANG_USE_CPU_ENGINE": "1"},
     ),
 }
 
@@ -65,12 +69,12 @@ def python_for(name: str) -> str:
         return sys.executable
     given = os.environ.get(fw.python_variable)
     python = Path(given) if given else CHECKOUT / fw.venv / "bin" / "python"
-    if not python.exists():
-        where = f"{fw.python_variable}={given}" if given else f"{CHECKOUT / fw.venv}"
+    if not os.access(python, os.X_OK):
+        where = f"{fw.python_variable}={given}" if given else str(python)
         raise UsageError(
-            f"{fw.title}'s environment is not installed ({where} has no interpreter): run "
-            f"`make venv` in {CHECKOUT} to make it, or set {fw.python_variable} to the python "
-            f"of an environment where {fw.package} imports."
+            f"{fw.title}'s environment is not installed ({where} is not an interpreter): run "
+            f"`make venv` (scripts/install.sh) in {CHECKOUT} to create {fw.venv}, or set "
+            f"{fw.python_variable} to the Python of an environment where {fw.package} imports."
         )
     return str(python)
 
@@ -92,7 +96,8 @@ def installed_package_dir(name: str) -> Path:
 @functools.cache
 def _origin(python: str, package: str) -> str:
     """Where `package`'s `__init__.py` is for `python` ("" when it is not installed)."""
-    if python == sys.executable:
+    # a virtual environment's interpreter is a link to its base's: compared unresolved
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         import importlib.util
 
         spec = importlib.util.find_spec(package)

@@ -100,6 +100,8 @@ INSIDE = frozenset(
         "ekka.errors",
         "ekka.tracer",
         "ekka.tracer.adapters",
+        "ekka.tracer.adapters.sglang",
+        "ekka.tracer.adapters.sglang_hooks",
         "ekka.tracer.adapters.vllm",
         "ekka.tracer.adapters.vllm_replay",
         "ekka.tracer.adapters.vllm_requests",

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 def diagnose(
     model: Path = typer.Option(..., help="Model folder (e.g. from `ekka zoo build`)."),
+    framework: str = typer.Option(
+        "vllm", help="The target: vllm, or sglang (run from its own environment, .venv-sglang)."
+    ),
     prompt: str | None = typer.Option(
         None, help="Prompt text (tokenized with the model's tokenizer)."
     ),
@@ -192,6 +195,7 @@ def diagnose(
         max_tokens=max_tokens,
         engine=engine_args,
         scenario=None if scenario is None else ScenarioRef(str(scenario)),
+        framework=framework,
     )
     resolved = resolve_request(request, strict=True)
     check_request(resolved, out_dir / "traces" / "target")

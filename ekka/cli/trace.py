@@ -11,7 +11,7 @@ from ekka.errors import UsageError
 
 
 def trace(
-    framework: str = typer.Option(..., help="vllm or transformers."),
+    framework: str = typer.Option(..., help="vllm, sglang or transformers."),
     model: Path = typer.Option(..., help="Model folder (e.g. from `ekka zoo build`)."),
     prompt: str | None = typer.Option(
         None, help="Prompt text (tokenized with the model's tokenizer)."
@@ -26,12 +26,12 @@ def trace(
     steps: str = typer.Option("all", help="prefill, all, or step numbers like 0,1."),
     engine: list[str] = typer.Option(
         [],
-        help="vLLM: a keyword argument for vllm.LLM(...) as KEY=VALUE (repeatable), as for `ekka diagnose`.",
+        help="A keyword argument of the target's engine (vllm.LLM, sglang.Engine) as KEY=VALUE (repeatable), as for `ekka diagnose`.",
     ),
     logits_only: bool = typer.Option(
         False,
         "--logits-only",
-        help="vLLM: record only each step's logits and the tokens, as a bisection probe does.",
+        help="A target: record only each step's logits and the tokens, as a bisection probe does.",
     ),
 ) -> None:
     """Capture every module's output of one prompt through one framework."""
@@ -40,8 +40,10 @@ def trace(
     from ekka.tracer.protocol import CaptureSpec
 
     engine_args = parse_engine_args(engine)
-    if framework != "vllm" and (engine_args or logits_only):
-        raise UsageError("--engine and --logits-only are for --framework vllm.")
+    if framework == "transformers" and (engine_args or logits_only):
+        raise UsageError(
+            "--engine and --logits-only are for --framework vllm or sglang (a target)."
+        )
     ids = resolve_prompt(model, prompt, prompt_ids)
     spec = CaptureSpec(
         framework=framework,

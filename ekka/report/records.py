@@ -196,6 +196,8 @@ class TargetInfo(ReportRecord):
     version: str | None = None
     commit: str | None = None
     path: str | None = None  # where its sources were imported from
+    # how it ran, where a report must say so ("SGLang's torch-native paths; no sgl_kernel")
+    notes: tuple[str, ...] = ()
 
 
 # --- full mode: root cause and bisection ---------------------------------------------------------

@@ -41,6 +41,9 @@ class Rule:
     target_class: str | None = None
     families: tuple[str, ...] = ()
     note: str = ""
+    # False where the target component's input is no reference component's input (an SGLang
+    # decoder layer receives the previous layer's branch output, the residual kept elsewhere)
+    inputs: bool = True
 
     def matches(self, name: str, cls: str, family: str) -> re.Match[str] | None:
         if self.families and family not in self.families:
@@ -61,6 +64,7 @@ class Plan:
     slot: str = "out"
     inferred: bool = False
     rule: str = ""
+    inputs: bool = True  # its input is comparable (`Rule.inputs`)
 
     def describe(self) -> str:
         refs = ", ".join(self.reference)
@@ -254,6 +258,67 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
+# --- per framework ------------------------------------------------------------------------
+# RULES were written against vLLM; another framework's differences are rules of its own, put
+# before vLLM's (`rules_for`). SGLang's module names are vLLM's (qkv_proj, gate_up_proj,
+# act_fn, rotary_emb, attn, logits_processor; RMSNorm's `(x, residual)`), so what differs is
+# its decoder layers.
+
+# SGLang 0.5.23's layer boundaries (`layers/layer_boundary`) keep the residual in the forward
+# batch's residual stream: a decoder layer of these families receives the previous layer's
+# mlp output and returns its own (the next layer's input norm adds the residual; its second
+# output is the full hidden state). Checked against sglang/srt/models/*.py.
+SGLANG_BRANCH_LAYERS = (
+    "llama",
+    "mistral",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+)
+SGLANG_RULES: tuple[Rule, ...] = (
+    Rule(
+        r"(?P<p>.*\.layers\.\d+)",
+        ("{p}.mlp",),
+        families=SGLANG_BRANCH_LAYERS,
+        inputs=False,
+        note="SGLang decoder layer: returns its mlp output, the residual stays in the forward "
+        "batch's residual stream",
+    ),
+    Rule(
+        r"(?P<p>.*\.layers\.\d+)",
+        ("{p}.post_mlp_layernorm",),
+        families=("glm4",),
+        inputs=False,
+        note="SGLang decoder layer (sandwich norm): returns its mlp output after the post-mlp "
+        "norm, the residual stays in the forward batch's residual stream",
+    ),
+    Rule(
+        r"(?P<p>.*\.layers\.\d+)",
+        ("{p}",),
+        "sum_pair",
+        families=("granite",),
+        note="SGLang's Granite layer returns (mlp output x residual multiplier, residual): the "
+        "next layer's fused norm adds them (vLLM's adds the residual inside)",
+    ),
+    Rule(
+        r"(?P<p>.*)embed_tokens",
+        ("{p}embed_tokens",),
+        families=("gemma3", "gemma3_text"),
+        note="SGLang's Gemma 3 embedding scales by sqrt(hidden) inside the module, as transformers'",
+    ),
+    *RULES,
+)
+FRAMEWORK_RULES: Mapping[str, tuple[Rule, ...]] = {"sglang": SGLANG_RULES}
+
+
+def rules_for(framework: str | None) -> tuple[Rule, ...]:
+    """The rules of the framework that served the target trace (vLLM's for any other)."""
+    return FRAMEWORK_RULES.get(framework or "", RULES)
+
+
 SKIP_CLASSES = ("ModuleList", "Dropout", "Identity")
 # A value match farther than this (relative error) is no pairing: nothing computes the same thing.
 INFER_MAX_ERROR = 0.25
@@ -290,6 +355,7 @@ def plan_component(
                 reference_op=rule.reference_op,
                 slot=rule.slot,
                 rule=rule.note or rule.target,
+                inputs=rule.inputs,
             )
     return None
 
@@ -306,9 +372,12 @@ def plan_components(
     target: TraceReader,
     reference: TraceReader,
     *,
-    rules: Sequence[Rule] = RULES,
+    rules: Sequence[Rule] | None = None,
 ) -> ComponentMap:
-    """Plan every target component (by name) against the reference's component names."""
+    """Plan every target component (by name) against the reference's component names, with
+    `rules` (None: those of the target's framework, `rules_for`)."""
+    if rules is None:
+        rules = rules_for(target.manifest.framework)
     family = family_of(target.manifest.model_config or reference.manifest.model_config)
     reference_names = {r.name for r in reference.records}
     mapping = ComponentMap()

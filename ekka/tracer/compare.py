@@ -59,7 +59,7 @@ def iter_comparisons(
     for name, records in components.items():
         plan = mapping.plans[name]
         batch = _Batch(aligner, plan, records, passes, reference, high, sink)
-        if _input_comparable(plan) or DECODER_LAYER.fullmatch(name):
+        if plan.inputs and (_input_comparable(plan) or DECODER_LAYER.fullmatch(name)):
             batch.inputs()
         batch.outputs(routing)
     checked = [p for p in target.passes if step is None or p.step == step]

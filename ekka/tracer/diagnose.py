@@ -1,6 +1,6 @@
 """Localize mode of `ekka diagnose`: the target and the reference, alignment, change point.
 
-1. The target (vLLM, possibly a patched copy of its sources) starts in its own process
+1. The target (vLLM or SGLang, possibly a patched copy of its sources) starts in its own process
    (`TargetSession`); meanwhile the reference models (transformers, in the serving dtype and
    in float32) load here.
 2. The target generates greedily, traced, and tells its tokens; while it writes its trace,
@@ -43,6 +43,9 @@ Progress = Callable[[str], None]
 SKIPPED = ("ModuleList", "Dropout", "Identity")  # containers and no-ops: nothing to compare
 
 
+FRAMEWORK_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
+
+
 @dataclass(frozen=True)
 class DiagnoseConfig:
     model: str
@@ -55,10 +58,10 @@ class DiagnoseConfig:
     prompt_text: str | None = None
     target_pythonpath: tuple[str, ...] = ()
     timeout: float | None = 900
+    framework: str = "vllm"  # the target framework (`ekka.frameworks`)
     # the requests around the traced one in the target's engine (the reference runs the
     # traced request alone); empty: the traced request alone
     scenario: Scenario = field(default_factory=Scenario)
-    framework: str = "vllm"  # the target framework (`ekka.frameworks`)
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
     dtypes = list(dict.fromkeys([config.dtype, "float32"]))
     references: dict[str, TraceReader] = {}
     started = time.perf_counter()
-    say("target: starting vLLM's engine")
+    name = FRAMEWORK_NAMES.get(config.framework, config.framework)
+    say(f"target: starting {name}'s engine")
     with TargetSession(
         target_spec, pythonpath=config.target_pythonpath, timeout=config.timeout
     ) as session:
@@ -118,7 +122,7 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         timings["reference_load"] = time.perf_counter() - t
         ready = session.wait_ready()
         timings["target_start"] = time.perf_counter() - started
-        say("target: vLLM generates, traced")
+        say(f"target: {name} generates, traced")
         t = time.perf_counter()
         tokens = session.trace().generated_ids
         timings["target_generate"] = time.perf_counter() - t
@@ -193,7 +197,11 @@ def run_diagnosis(config: DiagnoseConfig, progress: Progress | None = None) -> D
         max_tokens=config.max_tokens,
         threshold=threshold,
         target=TargetInfo(
-            framework=ready.framework, version=ready.version, commit=ready.commit, path=ready.path
+            framework=ready.framework,
+            version=ready.version,
+            commit=ready.commit,
+            path=ready.path,
+            notes=ready.notes,
         ),
         target_tokens=tuple(target.generated_ids),
         reference_tokens=tuple(references[config.dtype].generated_ids),

@@ -26,6 +26,7 @@ from typing import Any
 
 from ekka.codec import JsonRecord
 
+TRACED = "traced"  # the traced request's label (the others: "before 0", "alongside 1")
 # Positions as the model was given them: one row, or one row per M-RoPE section.
 Positions = tuple[int, ...] | tuple[tuple[int, ...], ...]
 

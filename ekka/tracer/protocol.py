@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Union
 from ekka import codec
 from ekka.errors import ProtocolError
 
-FRAMEWORKS = ("vllm", "transformers")
+FRAMEWORKS = ("vllm", "sglang", "transformers")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -110,6 +110,9 @@ class Ready:
     commit: str | None
     path: str
     seconds: float
+    # what a report must say about how the framework ran ("SGLang's torch-native paths; no
+    # sgl_kernel")
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

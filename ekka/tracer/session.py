@@ -7,9 +7,12 @@
         replayed = session.replay(reference_trace, ["model.layers.0.mlp.down_proj"])
     # leaving the block closes the session: the target's process ends at once
 
-The target runs `python -m ekka.tracer.adapters.vllm READ_FD WRITE_FD` in a fresh process
-(with `pythonpath` first on its path, so that a patched copy of the framework's sources is the
-one imported), and every message between the two is one of `ekka.tracer.protocol`'s. Its
+The target runs `python -m ekka.tracer.adapters.<framework> READ_FD WRITE_FD` in a fresh
+process, with the framework's own interpreter (`ekka.frameworks`: vLLM's is this one, SGLang's that
+of its own environment, `.venv-sglang`, since the two pin different torch builds; the same seam
+a container or a cluster node uses), with `pythonpath` first on its path (so that a patched
+copy of the framework's sources is the one imported), and every message between the two is one
+of `ekka.tracer.protocol`'s. Its
 output goes to a log file whose last lines come with any error. `timeout` bounds the time
 this side waits for the target, all waits together.
 """
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ekka import frameworks
 from ekka.errors import CaptureError, ProtocolError
+from ekka.frameworks import CHECKOUT
 from ekka.tracer.protocol import (
     CaptureSpec,
     Channel,
@@ -43,7 +47,6 @@ from ekka.tracer.protocol import (
 )
 
 M = TypeVar("M")
-ADAPTERS = {"vllm": "ekka.tracer.adapters.vllm"}
 # The engine in the target's own process, a small KV cache on the CPU build (a user's
 # environment wins), and nothing fetched from a model hub.
 TARGET_ENV = {
@@ -57,15 +60,14 @@ TARGET_ENV = {
 CLOSE_SECONDS = 30.0  # a closed target still running after this long is killed
 
 
-def target_env(pythonpath: Sequence[str | Path] = ()) -> dict[str, str]:
+def target_env(pythonpath: Sequence[str | Path] = (), framework: str = "vllm") -> dict[str, str]:
     """The target's environment: `pythonpath` first, then this Ekka, then the user's path."""
     env = dict(os.environ)
-    ekka_root = str(Path(__file__).resolve().parents[2])
-    parts = [str(Path(p).resolve()) for p in pythonpath] + [ekka_root]
+    parts = [str(Path(p).resolve()) for p in pythonpath] + [str(CHECKOUT)]
     if env.get("PYTHONPATH"):
         parts.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(parts)
-    for name, value in TARGET_ENV.items():
+    for name, value in {**TARGET_ENV, **frameworks.framework(framework).env}.items():
         env.setdefault(name, value)
     return env
 
@@ -81,8 +83,9 @@ class TargetSession:
         pythonpath: Sequence[str | Path] = (),
         timeout: float | None = None,
     ) -> None:
-        if spec.framework not in ADAPTERS:
+        if spec.framework not in frameworks.FRAMEWORKS:
             raise ValueError(f"no target session for {spec.framework!r}; it runs in this process")
+        self.python = frameworks.python_for(spec.framework)
         self.spec = spec
         self.pythonpath = tuple(pythonpath)
         self.timeout = timeout
@@ -105,13 +108,13 @@ class TargetSession:
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
                 [
-                    sys.executable,
+                    self.python,
                     "-m",
-                    ADAPTERS[self.spec.framework],
+                    frameworks.framework(self.spec.framework).adapter,
                     str(target_in),
                     str(target_out),
                 ],
-                env=target_env(self.pythonpath),
+                env=target_env(self.pythonpath, self.spec.framework),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -120,6 +120,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_importing_the_target_adapter_loads_the_inside_only():
     code = (
         "import sys, ekka.tracer.adapters.vllm, ekka.tracer.adapters.vllm_replay,"
+        " ekka.tracer.adapters.sglang, ekka.tracer.adapters.sglang_hooks,"
         " ekka.tracer.hooks; print(sorted(m for m in sys.modules if m.startswith('ekka')))"
     )
     done = subprocess.run(

@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.adapters.vllm_requests import TRACED, SchedulerSpans, attention_metadata
-from ekka.tracer.metadata import ServingMetadata, nested_tuples
+from ekka.tracer.adapters.vllm_requests import SchedulerSpans, attention_metadata
+from ekka.tracer.metadata import TRACED, ServingMetadata, nested_tuples
 from ekka.tracer.model_config import context_length, read_config
 from ekka.tracer.protocol import (
     CaptureSpec,

@@ -19,14 +19,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ekka.tracer.metadata import AttentionMetadata, RequestSpan, nested_tuples
+from ekka.tracer.metadata import TRACED, AttentionMetadata, RequestSpan, nested_tuples
 
 # The attention metadata fields recorded (those the CPU and GPU backends of vLLM v1 have);
 # a backend without one simply does not record it.
 ATTENTION_FIELDS = ("seq_lens", "query_start_loc", "slot_mapping", "block_table")
-
-
-TRACED = "traced"  # the label of the traced request (the others: "before 0", "alongside 1")
 
 
 class SchedulerSpans:

@@ -1,0 +1,92 @@
+"""Pristine SGLang against transformers on every zoo architecture its CPU path loads, in float32
+and bfloat16: no false alarm, and the divergences examined once found where they are.
+
+Measured on SGLang 0.5.23 (CPU, torch-native paths, the sgl_kernel stand-in) against
+transformers 5.19.0, the zoo's models and the tests' 32-token prompt.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ekka.tracer.coverage import NO_COUNTERPART
+from ekka.zoo import list_architectures
+
+pytestmark = [pytest.mark.sglang, pytest.mark.slow]
+
+# The zoo architectures whose SGLang engine does not run on its CPU path, and why.
+NOT_RUNNING = {
+    "Gemma2ForCausalLM": "SGLang's gemma2.py reads config.hidden_act, which transformers 5's "
+    "Gemma2Config no longer has (AttributeError at load)",
+    "Qwen2MoeForCausalLM": "its shared expert's gate runs a Triton kernel "
+    "(_fused_gate_sigmoid_mul_add_kernel), and Triton has no CPU driver (at the first forward)",
+    "OlmoeForCausalLM": "SGLang's olmoe.py sizes k_norm for every attention head, transformers "
+    "for the KV heads: the zoo's grouped-query model does not load (a weight of 64 into 128)",
+}
+# Divergences examined once: SGLang computes something else than transformers (findings, not
+# false alarms), with the component where they start and the dtypes they show in.
+FINDINGS = {
+    "MistralForCausalLM": (
+        "model.layers.0.self_attn.attn",
+        ("float32", "bfloat16"),
+        "SGLang serves Mistral with LlamaForCausalLM's attention, built without a sliding "
+        "window: config.sliding_window (8 here) is ignored, every position attends to all before",
+    ),
+    "GemmaForCausalLM": (
+        "model.layers.0.mlp.act_fn",
+        ("float32",),
+        "SGLang's gemma.py builds GeluAndMul('none') (exact GELU) where transformers' Gemma "
+        "uses hidden_activation gelu_pytorch_tanh (in bfloat16 the two differ below its noise)",
+    ),
+    "Cohere2ForCausalLM": (
+        "model.layers.0.self_attn.attn",
+        ("float32", "bfloat16"),
+        "the torch_native attention's sliding mask keeps k_pos >= q_pos - sliding_window: a "
+        "window of sliding_window + 1 tokens, transformers' sliding_window (vLLM's finding too)",
+    ),
+}
+# Modules a pristine run leaves uncompared, and why (the coverage map says so too): SGLang's
+# Qwen3 attention normalizes q per head as `[tokens * heads, head_dim]` rows, which no rule
+# folds back to transformers' `[tokens, heads, head_dim]` yet (k fits where there is one KV head).
+UNCOMPARED = {".self_attn.q_norm": "per-head rows [tokens * heads, head_dim]"}
+# Pairings that do not fit yet, left out of the largest ratio (not examined): Phi's fc1 output
+# is far from transformers' in every pass while its activation, fc2 and the layer match; Gemma
+# 3's model-level rotary embedding (SGLang's `rotary_emb` and `rotary_emb_local`, transformers'
+# one module called per layer type) differed in one decode step of one float32 run out of
+# three (ratio 2e5) while every layer after it matched.
+MISFITS = {"PhiForCausalLM": (".mlp.fc1",), "Gemma3ForCausalLM": ("model.rotary_emb",)}
+ARCHS = [a.name for a in list_architectures() if a.name not in NOT_RUNNING]
+
+
+def test_every_zoo_architecture_is_tried():
+    names = {a.name for a in list_architectures()}
+    assert set(NOT_RUNNING) <= names and set(FINDINGS) <= names
+    assert len(ARCHS) + len(NOT_RUNNING) == len(names) == 20
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pristine_sglang_has_no_false_alarm(arch, dtype, sglang_diagnosed):
+    diagnosis = sglang_diagnosed(arch, dtype).diagnosis
+    assert len(diagnosis.comparisons) > 20
+    metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
+    assert len(metadata) == 3 * 3, "input ids, positions, attention metadata in each pass"
+    assert all(c.ratio == 0 for c in metadata), [c.detail for c in metadata if c.ratio]
+    gaps = [
+        c
+        for c in diagnosis.coverage
+        if not c.complete
+        and NO_COUNTERPART not in c.reason
+        and not c.component.endswith(tuple(UNCOMPARED))
+    ]
+    assert diagnosis.coverage and not gaps, gaps
+    component, dtypes, note = FINDINGS.get(arch, ("", (), ""))
+    if dtype in dtypes:
+        assert diagnosis.diverged, note
+        assert diagnosis.localization.suspects[0].component == component, note
+        return
+    assert not diagnosis.diverged, [(s.component, s.ratio) for s in diagnosis.localization.suspects]
+    assert diagnosis.output is not None and not diagnosis.output.diverged
+    fitting = [c for c in diagnosis.comparisons if not c.target.endswith(MISFITS.get(arch, ()))]
+    worst = max(fitting, key=lambda c: c.ratio)
+    assert worst.ratio < 4, f"a mapping that does not fit: {worst.target} ratio {worst.ratio:.3g}"
