@@ -47,10 +47,12 @@ def test_a_layer_of_an_unknown_family_gets_no_default_pairing():
         "StableLmForCausalLM",  # residual added inside
     ],
 )
-def test_a_pristine_run_matches_every_decoder_layer_in_every_pass(captured, arch):
+def test_a_pristine_run_matches_every_decoder_layer_in_every_pass(captured, diagnosed, arch):
     """And the coverage map holds every module that ran, each one with a reference
     counterpart compared in every pass."""
-    target = captured("vllm", arch)
+    # the vLLM capture of the session's pristine diagnosis of this request (one engine start,
+    # shared with test_diagnose.py's test_unmodified_vllm_has_no_divergence[<arch>-float32])
+    target = diagnosed(arch).target
     reference = captured("transformers", arch)
     mapping = infer_missing(plan_components(target, reference), target, reference)
     comparisons = list(iter_comparisons(target, reference, mapping=mapping))
