@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ekka.containers.spec import ExecutorSpec
+from ekka.errors import UsageError
 
 if TYPE_CHECKING:
     from ekka.full import FullConfig
@@ -69,6 +70,11 @@ def full_config(
     from ekka.full import FullConfig
 
     request = resolved.request
+    if executor.kind == "docker" and request.framework != "vllm":
+        raise UsageError(
+            f"the docker executor has a base image for vLLM only; probe {request.framework}'s "
+            "commits with --executor local (the default) or --executor ray."
+        )
     return FullConfig(
         repo=str(repo),
         good=good,

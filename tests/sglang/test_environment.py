@@ -41,3 +41,14 @@ def test_sglang_decoder_layers_pair_with_their_mlp_and_vllms_do_not():
         "model.layers.0", "Gemma3DecoderLayer", "gemma3_text", names, rules_for("sglang")
     )
     assert gemma is not None and gemma.reference == ("model.layers.0",)
+
+
+def test_docker_probes_of_sglang_are_refused_with_what_works():
+    from ekka.compose import full_config
+    from ekka.containers.spec import ExecutorSpec
+    from ekka.request import Request, Resolved
+    from ekka.tracer.scenario import Scenario
+
+    resolved = Resolved(Request(model="m", prompt_ids=(1, 2), framework="sglang"), Scenario())
+    with pytest.raises(UsageError, match="base image for vLLM only.*--executor local"):
+        full_config(resolved, ExecutorSpec(kind="docker"), repo="r", good="g", bad="b", workdir="w")
