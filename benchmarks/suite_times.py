@@ -6,12 +6,12 @@ names a file, e.g. after `EKKA_TEST_TIMES=/tmp/times.jsonl make test`:
     python benchmarks/suite_times.py /tmp/times.jsonl [--slowest 10] [--markdown] [--files]
         [--units N]
 
-Each test is in one group, by what it starts (docker, ray, vllm, postgres, transformers,
+Each test is in one group, by what it starts (docker, ray, sglang, vllm, postgres, transformers,
 nothing; see tests/timing.py). The sum of the tests' times is the time spent in tests; with
 xdist's workers (`make test` runs two) it exceeds the wall-clock time from the first test's
 start to the last one's end, printed next to it, with a table per worker: its tests, the
 seconds it spent in them and when its last test ended (workers that end far apart were given
-unbalanced work). `--files` adds, per test file, its tests, seconds and vLLM engine starts (the
+unbalanced work). `--files` adds, per test file, its tests, seconds and engine starts (the
 `engines` the plugin counts: target processes started in this process; a probe in a container
 or a Ray task is not seen). `--units N` adds the N largest work units (tests/parallel.py: tests
 kept on one worker because they share a fixture or a resource): no run on any number of
@@ -26,7 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-GROUPS = ("vllm", "transformers", "docker", "ray", "postgres", "nothing")
+GROUPS = ("vllm", "sglang", "transformers", "docker", "ray", "postgres", "nothing")
 
 
 def load(path: Path) -> list[dict[str, object]]:

@@ -3,8 +3,8 @@
 With `EKKA_TEST_TIMES=FILE` set, every test appends one JSON line to FILE (one locked append
 per test, so xdist's workers share the file): its node id, outcome, seconds (setup + call +
 teardown, so a session fixture's first build counts on the test that triggers it), when it
-started (`start`, seconds since the epoch), markers, group, the number of vLLM target processes
-it started (`engines`: one engine start each), the xdist worker that ran it (`worker`, empty
+started (`start`, seconds since the epoch), markers, group, the number of target processes it
+started (`engines`: one engine start each, vLLM's or SGLang's), the xdist worker that ran it (`worker`, empty
 without xdist) and its work unit (`unit`, tests/parallel.py: the tests kept on one worker).
 `benchmarks/suite_times.py FILE` prints the table `.ci/run` shows. Without the variable the
 plugin does nothing.
@@ -12,9 +12,9 @@ plugin does nothing.
 The group is what the test starts, the most expensive first:
 
 - `docker`, `ray`, `postgres`: the test's markers (those tests need the engine, cluster or server);
-- `vllm`: a vLLM target process started during the test (seen by an audit hook on
-  `subprocess.Popen`; a test marked `vllm` that only checks its input before any start, or
-  reads a capture another test made, is not in this group);
+- `sglang`, `vllm`: a target process of that framework started during the test (seen by an
+  audit hook on `subprocess.Popen`; a test marked `vllm` that only checks its input before any
+  start, or reads a capture another test made, is not in this group);
 - `transformers`: a zoo or pretrained model built or traced without vLLM (the `zoo_model`,
   `captured`, `diagnosed` or `real_model` fixtures);
 - `nothing`: the rest.
@@ -46,7 +46,8 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         return
     argv = args[1] if len(args) > 1 else None
     if isinstance(argv, (list, tuple)) and started_target([str(a) for a in argv]):
-        _state["started"].add("vllm")
+        sglang = any(str(a).startswith("ekka.tracer.adapters.sglang") for a in argv)
+        _state["started"].add("sglang" if sglang else "vllm")
         _state["engines"] += 1
 
 
@@ -63,8 +64,9 @@ def group_of(markers: set[str], fixtures: set[str], started: set[str]) -> str:
     for name in ("docker", "ray"):
         if name in markers:
             return name
-    if "vllm" in started:
-        return "vllm"
+    for name in ("sglang", "vllm"):
+        if name in started:
+            return name
     if "postgres" in markers:
         return "postgres"
     if "real" in markers or fixtures & MODEL_FIXTURES:
