@@ -70,7 +70,7 @@ def settle(repo, marker: str, seconds: float = 30) -> tuple[list[str], float, in
 
 def test_a_task_that_raises_is_a_skip_with_the_reason(cluster, history):
     repo, commits = history
-    # a node without the framework: the probe's executor cannot be made there
+    # a framework the node does not know: the probe's executor cannot be made there
     probe = TracerProbe(
         repo=str(repo),
         base=commits.good.sha,
@@ -82,7 +82,7 @@ def test_a_task_that_raises_is_a_skip_with_the_reason(cluster, history):
     result = executor.probe(commits[0])
     assert result.verdict is Verdict.SKIP and result.transient
     assert "the task raised UsageError" in result.reason
-    assert "vllm_not_installed_here is not installed" in result.reason
+    assert "unknown framework 'vllm_not_installed_here'" in result.reason
 
 
 def test_a_task_past_its_time_limit_is_a_skip_and_is_stopped(cluster, history):
