@@ -7,6 +7,7 @@ about a start of their own (a session's steps, a probe, a failing start) start t
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -257,7 +258,7 @@ def test_a_target_that_does_not_answer_in_time_is_killed(tmp_path, monkeypatch):
     from ekka.tracer import session as session_module
     from ekka.tracer.protocol import CaptureSpec
 
-    monkeypatch.setattr(session_module.sys, "executable", str(_sleeper(tmp_path)))
+    monkeypatch.setattr(sys, "executable", str(_sleeper(tmp_path)))  # vLLM's interpreter
     spec = CaptureSpec(framework="vllm", model="m", prompt_ids=(1,), out=str(tmp_path / "t"))
     session = session_module.TargetSession(spec, timeout=2)
     started = time.monotonic()
