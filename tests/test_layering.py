@@ -100,6 +100,7 @@ INSIDE = frozenset(
         "ekka.errors",
         "ekka.tracer",
         "ekka.tracer.adapters",
+        "ekka.tracer.adapters.loop",
         "ekka.tracer.adapters.sglang",
         "ekka.tracer.adapters.sglang_hooks",
         "ekka.tracer.adapters.vllm",

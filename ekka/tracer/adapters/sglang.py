@@ -22,26 +22,19 @@ import inspect
 import os
 import sys
 import time
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ekka.tracer.adapters.loop import answer, run
 from ekka.tracer.metadata import TRACED
 from ekka.tracer.model_config import read_config
 from ekka.tracer.protocol import (
     CaptureSpec,
     Channel,
-    Close,
-    Failed,
     Ready,
-    Replay,
-    Replayed,
     ScenarioRequest,
     Start,
-    Tokens,
-    Trace,
-    Written,
 )
 from ekka.tracer.trace import REPLAY_FOLDER, TraceManifest, TraceReader
 
@@ -244,38 +237,11 @@ def serve(channel: Channel) -> None:
             notes=target.notes,
         )
     )
-    while True:
-        message = channel.receive()
-        if message is None or isinstance(message, Close):
-            return
-        if isinstance(message, Trace):
-            channel.send(Tokens(tuple(target.generate())))
-            started = time.perf_counter()
-            path = target.write()
-            channel.send(Written(str(path), time.perf_counter() - started))
-        elif isinstance(message, Replay):
-            path, count = target.replay(message.reference, message.modules)
-            channel.send(Replayed(str(path), count))
-        else:
-            raise RuntimeError(f"the session sent {message!r}, which a target does not take")
+    answer(channel, target, lambda m: target.replay(m.reference, m.modules))
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m ekka.tracer.adapters.sglang READ_FD WRITE_FD", file=sys.stderr)
-        return 2
-    channel = Channel(int(argv[1]), int(argv[2]))
-    try:
-        serve(channel)
-    except BaseException as exc:
-        detail = traceback.format_exc()
-        print(detail, file=sys.stderr)
-        try:
-            channel.send(Failed(f"{type(exc).__name__}: {exc}".splitlines()[0], detail))
-        except OSError:
-            pass
-        return 1
-    return 0
+    return run(argv, "ekka.tracer.adapters.sglang", serve)
 
 
 def exit_at_once(code: int) -> None:
