@@ -29,7 +29,7 @@ class Framework:
     title: str  # as reports write it
     package: str  # the import name of its Python package
     source_root: str  # the folder of its repository that holds the package ("" top level)
-    adapter: str  # the module run as the target's process (`python -m ADAPTER READ WRITE`)
+    adapter: str  # the target's module (`serve`, `exit_at_once`, `preload`: ekka.tracer.warm)
     python_variable: str = ""  # the variable naming its interpreter ("": Ekka's own)
     venv: str = ""  # the environment `make venv` makes for it, in Ekka's checkout
     env: Mapping[str, str] = field(default_factory=dict)  # what its target's process adds

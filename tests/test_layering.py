@@ -112,6 +112,7 @@ INSIDE = frozenset(
         "ekka.tracer.protocol",
         "ekka.tracer.shards",
         "ekka.tracer.trace",
+        "ekka.tracer.warm",
     }
 )
 

@@ -13,8 +13,9 @@ The group is what the test starts, the most expensive first:
 
 - `docker`, `ray`, `postgres`: the test's markers (those tests need the engine, cluster or server);
 - `sglang`, `vllm`: a target process of that framework started during the test (seen by an
-  audit hook on `subprocess.Popen`; a test marked `vllm` that only checks its input before any
-  start, or reads a capture another test made, is not in this group);
+  audit hook on the warm process' fork event, `ekka.tracer.warm.FORK_EVENT`; a test marked
+  `vllm` that only checks its input before any start, or reads a capture another test made,
+  is not in this group);
 - `transformers`: a zoo or pretrained model built or traced without vLLM (the `zoo_model`,
   `captured`, `diagnosed` or `real_model` fixtures);
 - `nothing`: the rest.
@@ -32,31 +33,20 @@ from typing import Any
 
 import pytest
 
+from ekka.tracer.warm import FORK_EVENT
 from tests.parallel import unit_of
 
 ENV = "EKKA_TEST_TIMES"
 MODEL_FIXTURES = frozenset({"zoo_model", "captured", "diagnosed", "real_model"})
-TARGET_MODULES = ("ekka.tracer.adapters.", "vllm.entrypoints")
 
 _state: dict[str, Any] = {"recording": False, "started": set(), "engines": 0}
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if event != "subprocess.Popen" or not _state["recording"]:
-        return
-    argv = args[1] if len(args) > 1 else None
-    if isinstance(argv, (list, tuple)) and started_target([str(a) for a in argv]):
-        sglang = any(str(a).startswith("ekka.tracer.adapters.sglang") for a in argv)
-        _state["started"].add("sglang" if sglang else "vllm")
+    """Count each target a test starts: a fork of a warm process (`ekka.tracer.warm`)."""
+    if event == FORK_EVENT and _state["recording"]:
+        _state["started"].add("sglang" if str(args[0]).endswith(".sglang") else "vllm")
         _state["engines"] += 1
-
-
-def started_target(argv: list[str]) -> bool:
-    """True for a command that runs a target's module (`python -m ekka.tracer.adapters.vllm`),
-    not for one that only names it (a script importing from it)."""
-    return any(
-        a == "-m" and b.startswith(TARGET_MODULES) for a, b in zip(argv, argv[1:], strict=False)
-    )
 
 
 def group_of(markers: set[str], fixtures: set[str], started: set[str]) -> str:

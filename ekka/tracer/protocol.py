@@ -1,7 +1,7 @@
 """What crosses the process boundary between the parent and the target's process.
 
 The parent (`ekka.tracer.session.TargetSession`) drives the target's process (the framework at
-some commit, `python -m ekka.tracer.adapters.vllm`) with these messages, each a frozen
+some commit, `ekka.tracer.adapters.vllm` in a warm process' fork) with these messages, each a frozen
 dataclass sent as one JSON line with a discriminating `type` field:
 
     parent                                   target's process

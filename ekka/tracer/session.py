@@ -7,8 +7,9 @@
         replayed = session.replay(reference_trace, ["model.layers.0.mlp.down_proj"])
     # leaving the block closes the session: the target's process ends at once
 
-The target runs `python -m ekka.tracer.adapters.<framework> READ_FD WRITE_FD` in a fresh
-process, with the framework's own interpreter (`ekka.frameworks`: vLLM's is this one, SGLang's that
+The target runs `ekka.tracer.adapters.<framework>`'s service in a process of its own: a fork of
+a warm process that has imported the framework once (`ekka.tracer.warm`), with the framework's
+own interpreter (`ekka.frameworks`: vLLM's is this one, SGLang's that
 of its own environment, `.venv-sglang`, since the two pin different torch builds; the same seam
 a container or a cluster node uses), with `pythonpath` first on its path (so that a patched
 copy of the framework's sources is the one imported), and every message between the two is one
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 from ekka import frameworks
 from ekka.errors import CaptureError, ProtocolError
 from ekka.frameworks import CHECKOUT
+from ekka.tracer import warm
 from ekka.tracer.protocol import (
     CaptureSpec,
     Channel,
@@ -91,7 +93,7 @@ class TargetSession:
         self.timeout = timeout
         self.ready: Ready | None = None
         self._waited = 0.0
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: warm.Target | None = None
         self._channel: Channel | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
 
@@ -106,20 +108,14 @@ class TargetSession:
         from_target, target_out = os.pipe()
         target_in, to_target = os.pipe()
         with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                [
-                    self.python,
-                    "-m",
-                    frameworks.framework(self.spec.framework).adapter,
-                    str(target_in),
-                    str(target_out),
-                ],
-                env=target_env(self.pythonpath, self.spec.framework),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+            self._process = warm.fork_target(
+                self.python,
+                frameworks.framework(self.spec.framework).adapter,
+                target_env(self.pythonpath, self.spec.framework),
+                pipes=(target_in, target_out),
+                log=log.fileno(),
                 cwd=self._folder.name,
-                pass_fds=(target_in, target_out),
+                shared=not self.pythonpath,
             )
         os.close(target_in)
         os.close(target_out)
@@ -253,6 +249,8 @@ class TargetSession:
             except subprocess.TimeoutExpired:
                 pass
         tail = self.log_tail()
+        if self._process is not None and not tail.strip():
+            tail = self._process.why_not_started()
         self.kill()
         exit_note = "" if code is None else f" (exit code {code})"
         parts = [f"{self.spec.framework} target {what}{exit_note}"]

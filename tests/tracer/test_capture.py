@@ -174,25 +174,11 @@ def _spec(model, out, **kw):
 
 
 def _target_processes():
-    """This process's live target processes (their ids)."""
-    import os
-    from pathlib import Path
+    """This process's live target processes (their ids): forks of its warm processes, named
+    `ekka-target` (`ekka.tracer.warm`)."""
+    from tests.tracer.test_warm import descendants
 
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if (
-            int(fields[1]) == os.getpid()
-            and fields[0] != "Z"
-            and b"ekka.tracer.adapters.vllm" in cmdline
-        ):
-            found.append(int(proc.name))
-    return found
+    return [pid for pid, name in descendants() if name == "ekka-target"]
 
 
 @pytest.mark.vllm

@@ -1,6 +1,6 @@
 """What every target process does around its framework: answer the session's messages until it
-closes, and run as `python -m ekka.tracer.adapters.<framework> READ_FD WRITE_FD` (a failure is
-sent to the session as `Failed`, with its traceback). Each adapter brings its target: how it
+closes, in a warm process' fork (`ekka.tracer.warm`; a failure is sent to the session as
+`Failed`, with its traceback). Each adapter brings its target: how it
 generates the traced request, writes the trace and replays modules.
 """
 
@@ -48,12 +48,9 @@ def answer(channel: Channel, target: Target, replay: Callable[[Replay], tuple[Pa
             raise RuntimeError(f"the session sent {message!r}, which a target does not take")
 
 
-def run(argv: list[str], module: str, serve: Callable[[Channel], None]) -> int:
-    """`python -m MODULE READ_FD WRITE_FD`: serve the session on those pipes; the exit code."""
-    if len(argv) != 3:
-        print(f"usage: python -m {module} READ_FD WRITE_FD", file=sys.stderr)
-        return 2
-    channel = Channel(int(argv[1]), int(argv[2]))
+def serve_channel(channel: Channel, serve: Callable[[Channel], None]) -> int:
+    """Serve the session on `channel` (a process of its own, or a warm process' fork: see
+    `ekka.tracer.warm`); a failure is sent as `Failed` with its traceback. The exit code."""
     try:
         serve(channel)
     except BaseException as exc:

@@ -1,8 +1,8 @@
 """SGLang adapter: the target's process. Runs SGLang's engine with hooks and has the trace written.
 
-Run as `python -m ekka.tracer.adapters.sglang READ_FD WRITE_FD` by `TargetSession`, with
-SGLang's own interpreter (its environment, `.venv-sglang`), in a fresh process whose path may
-put a patched copy of SGLang's sources first. It answers the session's messages as the vLLM
+Served by a fork of a warm process (`ekka.tracer.warm`, which imported SGLang once: `preload`)
+for `TargetSession`, with SGLang's own interpreter (its environment, `.venv-sglang`), in a
+process of its own whose path may put a patched copy of SGLang's sources first. It answers the session's messages as the vLLM
 adapter does (`ekka.tracer.protocol`): Start (the engine starts), Trace (the scenario runs,
 the traced request's tokens are told, then its trace is written), Replay, Close.
 
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.adapters.loop import answer, run
+from ekka.tracer.adapters.loop import answer
 from ekka.tracer.metadata import TRACED
 from ekka.tracer.model_config import read_config
 from ekka.tracer.protocol import (
@@ -211,6 +211,15 @@ class SglangTarget:
             raise RuntimeError(f"SGLang's scheduler failed to {name} the trace: {exc}") from None
 
 
+def preload() -> None:
+    """What a warm process imports before it forks targets (`ekka.tracer.warm`): SGLang's
+    engine and its arguments (its scheduler, a process SGLang spawns, imports its own)."""
+    import importlib
+
+    for name in ("sglang", "sglang.srt.entrypoints.engine", "sglang.srt.server_args"):
+        importlib.import_module(name)
+
+
 def standin_notes() -> tuple[str, ...]:
     """What the report must say about how SGLang ran: Ekka's stand-in for sgl_kernel."""
     try:
@@ -240,10 +249,6 @@ def serve(channel: Channel) -> None:
     answer(channel, target, lambda m: target.replay(m.reference, m.modules))
 
 
-def main(argv: list[str]) -> int:
-    return run(argv, "ekka.tracer.adapters.sglang", serve)
-
-
 def exit_at_once(code: int) -> None:
     """End this process and SGLang's (its scheduler and detokenizer are its children) without
     SGLang's shutdown: the work is on disk by now."""
@@ -256,7 +261,3 @@ def exit_at_once(code: int) -> None:
     except Exception:  # SGLang never imported, or a child gone already
         pass
     os._exit(code)
-
-
-if __name__ == "__main__":
-    exit_at_once(main(sys.argv))

@@ -1,7 +1,8 @@
 """vLLM adapter: the target's process. Runs vLLM's in-process engine with hooks and writes a trace.
 
-Run as `python -m ekka.tracer.adapters.vllm READ_FD WRITE_FD` by `TargetSession`, in a fresh
-process whose path may put a patched copy of vLLM's sources first. It answers the session's
+Served by a fork of a warm process (`ekka.tracer.warm`, which imported vLLM once: `preload`)
+for `TargetSession`, in a process of its own whose path may put a patched copy of vLLM's
+sources first. It answers the session's
 messages (`ekka.tracer.protocol`): Start (the engine starts), Trace (the request runs traced;
 its tokens are told before the trace is written), Replay (modules run alone on the
 reference's inputs, `vllm_replay`), Close (the process ends at once: its work is on disk).
@@ -30,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ekka.tracer.adapters.loop import answer, run
+from ekka.tracer.adapters.loop import answer
 from ekka.tracer.adapters.vllm_requests import SchedulerSpans, attention_metadata
 from ekka.tracer.metadata import TRACED, ServingMetadata, nested_tuples
 from ekka.tracer.model_config import context_length, read_config
@@ -376,6 +377,16 @@ def module_delegates(model: Any) -> dict[str, list[list[Any]]]:
     return out
 
 
+def preload() -> None:
+    """What a warm process imports before it forks targets (`ekka.tracer.warm`): vLLM and its
+    engine's modules, everything an engine's start would import first."""
+    import vllm
+    import vllm.inputs
+
+    vllm.LLM  # noqa: B018  # the package's lazy attribute: imports vLLM's engine
+    vllm.SamplingParams  # noqa: B018
+
+
 def framework_commit(package_dir: Path) -> str | None:
     """The commit vLLM was built from, or the HEAD of the git checkout it runs from (a
     bisection worktree), when the package's parent folder is that repository's top level."""
@@ -425,10 +436,6 @@ def serve(channel: Channel) -> None:
     answer(channel, target, lambda m: target.replay(m.reference, m.modules, m.names))
 
 
-def main(argv: list[str]) -> int:
-    return run(argv, "ekka.tracer.adapters.vllm", serve)
-
-
 def exit_at_once(code: int) -> None:
     """End the process without the interpreter's teardown: its work is on disk by now.
 
@@ -445,7 +452,3 @@ def exit_at_once(code: int) -> None:
     sys.stderr.flush()
     ctypes.CDLL(None).fflush(None)  # what C code printed and its library still buffers
     os._exit(code)
-
-
-if __name__ == "__main__":
-    exit_at_once(main(sys.argv))
