@@ -11,8 +11,12 @@ def containers_base(
     mirror: str = typer.Option(
         "http://deb.debian.org/debian", help="Debian mirror for debootstrap."
     ),
+    framework: str = typer.Option(
+        "vllm", help="The framework whose release the image holds (vllm or sglang)."
+    ),
 ) -> None:
-    """Build (or reuse) the docker executor's base image offline and print its tag."""
+    """Build (or reuse) the docker executor's base image of a framework offline and print its
+    tag."""
     import time
 
     from ekka.containers.base import ensure_base_image
@@ -21,6 +25,7 @@ def containers_base(
     start = time.perf_counter()
     image = ensure_base_image(
         connect(),
+        framework=framework,
         progress=lambda line: console.print(line, markup=False, highlight=False),
         mirror=mirror,
     )
