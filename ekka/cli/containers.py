@@ -19,9 +19,10 @@ def containers_base(
     tag."""
     import time
 
-    from ekka.containers.base import ensure_base_image
+    from ekka.containers.base import ensure_base_image, runtime_for
     from ekka.containers.engine import connect
 
+    runtime_for(framework)  # an unknown framework: a one-line error before the engine's
     start = time.perf_counter()
     image = ensure_base_image(
         connect(),

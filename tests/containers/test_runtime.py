@@ -106,3 +106,10 @@ def test_the_base_image_runs_the_versions_of_this_environment(docker_client, bas
     *versions, prefix, ekka_file = out.decode().split()
     assert versions == [importlib.metadata.version(n) for n in names]
     assert prefix == VENV and ekka_file.startswith("/opt/ekka-src/ekka/")
+
+
+def test_an_unknown_framework_has_no_base_image(capsys):
+    from ekka.cli import main
+
+    assert main(["containers", "base", "--framework", "nope"]) == 2
+    assert "unknown framework 'nope'; use one of vllm, sglang" in capsys.readouterr().err
