@@ -25,6 +25,7 @@ framework (`RUNTIMES`); the Debian root is shared.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import io
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -119,17 +121,33 @@ def ensure_base_image(
     mirror: str = MIRROR,
     suite: str = SUITE,
 ) -> BaseImage:
-    """`framework`'s base image's tag, built (or reused) layer by layer."""
+    """`framework`'s base image's tag, built (or reused) layer by layer. Each layer by one
+    process at a time on a machine (lock files in the cache: the Debian root's, each
+    framework's): another that asks meanwhile (a bot's worker, a Ray node's task, a test while
+    CI builds it in the background) waits, then reuses it."""
     runtime_for(framework)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
-    debian = ensure_debian(client, suite=suite, mirror=mirror, cache=cache, progress=progress)
+    with _locked(cache / "debian.lock"):
+        debian = ensure_debian(client, suite=suite, mirror=mirror, cache=cache, progress=progress)
     t1 = time.perf_counter()
-    runtime = ensure_runtime(client, debian, framework=framework, suite=suite, progress=progress)
-    t2 = time.perf_counter()
-    base = ensure_ekka_layer(client, runtime, progress=progress)
+    with _locked(cache / f"base-{framework}.lock"):
+        runtime = ensure_runtime(
+            client, debian, framework=framework, suite=suite, progress=progress
+        )
+        t2 = time.perf_counter()
+        base = ensure_ekka_layer(client, runtime, progress=progress)
     t3 = time.perf_counter()
     return BaseImage(debian, runtime, base, (t1 - t0, t2 - t1, t3 - t2))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing) across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def image_exists(client: DockerClient, tag: str) -> bool:
