@@ -113,3 +113,35 @@ def test_an_unknown_framework_has_no_base_image(capsys):
 
     assert main(["containers", "base", "--framework", "nope"]) == 2
     assert "unknown framework 'nope'; use one of vllm, sglang" in capsys.readouterr().err
+
+
+def test_two_askers_build_one_frameworks_base_one_after_the_other(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    from ekka.containers import base
+
+    spans: list[tuple[float, float]] = []
+
+    def runtime(_client, _debian, **_kw):
+        start = time.monotonic()
+        time.sleep(0.3)  # a build: the other asker must wait for its end
+        spans.append((start, time.monotonic()))
+        return "ekka/runtime:x"
+
+    monkeypatch.setattr(base, "ensure_debian", lambda *_a, **_kw: "ekka/debian:x")
+    monkeypatch.setattr(base, "ensure_runtime", runtime)
+    monkeypatch.setattr(base, "ensure_ekka_layer", lambda *_a, **_kw: "ekka/base:x")
+    askers = [
+        threading.Thread(
+            target=base.ensure_base_image, args=(None,), kwargs={"cache_dir": tmp_path}
+        )
+        for _ in range(2)
+    ]
+    for asker in askers:
+        asker.start()
+    for asker in askers:
+        asker.join()
+    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    assert b_start >= a_end  # one lock file per framework: no two builds at once
+    assert (tmp_path / "base-vllm.lock").is_file()
