@@ -51,7 +51,9 @@ def base_image(docker_client) -> str:
 @pytest.fixture(scope="session")
 def sglang_base_image(docker_client) -> str:
     """SGLang's base image (`ekka containers base --framework sglang`, which .ci/run builds
-    beside vLLM's): SGLang's environment's release, the stand-in sgl_kernel and Ekka."""
+    after vLLM's, in the background while the tests run: this waits for that build through
+    the base's lock, then reuses it): SGLang's environment's release, the stand-in sgl_kernel
+    and Ekka."""
     from ekka.containers.base import ensure_base_image
     from tests.sglang.conftest import sglang_python
 
