@@ -288,6 +288,8 @@ def reproduce_command(params: JobParams, good: str, bad: str) -> str:
     paths as placeholders)."""
     request = params.request
     words = ["ekka diagnose", "--model /path/to/" + shlex.quote(params.model_name)]
+    if request.framework != DEFAULT_FRAMEWORK:
+        words.append(f"--framework {shlex.quote(request.framework)}")
     if request.prompt_ids:
         words.append("--prompt-ids " + ",".join(str(i) for i in request.prompt_ids))
     elif request.prompt_text:

@@ -130,7 +130,10 @@ def parse_options(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         if key.startswith("engine."):
             name = key[len("engine.") :]
             if not name.isidentifier():
-                raise ValueError(f"engine key {name!r} is not a keyword argument name of vllm.LLM")
+                raise ValueError(
+                    f"engine key {name!r} is not an engine argument's name (a Python keyword "
+                    "argument: letters, digits and _)"
+                )
             try:
                 engine[name] = json.loads(value)
             except ValueError:

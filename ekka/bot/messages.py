@@ -13,7 +13,7 @@ import math
 
 from ekka.bot.commands import USAGE
 from ekka.report import BisectionSummary, Diagnosis
-from ekka.report.comment import first_bad_lines, ratio_chart, suspects_table
+from ekka.report.comment import first_bad_lines, ratio_chart, suspects_table, target_line
 from ekka.request import JobParams, reproduce_command
 
 JOB_MARKER = "<!-- ekka-job:{job} -->"
@@ -21,7 +21,7 @@ PR_MARKER = "<!-- ekka-job:{job} pr -->"
 COMMAND_MARKER = "<!-- ekka-command:{command} -->"
 
 QUEUED = """{marker}
-:hourglass_flowing_sand: **Ekka** queued job #{job}: bisecting `{repository}` between `{good}` and `{bad}` with model `{model}`. This comment will show the progress and then the report."""
+:hourglass_flowing_sand: **Ekka** queued job #{job}: bisecting {framework} in `{repository}` between `{good}` and `{bad}` with model `{model}`. This comment will show the progress and then the report."""
 
 PROGRESS = """{marker}
 :mag: **Ekka** job #{job} is running: {progress}
@@ -59,7 +59,7 @@ BAD_COMMAND = """{marker}
 ```"""
 
 HELP = """{marker}
-Ekka finds silent errors in vLLM: the first bad commit and the component it breaks.
+Ekka finds silent errors in {framework}: the first bad commit and the component it breaks.
 
 ```text
 {usage}
@@ -167,6 +167,7 @@ def final_comment(
             f"- model `{params.model_name}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
             f"prompt tokens, {diagnosis.max_tokens} generated"
         )
+        lines.append(target_line(diagnosis))
         lines += [f"- note: {note}" for note in diagnosis.notes]
     suspects = suspects_table(diagnosis) if diagnosis is not None else ""
     chart = ratio_chart(diagnosis) if diagnosis is not None else ""

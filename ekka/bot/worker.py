@@ -25,7 +25,8 @@ from ekka.bot.queue import FINAL_STATES, InboxCommand, JobState
 from ekka.errors import GitHubError
 from ekka.forge.client import GitHubClient, connect
 from ekka.forge.comments import issue_url, upsert_comment
-from ekka.request import JobParams
+from ekka.frameworks import framework
+from ekka.request import DEFAULT_FRAMEWORK, JobParams
 
 log = logging.getLogger("ekka.bot")
 WRITE_PERMISSIONS = ("admin", "maintain", "write")
@@ -165,6 +166,7 @@ def on_diagnose(command: InboxCommand, parsed: Command, context: CommandContext)
         body = messages.QUEUED.format(
             marker=messages.job_marker(job.id),
             job=job.id,
+            framework=framework(repository.framework).title,
             repository=command.repository,
             good=good,
             bad=bad,
@@ -223,7 +225,12 @@ def on_cancel(command: InboxCommand, parsed: Command, context: CommandContext) -
 
 def on_help(command: InboxCommand, parsed: Command, context: CommandContext) -> str:
     marker = messages.command_marker(command.id)
-    reply(context, command, messages.HELP.format(marker=marker, usage=messages.usage()))
+    repository = context.config.repository(command.repository)
+    name = repository.framework if repository is not None else DEFAULT_FRAMEWORK
+    body = messages.HELP.format(
+        marker=marker, framework=framework(name).title, usage=messages.usage()
+    )
+    reply(context, command, body)
     return "help"
 
 

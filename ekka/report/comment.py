@@ -30,6 +30,12 @@ def first_bad_lines(repository: str, bisection: BisectionSummary) -> list[str]:
     return lines
 
 
+def target_line(diagnosis: Diagnosis) -> str:
+    """The framework that ran the target, as a list item: "- target: SGLang 0.5.23 (SGLang's
+    torch-native paths; no sgl_kernel)"."""
+    return f"- target: {diagnosis.target.describe()}"
+
+
 def suspects_table(diagnosis: Diagnosis) -> str:
     """The suspects as a Markdown table ("" when there are none)."""
     suspects = diagnosis.localization.suspects
@@ -66,7 +72,8 @@ def ratio_chart(diagnosis: Diagnosis, limit: int = 48) -> str:
     bottom = min(min(values), 0.0) - 0.5
     return (
         "#### Error ratio along the components\n\n"
-        f"log10 of the error ratio in pass {pass_index}, in vLLM's call order; the flat line is "
+        f"log10 of the error ratio in pass {pass_index}, in {diagnosis.target.title}'s call "
+        "order; the flat line is "
         f"the threshold ({diagnosis.localization.threshold:g}).\n\n"
         "```mermaid\nxychart-beta\n"
         f'    title "log10 error ratio, pass {pass_index}"\n'

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from ekka import codec
 from ekka.codec import JsonRecord, Unknown, absent
 from ekka.errors import ReportFormatError
+from ekka.frameworks import FRAMEWORKS
 
 
 class ReportRecord(JsonRecord):
@@ -198,6 +199,18 @@ class TargetInfo(ReportRecord):
     path: str | None = None  # where its sources were imported from
     # how it ran, where a report must say so ("SGLang's torch-native paths; no sgl_kernel")
     notes: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        """The framework as reports name it (`ekka.frameworks`: "vLLM", "SGLang")."""
+        known = FRAMEWORKS.get(self.framework or "")
+        return known.title if known is not None else (self.framework or "the target")
+
+    def describe(self) -> str:
+        """The framework, its version and how it ran, as one phrase: "SGLang 0.5.23 (SGLang's
+        torch-native paths; no sgl_kernel)"."""
+        words = " ".join(w for w in (self.title, self.version) if w)
+        return words + "".join(f" ({note})" for note in self.notes)
 
 
 # --- full mode: root cause and bisection ---------------------------------------------------------

@@ -53,8 +53,7 @@ def render_markdown(diagnosis: Diagnosis) -> str:
         "",
         f"- model: `{diagnosis.model}`, dtype {diagnosis.dtype}, "
         f"{len(diagnosis.prompt_ids)} prompt tokens, {diagnosis.max_tokens} generated",
-        f"- target: {target.framework} {target.version} from `{target.path}`"
-        + "".join(f" ({note})" for note in target.notes),
+        f"- target: {target.describe()} from `{target.path}`",
         f"- greedy tokens: target {list(diagnosis.target_tokens)}, "
         f"reference (teacher-forced) {list(diagnosis.reference_tokens)}",
         f"- {len(diagnosis.comparisons)} aligned comparisons, threshold {loc.threshold:g}, "

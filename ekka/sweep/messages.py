@@ -5,7 +5,7 @@ hidden marker `<!-- ekka-regression:SWEEP:ID [pr|fixed] -->`, so a later run edi
 from __future__ import annotations
 
 from ekka.report import Diagnosis
-from ekka.report.comment import first_bad_lines, suspects_table
+from ekka.report.comment import first_bad_lines, suspects_table, target_line
 from ekka.request import JobParams, reproduce_command
 
 REGRESSION_MARKER = "<!-- ekka-regression:{sweep}:{regression} -->"
@@ -32,7 +32,7 @@ REGRESSION_ISSUE = """{marker}
 REGRESSION_SEEN = "Last seen bad at `{short}` (sweep run {run}); a sweep that finds it good again closes this issue."
 
 REGRESSION_PR = """{marker}
-:wave: Ekka's nightly sweep `{sweep}` found that `{model}` ({dtype}) gives wrong outputs on `{branch}` since this pull request: its merge commit `{short}` is the first bad commit.
+:wave: Ekka's nightly sweep `{sweep}` found that `{model}` ({dtype}) gives wrong outputs in {framework} on `{branch}` since this pull request: its merge commit `{short}` is the first bad commit.
 
 > {statement}
 
@@ -71,6 +71,7 @@ def regression_issue(
         f"- model `{params.model_name}`, {diagnosis.dtype}, {len(diagnosis.prompt_ids)} "
         f"prompt tokens, {diagnosis.max_tokens} generated"
     )
+    lines.append(target_line(diagnosis))
     lines += [f"- note: {note}" for note in diagnosis.notes]
     statement = (
         f"**Root cause:** {diagnosis.root_cause.statement}"

@@ -33,6 +33,7 @@ from ekka.bisect.verdict import ProbeResult, Verdict
 from ekka.bot.config import BotConfig, ConfigError, Model, ScenarioFile, Sweep
 from ekka.errors import EkkaError
 from ekka.forge.comments import issue_url
+from ekka.frameworks import framework
 from ekka.repo import fetch
 from ekka.report import Diagnosis
 from ekka.request import DEFAULT_FRAMEWORK, JobParams, Resolved
@@ -483,6 +484,8 @@ def _bisect_and_report(
 def _comment_pull(state: _Run, regression: Regression) -> None:
     """One comment on the first bad commit's pull request (found again by its marker)."""
     assert regression.pr is not None and regression.first_bad is not None
+    repository = state.config.repository(state.sweep.repository)
+    assert repository is not None  # the configuration checks it
     comment = state.reporter.comment_pull(
         regression,
         regression.pr,
@@ -491,6 +494,7 @@ def _comment_pull(state: _Run, regression: Regression) -> None:
             sweep=state.sweep.name,
             model=regression.model,
             dtype=regression.dtype,
+            framework=framework(repository.framework).title,
             branch=state.sweep.branch,
             short=regression.first_bad[:10],
             statement=regression.summary,

@@ -9,14 +9,16 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
 
+from ekka.bisect.framework_repo import BugHistory
 from ekka.bot.app import build
 from ekka.bot.config import BotConfig, from_mapping
 from ekka.bot.signatures import sign
@@ -79,6 +81,41 @@ def make_history(root: Path, commits: int = 8, bug_at: int = 5) -> History:
         if i == bug_at:
             bug = git(repo, "rev-parse", "HEAD")
     return History(repo, good, git(repo, "rev-parse", "HEAD"), bug, 100 + bug_at, commits)
+
+
+@dataclass(frozen=True)
+class FrameworkHistory:
+    """A local history of a framework's release sources with a planted regression, and the
+    database (the bot's, the verdict cache's, the sweeps') the tests on it share."""
+
+    framework: str
+    history: BugHistory
+    model: Path
+    database_url: str
+
+
+@pytest.fixture(scope="session")
+def sglang_history(
+    tmp_path_factory: pytest.TempPathFactory, zoo_model: Callable[..., Path]
+) -> FrameworkHistory:
+    """SGLang's history for the bot's tests (once per session): release, a harmless commit, the
+    regression of `ekka demo --framework sglang` (#9002), a harmless commit; the bot's
+    end-to-end test and the nightly sweep's share it and its verdicts (each probe starts
+    SGLang), so whichever runs second probes only what it is about."""
+    from ekka.bench import base_repository
+    from ekka.bisect.framework_repo import make_bug_history
+    from tests.sglang.conftest import sglang_python
+
+    sglang_python()
+    root = tmp_path_factory.mktemp("sglang-bot")
+    patch = Path(str(files("ekka") / "data" / "demo-regression-sglang.patch"))
+    history = make_bug_history(
+        base_repository(root, "sglang"), root / "sglang", patch,
+        "[Model] Llama: build the decoder norms with RMSNorm defaults",
+        before=1, after=1, framework_name="sglang",
+    )  # fmt: skip
+    model = zoo_model("llama", rms_norm_eps=1e-5)
+    return FrameworkHistory("sglang", history, model, f"sqlite:///{root / 'bot.db'}")
 
 
 @pytest.fixture()

@@ -72,7 +72,7 @@ def test_a_command_after_a_closed_fence_counts():
         ("/ekka diagnose max-tokens=100000", "not a whole number"),
         ("/ekka diagnose good=a good=b", "good is given twice"),
         ("/ekka diagnose engine.x=1 engine.x=2", "engine.x is given twice"),
-        ("/ekka diagnose engine.max-len=3", "not a keyword argument name"),
+        ("/ekka diagnose engine.max-len=3", "not an engine argument's name"),
         ('/ekka diagnose prompt="open', "no closing quote"),
         ("/ekka diagnose good=$(rm${IFS}-rf)", "not a git commit"),
         ("/ekka diagnose bad=-rf", "not a git commit"),

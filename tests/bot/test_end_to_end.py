@@ -1,7 +1,9 @@
 """The whole product through the bot: a signed `/ekka diagnose` delivered over HTTP to the
-real server, the worker running the full diagnosis (real vLLM CPU against transformers, the
-local executor) on a local history of vLLM's sources with a planted regression, the final
-comment on the issue naming the bug commit and its PR, and one comment on that PR."""
+real server, the worker running the full diagnosis (the real framework on the CPU against
+transformers, the local executor) on a local history of the framework's sources with a planted
+regression, the final comment on the issue naming the bug commit and its PR, and one comment on
+that PR. One flow (`diagnose_through_the_bot`), run on a vLLM repository and on an SGLang one
+(`[[repositories]] framework = "sglang"`)."""
 
 from __future__ import annotations
 
@@ -12,46 +14,42 @@ from pathlib import Path
 import pytest
 
 from ekka.bench import base_repository
-from ekka.bisect.framework_repo import make_bug_history
+from ekka.bisect.framework_repo import BugHistory, make_bug_history
 from ekka.bot.config import from_mapping
 from ekka.bot.queue import JobState
-from tests.bot.conftest import MAINTAINER, REPO, SECRET, TOKEN, wait_for
+from tests.bot.conftest import MAINTAINER, REPO, SECRET, TOKEN, FrameworkHistory, wait_for
 from tests.conftest import PROMPT_IDS
 
-pytestmark = [pytest.mark.vllm, pytest.mark.bot, pytest.mark.slow]
+pytestmark = [pytest.mark.bot, pytest.mark.slow]
 
 
-def test_diagnose_on_an_issue_names_the_commit_and_comments_on_its_pr(
-    tmp_path, github, zoo_model, start_bot
-):
-    patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
-    # the shortest history that still bisects (each probe starts vLLM): 2 harmless, bug, 2 harmless
-    history = make_bug_history(
-        base_repository(tmp_path), tmp_path / "vllm", patch, "[Model] Llama norms use defaults",
-        before=2, after=2,
-    )  # fmt: skip
-    model = zoo_model("llama", rms_norm_eps=1e-5)
+def diagnose_through_the_bot(
+    setup: FrameworkHistory, github, start_bot, workdir: Path
+) -> tuple[object, str, str]:
+    """`/ekka diagnose` on an issue of the configured repository (`setup.framework`'s), the
+    job run to its end and what every framework's report must say checked; (the bot, the final
+    comment, the comment on the bug's PR)."""
+    history = setup.history
     # GitHub knows the bug commit's PR (the commit-to-pulls endpoint); the others fall back to
     # their squash messages
     github.commit_pulls[(REPO, history.bug)] = [
         {"number": history.bug_pr, "merged_at": "2026-11-30T10:00:00Z"}
     ]
+    repository = {"name": REPO, "path": str(history.repo), "good": history.good, "bad": "main"}
     config = from_mapping(
         {
             "github": {"throttle": False},
             "server": {
                 "base_url": "http://ekka.test",
-                "database_url": f"sqlite:///{tmp_path / 'bot.db'}",
-                "workdir": str(tmp_path / "work"),
+                "database_url": setup.database_url,
+                "workdir": str(workdir),
             },
             "executor": {"kind": "local", "timeout": 600},
-            "repositories": [
-                {"name": REPO, "path": str(history.repo), "good": history.good, "bad": "main"}
-            ],
+            "repositories": [{**repository, "framework": setup.framework}],
             "models": [
                 {
                     "name": "tiny-llama",
-                    "path": str(model),
+                    "path": str(setup.model),
                     "prompt_ids": list(PROMPT_IDS),
                     "max_tokens": 3,
                 }  # fmt: skip
@@ -100,3 +98,35 @@ def test_diagnose_on_an_issue_names_the_commit_and_comments_on_its_pr(
     report = bot.http.get("/jobs/1/report")
     assert report.status_code == 200 and "Root cause" in report.text
     assert bot.http.get("/jobs/1").json()["result"]["first_bad"]["sha"] == history.bug
+    return bot, final, pr_comment["body"]
+
+
+@pytest.mark.vllm
+def test_diagnose_on_an_issue_names_the_commit_and_comments_on_its_pr(
+    tmp_path, github, zoo_model, start_bot
+):
+    patch = Path(str(files("ekka") / "data" / "demo-regression.patch"))
+    # the shortest history that still bisects (each probe starts vLLM): 2 harmless, bug, 2 harmless
+    history: BugHistory = make_bug_history(
+        base_repository(tmp_path), tmp_path / "vllm", patch, "[Model] Llama norms use defaults",
+        before=2, after=2,
+    )  # fmt: skip
+    model = zoo_model("llama", rms_norm_eps=1e-5)
+    setup = FrameworkHistory("vllm", history, model, f"sqlite:///{tmp_path / 'bot.db'}")
+    _, final, _ = diagnose_through_the_bot(setup, github, start_bot, tmp_path / "work")
+    assert "- target: vLLM " in final and "--framework" not in final
+
+
+@pytest.mark.sglang
+def test_diagnose_on_an_sglang_repository_names_sglangs_commit_file_and_runtime(
+    tmp_path, github, sglang_history, start_bot
+):
+    bot, final, pr_comment = diagnose_through_the_bot(
+        sglang_history, github, start_bot, tmp_path / "work"
+    )
+    # attributed in SGLang's layout (python/sglang/...), the report naming SGLang and how it ran
+    assert "sglang/srt/models/llama.py" in final and "sglang/srt/models/llama.py" in pr_comment
+    assert "- target: SGLang " in final and "no sgl_kernel" in final
+    assert "--framework sglang" in final and "vLLM" not in final
+    report = bot.http.get("/jobs/1/report").text
+    assert "SGLang" in report and "no sgl_kernel" in report

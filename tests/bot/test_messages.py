@@ -93,3 +93,32 @@ def test_every_template_carries_its_marker():
     assert len(templates) >= 12
     markers = {messages.job_marker(3), messages.pr_marker(3), messages.command_marker(5)}
     assert markers == {"<!-- ekka-job:3 -->", "<!-- ekka-job:3 pr -->", "<!-- ekka-command:5 -->"}
+
+
+def test_the_reports_name_the_framework_that_ran_the_target(diagnosis):
+    """The final comment and the sweep's issue name the framework from `ekka.frameworks` (and how
+    it ran), and the command to reproduce asks for it; vLLM's as before."""
+    from dataclasses import replace
+
+    from ekka.report import TargetInfo
+    from ekka.sweep.messages import regression_issue
+
+    vllm = final(diagnosis)
+    assert "- target: vLLM 0.32.0\n" in vllm and "in vLLM's call order" in vllm
+    assert "--framework" not in vllm
+    note = "SGLang's torch-native paths; no sgl_kernel"
+    sglang = replace(diagnosis, target=TargetInfo("sglang", "0.5.23", notes=(note,)))
+    params = replace(PARAMS, request=replace(PARAMS.request, framework="sglang"))
+    assert sglang.bisection is not None
+    text = messages.final_comment(
+        job=7, repository="acme/sglang", params=params, diagnosis=sglang,
+        bisection=sglang.bisection, base_url=None,
+    )  # fmt: skip
+    _, issue = regression_issue(
+        sweep="nightly", regression=1, repository="acme/sglang", branch="main", params=params,
+        diagnosis=sglang, run=2, head=sglang.bisection.bad.sha,
+    )  # fmt: skip
+    for body in (text, issue):
+        assert f"- target: SGLang 0.5.23 ({note})\n" in body and "vLLM" not in body
+        assert "--framework sglang" in body and "--repo /path/to/sglang" in body
+    assert "in SGLang's call order" in text
