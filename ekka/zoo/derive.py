@@ -69,8 +69,32 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # Llama 4: one routed expert per token (vLLM's CPU MoE applies the router weight on the
         # input only for top-1, as the released Scout and Maverick are), a small dense MLP
         "Llama4ForCausalLM": {"num_experts_per_tok": 1, "intermediate_size_mlp": 256},
-        # DeepSeek V3: noaux_tc routing with its correction bias, sigmoid scores
-        "DeepseekV3ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
+        # DeepSeek V3: noaux_tc routing with its correction bias, sigmoid scores; the latent
+        # cache of every released DeepSeek MLA checkpoint, kv_lora_rank 512 + qk_rope_head_dim 64
+        # (576: the one latent size vLLM's CPU MLA kernel is built for)
+        "DeepseekV3ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                                  "kv_lora_rank": 512},
+        # DeepSeek V2 (Lite): greedy top-k routing in one group (DeepSeek-V2-Lite's config.json:
+        # n_group 1, topk_group 1; vLLM routes every DeepSeek V2 grouped), its experts per token
+        # (the class has none), the released latent rank (see V3)
+        "DeepseekV2ForCausalLM": {"n_group": 1, "topk_group": 1, "num_experts_per_tok": 2,
+                                  "kv_lora_rank": 512},
+        # GLM-4.7-Flash (glm4_moe_lite): the first layer dense (config.json's
+        # first_k_dense_replace, which vLLM reads; transformers derives mlp_layer_types), the
+        # released latent rank (see DeepSeek V3)
+        "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": 1, "kv_lora_rank": 512},
+        # LongCat-Flash: its MLA's LoRA scaling on (transformers always applies it), identity
+        # zero experts, the released latent rank (see DeepSeek V3)
+        "LongcatFlashForCausalLM": {"mla_scale_q_lora": True, "mla_scale_kv_lora": True,
+                                    "zero_expert_type": "identity", "zero_expert_num": 0,
+                                    "kv_lora_rank": 512},
+        # Zamba2: multi-head attention in its shared blocks (every released Zamba2 has
+        # num_key_value_heads = num_attention_heads; vLLM's Zamba2Attention has no GQA)
+        "Zamba2ForCausalLM": {"num_key_value_heads": 2},
+        # Falcon: the MLP 4x the hidden size, as every released Falcon (falcon-7b: 4544 and
+        # 18176); vLLM's FalconMLP hard-codes that width (the finding falcon-ffn-hidden-size)
+        "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True,
+                              "ffn_hidden_size": 512},
         # MiniCPM3: multi-head latent attention, one key and value head per query head (its
         # transformers attention expands the latent keys to every head; no GQA)
         "MiniCPM3ForCausalLM": {"num_key_value_heads": 2},
@@ -87,10 +111,9 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )  # fmt: skip
 
 # Per-architecture overrides on top of the scaled defaults, where those do not build or run.
-OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+_FIXES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "GPT2LMHeadModel": {"n_head": 2, "n_embd": 128},
-        "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True},
         "BloomForCausalLM": {"n_head": 2},
         "OPTForCausalLM": {"word_embed_proj_dim": 128},
         "GPTJForCausalLM": {"rotary_dim": 32},
@@ -102,7 +125,13 @@ OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "num_kv_shared_layers": 0,
             "activation_sparsity_pattern": [0.0, 0.0],
         },
-        **CHECKPOINT_KEYS,
+    }
+)
+# The overrides of each architecture: its fixes, then its checkpoint keys over them.
+OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        name: {**_FIXES.get(name, {}), **CHECKPOINT_KEYS.get(name, {})}
+        for name in (*_FIXES, *CHECKPOINT_KEYS)
     }
 )
 
