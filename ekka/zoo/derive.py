@@ -88,6 +88,29 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "LongcatFlashForCausalLM": {"mla_scale_q_lora": True, "mla_scale_kv_lora": True,
                                     "zero_expert_type": "identity", "zero_expert_num": 0,
                                     "kv_lora_rank": 512},
+        # MiMo-V2-Flash: the layer pattern and the sliding layers' attention under the keys of
+        # its released config.json, which vLLM reads (transformers derives them: layer_types,
+        # mlp_layer_types, twice the KV heads and sinks in the sliding layers); the released head
+        # sizes (192 for q/k, 128 for v: rotary 0.334 of 192 = 64 dims)
+        "MiMoV2FlashForCausalLM": {
+            "hybrid_layer_pattern": [0, 1], "moe_layer_freq": [0, 1],
+            "mlp_layer_types": ["dense", "sparse"],
+            "head_dim": 192, "v_head_dim": 128, "swa_head_dim": 192, "swa_v_head_dim": 128,
+            "swa_num_attention_heads": 2, "swa_num_key_value_heads": 2,
+            "sliding_window_size": SLIDING_WINDOW, "add_swa_attention_sink_bias": True,
+            "add_full_attention_sink_bias": False, "layernorm_epsilon": 1e-5,
+            "swa_rope_theta": 10000.0, "partial_rotary_factor": 0.334,
+        },
+        # Nemotron-H (dense, as Nemotron-H-8B: its pattern "M-M-*-" has Mamba-2, attention and
+        # relu2 MLP layers, no MoE): Mamba heads of 64 filling expand * hidden, one group
+        "NemotronHForCausalLM": {
+            "layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp"],
+            "mamba_num_heads": 4, "mamba_head_dim": 64, "n_groups": 1,
+        },
+        # Mamba2: one group of B/C heads, as the released mamba2-130m..2.7b (n_groups 1); the
+        # class default (8, Codestral's) leaves no head per group with the zoo's 4 heads (vLLM's
+        # CPU kernels divide by it: exit -8)
+        "Mamba2ForCausalLM": {"n_groups": 1},
         # Zamba2: multi-head attention in its shared blocks (every released Zamba2 has
         # num_key_value_heads = num_attention_heads; vLLM's Zamba2Attention has no GQA)
         "Zamba2ForCausalLM": {"num_key_value_heads": 2},
