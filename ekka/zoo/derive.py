@@ -84,7 +84,9 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # released latent rank (see DeepSeek V3)
         "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": 1, "kv_lora_rank": 512},
         # LongCat-Flash: its MLA's LoRA scaling on (transformers always applies it), identity
-        # zero experts, the released latent rank (see DeepSeek V3)
+        # zero experts but none of them (transformers' experts keep weight rows for zero experts,
+        # which its save writes as expert weights no released checkpoint has: vLLM refuses
+        # them), the released latent rank (see DeepSeek V3)
         "LongcatFlashForCausalLM": {"mla_scale_q_lora": True, "mla_scale_kv_lora": True,
                                     "zero_expert_type": "identity", "zero_expert_num": 0,
                                     "kv_lora_rank": 512},
@@ -107,6 +109,10 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp"],
             "mamba_num_heads": 4, "mamba_head_dim": 64, "n_groups": 1,
         },
+        # A.X K1: DeepSeek V3's routing (noaux_tc, sigmoid), the released latent rank (see
+        # DeepSeek V3); its dense layers' post_mlp_layernorm: CHECKPOINT_TENSORS
+        "AXK1ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                            "kv_lora_rank": 512},
         # Mamba2: one group of B/C heads, as the released mamba2-130m..2.7b (n_groups 1); the
         # class default (8, Codestral's) leaves no head per group with the zoo's 4 heads (vLLM's
         # CPU kernels divide by it: exit -8)
@@ -132,6 +138,21 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         },
     }
 )  # fmt: skip
+
+# Tensors the family's released checkpoints hold and transformers' model does not save (norm
+# weights, saved as ones of the hidden size): (name with {layer}, the config attribute whose
+# value is how many layers, from the first, hold it).
+# A.X K1's checkpoint has post_mlp_layernorm in every layer, the first_k_dense_replace dense
+# ones too (unused there: transformers drops it, vLLM builds and loads it; vLLM's A.X K1 was
+# served from the released checkpoint, vllm-project/vllm#32407, and vLLM's loader refuses a
+# checkpoint without it).
+CHECKPOINT_TENSORS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
+    {
+        "AXK1ForCausalLM": (
+            ("model.layers.{layer}.post_mlp_layernorm.weight", "first_k_dense_replace"),
+        ),
+    }
+)
 
 # Per-architecture overrides on top of the scaled defaults, where those do not build or run.
 _FIXES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
@@ -249,4 +270,14 @@ def scale_config(default: Mapping[str, Any]) -> dict[str, Any]:
     if layers and isinstance(types, list) and types:
         distinct = list(dict.fromkeys(types))
         out["layer_types"] = [distinct[i % len(distinct)] for i in range(layers)]
+    return out
+
+
+def checkpoint_tensors(name: str, config: Any) -> dict[str, tuple[int, ...]]:
+    """The tensors (name -> shape, ones of the hidden size) that `name`'s released checkpoints
+    hold beyond what transformers saves (`CHECKPOINT_TENSORS`)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for pattern, layers in CHECKPOINT_TENSORS.get(name, ()):
+        for layer in range(int(getattr(config, layers))):
+            out[pattern.format(layer=layer)] = (int(config.hidden_size),)
     return out

@@ -77,3 +77,18 @@ def test_checkpoint_keys_keep_the_fixes_and_add_the_released_keys() -> None:
     assert lite.first_k_dense_replace == 1 and lite.mlp_layer_types == ["dense", "sparse"]
     v2 = _derived_config("DeepseekV2ForCausalLM")
     assert (v2.n_group, v2.topk_group) == (1, 1)  # DeepSeek-V2-Lite's routing
+
+
+def test_released_checkpoint_tensors_and_mamba_groups() -> None:
+    from ekka.zoo.derive import checkpoint_tensors
+
+    axk1 = _derived_config("AXK1ForCausalLM")
+    # the dense layer's norm, which vLLM builds and loads and transformers does not save
+    assert checkpoint_tensors("AXK1ForCausalLM", axk1) == {
+        "model.layers.0.post_mlp_layernorm.weight": (128,)
+    }
+    assert checkpoint_tensors("LlamaForCausalLM", axk1) == {}
+    for name, heads in (("Mamba2ForCausalLM", "num_heads"), ("NemotronHForCausalLM",
+                                                             "mamba_num_heads")):  # fmt: skip
+        config = _derived_config(name)
+        assert getattr(config, heads) % config.n_groups == 0  # a head per group at least
