@@ -44,6 +44,11 @@ SCALED: Mapping[str, Any] = MappingProxyType(
 )  # fmt: skip
 SLIDING_WINDOW = 8  # a window the tests' 32-token prompt crosses
 
+# Multi-head latent attention: as many key and value heads as query heads, as every released
+# DeepSeek-style MLA config.json (DeepSeek-V3: 128 and 128); transformers' MLA attention expands
+# the latent keys to every head (one KV head fails in its attention)
+MLA_HEADS: Mapping[str, Any] = MappingProxyType({"num_key_value_heads": 2})
+
 # Keys that the family's real config.json carries and vLLM reads, where the config class's
 # defaults lack them (or hold what no released checkpoint has); values as the released
 # checkpoints have them, sizes scaled down. Without them vLLM fails on the derived config
@@ -73,23 +78,24 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # cache of every released DeepSeek MLA checkpoint, kv_lora_rank 512 + qk_rope_head_dim 64
         # (576: the one latent size vLLM's CPU MLA kernel is built for)
         "DeepseekV3ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid",
-                                  "kv_lora_rank": 512},
+                                  "kv_lora_rank": 512, **MLA_HEADS},
         # DeepSeek V2 (Lite): greedy top-k routing in one group (DeepSeek-V2-Lite's config.json:
         # n_group 1, topk_group 1; vLLM routes every DeepSeek V2 grouped), its experts per token
         # (the class has none), the released latent rank (see V3)
         "DeepseekV2ForCausalLM": {"n_group": 1, "topk_group": 1, "num_experts_per_tok": 2,
-                                  "kv_lora_rank": 512},
+                                  "kv_lora_rank": 512, **MLA_HEADS},
         # GLM-4.7-Flash (glm4_moe_lite): the first layer dense (config.json's
         # first_k_dense_replace, which vLLM reads; transformers derives mlp_layer_types), the
         # released latent rank (see DeepSeek V3)
-        "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": 1, "kv_lora_rank": 512},
+        "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": 1, "kv_lora_rank": 512,
+                                   **MLA_HEADS},
         # LongCat-Flash: its MLA's LoRA scaling on (transformers always applies it), identity
         # zero experts but none of them (transformers' experts keep weight rows for zero experts,
         # which its save writes as expert weights no released checkpoint has: vLLM refuses
         # them), the released latent rank (see DeepSeek V3)
         "LongcatFlashForCausalLM": {"mla_scale_q_lora": True, "mla_scale_kv_lora": True,
                                     "zero_expert_type": "identity", "zero_expert_num": 0,
-                                    "kv_lora_rank": 512},
+                                    "kv_lora_rank": 512, **MLA_HEADS},
         # MiMo-V2-Flash: the layer pattern and the sliding layers' attention under the keys of
         # its released config.json, which vLLM reads (transformers derives them: layer_types,
         # mlp_layer_types, twice the KV heads and sinks in the sliding layers); the released head
@@ -112,7 +118,7 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # A.X K1: DeepSeek V3's routing (noaux_tc, sigmoid), the released latent rank (see
         # DeepSeek V3); its dense layers' post_mlp_layernorm: CHECKPOINT_TENSORS
         "AXK1ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid",
-                            "kv_lora_rank": 512},
+                            "kv_lora_rank": 512, **MLA_HEADS},
         # Mamba2: one group of B/C heads, as the released mamba2-130m..2.7b (n_groups 1); the
         # class default (8, Codestral's) leaves no head per group with the zoo's 4 heads (vLLM's
         # CPU kernels divide by it: exit -8)

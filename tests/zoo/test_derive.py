@@ -56,13 +56,15 @@ def _derived_config(name: str) -> Any:
 
 @pytest.mark.parametrize(
     "name", ["DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "Glm4MoeLiteForCausalLM",
-             "LongcatFlashForCausalLM"],
+             "LongcatFlashForCausalLM", "AXK1ForCausalLM"],
 )  # fmt: skip
 def test_mla_configs_have_the_released_latent_cache(name: str) -> None:
     """576 = kv_lora_rank 512 + qk_rope_head_dim 64, as every released DeepSeek-style MLA
     checkpoint (and the one latent size vLLM's CPU MLA kernel is built for)."""
     config = _derived_config(name)
     assert (config.kv_lora_rank, config.qk_rope_head_dim) == (512, 64)
+    # a KV head per query head, as released (transformers' MLA attention fails with one)
+    assert config.num_key_value_heads == config.num_attention_heads
     assert config.hidden_size == 128  # the rest stays tiny
 
 
