@@ -12,8 +12,9 @@ transformers' `apply_rotary_pos_emb` agrees with it. Models that flatten q and k
 the rotary (Llama, Qwen3, ...) are unaffected; the one-head keys of the sweep's LFM2 config too.
 
 This runs vLLM's rotary embedding on the same query and key (LFM2's sizes: head_dim 64, rope
-theta 1e6, neox style) in the three forms, against transformers' LFM2 rotary. Each form runs in
-its own process (the 3-D call may also corrupt memory: a "double free" was seen after it).
+theta 1e6, neox style) in the three forms, against transformers' LFM2 rotary: the controls in
+one process, the 3-D call with two heads in another (it may also corrupt memory: a "double
+free" was seen after it).
 Needs only torch, vLLM and transformers; seconds. Run: python reproduce.py
 """
 
@@ -25,64 +26,65 @@ import sys
 HEAD_DIM = 64
 TOKENS = 32
 THETA = 1e6
+FORMS = {
+    "native": "forward_native (PyTorch), q as (tokens, heads, 64)",
+    "2-D": "CPU op, q as (tokens, heads*64) (as Llama calls it)",
+    "3-D": "CPU op, q as (tokens, heads, 64) (as lfm2.py calls it)",
+}
+# (form, query heads): the controls in one process, the bug in its own (it may corrupt memory)
+RUNS = ((("native", 2), ("2-D", 2), ("3-D", 1)), (("3-D", 2),))
 
 
-def run_one(form: str, heads: int) -> None:
-    """Print the largest error of vLLM's CPU rotary op in `form` against transformers'."""
+def run(cases: list[tuple[str, int]]) -> None:
+    """Print, per case, the largest error of vLLM's rotary in that form against transformers'."""
     import torch
     from transformers import Lfm2Config
     from transformers.models.lfm2.modeling_lfm2 import Lfm2RotaryEmbedding, apply_rotary_pos_emb
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.model_executor.layers.rotary_embedding import get_rope
 
-    torch.manual_seed(0)
-    q = torch.randn(TOKENS, heads, HEAD_DIM)
-    k = torch.randn(TOKENS, 1, HEAD_DIM)
-    positions = torch.arange(TOKENS)
-    config = Lfm2Config(
-        hidden_size=heads * HEAD_DIM,
-        num_attention_heads=heads,
-        rope_parameters={"rope_type": "default", "rope_theta": THETA},
-    )
-    cos, sin = Lfm2RotaryEmbedding(config)(q, positions[None])
-    q_ref, _ = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
-    expected = q_ref[0].transpose(0, 1)  # (tokens, heads, head_dim)
+    rope_parameters = {"rope_type": "default", "rope_theta": THETA}
     with set_current_vllm_config(VllmConfig()):
-        rope = get_rope(
-            HEAD_DIM,
-            max_position=256,
-            rope_parameters={"rope_type": "default", "rope_theta": THETA},
-            is_neox_style=True,
-        )
-        if form == "native":
-            out, _ = rope.forward_native(positions, q.clone(), k.clone())
-        elif form == "3-D":  # as lfm2.py calls it
-            out, _ = rope.forward_cpu(positions, q.clone(), k.clone())
-        else:  # 2-D, as Llama calls it
-            out, _ = rope.forward_cpu(
-                positions, q.clone().reshape(TOKENS, -1), k.clone().view(TOKENS, -1)
-            )
-    error = (out.view(TOKENS, heads, HEAD_DIM) - expected).abs().max().item()
-    print(f"{error:.3g}")
+        rope = get_rope(HEAD_DIM, max_position=256, rope_parameters=rope_parameters,
+                        is_neox_style=True)  # fmt: skip
+    for form, heads in cases:
+        torch.manual_seed(0)
+        q = torch.randn(TOKENS, heads, HEAD_DIM)
+        k = torch.randn(TOKENS, 1, HEAD_DIM)
+        positions = torch.arange(TOKENS)
+        config = Lfm2Config(hidden_size=heads * HEAD_DIM, num_attention_heads=heads,
+                            rope_parameters=rope_parameters)  # fmt: skip
+        cos, sin = Lfm2RotaryEmbedding(config)(q, positions[None])
+        q_ref, _ = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
+        expected = q_ref[0].transpose(0, 1)  # (tokens, heads, head_dim)
+        with set_current_vllm_config(VllmConfig()):
+            if form == "native":
+                out, _ = rope.forward_native(positions, q.clone(), k.clone())
+            elif form == "3-D":
+                out, _ = rope.forward_cpu(positions, q.clone(), k.clone())
+            else:
+                out, _ = rope.forward_cpu(positions, q.clone().reshape(TOKENS, -1),
+                                          k.clone().reshape(TOKENS, -1))  # fmt: skip
+        error = (out.view(TOKENS, heads, HEAD_DIM) - expected).abs().max().item()
+        print(f"{form} {heads} {error:.6g}", flush=True)
 
 
 def main() -> None:
-    if len(sys.argv) == 3:
-        run_one(sys.argv[1], int(sys.argv[2]))
+    if len(sys.argv) > 1:
+        run([(a.split(":")[0], int(a.split(":")[1])) for a in sys.argv[1:]])
         return
-    errors = {}
-    for form, heads in (("native", 2), ("2-D", 2), ("3-D", 1), ("3-D", 2), ("3-D", 4)):
-        done = subprocess.run(
-            [sys.executable, __file__, form, str(heads)], capture_output=True, text=True
-        )
-        lines = done.stdout.strip().splitlines()
-        errors[form, heads] = float(lines[-1]) if done.returncode == 0 and lines else None
-        label = {"native": "forward_native (PyTorch)", "2-D": "CPU op, q as (tokens, heads*64)",
-                 "3-D": "CPU op, q as (tokens, heads, 64)"}[form]  # fmt: skip
-        shown = "failed: " + done.stderr.strip()[-200:] if errors[form, heads] is None else (
-            f"largest error {errors[form, heads]:.3g}")  # fmt: skip
-        print(f"vLLM rotary, {label}, {heads} head(s), against transformers: {shown}")
-    bad = errors["3-D", 2]
+    errors: dict[tuple[str, int], float] = {}
+    for cases in RUNS:
+        args = [f"{form}:{heads}" for form, heads in cases]
+        done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+        for line in done.stdout.splitlines():
+            form, heads, error = line.split()
+            errors[form, int(heads)] = float(error)
+        for form, heads in cases:
+            shown = (f"largest error {errors[form, heads]:.3g}" if (form, heads) in errors
+                     else "failed: " + done.stderr.strip()[-200:])  # fmt: skip
+            print(f"vLLM rotary, {FORMS[form]}, {heads} head(s), against transformers: {shown}")
+    bad = errors.get(("3-D", 2))
     print("DIFFERS: vLLM's CPU rotary op scrambles a 3-D query of several heads"
           if bad is None or bad > 1e-3 else "agrees")  # fmt: skip
 
