@@ -1,5 +1,6 @@
-"""LFM2 and LFM2-MoE in vLLM's CPU build: the rotary embedding scrambles a query or key that has
-more than one head when it is passed as (tokens, heads, head_dim).
+"""LFM2, LFM2-MoE and every MLA model (DeepSeek V2/V3, A.X K1, GLM-4.7-Flash) in vLLM's CPU build:
+the rotary embedding scrambles a query that has more than one head when it is passed as
+(tokens, heads, head_dim).
 
 `Lfm2Attention.forward` (vllm/model_executor/models/lfm2.py, and lfm2_moe.py alike) applies its
 q/k layernorms per head and then calls `self.rotary_emb(positions, q, k)` on the 3-D views
@@ -30,9 +31,12 @@ FORMS = {
     "native": "forward_native (PyTorch), q as (tokens, heads, 64)",
     "2-D": "CPU op, q as (tokens, heads*64) (as Llama calls it)",
     "3-D": "CPU op, q as (tokens, heads, 64) (as lfm2.py calls it)",
+    "MLA": "CPU op, q_pe as the slice q[..., 64:] of (tokens, heads, 128), interleaved (as mla.py)",
 }
 # (form, query heads): the controls in one process, the bug in its own (it may corrupt memory)
-RUNS = ((("native", 2), ("2-D", 2), ("3-D", 1)), (("3-D", 2),))
+RUNS = ((("native", 2), ("2-D", 2), ("3-D", 1)), (("3-D", 2), ("MLA", 2)))
+# MLA (vllm/model_executor/layers/mla.py): q's rope part, the slice q[..., nope:] of
+# (tokens, heads, nope + rope), interleaved (DeepSeek's GPT-J style), against forward_native
 
 
 def run(cases: list[tuple[str, int]]) -> None:
@@ -48,6 +52,9 @@ def run(cases: list[tuple[str, int]]) -> None:
         rope = get_rope(HEAD_DIM, max_position=256, rope_parameters=rope_parameters,
                         is_neox_style=True)  # fmt: skip
     for form, heads in cases:
+        if form == "MLA":
+            print(f"MLA {heads} {mla_error(heads):.6g}", flush=True)
+            continue
         torch.manual_seed(0)
         q = torch.randn(TOKENS, heads, HEAD_DIM)
         k = torch.randn(TOKENS, 1, HEAD_DIM)
@@ -69,6 +76,24 @@ def run(cases: list[tuple[str, int]]) -> None:
         print(f"{form} {heads} {error:.6g}", flush=True)
 
 
+def mla_error(heads: int) -> float:
+    """vLLM's CPU rotary op on MLA's q_pe slice against its own forward_native."""
+    import torch
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.rotary_embedding import get_rope
+
+    torch.manual_seed(0)
+    q_pe = torch.randn(TOKENS, heads, 2 * HEAD_DIM)[..., HEAD_DIM:]
+    k_pe = torch.randn(TOKENS, 1, HEAD_DIM)
+    positions = torch.arange(TOKENS)
+    with set_current_vllm_config(VllmConfig()):
+        rope = get_rope(HEAD_DIM, max_position=256, is_neox_style=False,
+                        rope_parameters={"rope_type": "default", "rope_theta": 1e4})  # fmt: skip
+        expected, _ = rope.forward_native(positions, q_pe.clone(), k_pe.clone())
+        out, _ = rope.forward_cpu(positions, q_pe.clone(), k_pe.clone())
+    return float((out - expected).abs().max().item())
+
+
 def main() -> None:
     if len(sys.argv) > 1:
         run([(a.split(":")[0], int(a.split(":")[1])) for a in sys.argv[1:]])
@@ -83,7 +108,8 @@ def main() -> None:
         for form, heads in cases:
             shown = (f"largest error {errors[form, heads]:.3g}" if (form, heads) in errors
                      else "failed: " + done.stderr.strip()[-200:])  # fmt: skip
-            print(f"vLLM rotary, {FORMS[form]}, {heads} head(s), against transformers: {shown}")
+            against = "its own forward_native" if form == "MLA" else "transformers"
+            print(f"vLLM rotary, {FORMS[form]}, {heads} head(s), against {against}: {shown}")
     bad = errors.get(("3-D", 2))
     print("DIFFERS: vLLM's CPU rotary op scrambles a 3-D query of several heads"
           if bad is None or bad > 1e-3 else "agrees")  # fmt: skip
