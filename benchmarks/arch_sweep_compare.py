@@ -1,7 +1,8 @@
 """Two architecture sweeps side by side: each row's kind before and after, and the counts.
 
 Reads two sweep JSON files (`ekka sweep --architectures ... --json` or a sweep's
-`sweep.json`), classifies each row with today's rules and findings file (`row_label`), and
+`sweep.json`), classifies each row of the new one with today's rules and findings file
+(`row_label`), shows the old one's kinds as its file recorded them (the findings of its day), and
 prints a Markdown table per dtype of the rows whose kind or load changed, then the counts of
 each kind and of the architectures that load on both sides. An older sweep (before the row
 kinds) shows its status, "(transient)" where its largest ratio was above the threshold.
@@ -20,16 +21,20 @@ from typing import Any
 from ekka.sweep.arch_rows import ArchRow, SweepReport, load_findings, transient
 
 
-def rows_of(path: Path) -> tuple[dict[str, str], dict[tuple[str, str], ArchRow], bool]:
-    """The sweep's versions, its rows by (architecture, dtype), and whether it has kinds."""
+def rows_of(
+    path: Path,
+) -> tuple[dict[str, str], dict[tuple[str, str], ArchRow], dict[tuple[str, str], str]]:
+    """The sweep's versions, its rows by (architecture, dtype), and their kinds as recorded
+    (none in a sweep from before the row kinds)."""
     data = json.loads(path.read_text())
     rows = {}
-    kinds = False
+    kinds = {}
     for raw in data["rows"]:
-        kinds = kinds or "kind" in raw
         fields = {k: v for k, v in raw.items() if k != "kind"}
         row = ArchRow.from_json(fields)
         rows[(row.architecture, row.dtype)] = row
+        if "kind" in raw:
+            kinds[(row.architecture, row.dtype)] = raw["kind"]
     return data["versions"], rows, kinds
 
 
@@ -48,7 +53,6 @@ def main() -> None:
     findings = tuple(load_findings())
     versions, old, old_kinds = rows_of(args.old)
     _, new, new_kinds = rows_of(args.new)
-    old_report = SweepReport(versions, tuple(old.values()), 0.0, 0, findings)
     new_report = SweepReport(versions, tuple(new.values()), 0.0, 0, findings)
     dtypes = args.dtype or sorted({d for _, d in new})
     out: list[str] = []
@@ -62,10 +66,10 @@ def main() -> None:
         before_counts: Counter[str] = Counter()
         after_counts: Counter[str] = Counter()
         for key in keys:
-            after = label(new_report, new[key], new_kinds)
+            after = label(new_report, new[key], bool(new_kinds))
             after_counts[after] += 1
             row = old.get(key)
-            before = "-" if row is None else label(old_report, row, old_kinds)
+            before = "-" if row is None else old_kinds.get(key) or label(new_report, row, False)
             if row is not None:
                 before_counts[before] += 1
             if before != after:

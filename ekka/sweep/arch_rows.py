@@ -106,7 +106,7 @@ class ArchRow(JsonRecord):
 
 
 CLASSIFICATIONS = ("bug", "transformers bug", "convention difference", "ekka gap",
-                   "alignment gap")  # fmt: skip
+                   "alignment gap", "missing CPU kernel")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,10 @@ class Finding:
 
     `kind`: "<framework> bug" (e.g. "vllm bug"), "transformers bug", "convention difference"
     (the two sides follow different conventions; `side` says which differs from the training
-    convention), "ekka gap" (Ekka's run of one side is not what it should be), or "alignment
+    convention), "ekka gap" (Ekka's run of one side is not what it should be), "alignment
     gap" (a component the two sides define otherwise; the comparison of that component means
-    nothing). `slug` names its reproduction (`ekka/data/reproduce/<slug>.py`) and finding
+    nothing), or "missing CPU kernel" (a failure of the CPU build whose message does not say
+    so, e.g. a bare assertion). `slug` names its reproduction (`ekka/data/reproduce/<slug>.py`) and finding
     folder; `target_code` / `reference_code`: file:line at the versions named."""
 
     architecture: str
@@ -280,6 +281,8 @@ def fail_cause(row: ArchRow, finding: Finding | None) -> FailCause | None:
         return FailCause.TARGET  # a bug that fails loudly (Falcon's MLP width)
     if finding is not None and finding.kind == "transformers bug":
         return FailCause.REFERENCE
+    if finding is not None and finding.kind == FailCause.KERNEL.value:
+        return FailCause.KERNEL  # a path the CPU build lacks, named where its message does not
     if any(re.search(p, row.reason) for p in KERNEL_PATTERNS):
         return FailCause.KERNEL
     if any(re.search(p, row.reason) for p in CONFIG_PATTERNS):

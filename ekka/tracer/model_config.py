@@ -65,7 +65,10 @@ def head_size(config: Mapping[str, Any]) -> int | None:
 
 def context_length(config: Mapping[str, Any]) -> int | None:
     cfg = text_config(config)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    # max_seq_len: DBRX's and MPT's key
+    keys = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+            "max_seq_len")  # fmt: skip
+    for key in keys:
         if cfg.get(key):
             return int(cfg[key])
     return None

@@ -24,7 +24,7 @@ from typing import Any
 
 from ekka.errors import OutputFolderError, UsageError
 from ekka.zoo.archs import get_arch
-from ekka.zoo.derive import is_derived, scale_config
+from ekka.zoo.derive import checkpoint_tensors, is_derived, scale_config
 from ekka.zoo.spec import ArchSpec
 from ekka.zoo.tokenizer import (
     DEFAULT_MODEL_MAX_LENGTH,
@@ -256,21 +256,30 @@ def _canonical_json(source: Path, target: Path) -> None:
     _dump_json(json.loads(source.read_text(encoding="utf-8")), target)
 
 
-def _canonical_safetensors(source: Path, target: Path) -> None:
-    """Copy a safetensors file with contiguous tensors and fixed metadata."""
+def _canonical_safetensors(
+    source: Path, target: Path, extra: Mapping[str, tuple[int, ...]] | None = None
+) -> None:
+    """Copy a safetensors file with contiguous tensors and fixed metadata, plus the `extra`
+    tensors (ones of their shape, in the file's dtype) that transformers does not save."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     tensors = {name: tensor.contiguous() for name, tensor in load_file(source).items()}
+    dtype = next(iter(tensors.values())).dtype
+    for name, shape in (extra or {}).items():
+        tensors.setdefault(name, torch.ones(shape, dtype=dtype))
     save_file(tensors, target, metadata=dict(SAFETENSORS_METADATA))
 
 
-def _copy_canonical(staging: Path, out: Path) -> None:
+def _copy_canonical(
+    staging: Path, out: Path, extra: Mapping[str, tuple[int, ...]] | None = None
+) -> None:
     """Move the files transformers wrote in `staging` into `out`, canonicalized."""
     written = {path.name for path in staging.iterdir()}
     unexpected = written - set(MODEL_FILES)
     if unexpected or "model.safetensors" not in written:
         raise RuntimeError(f"save_pretrained wrote unexpected files: {sorted(written)}")
-    _canonical_safetensors(staging / "model.safetensors", out / "model.safetensors")
+    _canonical_safetensors(staging / "model.safetensors", out / "model.safetensors", extra)
     for name in ("config.json", "generation_config.json"):
         if name in written:
             _canonical_json(staging / name, out / name)
@@ -340,7 +349,8 @@ def build_model(
         with tempfile.TemporaryDirectory(prefix="ekka-zoo-") as tmp:
             staging = Path(tmp)
             _save_model(model, dtype, staging)
-            _copy_canonical(staging, out)
+            extra = checkpoint_tensors(spec.name, config) if zoo_defaults else {}
+            _copy_canonical(staging, out, extra)
     build_tokenizer(out, DEFAULT_VOCAB_SIZE, model_max_length=_max_length(config))
     _dump_json(_manifest(spec, seed, dtype, overrides, zoo_defaults), out / MANIFEST)
     return out

@@ -44,6 +44,11 @@ SCALED: Mapping[str, Any] = MappingProxyType(
 )  # fmt: skip
 SLIDING_WINDOW = 8  # a window the tests' 32-token prompt crosses
 
+# Multi-head latent attention: as many key and value heads as query heads, as every released
+# DeepSeek-style MLA config.json (DeepSeek-V3: 128 and 128); transformers' MLA attention expands
+# the latent keys to every head (one KV head fails in its attention)
+MLA_HEADS: Mapping[str, Any] = MappingProxyType({"num_key_value_heads": 2})
+
 # Keys that the family's real config.json carries and vLLM reads, where the config class's
 # defaults lack them (or hold what no released checkpoint has); values as the released
 # checkpoints have them, sizes scaled down. Without them vLLM fails on the derived config
@@ -69,8 +74,62 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # Llama 4: one routed expert per token (vLLM's CPU MoE applies the router weight on the
         # input only for top-1, as the released Scout and Maverick are), a small dense MLP
         "Llama4ForCausalLM": {"num_experts_per_tok": 1, "intermediate_size_mlp": 256},
-        # DeepSeek V3: noaux_tc routing with its correction bias, sigmoid scores
-        "DeepseekV3ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid"},
+        # DeepSeek V3: noaux_tc routing with its correction bias, sigmoid scores; the latent
+        # cache of every released DeepSeek MLA checkpoint, kv_lora_rank 512 + qk_rope_head_dim 64
+        # (576: the one latent size vLLM's CPU MLA kernel is built for)
+        "DeepseekV3ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                                  "kv_lora_rank": 512, **MLA_HEADS},
+        # DeepSeek V2 (Lite): greedy top-k routing in one group (DeepSeek-V2-Lite's config.json:
+        # n_group 1, topk_group 1; vLLM routes every DeepSeek V2 grouped), its experts per token
+        # (the class has none), the released latent rank (see V3)
+        "DeepseekV2ForCausalLM": {"n_group": 1, "topk_group": 1, "num_experts_per_tok": 2,
+                                  "kv_lora_rank": 512, **MLA_HEADS},
+        # GLM-4.7-Flash (glm4_moe_lite): the first layer dense (config.json's
+        # first_k_dense_replace, which vLLM reads; transformers derives mlp_layer_types), the
+        # released latent rank (see DeepSeek V3)
+        "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": 1, "kv_lora_rank": 512,
+                                   **MLA_HEADS},
+        # LongCat-Flash: its MLA's LoRA scaling on (transformers always applies it), identity
+        # zero experts but none of them (transformers' experts keep weight rows for zero experts,
+        # which its save writes as expert weights no released checkpoint has: vLLM refuses
+        # them), the released latent rank (see DeepSeek V3)
+        "LongcatFlashForCausalLM": {"mla_scale_q_lora": True, "mla_scale_kv_lora": True,
+                                    "zero_expert_type": "identity", "zero_expert_num": 0,
+                                    "kv_lora_rank": 512, **MLA_HEADS},
+        # MiMo-V2-Flash: the layer pattern and the sliding layers' attention under the keys of
+        # its released config.json, which vLLM reads (transformers derives them: layer_types,
+        # mlp_layer_types, twice the KV heads and sinks in the sliding layers); the released head
+        # sizes (192 for q/k, 128 for v: rotary 0.334 of 192 = 64 dims)
+        "MiMoV2FlashForCausalLM": {
+            "hybrid_layer_pattern": [0, 1], "moe_layer_freq": [0, 1],
+            "mlp_layer_types": ["dense", "sparse"],
+            "head_dim": 192, "v_head_dim": 128, "swa_head_dim": 192, "swa_v_head_dim": 128,
+            "swa_num_attention_heads": 2, "swa_num_key_value_heads": 2,
+            "sliding_window_size": SLIDING_WINDOW, "add_swa_attention_sink_bias": True,
+            "add_full_attention_sink_bias": False, "layernorm_epsilon": 1e-5,
+            "swa_rope_theta": 10000.0, "partial_rotary_factor": 0.334,
+        },
+        # Nemotron-H (dense, as Nemotron-H-8B: its pattern "M-M-*-" has Mamba-2, attention and
+        # relu2 MLP layers, no MoE): Mamba heads of 64 filling expand * hidden, one group
+        "NemotronHForCausalLM": {
+            "layers_block_type": ["linear_attention", "mlp", "full_attention", "mlp"],
+            "mamba_num_heads": 4, "mamba_head_dim": 64, "n_groups": 1,
+        },
+        # A.X K1: DeepSeek V3's routing (noaux_tc, sigmoid), the released latent rank (see
+        # DeepSeek V3); its dense layers' post_mlp_layernorm: CHECKPOINT_TENSORS
+        "AXK1ForCausalLM": {"topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                            "kv_lora_rank": 512, **MLA_HEADS},
+        # Mamba2: one group of B/C heads, as the released mamba2-130m..2.7b (n_groups 1); the
+        # class default (8, Codestral's) leaves no head per group with the zoo's 4 heads (vLLM's
+        # CPU kernels divide by it: exit -8)
+        "Mamba2ForCausalLM": {"n_groups": 1},
+        # Zamba2: multi-head attention in its shared blocks (every released Zamba2 has
+        # num_key_value_heads = num_attention_heads; vLLM's Zamba2Attention has no GQA)
+        "Zamba2ForCausalLM": {"num_key_value_heads": 2},
+        # Falcon: the MLP 4x the hidden size, as every released Falcon (falcon-7b: 4544 and
+        # 18176); vLLM's FalconMLP hard-codes that width (the finding falcon-ffn-hidden-size)
+        "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True,
+                              "ffn_hidden_size": 512},
         # MiniCPM3: multi-head latent attention, one key and value head per query head (its
         # transformers attention expands the latent keys to every head; no GQA)
         "MiniCPM3ForCausalLM": {"num_key_value_heads": 2},
@@ -86,11 +145,25 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     }
 )  # fmt: skip
 
+# Tensors the family's released checkpoints hold and transformers' model does not save (norm
+# weights, saved as ones of the hidden size): (name with {layer}, the config attribute whose
+# value is how many layers, from the first, hold it).
+# A.X K1's checkpoint has post_mlp_layernorm in every layer, the first_k_dense_replace dense
+# ones too (unused there: transformers drops it, vLLM builds and loads it; vLLM's A.X K1 was
+# served from the released checkpoint, vllm-project/vllm#32407, and vLLM's loader refuses a
+# checkpoint without it).
+CHECKPOINT_TENSORS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
+    {
+        "AXK1ForCausalLM": (
+            ("model.layers.{layer}.post_mlp_layernorm.weight", "first_k_dense_replace"),
+        ),
+    }
+)
+
 # Per-architecture overrides on top of the scaled defaults, where those do not build or run.
-OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+_FIXES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "GPT2LMHeadModel": {"n_head": 2, "n_embd": 128},
-        "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True},
         "BloomForCausalLM": {"n_head": 2},
         "OPTForCausalLM": {"word_embed_proj_dim": 128},
         "GPTJForCausalLM": {"rotary_dim": 32},
@@ -102,7 +175,13 @@ OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "num_kv_shared_layers": 0,
             "activation_sparsity_pattern": [0.0, 0.0],
         },
-        **CHECKPOINT_KEYS,
+    }
+)
+# The overrides of each architecture: its fixes, then its checkpoint keys over them.
+OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        name: {**_FIXES.get(name, {}), **CHECKPOINT_KEYS.get(name, {})}
+        for name in (*_FIXES, *CHECKPOINT_KEYS)
     }
 )
 
@@ -197,4 +276,14 @@ def scale_config(default: Mapping[str, Any]) -> dict[str, Any]:
     if layers and isinstance(types, list) and types:
         distinct = list(dict.fromkeys(types))
         out["layer_types"] = [distinct[i % len(distinct)] for i in range(layers)]
+    return out
+
+
+def checkpoint_tensors(name: str, config: Any) -> dict[str, tuple[int, ...]]:
+    """The tensors (name -> shape, ones of the hidden size) that `name`'s released checkpoints
+    hold beyond what transformers saves (`CHECKPOINT_TENSORS`)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for pattern, layers in CHECKPOINT_TENSORS.get(name, ()):
+        for layer in range(int(getattr(config, layers))):
+            out[pattern.format(layer=layer)] = (int(config.hidden_size),)
     return out

@@ -73,3 +73,13 @@ def test_vllm_starts_on_a_scenario_that_shrinks_the_cache(zoo_model, tmp_path) -
     )
     assert not diagnosis.diverged, diagnosis.verdict
     assert len(diagnosis.target_tokens) == 3
+
+
+def test_the_context_is_read_under_each_family_s_key() -> None:
+    from ekka.tracer.model_config import context_length
+
+    assert context_length({"max_position_embeddings": 256}) == 256
+    assert context_length({"n_positions": 1024}) == 1024
+    # DBRX: without it vLLM refuses the default max_model_len (4096) above its 2048
+    assert context_length({"max_seq_len": 2048}) == 2048
+    assert context_length({}) is None

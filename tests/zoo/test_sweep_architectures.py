@@ -97,6 +97,7 @@ def test_a_sweep_at_a_commit_runs_that_commits_sources(tmp_path, capsys):
         "cohere2-sliding-window",
         "falcon-ffn-hidden-size",
         "gemma3n-per-layer-projection-scale",
+        "lfm2-cpu-rotary-3d",
         "olmoe-norm-eps-clip-qkv",
     ],
 )

@@ -71,7 +71,9 @@ def test_row_kinds_and_causes(report: SweepReport) -> None:
     assert labels["FalconForCausalLM"] == "fails (vLLM)"  # a known vLLM bug, loud
     assert labels["MambaForCausalLM"] == "fails (missing CPU kernel)"
     assert labels["AfmoeForCausalLM"] == "fails (Ekka's configuration)"
-    assert labels["LagunaForCausalLM"] == "fails (vLLM)"
+    # a bare AssertionError: the CPU router's missing path, named by its finding
+    assert labels["LagunaForCausalLM"] == "fails (missing CPU kernel)"
+    assert fail_cause(ROWS[9], None) is FailCause.TARGET  # without the finding: vLLM's
     assert labels["DbrxForCausalLM"] == "fails (Ekka's configuration)"
     assert fail_cause(ROWS[0], None) is None
     assert fail_cause(ROWS[7], None) is FailCause.KERNEL
