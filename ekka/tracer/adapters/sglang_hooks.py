@@ -179,9 +179,12 @@ class SchedulerRecorder:
             **found,
         )
 
-    def replay(self, reference: str, modules: list[str] | None) -> None:
+    def replay(
+        self, reference: str, modules: list[str] | None, names: Mapping[str, str] | None = None
+    ) -> None:
         """Replay `modules` (None: every replayable leaf) on the reference's inputs, into the
-        trace's replay folder."""
+        trace's replay folder (`names`: the reference's name of a module named otherwise
+        there, where its input is read)."""
         from ekka.tracer.adapters.vllm_replay import replay_modules
 
         assert self.writer is not None and self.recorder is not None, "begin and end first"
@@ -197,6 +200,7 @@ class SchedulerRecorder:
             reference,
             None if modules is None else tuple(modules),
             passes=[p.positions for p in self.writer.passes],
+            names=names,
         )
         replays.close(replayed=count, timings={"replay": time.perf_counter() - started})
 
