@@ -47,6 +47,8 @@ from ekka.tracer.trace import REPLAY_FOLDER, PassInfo, TraceManifest, TraceWrite
 COMMAND = "ekka_command"  # the scheduler's method the target process calls
 # what SGLang's logits processor returns: a record whose `next_token_logits` are the logits
 LOGITS_OUTPUT = "LogitsProcessorOutput"
+# norm classes whose call may be per head, on `[tokens * heads, head_dim]` rows
+PER_HEAD_NORMS = ("RMSNorm",)
 
 
 def install(config: Mapping[str, Any]) -> Any:
@@ -323,15 +325,28 @@ class SchedulerRecorder:
             )
         }
 
-    def module_outputs(self, output: Any) -> list[torch.Tensor | None]:
-        """A module's output as the tensors recorded: the logits processor's
-        `LogitsProcessorOutput` is its `next_token_logits` at the traced request's row (so it
-        is a compared component, paired with the reference's logits as vLLM's tensor is); any
-        other output, its tensors."""
+    def module_outputs(self, module: Any, output: Any) -> list[torch.Tensor | None]:
+        """A module's output as the tensors recorded, one row per token of the pass:
+
+        - the logits processor's `LogitsProcessorOutput` is its `next_token_logits` at the
+          traced request's row (so it is a compared component, paired with the reference's
+          logits as vLLM's tensor is);
+        - a norm applied per head (Qwen 3's `q_norm`, `k_norm`) returns `[tokens * heads,
+          head_dim]` rows: they are viewed as `[tokens, heads * head_dim]`, the traced
+          request's rows then taken as any module's;
+        - any other output, its tensors."""
         logits = getattr(output, "next_token_logits", None)
-        if type(output).__name__ != LOGITS_OUTPUT or not isinstance(logits, torch.Tensor):
-            return flatten_tensors(output)
-        return [self._request_row(logits) if logits.numel() else None]
+        if type(output).__name__ == LOGITS_OUTPUT and isinstance(logits, torch.Tensor):
+            return [self._request_row(logits) if logits.numel() else None]
+        tensors = flatten_tensors(output)
+        rows = (
+            None if self.recorder is None or self.recorder.rows is None else self.recorder.rows[3]
+        )
+        if rows and len(tensors) == 1 and type(module).__name__.endswith(PER_HEAD_NORMS):
+            t = tensors[0]
+            if t is not None and t.dim() == 2 and t.shape[0] != rows and t.shape[0] % rows == 0:
+                return [t.reshape(rows, -1)]
+        return tensors
 
     def _request_row(self, logits: torch.Tensor) -> torch.Tensor:
         """The traced request's row of the logits, which hold one row per request of the batch
