@@ -170,3 +170,6 @@ def test_no_false_alarm_when_requests_meet_in_sglang(tmp_path, zoo_model):
     assert max(len(p.serving.spans) for p in passes if p.serving) == 2, "two in a batch"
     metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
     assert metadata and all(c.ratio == 0 for c in metadata), [c.detail for c in metadata]
+    # the logits processor compared in every pass, the traced request's row of the batch's logits
+    logits = [c for c in diagnosis.comparisons if c.target == "logits_processor"]
+    assert [c.rows for c in logits] == [1, 1, 1], logits
