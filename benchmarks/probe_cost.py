@@ -1,12 +1,15 @@
-"""Cost of one bisection probe's capture, measured from outside, against an untraced vLLM floor.
+"""Cost of one bisection probe's capture, measured from outside, against an untraced floor.
 
 What it measures: the wall time of the command a bisection runs per commit, the capture of the
 target's logits and greedy tokens, as a user would time it (`/usr/bin/time`: from the process'
 start to its exit, everything included: Python's start, the imports, the engine's start, the
 capture, the exit):
 
-    python -m ekka.cli trace --framework vllm --logits-only --model M \\
+    python -m ekka.cli trace --framework F --logits-only --model M \\
         --prompt-ids 1,2,... --max-tokens N --dtype D --out DIR
+
+(`--framework vllm`, the default, or `sglang`: then Ekka's command runs SGLang's target in
+SGLang's environment, `EKKA_SGLANG_PYTHON` or the checkout's `.venv-sglang`.)
 
 (`--probe logits-module` runs `--modules logits_processor` instead, for checkouts older than the
 tracer's redesign, which lack `--logits-only`.)
@@ -17,7 +20,13 @@ gpu_memory_utilization=0.3, dtype=D, seed=0, max_model_len=<the product's: the m
 length, at most 4096>)`, with `VLLM_ENABLE_V1_MULTIPROCESSING=0` and `VLLM_CPU_KVCACHE_SPACE=1`)
 and generates the same N tokens untraced (greedy, `ignore_eos`), prints them and exits at once
 (`os._exit`: the interpreter's teardown and vLLM's shutdown would add seconds to the floor and
-flatter the ratio). Floor and product runs alternate (floor, product, floor, ...) after one
+flatter the ratio). SGLang's floor (`--framework sglang`): a fresh process of SGLang's
+interpreter, with the environment SGLang's target gets (`SGLANG_USE_CPU_ENGINE=1`), that
+imports SGLang, starts `sglang.Engine(model_path=M, dtype=D, **ENGINE_DEFAULTS)` (the
+arguments Ekka's target starts it with, read from the checkout that runs; only Ekka's forward
+hook left out), generates the same N tokens untraced (greedy, `ignore_eos`), prints them, ends
+SGLang's scheduler and detokenizer processes as the target does (`kill_process_tree`) and
+`os._exit`s. Floor and product runs alternate (floor, product, floor, ...) after one
 untimed run of each (the page cache), so that a slower or faster moment of a shared machine
 falls on both; each round's ratio is product / floor of that round.
 
@@ -33,6 +42,7 @@ resident memory), the medians and ratios, then one JSON line with every figure.
         --set num_hidden_layers=12 --set num_attention_heads=12 --set num_key_value_heads=12 \
         --set intermediate_size=3072                                      # 114,051,840 parameters
     .venv/bin/python benchmarks/probe_cost.py --runs 5 --model /tmp/llama-114m
+    .venv/bin/python benchmarks/probe_cost.py --runs 3 --framework sglang  # SGLang's probe
 
 `--model` takes any model folder; without it the script builds the zoo llama
 (`ekka zoo build llama`, `--set KEY=VALUE` for a larger one) into a temporary folder.
@@ -54,6 +64,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +85,31 @@ params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
 out = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)
 print(json.dumps(list(out[0].outputs[0].token_ids)), flush=True)
 os._exit(0)
+"""
+
+# SGLang's floor: import SGLang, start the engine as Ekka's target does (without its hook),
+# generate untraced, end SGLang's child processes and exit at once.
+SGLANG_FLOOR = r"""
+import json, os, sys
+import sglang
+from sglang.srt.utils import kill_process_tree
+model, ids, n, dtype, arguments = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
+engine = sglang.Engine(model_path=model, dtype=dtype, **arguments)
+out = engine.generate(input_ids=[ids], sampling_params=[{"temperature": 0.0, "max_new_tokens": n, "ignore_eos": True}])
+print(json.dumps([int(t) for t in out[0]["output_ids"]]), flush=True)
+sys.stdout.flush()
+kill_process_tree(os.getpid(), include_parent=False, wait_timeout=10)
+os._exit(0)
+"""
+
+# What the chosen checkout says about SGLang's target: its interpreter, the environment its
+# process adds, and Ekka's engine arguments (printed as JSON).
+SGLANG_TARGET = r"""
+import json
+from ekka.frameworks import framework, python_for
+from ekka.tracer.adapters.sglang import ENGINE_DEFAULTS
+print(json.dumps({"python": python_for("sglang"), "env": dict(framework("sglang").env),
+                  "engine": ENGINE_DEFAULTS}))
 """
 
 
@@ -125,6 +161,20 @@ def floor_env() -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
     )
     return env
+
+
+def sglang_target(ekka_root: Path, cwd: Path) -> dict[str, Any]:
+    """SGLang's interpreter, target environment and engine arguments, as `ekka_root` has them."""
+    found = subprocess.run(
+        [sys.executable, "-c", SGLANG_TARGET],
+        env=ekka_env(ekka_root),
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    target: dict[str, Any] = json.loads(found.stdout.strip().splitlines()[-1])
+    return target
 
 
 def ekka_cmd(*args: str) -> list[str]:
@@ -189,6 +239,21 @@ def vllm_floor_cmd(model: Path, ids: Sequence[int], max_tokens: int, dtype: str)
         str(max_tokens),
         dtype,
         str(max_model_len(model)),
+    ]
+
+
+def sglang_floor_cmd(
+    target: dict[str, Any], model: Path, ids: Sequence[int], max_tokens: int, dtype: str
+) -> list[str]:
+    return [
+        target["python"],
+        "-c",
+        SGLANG_FLOOR,
+        str(model),
+        json.dumps(list(ids)),
+        str(max_tokens),
+        dtype,
+        json.dumps(target["engine"]),
     ]
 
 
@@ -292,6 +357,13 @@ def main() -> None:
         "`--logits-only`), or the logits_processor module (`--modules logits_processor`, the "
         "probe of checkouts older than the tracer's redesign, which lack --logits-only)",
     )
+    parser.add_argument(
+        "--framework",
+        choices=("vllm", "sglang"),
+        default="vllm",
+        help="the target: vLLM (its floor: vllm.LLM) or SGLang (its floor: sglang.Engine in "
+        "SGLang's environment)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ekka-probe-cost-") as tmp:
         work = Path(tmp)
@@ -300,7 +372,7 @@ def main() -> None:
         product = ekka_cmd(
             "trace",
             "--framework",
-            "vllm",
+            args.framework,
             *PROBE_SELECTION[args.probe],
             "--model",
             str(model),
@@ -313,15 +385,23 @@ def main() -> None:
             "--out",
             str(out),
         )
-        floor = vllm_floor_cmd(model, ids, args.max_tokens, args.dtype)
-        print(f"model {model}: {parameter_count(model):,} parameters, {args.dtype}")
+        if args.framework == "sglang":
+            target = sglang_target(args.ekka_root.resolve(), work)
+            floor = sglang_floor_cmd(target, model, ids, args.max_tokens, args.dtype)
+            floor_environment = {**floor_env(), **target["env"]}
+        else:
+            floor = vllm_floor_cmd(model, ids, args.max_tokens, args.dtype)
+            floor_environment = floor_env()
+        print(
+            f"{args.framework}, model {model}: {parameter_count(model):,} parameters, {args.dtype}"
+        )
         print(f"prompt {len(ids)} tokens, {args.max_tokens} generated; ekka from {args.ekka_root}")
         print("product: PYTHONPATH=" + str(args.ekka_root) + " " + " ".join(product))
         floors: list[Run] = []
         products: list[Run] = []
         for k in range(args.warmup + args.runs):
             label = "warm-up" if k < args.warmup else f"round {k - args.warmup + 1}"
-            f = timed(floor, floor_env(), work)
+            f = timed(floor, floor_environment, work)
             shutil.rmtree(out, ignore_errors=True)
             p = timed(product, ekka_env(args.ekka_root.resolve()), work)
             shutil.rmtree(out, ignore_errors=True)
@@ -340,6 +420,7 @@ def main() -> None:
             json.dumps(
                 {
                     "benchmark": "probe_cost",
+                    "framework": args.framework,
                     "probe": args.probe,
                     "model": str(model),
                     "parameters": parameter_count(model),

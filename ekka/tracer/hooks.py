@@ -150,9 +150,13 @@ class ModuleRecorder:
         modules: Sequence[str] | None = None,
         steps: str | None = None,
         hook_modules: bool = True,
+        outputs: Callable[[torch.nn.Module, Any], list[torch.Tensor | None]] | None = None,
     ) -> None:
         self.writer = writer
         self.hook_modules = hook_modules
+        # a module's output as the tensors recorded (a framework whose module returns a
+        # record, not tensors, or rows of another shape, says which tensors its output is)
+        self.outputs_of = outputs or (lambda module, output: flatten_tensors(output))
         self.root = root
         self.patterns = list(modules or [])
         self.want_step = parse_steps(steps)
@@ -395,7 +399,7 @@ class ModuleRecorder:
         cls_name, file, line = known
         if name not in self.modules_by_name:
             self.modules_by_name[name] = module
-        outputs = [self._copy(t) for t in flatten_tensors(output)]
+        outputs = [self._copy(t) for t in self.outputs_of(module, output)]
         fields = (
             self._unique(name),
             cls_name,

@@ -40,8 +40,14 @@ def test_pristine_sglang_matches_transformers_on_llama(sglang_diagnosed, dtype):
         "model.layers.0.mlp.gate_up_proj",
         "model.layers.1.post_attention_layernorm",
         "model.norm",
+        "logits_processor",
     ):
         assert name in names, name
+    # the logits processor (its `LogitsProcessorOutput`'s logits) in every pass, each the
+    # traced request's last row, within the noise
+    logits = [c for c in diagnosis.comparisons if c.target == "logits_processor"]
+    assert [(c.pass_index, c.rows) for c in logits] == [(0, 1), (1, 1), (2, 1)], logits
+    assert all(c.kind == "output" and c.ratio < 2 for c in logits), logits
     # the serving metadata of every pass was checked, against the scheduler's spans
     target = found.target
     assert [p.step for p in target.passes] == [0, 1, 2]
@@ -164,3 +170,6 @@ def test_no_false_alarm_when_requests_meet_in_sglang(tmp_path, zoo_model):
     assert max(len(p.serving.spans) for p in passes if p.serving) == 2, "two in a batch"
     metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
     assert metadata and all(c.ratio == 0 for c in metadata), [c.detail for c in metadata]
+    # the logits processor compared in every pass, the traced request's row of the batch's logits
+    logits = [c for c in diagnosis.comparisons if c.target == "logits_processor"]
+    assert [c.rows for c in logits] == [1, 1, 1], logits

@@ -45,12 +45,13 @@ FINDINGS = {
         "window of sliding_window + 1 tokens, transformers' sliding_window (vLLM's finding too)",
     ),
 }
-# Modules a pristine run leaves uncompared, and why (the coverage map says so too): SGLang's
-# Qwen3 attention normalizes q per head as `[tokens * heads, head_dim]` rows, which no rule
-# folds back to transformers' `[tokens, heads, head_dim]` yet (k fits where there is one KV head).
-UNCOMPARED = {".self_attn.q_norm": "per-head rows [tokens * heads, head_dim]"}
-# Pairings that do not fit yet, left out of the largest ratio (not examined): Phi's fc1 output
-# is far from transformers' in every pass while its activation, fc2 and the layer match; Gemma
+# Pairings that do not fit yet, left out of the largest ratio. Phi's fc1 (examined): SGLang's
+# PhiMLP sizes fc1 and fc2 as `n_inner` or 4 x hidden_size and ignores intermediate_size (512
+# wide against transformers' 256 in the zoo model); on a CPU SGLang's padded weight loader puts
+# the checkpoint's 256 rows first and leaves the rest zero, so its first 256 columns equal
+# transformers' exactly and the rest are 0 (the activation's too, and fc2's output matches),
+# but the comparison cuts the wider output as a partial rotary's q|k: a finding (issue 31),
+# harmless where intermediate_size is 4 x hidden_size (Phi-2), a load error on a GPU. Gemma
 # 3's model-level rotary embedding (SGLang's `rotary_emb` and `rotary_emb_local`, transformers'
 # one module called per layer type) differed in one decode step of one float32 run out of
 # three (ratio 2e5) while every layer after it matched.
@@ -72,13 +73,9 @@ def test_pristine_sglang_has_no_false_alarm(arch, dtype, sglang_diagnosed):
     metadata = [c for c in diagnosis.comparisons if c.kind == "metadata"]
     assert len(metadata) == 3 * 3, "input ids, positions, attention metadata in each pass"
     assert all(c.ratio == 0 for c in metadata), [c.detail for c in metadata if c.ratio]
-    gaps = [
-        c
-        for c in diagnosis.coverage
-        if not c.complete
-        and NO_COUNTERPART not in c.reason
-        and not c.component.endswith(tuple(UNCOMPARED))
-    ]
+    # every module with a counterpart compared in every pass (Qwen 3's per-head q_norm and
+    # k_norm too: their `[tokens * heads, head_dim]` rows recorded as one row per token)
+    gaps = [c for c in diagnosis.coverage if not c.complete and NO_COUNTERPART not in c.reason]
     assert diagnosis.coverage and not gaps, gaps
     component, dtypes, note = FINDINGS.get(arch, ("", (), ""))
     if dtype in dtypes:

@@ -193,11 +193,20 @@ class SglangTarget:
         self._command("end", generated_ids=list(self.generated), found=found)
         return Path(self.spec.out)
 
-    def replay(self, reference: str, modules: tuple[str, ...] | None) -> tuple[Path, int]:
-        """Replay `modules` (None: every replayable leaf) on the reference's inputs, in the
-        scheduler; the replay trace's path and how many modules it replayed."""
+    def replay(
+        self,
+        reference: str,
+        modules: tuple[str, ...] | None,
+        names: tuple[tuple[str, str], ...] = (),
+    ) -> tuple[Path, int]:
+        """Replay `modules` (None: every replayable leaf) on the reference's inputs (`names`:
+        the reference's name of a module named otherwise there), in the scheduler; the replay
+        trace's path and how many modules it replayed."""
         self._command(
-            "replay", reference=reference, modules=None if modules is None else list(modules)
+            "replay",
+            reference=reference,
+            modules=None if modules is None else list(modules),
+            names=dict(names),
         )
         path = Path(self.spec.out) / REPLAY_FOLDER
         return path, int(TraceReader(path).manifest.replayed or 0)
@@ -246,7 +255,7 @@ def serve(channel: Channel) -> None:
             notes=target.notes,
         )
     )
-    answer(channel, target, lambda m: target.replay(m.reference, m.modules))
+    answer(channel, target, lambda m: target.replay(m.reference, m.modules, m.names))
 
 
 def exit_at_once(code: int) -> None:

@@ -32,6 +32,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ekka.tracer.hooks import flatten_tensors
 from ekka.tracer.metadata import (
     TRACED,
     AttentionMetadata,
@@ -42,6 +45,10 @@ from ekka.tracer.metadata import (
 from ekka.tracer.trace import REPLAY_FOLDER, PassInfo, TraceManifest, TraceWriter
 
 COMMAND = "ekka_command"  # the scheduler's method the target process calls
+# what SGLang's logits processor returns: a record whose `next_token_logits` are the logits
+LOGITS_OUTPUT = "LogitsProcessorOutput"
+# norm classes whose call may be per head, on `[tokens * heads, head_dim]` rows
+PER_HEAD_NORMS = ("RMSNorm",)
 
 
 def install(config: Mapping[str, Any]) -> Any:
@@ -132,7 +139,12 @@ class SchedulerRecorder:
         self.error = None
         self.slots = {}
         self.recorder = ModuleRecorder(
-            self.writer, self.model, modules=modules, steps=steps, hook_modules=not logits_only
+            self.writer,
+            self.model,
+            modules=modules,
+            steps=steps,
+            hook_modules=not logits_only,
+            outputs=self.module_outputs,
         )
         # the pass begins at the first call into the model that gets the forward batch
         # (SGLang calls the model's `forward` itself, so the model's own hooks never run)
@@ -169,9 +181,12 @@ class SchedulerRecorder:
             **found,
         )
 
-    def replay(self, reference: str, modules: list[str] | None) -> None:
+    def replay(
+        self, reference: str, modules: list[str] | None, names: Mapping[str, str] | None = None
+    ) -> None:
         """Replay `modules` (None: every replayable leaf) on the reference's inputs, into the
-        trace's replay folder."""
+        trace's replay folder (`names`: the reference's name of a module named otherwise
+        there, where its input is read)."""
         from ekka.tracer.adapters.vllm_replay import replay_modules
 
         assert self.writer is not None and self.recorder is not None, "begin and end first"
@@ -187,6 +202,7 @@ class SchedulerRecorder:
             reference,
             None if modules is None else tuple(modules),
             passes=[p.positions for p in self.writer.passes],
+            names=names,
         )
         replays.close(replayed=count, timings={"replay": time.perf_counter() - started})
 
@@ -309,9 +325,41 @@ class SchedulerRecorder:
             )
         }
 
+    def module_outputs(self, module: Any, output: Any) -> list[torch.Tensor | None]:
+        """A module's output as the tensors recorded, one row per token of the pass:
+
+        - the logits processor's `LogitsProcessorOutput` is its `next_token_logits` at the
+          traced request's row (so it is a compared component, paired with the reference's
+          logits as vLLM's tensor is);
+        - a norm applied per head (Qwen 3's `q_norm`, `k_norm`) returns `[tokens * heads,
+          head_dim]` rows: they are viewed as `[tokens, heads * head_dim]`, the traced
+          request's rows then taken as any module's;
+        - any other output, its tensors."""
+        logits = getattr(output, "next_token_logits", None)
+        if type(output).__name__ == LOGITS_OUTPUT and isinstance(logits, torch.Tensor):
+            return [self._request_row(logits) if logits.numel() else None]
+        tensors = flatten_tensors(output)
+        rows = (
+            None if self.recorder is None or self.recorder.rows is None else self.recorder.rows[3]
+        )
+        if rows and len(tensors) == 1 and type(module).__name__.endswith(PER_HEAD_NORMS):
+            t = tensors[0]
+            if t is not None and t.dim() == 2 and t.shape[0] != rows and t.shape[0] % rows == 0:
+                return [t.reshape(rows, -1)]
+        return tensors
+
+    def _request_row(self, logits: torch.Tensor) -> torch.Tensor:
+        """The traced request's row of the logits, which hold one row per request of the batch
+        (the last token of each extend, the decoded one), `[1, vocab]`."""
+        rows = logits.reshape(-1, logits.shape[-1])
+        if self._sampled_rows is not None:
+            first, count, total, _ = self._sampled_rows
+            if rows.shape[0] == total:
+                rows = rows[first : first + count]
+        return rows
+
     def logits(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
-        """The logits processor's output: one row per request of the batch (the last token of
-        each extend, the decoded one), the traced request's at its index."""
+        """The logits processor's output: the logits of the traced request's row."""
         recorder = self.recorder
         if recorder is None or not recorder.recording or self.error is not None:
             return
@@ -319,8 +367,6 @@ class SchedulerRecorder:
             logits = getattr(output, "next_token_logits", None)
             if logits is None or not logits.numel():
                 return
-            recorder.rows = self._sampled_rows
-            rows = recorder.take_rows(logits.reshape(-1, logits.shape[-1]))
-            recorder.record_tensor("logits", rows[-1], kind="logits")
+            recorder.record_tensor("logits", self._request_row(logits)[-1], kind="logits")
         except Exception as exc:
             self.error = exc
