@@ -32,6 +32,8 @@ from ekka.sweep.arch_rows import (
 )
 from ekka.sweep.arch_store import ArchStore
 
+# a target that did not answer in time (`TargetSession`): not the framework's failure
+TIMED_OUT = "within its time limit"
 REGISTRY_TIMEOUT = 600.0  # SGLang's registry imports every model module (about 30 s idle)
 
 
@@ -204,6 +206,9 @@ def sweep_one(
                 )
             )
         except CaptureError as exc:
+            if TIMED_OUT in str(exc):  # the machine's load, not the framework: Ekka's, retried
+                return row("error", builds=True, vllm_loads=None, transformers_loads=True,
+                           reason=f"Ekka: {_first_line(exc)}")  # fmt: skip
             return row("vllm-failed", builds=True, vllm_loads=False, transformers_loads=True,
                        reason=f"{title}: {_first_line(exc)}")  # fmt: skip
         ratios = [c.ratio for c in diagnosis.comparisons]
