@@ -290,6 +290,8 @@ def fail_cause(row: ArchRow, finding: Finding | None) -> FailCause | None:
         return FailCause.TARGET  # a bug that fails loudly (Falcon's MLP width)
     if finding is not None and finding.kind == "transformers bug":
         return FailCause.REFERENCE
+    if finding is not None and finding.kind == "ekka gap":  # a failure examined: Ekka's config
+        return FailCause.CONFIG
     if any(re.search(p, row.reason) for p in KERNEL_PATTERNS):
         return FailCause.KERNEL
     if any(re.search(p, row.reason) for p in CONFIG_PATTERNS):
