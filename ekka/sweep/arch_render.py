@@ -55,7 +55,8 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
         f"{title} {v.get(target, '?')} against transformers "
         f"{v['transformers']}; {s['architectures']} "
         f"architectures, {s['load_both']} load on both sides; prompt of {len(PROMPT_IDS)} tokens, "
-        f"{MAX_TOKENS} generated; {s['seconds']:.0f} s.",
+        f"{MAX_TOKENS} generated; {s['seconds']:.0f} s "
+        f"({sum(r.seconds for r in report.rows):.0f} s in its rows, kept ones included).",
         "",
     ]
     if report.notes:
