@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -113,8 +114,16 @@ def choose(names: str, registry: Registry | None = None) -> list[str]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's first line; where that line names no error (a target that ended, killed:
+    SGLang ends its engine's process when its scheduler fails), the last error its log shows."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    first = f"{type(exc).__name__}: {text[0][:300]}"
+    if "Error" in text[0] or "Exception" in text[0]:
+        return first
+    errors = [ln.strip() for ln in text[1:] if re.match(r"\s*[\w.]*(Error|Exception)\b", ln)]
+    return f"{first}; its log: {errors[-1][:300]}" if errors else first
 
 
 def sweep_one(

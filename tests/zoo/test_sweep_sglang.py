@@ -130,3 +130,22 @@ def test_the_sglang_sweep_through_the_cli(
     folder = out / "findings" / "sglang-mistral-sliding-window"
     assert (folder / "reproduce.py").is_file()
     assert "SGLang ran with" in (out / "sweep.md").read_text()
+
+
+def test_a_killed_targets_row_says_the_error_its_log_shows() -> None:
+    """SGLang ends its engine's process when its scheduler fails: the row's reason is the last
+    error of the target's log, not only "ended before it could start its engine"."""
+    from ekka.errors import CaptureError
+    from ekka.sweep.arch_runner import _first_line
+
+    killed = CaptureError(
+        "sglang target ended before it could start its engine (exit code -9)\n"
+        '--- last lines of its log ---\nTraceback (most recent call last):\n  File "x.py"\n'
+        "AttributeError: 'Gemma2Config' object has no attribute 'hidden_act'\n[...] sigquit"
+    )
+    assert _first_line(killed).endswith(
+        "(exit code -9); its log: AttributeError: 'Gemma2Config' object has no attribute "
+        "'hidden_act'"
+    )
+    failed = CaptureError("sglang target failed: TypeError: x (exit code 1)\nValueError: y")
+    assert _first_line(failed) == "CaptureError: sglang target failed: TypeError: x (exit code 1)"
