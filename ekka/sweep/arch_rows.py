@@ -74,6 +74,7 @@ KERNEL_PATTERNS = (
     r"not in Ekka's CPU stand-in for sgl_kernel",
     r"No module named 'cutlass'",
     r"active drivers \(\[\]\)\. There should only be one",  # Triton without a CPU driver
+    r"Found no NVIDIA driver",  # a CUDA-only path (torch.cuda called)
     r"cannot import name 'causal_conv1d_fn'",
 )
 # Failures of a derived configuration: a key real checkpoints carry and vLLM reads.
