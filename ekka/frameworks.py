@@ -33,6 +33,10 @@ class Framework:
     python_variable: str = ""  # the variable naming its interpreter ("": Ekka's own)
     venv: str = ""  # the environment `make venv` makes for it, in Ekka's checkout
     env: Mapping[str, str] = field(default_factory=dict)  # what its target's process adds
+    # the module that lists its model registry, run as `python -m REGISTRY` with its
+    # interpreter (one JSON object: version, registered, unimportable, notes); "": the zoo's
+    # derived architectures already follow its registry (vLLM's, read as text)
+    registry: str = ""
 
     def sources(self, tree: str | Path) -> Path:
         """The folder of a checkout of the framework's repository to put first on the path."""
@@ -51,6 +55,7 @@ FRAMEWORKS: dict[str, Framework] = {
         venv=".venv-sglang",
         # SGLang's CPU paths (without it, device="cpu" reaches for vLLM's CUDA ops)
         env={"SGLANG_USE_CPU_ENGINE": "1"},
+        registry="ekka.tracer.adapters.sglang_registry",
     ),
 }
 

@@ -75,8 +75,10 @@ def check_sweep_modes(
     architectures: str | None,
     repo: object | None,
     commit: str | None,
+    framework: str = "vllm",
 ) -> None:
-    """One sweep, with its own options: --repo and --commit are the architecture sweep's."""
+    """One sweep, with its own options: --repo, --commit and --framework are the architecture
+    sweep's."""
     if (config is None) == (architectures is None):
         raise UsageError(
             "give --config ekka.toml (the nightly sweep) or --architectures all|NAME,... "
@@ -86,6 +88,11 @@ def check_sweep_modes(
         raise UsageError(
             "--repo and --commit are the architecture sweep's; the nightly sweep takes its "
             "repository from the configuration's [[sweeps]] entry."
+        )
+    if config is not None and framework != "vllm":
+        raise UsageError(
+            "--framework is the architecture sweep's; the nightly sweep takes the framework "
+            "from the configuration's [[repositories]] entry."
         )
     if (repo is None) != (commit is None):
         raise UsageError("--repo and --commit go together: the clone, and the commit to sweep.")

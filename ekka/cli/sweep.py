@@ -35,10 +35,15 @@ def sweep(
     report_only: bool = typer.Option(
         False, "--report-only", help="Architecture sweep: report the rows kept, run nothing."
     ),
+    framework: str = typer.Option(
+        "vllm",
+        "--framework",
+        help="Architecture sweep: the target framework, vllm or sglang (SGLang: the zoo's architectures its model registry holds).",
+    ),
     repo: Path | None = typer.Option(
         None,
         "--repo",
-        help="Architecture sweep: a vLLM clone; with --commit, sweep that commit (its Python sources over the installed release's compiled extensions) instead of the installed release.",
+        help="Architecture sweep: a clone of the framework; with --commit, sweep that commit (its Python sources over the installed release's compiled extensions) instead of the installed release.",
     ),
     commit: str | None = typer.Option(
         None, "--commit", help="Architecture sweep: the commit of --repo to sweep."
@@ -48,7 +53,9 @@ def sweep(
     report what broke), or a sweep over architectures against transformers (--architectures)."""
     from ekka.modes import check_sweep_modes
 
-    check_sweep_modes(config=config, architectures=architectures, repo=repo, commit=commit)
+    check_sweep_modes(
+        config=config, architectures=architectures, repo=repo, commit=commit, framework=framework
+    )
     if config is not None:
         from ekka.bot.config import load_config
         from ekka.sweep.nightly import run_nightly
@@ -78,5 +85,6 @@ def sweep(
     code = run_cli(
         architectures, dtype, out_dir, db, json_file, out=out, console=console,
         report_only=report_only, repo=str(repo) if repo else None, commit=commit,
+        framework=framework,
     )  # fmt: skip
     raise typer.Exit(code)

@@ -20,6 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ekka.codec import JsonRecord
+from ekka.frameworks import framework as framework_named
 from ekka.sweep.arch_rows import ArchRow, Finding, SweepReport, confirmed_latent, shown
 
 FOLDER = "findings"
@@ -144,7 +145,7 @@ def _fmt(x: float | None) -> str:
 def render_finding(record: FindingFolder, commands: list[str]) -> str:
     """The finding's report.md."""
     v = record.versions
-    target = "vLLM" if record.framework == "vllm" else record.framework
+    target = framework_named(record.framework).title
     lines = [
         f"# {', '.join(record.architectures)}: {shown(record.classification)}",
         "",
@@ -210,6 +211,16 @@ def code_excerpt(ref: str) -> str | None:
 
 
 def _package_dir(package: str) -> Path | None:
+    """The installed package's folder; a framework's as its own interpreter finds it (SGLang's
+    is not importable in Ekka's process)."""
+    from ekka.errors import UsageError
+    from ekka.frameworks import FRAMEWORKS, installed_package_dir
+
+    if package in FRAMEWORKS:
+        try:
+            return installed_package_dir(package)
+        except UsageError:
+            return None
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):

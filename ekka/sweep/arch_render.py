@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from ekka.frameworks import framework as framework_named
 from ekka.sweep.arch_rows import (
     MAX_TOKENS,
     PROMPT_IDS,
@@ -46,16 +47,20 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
     """`folders`: a finding's slug -> its folder (relative to the report), linked."""
     s = report.summary()
     v = report.versions
-    target = next((r.framework for r in report.rows), "vllm")
+    target = next((r.framework for r in report.rows), next(iter(v)))
+    title = framework_named(target).title
     lines = [
         "# Ekka architecture sweep",
         "",
-        f"{'vLLM' if target == 'vllm' else target} {v.get(target, '?')} against transformers "
+        f"{title} {v.get(target, '?')} against transformers "
         f"{v['transformers']}; {s['architectures']} "
         f"architectures, {s['load_both']} load on both sides; prompt of {len(PROMPT_IDS)} tokens, "
-        f"{MAX_TOKENS} generated; {s['seconds']:.0f} s.",
+        f"{MAX_TOKENS} generated; {s['seconds']:.0f} s "
+        f"({sum(r.seconds for r in report.rows):.0f} s in its rows, kept ones included).",
         "",
     ]
+    if report.notes:
+        lines += [f"{title} ran with: {'; '.join(report.notes)}.", ""]
     for dtype in sorted({r.dtype for r in report.rows}):
         counts = ", ".join(f"{n} {kind}" for kind, n in s[f"{dtype} kinds"].items() if n)
         lines.append(f"- {dtype}: {counts}")
@@ -65,7 +70,7 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
         "its replay alone on the reference's input confirms it, though the error fades before "
         "the logits on this prompt); *diverges*; *alignment gap* (a difference of definition "
         "Ekka names); *unexplained* (a component above the threshold whose error fades, "
-        "neither confirmed nor named: to examine); *fails* (with its cause: vLLM, transformers, "
+        f"neither confirmed nor named: to examine); *fails* (with its cause: {title}, transformers, "
         "a kernel missing from the CPU build, Ekka's configuration, Ekka).",
     ]
     new = [r for r in report.rows if report.new(r)]
@@ -93,7 +98,7 @@ def render_markdown(report: SweepReport, folders: Mapping[str, str] | None = Non
         "",
         "## All rows",
         "",
-        "| architecture | dtype | kind | vLLM | transformers | largest ratio | first divergence | suspects | why / verdict |",
+        f"| architecture | dtype | kind | {title} | transformers | largest ratio | first divergence | suspects | why / verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     yes = {True: "yes", False: "no", None: "-"}

@@ -18,16 +18,19 @@ from typing import Any, ClassVar
 
 from ekka.codec import JsonRecord
 from ekka.errors import UsageError
+from ekka.frameworks import framework as framework_named
 from ekka.report.records import Latent
 
 PROMPT_IDS = tuple([1] + [(7 * i + 11) % 500 + 3 for i in range(31)])  # 32 tokens
 MAX_TOKENS = 3
-TIMEOUT = 300.0
+TIMEOUT = 900.0  # an engine's start on a loaded machine (SGLang's took over 300 s at a load of 15)
+# "vllm-failed" and `ArchRow.vllm_loads` are the target's, whichever framework it is (the names
+# predate SGLang; rows are kept under them)
 STATUSES = ("match", "diverges", "build-failed", "vllm-failed", "transformers-failed", "error",
             "not-run")  # fmt: skip
 # on resume, done again: Ekka's own failure, a zoo setting (cheap), what depended on another row
 RETRIED = ("error", "build-failed", "not-run")
-FRAMEWORK = "vllm"  # the target of the architecture sweep today
+FRAMEWORK = "vllm"  # the architecture sweep's default target (`--framework`)
 
 
 class RowKind(str, enum.Enum):
@@ -45,7 +48,7 @@ class RowKind(str, enum.Enum):
 class FailCause(str, enum.Enum):
     """Why a row does not load on both sides (`fail_cause`)."""
 
-    TARGET = "target"  # the framework under test (vLLM)
+    TARGET = "target"  # the framework under test (vLLM, SGLang)
     REFERENCE = "transformers"
     KERNEL = "missing CPU kernel"  # the CPU build lacks what the architecture needs
     CONFIG = "Ekka's configuration"  # the derived tiny config lacks what real checkpoints carry
@@ -61,10 +64,18 @@ KERNEL_PATTERNS = (
     r"no valid sparse MLA backend",
     r"is not supported by MLA",
     r"expect weight to be bfloat16",  # the CPU MLA kernel's dtypes
-    r"triton",
+    r"(?i)triton",  # (SGLang's message says "Triton")
     r"_lib_fn_wrapper",  # a kernel library stand-in without the op
     r"torchvision::nms",
     r"Dimension out of range \(expected to be in range of \[-2, 1\]",  # CPU conv1d state
+    # SGLang on a CPU: Ekka's stand-in for sgl_kernel lacks the op (no CPU build exists), or
+    # a CUDA-only module
+    r"'sgl_kernel' object has no attribute",
+    r"not in Ekka's CPU stand-in for sgl_kernel",
+    r"No module named 'cutlass'",
+    r"active drivers \(\[\]\)\. There should only be one",  # Triton without a CPU driver
+    r"Found no NVIDIA driver",  # a CUDA-only path (torch.cuda called)
+    r"cannot import name 'causal_conv1d_fn'",
 )
 # Failures of a derived configuration: a key real checkpoints carry and vLLM reads.
 CONFIG_PATTERNS = (
@@ -219,12 +230,13 @@ def note_for(findings: Sequence[Finding], row: ArchRow, versions: dict[str, str]
     return f"{f.kind}: {f.note}" if f else None
 
 
-def reproduce(architecture: str, dtype: str) -> str:
+def reproduce(architecture: str, dtype: str, framework: str = FRAMEWORK) -> str:
     folder = f"/tmp/ekka-{architecture.lower()}-{dtype}"
     ids = ",".join(map(str, PROMPT_IDS))
+    target = "" if framework == FRAMEWORK else f" --framework {framework}"
     return (
         f"ekka zoo build {architecture} --out {folder} --dtype {dtype} && "
-        f"ekka diagnose --model {folder} --prompt-ids {ids} --dtype {dtype} "
+        f"ekka diagnose{target} --model {folder} --prompt-ids {ids} --dtype {dtype} "
         f"--max-tokens {MAX_TOKENS}"
     )
 
@@ -283,6 +295,8 @@ def fail_cause(row: ArchRow, finding: Finding | None) -> FailCause | None:
         return FailCause.REFERENCE
     if finding is not None and finding.kind == FailCause.KERNEL.value:
         return FailCause.KERNEL  # a path the CPU build lacks, named where its message does not
+    if finding is not None and finding.kind == "ekka gap":  # a failure examined: Ekka's config
+        return FailCause.CONFIG
     if any(re.search(p, row.reason) for p in KERNEL_PATTERNS):
         return FailCause.KERNEL
     if any(re.search(p, row.reason) for p in CONFIG_PATTERNS):
@@ -295,8 +309,9 @@ def row_label(row: ArchRow, finding: Finding | None) -> str:
     kind = row_kind(row, finding)
     if kind is RowKind.FAILS:
         cause = fail_cause(row, finding)
-        name = row.framework if cause is FailCause.TARGET else cause.value if cause else "?"
-        return f"fails ({'vLLM' if name == 'vllm' else name})"
+        if cause is FailCause.TARGET:
+            return f"fails ({framework_named(row.framework).title})"
+        return f"fails ({cause.value if cause else '?'})"
     return str(kind.value)
 
 
@@ -318,6 +333,7 @@ class SweepReport:
     seconds: float
     resumed: int  # rows taken from an earlier, interrupted sweep
     findings: tuple[Finding, ...] = ()  # the findings file's entries (every version)
+    notes: tuple[str, ...] = ()  # how the target ran ("SGLang's torch-native paths; ...")
 
     def finding(self, row: ArchRow) -> Finding | None:
         """The known finding of this row at this sweep's versions."""
@@ -357,6 +373,7 @@ class SweepReport:
             "versions": self.versions,
             "prompt_ids": list(PROMPT_IDS),
             "max_tokens": MAX_TOKENS,
+            "notes": list(self.notes),
             "summary": self.summary(),
             "rows": [{**r.to_json(), "kind": self.label(r)} for r in self.rows],
         }

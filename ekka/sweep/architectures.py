@@ -1,6 +1,9 @@
-"""The architecture sweep (`ekka sweep --architectures all|NAME,...`): each zoo architecture
-(hand-written and derived, `ekka.zoo`) built tiny with random weights and diagnosed against
-transformers on the installed vLLM, the same path as `ekka diagnose` (`run_diagnosis`).
+"""The architecture sweep (`ekka sweep --architectures all|NAME,... [--framework F]`): each zoo
+architecture (hand-written and derived, `ekka.zoo`) built tiny with random weights and diagnosed
+against transformers on the installed vLLM or SGLang, the same path as `ekka diagnose`
+(`run_diagnosis`). With SGLang, `all` is the zoo's architectures that SGLang's model registry
+holds (asked in SGLang's interpreter; one whose model module does not import there is a row of
+SGLang's failure, with the import's error).
 
 One row per (architecture, dtype): it builds or not, loads in vLLM / in transformers (and why
 not), matches or diverges (the first divergence, its ratio, the suspects), the command that
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ekka.sweep.arch_render import render_markdown
-from ekka.sweep.arch_runner import at_commit, choose, run_sweep
+from ekka.sweep.arch_rows import FRAMEWORK
+from ekka.sweep.arch_runner import at_commit, choose, framework_registry, run_sweep
 
 
 def run_cli(
@@ -35,11 +39,16 @@ def run_cli(
     report_only: bool = False,
     repo: str | None = None,
     commit: str | None = None,
+    framework: str = FRAMEWORK,
 ) -> int:
     """`ekka sweep --architectures`: the sweep with a progress bar; 1 when a new finding."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    names = choose(architectures)
+    from ekka.frameworks import framework as framework_named
+
+    framework_named(framework)  # an unknown one: a one-line message
+    registry = framework_registry(framework)
+    names = choose(architectures, registry)
     chosen = [d.strip() for d in dtypes.split(",") if d.strip()]
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -51,9 +60,14 @@ def run_cli(
             bar.update(task, completed=done, description=message[:70])
 
         if repo is None or commit is None:
-            report = run_sweep(names, chosen, out_dir, db, progress=tick, report_only=report_only)
+            report = run_sweep(
+                names, chosen, out_dir, db, progress=tick, report_only=report_only,
+                framework=framework, registry=registry,
+            )  # fmt: skip
         else:
-            report = at_commit(repo, commit, names, chosen, out_dir, db, tick, report_only)
+            report = at_commit(
+                repo, commit, names, chosen, out_dir, db, tick, report_only, framework, registry
+            )
     s = report.summary()
     out.print(render_markdown(report).split("## All rows")[0], markup=False, highlight=False)
     out.print(f"reports: {out_dir / 'sweep.md'}, sweep.html, sweep.json", markup=False)

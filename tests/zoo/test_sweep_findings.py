@@ -91,13 +91,18 @@ def test_an_unknown_latent_module_is_new() -> None:
 
 
 def test_the_findings_file_is_classified_and_cohere2_is_a_convention_difference() -> None:
-    findings = {f.architecture: f for f in load_findings()}
+    every = load_findings()
+    findings = {f.architecture: f for f in every if f.framework == "vllm"}
     assert findings["Cohere2ForCausalLM"].classification == "convention difference"
     assert "training convention" in findings["Cohere2ForCausalLM"].side
     assert findings["Gemma3nForCausalLM"].classification == "vllm bug"
     assert findings["HrmTextForCausalLM"].classification == "ekka gap"
-    assert all(f.framework == "vllm" for f in findings.values())
-    for f in findings.values():  # every slug has its reproduction
+    assert {f.framework for f in every} == {"vllm", "sglang"}
+    sglang = {f.architecture: f for f in every if f.framework == "sglang"}
+    assert sglang["MistralForCausalLM"].classification == "sglang bug"
+    assert sglang["Cohere2ForCausalLM"].classification == "convention difference"
+    assert all(f.target_version == "0.5.23" for f in sglang.values())
+    for f in every:  # every slug has its reproduction
         assert f.slug is None or (REPRODUCE / f"{f.slug}.py").is_file()
     with pytest.raises(UsageError, match="kind 'vllm bug \\(precision\\)'"):
         parse_findings(json.dumps([{**_entry(), "kind": "vllm bug (precision)"}]))
@@ -155,7 +160,7 @@ def test_code_excerpts_read_the_installed_lines() -> None:
 
 def test_a_finding_the_sweeps_config_does_not_show_explains_no_row() -> None:
     findings = tuple(load_findings())
-    [olmoe] = [f for f in findings if f.architecture == "OlmoeForCausalLM"]
+    [olmoe] = [f for f in findings if (f.architecture, f.framework) == ("OlmoeForCausalLM", "vllm")]
     assert not olmoe.shown_by_sweep and olmoe.slug == "olmoe-norm-eps-clip-qkv"
     diverging = row("OlmoeForCausalLM", "diverges", 50.0, component="model.layers.0.mlp")
     report = SweepReport(VERSIONS, (diverging,), 1.0, 0, findings)
