@@ -76,6 +76,7 @@ KERNEL_PATTERNS = (
     r"active drivers \(\[\]\)\. There should only be one",  # Triton without a CPU driver
     r"Found no NVIDIA driver",  # a CUDA-only path (torch.cuda called)
     r"cannot import name 'causal_conv1d_fn'",
+    r"No module named 'sgl_kernel\.mamba'",  # SGLang's Mamba layers: sgl_kernel's CUDA ops
 )
 # Failures of a derived configuration: a key real checkpoints carry and vLLM reads.
 CONFIG_PATTERNS = (

@@ -101,10 +101,13 @@ def _specs() -> list[ArchSpec]:
                 "query_pre_attn_scalar": 64,
                 "attn_logit_softcapping": 0.05,
                 "final_logit_softcapping": 0.5,
+                # released config.json files carry it beside hidden_activation (SGLang reads it)
+                "hidden_act": "gelu_pytorch_tanh",
             },
             notes=(
                 "softcaps 0.05/0.5 (the real 50/30 do nothing on a tiny model); sliding window 8; "
-                "class-default init (0.2 saturates the final softcap: tied logits)"
+                "class-default init (0.2 saturates the final softcap: tied logits); hidden_act "
+                "as released configs carry it"
             ),
         ),
         _spec(
@@ -226,8 +229,9 @@ def _specs() -> list[ArchSpec]:
             "OlmoeForCausalLM",
             "olmoe",
             "OlmoeConfig",
-            {"num_experts": 4, "num_experts_per_tok": 2},
-            notes="4 experts, top-2",
+            # one KV head per query head, as OLMoE's releases (OLMoE-1B-7B: 16 and 16)
+            {"num_experts": 4, "num_experts_per_tok": 2, "num_key_value_heads": 2},
+            notes="4 experts, top-2; as many KV heads as heads, as released",
         ),
         _spec(
             "Glm4ForCausalLM",
