@@ -44,6 +44,9 @@ from typing import Any
 IDLE_SECONDS = 300.0
 TARGET_NAME = b"ekka-target"  # the forked target's name in /proc (`ps`, `top`)
 WARM_NAME = b"ekka-warm"
+# Variables that change from one call to the next and that no framework reads at import: a
+# warm process is shared across their values (its targets get the session's own).
+PER_CALL = frozenset({"PYTEST_CURRENT_TEST"})
 FORK_EVENT = "ekka.tracer.warm.fork"  # sys.audit's event for each target: (adapter, python)
 
 
@@ -97,7 +100,7 @@ def fork_target(
     Not `shared`: a warm process of its own, ended with its target (a patched copy of the
     framework's sources, whose folder may hold other sources by the next session)."""
     sys.audit(FORK_EVENT, adapter, python)  # an audit hook may watch target starts
-    key = (python, adapter, tuple(sorted(env.items())))
+    key = (python, adapter, tuple(sorted((k, v) for k, v in env.items() if k not in PER_CALL)))
     with _lock:
         _retire_idle(keep=key)
         warm = _warm.get(key) if shared else None
@@ -113,7 +116,7 @@ def fork_target(
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(warm.path)
-        request = json.dumps({"cwd": cwd}).encode()
+        request = json.dumps({"cwd": cwd, "env": dict(env)}).encode()
         socket.send_fds(connection, [request], [pipes[0], pipes[1], log])
     except OSError:  # the warm process is gone: the target ends before it started
         connection.close()
@@ -292,15 +295,16 @@ def _fork(
     wake_read: int,
 ) -> int | None:
     try:
-        request, fds, _, _ = socket.recv_fds(connection, 65536, 3)
-        cwd = str(json.loads(request)["cwd"])
+        request, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+        message = json.loads(request)
+        cwd, env = str(message["cwd"]), {str(k): str(v) for k, v in message["env"].items()}
         read_fd, write_fd, log = fds
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
         print(f"ekka warm process: a bad fork request: {exc}", flush=True)
         return None
     pid = os.fork()
     if pid == 0:
-        _child(module, connection, others, lifeline, wake_read, (read_fd, write_fd, log), cwd)
+        _child(module, connection, others, lifeline, wake_read, (read_fd, write_fd, log), cwd, env)
     for fd in fds:
         os.close(fd)
     connection.sendall(f"{pid}\n".encode())
@@ -315,6 +319,7 @@ def _child(
     wake_read: int,
     fds: tuple[int, int, int],
     cwd: str,
+    env: Mapping[str, str],
 ) -> None:
     """In the forked target: the session's pipes and log, its folder, then the adapter's
     service and its own way to end. Never returns."""
@@ -332,6 +337,8 @@ def _child(
         os.dup2(log, 2)
         os.close(log)
         os.chdir(cwd)
+        os.environ.clear()  # the session's environment, exactly (PER_CALL ones may differ)
+        os.environ.update(env)
         _name(TARGET_NAME)
         from ekka.tracer.adapters.loop import serve_channel
         from ekka.tracer.protocol import Channel

@@ -30,6 +30,7 @@ def serve(channel):
     start = channel.receive()
     assert isinstance(start, Start), start
     print("target of", start.spec.model, "imported by", IMPORTED_BY, flush=True)
+    print("call", os.environ.get("PYTEST_CURRENT_TEST"), flush=True)
     if start.spec.model == "sleep":
         time.sleep(600)
     channel.send(Ready("fake", "1", None, os.getcwd(), 0.0))
@@ -106,12 +107,28 @@ def test_targets_are_forks_of_one_warm_process_each_with_its_pipes_log_folder_an
     assert _wait_for_pid(first) != _wait_for_pid(second) and first.warm is second.warm
     warm_pid = first.warm.process.pid
     for folder in (folder_one, folder_two):
-        assert (folder / "log").read_text().strip() == f"target of m imported by {warm_pid}"
+        log = (folder / "log").read_text().splitlines()
+        assert log[0] == f"target of m imported by {warm_pid}"
     assert ("ekka-target" in dict(descendants()).get(first.pid, "")) and first.poll() is None
     one.close()
     two.close()
     assert first.wait(30) == 7 and second.wait(30) == 7  # each target ends its own way
     assert first.warm.targets == 0 and first.warm.process.poll() is None  # the warm one stays
+
+
+def test_a_value_that_changes_per_call_shares_the_warm_process_and_reaches_the_target(
+    fake, tmp_path
+):
+    first, one, folder_one = _session({**fake, "PYTEST_CURRENT_TEST": "a"}, tmp_path, "one")
+    second, two, folder_two = _session({**fake, "PYTEST_CURRENT_TEST": "b"}, tmp_path, "two")
+    assert isinstance(one.receive(30), Ready) and isinstance(two.receive(30), Ready)
+    assert first.warm is second.warm  # PER_CALL: not part of the warm process' key
+    assert (folder_one / "log").read_text().splitlines()[1] == "call a"
+    assert (folder_two / "log").read_text().splitlines()[1] == "call b"
+    third, three, _ = _session({**fake, "OTHER_SETTING": "1"}, tmp_path, "three")
+    assert isinstance(three.receive(30), Ready) and third.warm is not first.warm
+    for channel in (one, two, three):
+        channel.close()
 
 
 def test_a_patched_frameworks_target_has_a_warm_process_of_its_own_ended_with_it(fake, tmp_path):
