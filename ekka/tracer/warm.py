@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 IDLE_SECONDS = 300.0
+MAX_IDLE = 2  # warm processes kept without a target beyond the one asked for
 TARGET_NAME = b"ekka-target"  # the forked target's name in /proc (`ps`, `top`)
 WARM_NAME = b"ekka-warm"
 # Variables that change from one call to the next and that no framework reads at import: a
@@ -148,9 +149,15 @@ def _start_warm(python: str, adapter: str, env: Mapping[str, str]) -> WarmProces
 
 
 def _retire_idle(keep: tuple[str, str, tuple[tuple[str, str], ...]]) -> None:
+    """Retire the warm processes without a target that were unused for IDLE_SECONDS, and the
+    least recently used beyond MAX_IDLE (each holds its framework's imports: most of a GB)."""
     now = time.monotonic()
-    for key, warm in list(_warm.items()):
-        if key != keep and warm.targets == 0 and now - warm.last_used > IDLE_SECONDS:
+    idle = sorted(
+        ((w.last_used, k) for k, w in _warm.items() if k != keep and w.targets == 0),
+        reverse=True,
+    )
+    for rank, (last_used, key) in enumerate(idle):
+        if rank >= MAX_IDLE or now - last_used > IDLE_SECONDS:
             _warm.pop(key).retire()
 
 

@@ -131,6 +131,18 @@ def test_a_value_that_changes_per_call_shares_the_warm_process_and_reaches_the_t
         channel.close()
 
 
+def test_idle_warm_processes_beyond_max_idle_are_retired(fake, tmp_path):
+    targets = []
+    for index in range(warm.MAX_IDLE + 2):
+        target, channel, _ = _session({**fake, "SETTING": str(index)}, tmp_path, f"s{index}")
+        assert isinstance(channel.receive(30), Ready)
+        channel.close()
+        assert target.wait(30) == 7
+        targets.append(target)
+    alive = [t.warm.process.poll() is None for t in targets]
+    assert alive == [False] + [True] * (warm.MAX_IDLE + 1), alive  # the oldest idle retired
+
+
 def test_a_patched_frameworks_target_has_a_warm_process_of_its_own_ended_with_it(fake, tmp_path):
     first, one, _ = _session(fake, tmp_path, "one", shared=False)
     second, two, _ = _session(fake, tmp_path, "two", shared=False)
