@@ -27,7 +27,7 @@ FINDINGS = {
         ("float32",),
         "SGLang's torch-native attention backend never applies RadixAttention's logit_cap: "
         "Gemma 2's attn_logit_softcapping (0.05 here) is dropped (without it the model matches; "
-        "in bfloat16 the difference is below its noise)",
+        "in bfloat16 it stays under the divergence rule: ratio 4.7 at that attention alone)",
     ),
     "MistralForCausalLM": (
         "model.layers.0.self_attn.attn",
@@ -89,4 +89,9 @@ def test_pristine_sglang_has_no_false_alarm(arch, dtype, sglang_diagnosed):
     assert diagnosis.output is not None and not diagnosis.output.diverged
     fitting = [c for c in diagnosis.comparisons if not c.target.endswith(MISFITS.get(arch, ()))]
     worst = max(fitting, key=lambda c: c.ratio)
+    if component and worst.ratio >= 4:
+        # the finding in a dtype where it stays under the divergence rule (Gemma 2's softcap
+        # in bfloat16: ratio 4.7 at layer 0's attention and o_proj's input, then back under 4)
+        assert worst.target.startswith(component.rsplit(".", 1)[0]) and worst.ratio < 10, note
+        return
     assert worst.ratio < 4, f"a mapping that does not fit: {worst.target} ratio {worst.ratio:.3g}"
