@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,13 +204,15 @@ def attribute(
 ) -> Attribution:
     """State the root cause: which changed class or function is (or owns) which suspect.
 
-    Files are compared as the trace names them, from the package's folder down: a repository
-    that keeps the package under a folder (SGLang's `python/`) has that folder taken off."""
+    Files are compared as the trace names them, from the package's folder down (a repository
+    that keeps the package under a folder, SGLang's `python/`, has that folder taken off), and
+    named as the repository does (`python/sglang/...`), where its reader finds them."""
     root = framework(framework_name).source_root
-    touched = [
-        replace(t, file=t.file.removeprefix(f"{root}/")) if root else t
-        for t in touched_symbols(repo, commit)
-    ]
+    touched = touched_symbols(repo, commit)
+
+    def in_package(t: Touched) -> str:
+        return t.file.removeprefix(f"{root}/") if root else t.file
+
     short = commit[:10]
     pr_text = f" (PR #{pr})" if pr else ""
 
@@ -239,7 +241,7 @@ def attribute(
         for suspect, chain in chains:
             for loc in chain:
                 for t in touched:
-                    same_file = loc.file is not None and t.file == loc.file
+                    same_file = loc.file is not None and in_package(t) == loc.file
                     what = f"changed {t.qualname} in {t.file}"
                     if (
                         level == "class"
@@ -270,7 +272,7 @@ def attribute(
                         )
                     if level == "machinery" and loc.role == "module":
                         prefixes = machinery_of(loc.cls, framework_name)
-                        if any(t.file.startswith(p) for p in prefixes):
+                        if any(in_package(t).startswith(p) for p in prefixes):
                             return found(
                                 level,
                                 suspect,

@@ -189,7 +189,8 @@ def test_delegate_model_and_machinery_attribution(tmp_path):
 
 def test_a_package_under_a_source_root_is_attributed_by_the_traces_paths(tmp_path):
     """SGLang keeps its package under python/: the diff says python/sglang/..., the trace
-    sglang/...; the class is still found, and SGLang's serving machinery is its own."""
+    sglang/...; the class is still found, named by the repository's path (where a reader of
+    the report finds it), and SGLang's serving machinery is its own."""
     repo = tmp_path / "repo"
     (repo / "python" / "sglang" / "srt" / "managers").mkdir(parents=True)
     (repo / "python" / "sglang" / "layers.py").write_text(LAYERS)
@@ -207,7 +208,11 @@ def test_a_package_under_a_source_root_is_attributed_by_the_traces_paths(tmp_pat
     norm = _suspect("model.layers.0.input_layernorm", "RMSNorm")
     sha = _commit(repo, "python/sglang/layers.py", "self.eps = eps", "self.eps = 1e-6", "eps (#8)")
     result = attribute(repo, sha, 8, [norm], trace, "sglang")
-    assert result.level == "class" and "RMSNorm.__init__ in sglang/layers.py" in result.statement
+    assert (
+        result.level == "class"
+        and "RMSNorm.__init__ in python/sglang/layers.py" in result.statement
+    )
+    assert [t.file for t in result.touched] == ["python/sglang/layers.py"]
     attn = _suspect("model.layers.0.self_attn.attn", "RadixAttention")
     sha = _commit(
         repo, "python/sglang/srt/managers/schedule_batch.py", "return 1", "return 2", "rows (#9)"

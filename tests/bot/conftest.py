@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 import httpx
@@ -102,19 +101,11 @@ def sglang_history(
     regression of `ekka demo --framework sglang` (#9002), a harmless commit; the bot's
     end-to-end test and the nightly sweep's share it and its verdicts (each probe starts
     SGLang), so whichever runs second probes only what it is about."""
-    from ekka.bench import base_repository
-    from ekka.bisect.framework_repo import make_bug_history
-    from tests.sglang.conftest import sglang_python
+    from tests.sglang.conftest import demo_history, demo_model
 
-    sglang_python()
     root = tmp_path_factory.mktemp("sglang-bot")
-    patch = Path(str(files("ekka") / "data" / "demo-regression-sglang.patch"))
-    history = make_bug_history(
-        base_repository(root, "sglang"), root / "sglang", patch,
-        "[Model] Llama: build the decoder norms with RMSNorm defaults",
-        before=1, after=1, framework_name="sglang",
-    )  # fmt: skip
-    model = zoo_model("llama", rms_norm_eps=1e-5)
+    history = demo_history(root, before=1, after=1)
+    model = demo_model(zoo_model)
     return FrameworkHistory("sglang", history, model, f"sqlite:///{root / 'bot.db'}")
 
 

@@ -125,7 +125,10 @@ def test_diagnose_on_an_sglang_repository_names_sglangs_commit_file_and_runtime(
         sglang_history, github, start_bot, tmp_path / "work"
     )
     # attributed in SGLang's layout (python/sglang/...), the report naming SGLang and how it ran
-    assert "sglang/srt/models/llama.py" in final and "sglang/srt/models/llama.py" in pr_comment
+    assert (
+        "python/sglang/srt/models/llama.py" in final
+        and "python/sglang/srt/models/llama.py" in pr_comment
+    )
     assert "- target: SGLang " in final and "no sgl_kernel" in final
     assert "--framework sglang" in final and "vLLM" not in final
     report = bot.http.get("/jobs/1/report").text

@@ -183,7 +183,7 @@ def test_nightly_sweep_on_an_sglang_branch_bisects_and_opens_an_issue(
     )
     body = issue["body"]
     assert history.bug[:10] in body and "model.layers.0.input_layernorm" in body
-    assert "LlamaDecoderLayer.__init__" in body and "sglang/srt/models/llama.py" in body
+    assert "LlamaDecoderLayer.__init__" in body and "python/sglang/srt/models/llama.py" in body
     assert "- target: SGLang " in body and "no sgl_kernel" in body
     assert "--framework sglang" in body and "vLLM" not in body
     [pr_comment] = github.bot_comments(REPO, pr)

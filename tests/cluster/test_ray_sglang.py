@@ -5,33 +5,22 @@ is the demo's regression, which only the overlaid sources hold: bad, not the rel
 
 from __future__ import annotations
 
-from importlib.resources import files
-from pathlib import Path
-
 import pytest
 
-from ekka.bench import base_repository
-from ekka.bisect.framework_repo import make_bug_history
 from ekka.bisect.history import commit_range
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.verdict import Verdict
 from ekka.containers.ray import RayExecutor, RaySettings, TracerProbe
 from tests.conftest import PROMPT_IDS
-from tests.sglang.conftest import sglang_python
+from tests.sglang.conftest import demo_history, demo_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.sglang]
 
 
 def test_a_ray_task_probes_an_sglang_commit(cluster, zoo_model, tmp_path):
-    sglang_python()
-    patch = Path(str(files("ekka") / "data" / "demo-regression-sglang.patch"))
-    history = make_bug_history(
-        base_repository(tmp_path, "sglang"), tmp_path / "repo", patch,
-        "[Model] Llama: build the decoder norms with RMSNorm defaults",
-        before=0, after=0, framework_name="sglang",
-    )  # fmt: skip
+    history = demo_history(tmp_path, before=0, after=0)
     config = OracleConfig(
-        model=str(zoo_model("llama", rms_norm_eps=1e-5)),
+        model=str(demo_model(zoo_model)),
         prompt_ids=PROMPT_IDS,
         max_tokens=2,
         framework="sglang",

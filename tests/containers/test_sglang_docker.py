@@ -9,13 +9,8 @@ tests/sglang/test_full.py; `--executor docker` reaches this executor through com
 
 from __future__ import annotations
 
-from importlib.resources import files
-from pathlib import Path
-
 import pytest
 
-from ekka.bench import base_repository
-from ekka.bisect.framework_repo import make_bug_history
 from ekka.bisect.history import commit_range
 from ekka.bisect.oracle import OracleConfig, TracerOracle
 from ekka.bisect.search import Bisector
@@ -23,6 +18,7 @@ from ekka.bisect.verdict import Verdict
 from ekka.containers.docker import for_repository
 from ekka.containers.images import ImageSettings
 from tests.conftest import PROMPT_IDS
+from tests.sglang.conftest import demo_history, demo_model
 
 pytestmark = [pytest.mark.docker, pytest.mark.sglang, pytest.mark.slow]
 
@@ -36,14 +32,9 @@ def _remove_images(client, repository: str) -> None:
 def test_docker_probes_of_sglang_find_the_commit_in_overlay_images(
     zoo_model, tmp_path, request, docker_client, sglang_base_image
 ):
-    patch = Path(str(files("ekka") / "data" / "demo-regression-sglang.patch"))
-    history = make_bug_history(
-        base_repository(tmp_path, "sglang"), tmp_path / "repo", patch,
-        "[Model] Llama: build the decoder norms with RMSNorm defaults",
-        before=0, after=1, framework_name="sglang",
-    )  # fmt: skip
+    history = demo_history(tmp_path, before=0, after=1)
     config = OracleConfig(
-        model=str(zoo_model("llama", rms_norm_eps=1e-5)),
+        model=str(demo_model(zoo_model)),
         prompt_ids=PROMPT_IDS,
         max_tokens=2,
         framework="sglang",

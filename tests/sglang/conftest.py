@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ekka.bench import base_repository
+from ekka.bisect.framework_repo import BugHistory, make_bug_history
 from ekka.errors import UsageError
 from tests.conftest import PROMPT_IDS, Diagnosed, arch_name
 
@@ -28,6 +31,25 @@ def sglang_python() -> str:
         if os.environ.get("EKKA_REQUIRE_SGLANG"):
             pytest.fail(f"EKKA_REQUIRE_SGLANG is set but {exc}")
         pytest.skip(str(exc))
+
+
+def demo_history(root: Path, *, before: int, after: int) -> BugHistory:
+    """A local history of SGLang's release sources (python/sglang/...) under `root`: the
+    release, `before` harmless commits, the regression of `ekka demo --framework sglang`
+    (Llama's decoder norms built with RMSNorm's default eps), `after` harmless commits. Its
+    model is `demo_model`, whose eps differs from that default."""
+    sglang_python()
+    patch = Path(str(files("ekka") / "data" / "demo-regression-sglang.patch"))
+    return make_bug_history(
+        base_repository(root, "sglang"), root / "repo", patch,
+        "[Model] Llama: build the decoder norms with RMSNorm defaults",
+        before=before, after=after, framework_name="sglang",
+    )  # fmt: skip
+
+
+def demo_model(zoo_model: Callable[..., Path]) -> Path:
+    """The zoo's Llama with rms_norm_eps 1e-5: the demo's regression changes its output."""
+    return zoo_model("llama", rms_norm_eps=1e-5)
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from importlib.resources import files
-from pathlib import Path
 
 import pytest
 
-from ekka.bench import base_repository
-from ekka.bisect.framework_repo import make_bug_history
 from ekka.cli import main
 from tests.conftest import PROMPT_IDS
-from tests.sglang.conftest import sglang_python
+from tests.sglang.conftest import demo_history, demo_model
 
 pytestmark = [pytest.mark.sglang, pytest.mark.slow]
 
@@ -24,15 +20,9 @@ pytestmark = [pytest.mark.sglang, pytest.mark.slow]
 def test_full_diagnosis_over_sglangs_history_names_commit_file_and_component(
     tmp_path, zoo_model, capsys
 ):
-    sglang_python()
-    patch = Path(str(files("ekka") / "data" / "demo-regression-sglang.patch"))
-    history = make_bug_history(
-        base_repository(tmp_path, "sglang"), tmp_path / "repo", patch,
-        "[Model] Llama: build the decoder norms with RMSNorm defaults",
-        before=2, after=2, framework_name="sglang",
-    )  # fmt: skip
+    history = demo_history(tmp_path, before=2, after=2)
     assert (history.repo / "python" / "sglang" / "srt" / "models" / "llama.py").is_file()
-    model = zoo_model("llama", rms_norm_eps=1e-5)
+    model = demo_model(zoo_model)
     code = main(
         [
             "diagnose", "--framework", "sglang", "--model", str(model),
@@ -51,5 +41,5 @@ def test_full_diagnosis_over_sglangs_history_names_commit_file_and_component(
     assert root["matched"] and root["component"] == "model.layers.0.input_layernorm"
     assert (
         "LlamaDecoderLayer.__init__" in root["statement"]
-        and "sglang/srt/models/llama.py" in root["statement"]
+        and "python/sglang/srt/models/llama.py" in root["statement"]
     )

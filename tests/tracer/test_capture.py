@@ -16,6 +16,7 @@ import torch
 from ekka.tracer.compare import compare_traces
 from ekka.tracer.metrics import compute_relative_error
 from tests.conftest import LONG_PROMPT_IDS, PROMPT_IDS
+from tests.processes import descendants
 
 TRANSFORMERS_ARCHS = ["llama", "qwen3", "gemma2", "phi", "mixtral", "stablelm"]
 VLLM_ARCHS = ["llama", "qwen3", "phi", "mixtral"]
@@ -176,8 +177,6 @@ def _spec(model, out, **kw):
 def _target_processes():
     """This process's live target processes (their ids): forks of its warm processes, named
     `ekka-target` (`ekka.tracer.warm`)."""
-    from tests.tracer.test_warm import descendants
-
     return [pid for pid, name in descendants() if name == "ekka-target"]
 
 

@@ -17,6 +17,7 @@ import pytest
 from ekka.errors import CaptureError
 from ekka.tracer import warm
 from ekka.tracer.protocol import Channel, Ready, Start
+from tests.processes import descendants
 
 ADAPTER = """
 import os, sys, time
@@ -42,27 +43,6 @@ def exit_at_once(code):
     sys.stdout.flush()
     os._exit(7 if code == 0 else code)
 """
-
-
-def descendants() -> list[tuple[int, str]]:
-    """This process's live descendants: (pid, name)."""
-    parents: dict[int, tuple[int, str, str]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        parents[int(proc.name)] = (int(fields[1]), name, fields[0])
-    found, frontier = [], {os.getpid()}
-    while frontier:
-        children = {p for p, (parent, _, _) in parents.items() if parent in frontier}
-        found += [(p, parents[p][1]) for p in children if parents[p][2] != "Z"]
-        frontier = children
-    return found
 
 
 @pytest.fixture
