@@ -28,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-# The quality gates that CI runs (.ci/run) before the tests: all three run, and the target
+# The quality gates that CI runs (.ci/run, beside the tests): all three run, and the target
 # fails when any of them fails.
 lint: $(STAMP)
 	@rc=0; \

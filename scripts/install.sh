@@ -16,6 +16,32 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 SGLANG_VENV=${SGLANG_VENV:-.venv-sglang}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# SGLang's environment is made beside vLLM's, at the same time (each pip is one process; on
+# two cores the two overlap); its output is shown after vLLM's, and its failure fails the script.
+sglang_environment() {
+  if [ ! -x "$SGLANG_VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$SGLANG_VENV"
+  fi
+  SPIP="$SGLANG_VENV/bin/python -m pip"
+  $SPIP install -q --upgrade pip >/dev/null 2>&1 || true
+  $SPIP install -q --no-deps -r "$HERE/sglang-requirements.txt"
+  if ! "$SGLANG_VENV/bin/python" -c "import sgl_kernel" >/dev/null 2>&1; then
+    $SPIP install -q --no-deps "$HERE/sgl_kernel_standin"
+  fi
+  SGLANG_USE_CPU_ENGINE=1 "$SGLANG_VENV/bin/python" - <<'PY'
+import sgl_kernel, sglang, torch, transformers
+standin = " (Ekka's CPU stand-in for sgl_kernel)" if getattr(sgl_kernel, "STANDIN", False) else ""
+print(f"sglang environment: sglang {sglang.__version__}, torch {torch.__version__}, transformers {transformers.__version__}{standin}")
+PY
+}
+if [ "${SKIP_SGLANG:-0}" != "1" ]; then
+  sglang_log=$(mktemp /tmp/ekka-install-sglang.XXXXXX)
+  ( set -euo pipefail; sglang_environment ) >"$sglang_log" 2>&1 &
+  sglang_pid=$!
+  trap 'kill "$sglang_pid" 2>/dev/null || true' EXIT  # vLLM's part failed: stop SGLang's too
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
@@ -29,20 +55,13 @@ import torch, transformers, vllm
 print(f"ekka environment: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
 PY
 
-if [ "${SKIP_SGLANG:-0}" = "1" ]; then
-  exit 0
+if [ "${SKIP_SGLANG:-0}" != "1" ]; then
+  sglang_rc=0
+  wait "$sglang_pid" || sglang_rc=$?
+  cat "$sglang_log"
+  rm -f "$sglang_log"
+  if [ "$sglang_rc" -ne 0 ]; then
+    echo "install: SGLang's environment ($SGLANG_VENV) failed (exit $sglang_rc): its output is above" >&2
+    exit "$sglang_rc"
+  fi
 fi
-if [ ! -x "$SGLANG_VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$SGLANG_VENV"
-fi
-SPIP="$SGLANG_VENV/bin/python -m pip"
-$SPIP install -q --upgrade pip >/dev/null 2>&1 || true
-$SPIP install -q --no-deps -r "$HERE/sglang-requirements.txt"
-if ! "$SGLANG_VENV/bin/python" -c "import sgl_kernel" >/dev/null 2>&1; then
-  $SPIP install -q --no-deps "$HERE/sgl_kernel_standin"
-fi
-SGLANG_USE_CPU_ENGINE=1 "$SGLANG_VENV/bin/python" - <<'PY'
-import sgl_kernel, sglang, torch, transformers
-standin = " (Ekka's CPU stand-in for sgl_kernel)" if getattr(sgl_kernel, "STANDIN", False) else ""
-print(f"sglang environment: sglang {sglang.__version__}, torch {torch.__version__}, transformers {transformers.__version__}{standin}")
-PY
