@@ -18,7 +18,7 @@ BROKEN = "GPT2LMHeadModel"
 
 @pytest.fixture
 def gpt2_does_not_build(monkeypatch):
-    """GPT-2's zoo config with 3 heads over its 128 wide embedding, which its config class
+    """GPT-2's zoo config with 3 heads over its 128 wide embedding, which its model class
     refuses: a derived configuration that does not build (every derived one builds now)."""
     import ekka.zoo
 
@@ -45,7 +45,7 @@ def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, c
     assert "self_attn" in cohere2["component"] and cohere2["ratio"] > 100
     assert "sliding_window + 1" in cohere2["note"]
     assert cohere2["command"].startswith("ekka zoo build Cohere2ForCausalLM")
-    assert broken["status"] == "build-failed" and "GPT2Config" in broken["reason"]
+    assert broken["status"] == "build-failed" and "divisible by num_heads" in broken["reason"]
     assert broken["kind"] == "fails (Ekka's configuration)" and cohere2["kind"] == "diverges"
     summary = report["summary"]
     assert summary["load_both"] == 1 and summary["new_findings"] == 0
