@@ -3,7 +3,9 @@
 Config = the transformers config class's defaults, then (optionally) the zoo's ArchSpec
 defaults, then the caller's overrides. Weights: `torch.manual_seed(seed)`, the model class built
 from that config in float32 (the class's own `_init_weights`), cast to the requested dtype and
-saved by transformers (which also writes MoE experts back in the checkpoint layout vLLM reads).
+saved by transformers (which also writes MoE experts back in the checkpoint layout vLLM reads);
+with the zoo's defaults, config.json is then written as the family's released checkpoints have
+it where transformers writes it otherwise (`ekka.zoo.derive.released_config`).
 Every file is then rewritten in a canonical form, so the same arguments give byte-identical
 folders. torch and transformers are imported lazily, inside the functions that need them.
 """
@@ -13,18 +15,25 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import functools
 import inspect
 import json
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ekka.errors import OutputFolderError, UsageError
 from ekka.zoo.archs import get_arch
-from ekka.zoo.derive import checkpoint_tensors, is_derived, scale_config
+from ekka.zoo.derive import (
+    checkpoint_tensors,
+    is_derived,
+    released_config,
+    released_name,
+    scale_config,
+)
 from ekka.zoo.spec import ArchSpec
 from ekka.zoo.tokenizer import (
     DEFAULT_MODEL_MAX_LENGTH,
@@ -257,14 +266,18 @@ def _canonical_json(source: Path, target: Path) -> None:
 
 
 def _canonical_safetensors(
-    source: Path, target: Path, extra: Mapping[str, tuple[int, ...]] | None = None
+    source: Path,
+    target: Path,
+    extra: Mapping[str, tuple[int, ...]] | None = None,
+    rename: Callable[[str], str] = str,
 ) -> None:
-    """Copy a safetensors file with contiguous tensors and fixed metadata, plus the `extra`
-    tensors (ones of their shape, in the file's dtype) that transformers does not save."""
+    """Copy a safetensors file with contiguous tensors and fixed metadata, each tensor under
+    `rename(its name)`, plus the `extra` tensors (ones of their shape, in the file's dtype) that
+    transformers does not save."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    tensors = {name: tensor.contiguous() for name, tensor in load_file(source).items()}
+    tensors = {rename(name): tensor.contiguous() for name, tensor in load_file(source).items()}
     dtype = next(iter(tensors.values())).dtype
     for name, shape in (extra or {}).items():
         tensors.setdefault(name, torch.ones(shape, dtype=dtype))
@@ -272,17 +285,28 @@ def _canonical_safetensors(
 
 
 def _copy_canonical(
-    staging: Path, out: Path, extra: Mapping[str, tuple[int, ...]] | None = None
+    staging: Path,
+    out: Path,
+    extra: Mapping[str, tuple[int, ...]] | None = None,
+    rename: Callable[[str], str] = str,
 ) -> None:
     """Move the files transformers wrote in `staging` into `out`, canonicalized."""
     written = {path.name for path in staging.iterdir()}
     unexpected = written - set(MODEL_FILES)
     if unexpected or "model.safetensors" not in written:
         raise RuntimeError(f"save_pretrained wrote unexpected files: {sorted(written)}")
-    _canonical_safetensors(staging / "model.safetensors", out / "model.safetensors", extra)
+    _canonical_safetensors(staging / "model.safetensors", out / "model.safetensors", extra, rename)
     for name in ("config.json", "generation_config.json"):
         if name in written:
             _canonical_json(staging / name, out / name)
+
+
+def _write_released_config(name: str, path: Path) -> None:
+    """Rewrite config.json as `name`'s released checkpoints have it (`released_config`)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    released = released_config(name, config)
+    if released != config:
+        _dump_json(released, path)
 
 
 # ---------------------------------------------------------------------------- output folder
@@ -349,8 +373,13 @@ def build_model(
         with tempfile.TemporaryDirectory(prefix="ekka-zoo-") as tmp:
             staging = Path(tmp)
             _save_model(model, dtype, staging)
-            extra = checkpoint_tensors(spec.name, config) if zoo_defaults else {}
-            _copy_canonical(staging, out, extra)
+            if zoo_defaults:  # the tensors as the family's released checkpoints have them
+                extra = checkpoint_tensors(spec.name, config)
+                _copy_canonical(staging, out, extra, functools.partial(released_name, spec.name))
+            else:
+                _copy_canonical(staging, out)
+    if zoo_defaults:
+        _write_released_config(spec.name, out / "config.json")
     build_tokenizer(out, DEFAULT_VOCAB_SIZE, model_max_length=_max_length(config))
     _dump_json(_manifest(spec, seed, dtype, overrides, zoo_defaults), out / MANIFEST)
     return out

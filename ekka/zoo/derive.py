@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -136,6 +137,23 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # Granite 4 (hybrid): Mamba heads of 64 as released, a Mamba and an attention layer
         "GraniteMoeHybridForCausalLM": {"mamba_n_heads": 4, "mamba_d_head": 64,
                                         "layer_types": ["linear_attention", "full_attention"]},
+        # DeepSeek V4: config.json as released (DeepSeek-V4-Flash): the attention per layer as
+        # compress_ratios (128: heavily compressed, 4: compressed sparse with its indexer) and the
+        # hash-routed layers as num_hash_layers, which vLLM reads (transformers folds them into
+        # layer_types / mlp_layer_types, which the released file lacks: RELEASED_WITHOUT); the
+        # released head, 512 with a rotary part of 64 (vLLM's CPU compressor takes 512 or 128);
+        # the output projection's groups dividing the heads, as released (64 heads, 8 groups);
+        # the routed layers' correction bias, which the checkpoint holds (ffn.gate.bias) and
+        # vLLM builds only for noaux_tc routing
+        "DeepseekV4ForCausalLM": {"compress_ratios": [128, 4], "num_hash_layers": 1,
+                                  "head_dim": 512, "qk_rope_head_dim": 64, "o_groups": 2,
+                                  "topk_method": "noaux_tc"},
+        # Qwen4-Exp: its attention layers' QSA token indexer, as the released text config has it
+        # (4 index heads of 128, one key head, a budget of 2048 tokens in blocks of 4); the class
+        # leaves them None, and its indexed attention layers cannot be built without them
+        "Qwen4ExpForCausalLM": {"indexer_n_heads": 4, "indexer_kv_heads": 1,
+                                "indexer_head_dim": 128, "indexer_budget": 2048,
+                                "indexer_compress_ratio": 4},
         # DBRX: the rotary base in the attention config, a small expert width
         "DbrxForCausalLM": {
             "n_heads": 2,
@@ -144,6 +162,16 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         },
     }
 )  # fmt: skip
+
+# Keys that transformers' config class derives from checkpoint keys it consumes (folded away
+# in its __post_init__) and writes to config.json, where the family's released config.json
+# carries those checkpoint keys instead: the zoo writes config.json as released
+# (`released_config`). DeepSeek V4: layer_types and mlp_layer_types, from compress_ratios and
+# num_hash_layers; vLLM's own DeepseekV4Config (a plain PreTrainedConfig) checks mlp_layer_types
+# against ("sparse", "dense") and fails on transformers' "hash_moe" / "moe".
+RELEASED_WITHOUT: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"DeepseekV4ForCausalLM": ("layer_types", "mlp_layer_types")}
+)
 
 # Tensors the family's released checkpoints hold and transformers' model does not save (norm
 # weights, saved as ones of the hidden size): (name with {layer}, the config attribute whose
@@ -156,6 +184,22 @@ CHECKPOINT_TENSORS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType
     {
         "AXK1ForCausalLM": (
             ("model.layers.{layer}.post_mlp_layernorm.weight", "first_k_dense_replace"),
+        ),
+    }
+)
+
+# Tensor names of the family's released checkpoints where transformers' save of a model built
+# from a config (not loaded from a checkpoint) writes others: (regular expression, replacement).
+# DeepSeek V4: transformers reverses its load-time renames without the "model." prefix change
+# (dropped for a model not loaded from a checkpoint), so hc_head_fn / _base / _scale come out as
+# model.hc_head.hc_fn ...; and its reverse of ".norm." -> ".kv_norm." (the compressor's norm)
+# renames the attention's own kv_norm to norm. vLLM, as the released checkpoint, names them
+# hc_head_fn and attn.kv_norm.
+CHECKPOINT_NAMES: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
+    {
+        "DeepseekV4ForCausalLM": (
+            (r"^model\.hc_head\.hc_(fn|base|scale)$", r"hc_head_\1"),
+            (r"\.attn\.norm\.weight$", ".attn.kv_norm.weight"),
         ),
     }
 )
@@ -287,3 +331,22 @@ def checkpoint_tensors(name: str, config: Any) -> dict[str, tuple[int, ...]]:
         for layer in range(int(getattr(config, layers))):
             out[pattern.format(layer=layer)] = (int(config.hidden_size),)
     return out
+
+
+def released_config(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """`name`'s config.json (`config`, as transformers wrote it) as its released checkpoints have
+    it: without the keys transformers derives (`RELEASED_WITHOUT`), with the checkpoint keys it
+    consumed (`CHECKPOINT_KEYS`). Other architectures' configs are returned unchanged."""
+    drop = RELEASED_WITHOUT.get(name, ())
+    out = {key: value for key, value in config.items() if key not in drop}
+    if drop:
+        for key, value in CHECKPOINT_KEYS.get(name, {}).items():
+            out.setdefault(key, value)
+    return out
+
+
+def released_name(name: str, tensor: str) -> str:
+    """The name `name`'s released checkpoints give the tensor transformers saved as `tensor`."""
+    for pattern, replacement in CHECKPOINT_NAMES.get(name, ()):
+        tensor = re.sub(pattern, replacement, tensor)
+    return tensor

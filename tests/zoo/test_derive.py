@@ -94,3 +94,47 @@ def test_released_checkpoint_tensors_and_mamba_groups() -> None:
                                                              "mamba_num_heads")):  # fmt: skip
         config = _derived_config(name)
         assert getattr(config, heads) % config.n_groups == 0  # a head per group at least
+
+
+def test_deepseek_v4_config_json_and_tensors_as_released() -> None:
+    """DeepSeek V4's config.json carries compress_ratios and num_hash_layers, as released (vLLM
+    reads them), not transformers' layer_types / mlp_layer_types (vLLM's config class rejects
+    "hash_moe"); transformers reads the released form back to the same layers."""
+    from ekka.zoo.derive import released_config, released_name
+
+    name = "DeepseekV4ForCausalLM"
+    config = _derived_config(name)
+    assert config.layer_types == ["heavily_compressed_attention", "compressed_sparse_attention"]
+    assert config.mlp_layer_types == ["hash_moe", "moe"]
+    assert (config.head_dim, config.qk_rope_head_dim) == (512, 64)
+    assert config.num_attention_heads % config.o_groups == 0
+    written = config.to_dict()
+    released = released_config(name, written)
+    assert "layer_types" not in released and "mlp_layer_types" not in released
+    assert (released["compress_ratios"], released["num_hash_layers"]) == ([128, 4], 1)
+    again = type(config).from_dict(released)
+    assert (again.layer_types, again.mlp_layer_types) == (config.layer_types,
+                                                          config.mlp_layer_types)  # fmt: skip
+    # vLLM's own DeepseekV4Config is a plain PreTrainedConfig: its layer type check (vLLM's
+    # import alone takes seconds)
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+    from transformers import PreTrainedConfig
+
+    with pytest.raises(StrictDataclassClassValidationError, match="hash_moe"):
+        PreTrainedConfig(**written)
+    assert PreTrainedConfig(**released).num_hash_layers == 1
+    assert released_config("LlamaForCausalLM", written) == written  # the others: as written
+    assert released_name(name, "model.hc_head.hc_fn") == "hc_head_fn"
+    assert released_name(name, "model.layers.1.attn.norm.weight").endswith("attn.kv_norm.weight")
+    compressor = "model.layers.1.attn.compressor.norm.weight"
+    assert released_name(name, compressor) == compressor
+    assert released_name("LlamaForCausalLM", "model.hc_head.hc_fn") == "model.hc_head.hc_fn"
+
+
+def test_qwen4_exp_builds_with_its_released_indexer() -> None:
+    from ekka.zoo.build import _count_parameters
+
+    config = _derived_config("Qwen4ExpForCausalLM")
+    assert config.layer_types == ["linear_attention", "indexed_attention"]
+    assert config.indexer_budget % config.indexer_compress_ratio == 0
+    assert 0 < _count_parameters(get_arch("Qwen4ExpForCausalLM"), config) < 50_000_000

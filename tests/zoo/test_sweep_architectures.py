@@ -13,10 +13,26 @@ from ekka.sweep.arch_render import chart_svg, render_markdown
 from ekka.sweep.arch_rows import ArchRow, SweepReport, load_findings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-# its config class's defaults do not build (indexer head sizes left None)
-BROKEN = "Qwen4ExpForCausalLM"
+BROKEN = "GPT2LMHeadModel"
 
 
+@pytest.fixture
+def gpt2_does_not_build(monkeypatch):
+    """GPT-2's zoo config with 3 heads over its 128 wide embedding, which its model class
+    refuses: a derived configuration that does not build (every derived one builds now)."""
+    import ekka.zoo
+
+    build_model = ekka.zoo.build_model
+
+    def build(architecture, out, **kwargs):
+        if architecture == BROKEN:
+            kwargs["overrides"] = {"n_head": 3}
+        return build_model(architecture, out, **kwargs)
+
+    monkeypatch.setattr(ekka.zoo, "build_model", build)
+
+
+@pytest.mark.usefixtures("gpt2_does_not_build")
 def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", "--architectures", f"cohere2,{BROKEN}", "--out", str(out)]
@@ -29,7 +45,7 @@ def test_sweep_reports_cohere2_and_a_broken_architecture_and_resumes(tmp_path, c
     assert "self_attn" in cohere2["component"] and cohere2["ratio"] > 100
     assert "sliding_window + 1" in cohere2["note"]
     assert cohere2["command"].startswith("ekka zoo build Cohere2ForCausalLM")
-    assert broken["status"] == "build-failed" and "NoneType" in broken["reason"]
+    assert broken["status"] == "build-failed" and "divisible by num_heads" in broken["reason"]
     assert broken["kind"] == "fails (Ekka's configuration)" and cohere2["kind"] == "diverges"
     summary = report["summary"]
     assert summary["load_both"] == 1 and summary["new_findings"] == 0
