@@ -347,6 +347,15 @@ SGLANG_RULES: tuple[Rule, ...] = (
         note="SGLang names HY-V3's shared experts `shared_mlp`",
     ),
     Rule(
+        r"(?P<p>.*\.block_sparse_moe)\.gate",
+        ("{p}.router",),
+        reference_op="router_logits",
+        slot="outs",
+        families=("granitemoe", "granitemoeshared"),
+        note="SGLang's GraniteMoe gate is a linear layer; transformers' router computes the same "
+        "logits inside (its third output)",
+    ),
+    Rule(
         r"(?P<p>.*\.block_sparse_moe)\.topk",
         ("{p}.router",),
         "dense_routing",

@@ -125,10 +125,17 @@ def reference_routing(tensors: Sequence[Tensor], rows: int | None) -> Tensor:
     return routing_matrix(weights, experts, logits)
 
 
+def router_logits(tensors: Sequence[Tensor], rows: int | None) -> Tensor:
+    """transformers' top-k routers (GraniteMoe's) return `(expert ids, weights, router logits)`:
+    the logits, a gate's output."""
+    return to_rows(tensors[2], rows)
+
+
 REFERENCE_OPS: dict[str, Callable[[Sequence[Tensor], int | None], Tensor]] = {
     "concat": concat,
     "heads_concat": heads_concat,
     "gated_sum": gated_sum,
     "sum": plain_sum,
     "dense_routing": reference_routing,
+    "router_logits": router_logits,
 }

@@ -81,7 +81,8 @@ def test_ernie_and_hy_v3_routed_experts_pair_by_name_and_hy_v3s_shared_mlp_with_
 
 def test_granite_moe_topk_pairs_with_the_routers_choice_whatever_the_order(tmp_path):
     """SGLang's TopK returns (weights, ids, logits), transformers' router (ids, weights, logits);
-    the same choice in another order matches, another weight does not."""
+    the same choice in another order matches, another weight does not. SGLang's gate is the
+    router's logits."""
     config = {
         "model_type": "granitemoe",
         "num_local_experts": EXPERTS,
@@ -93,7 +94,9 @@ def test_granite_moe_topk_pairs_with_the_routers_choice_whatever_the_order(tmp_p
     name = "model.layers.0.block_sparse_moe.topk"
     wrong = weights.clone()
     wrong[0, 0] += 0.5
+    gate = "model.layers.0.block_sparse_moe.gate"
     records = [
+        (gate, "ReplicatedLinear", [logits.clone(), None]),
         (name, "TopK", [weights.flip(-1), ids.flip(-1).int(), logits]),
         (name.replace("layers.0", "layers.1"), "TopK", [wrong, ids.int(), logits]),
     ]
@@ -109,5 +112,5 @@ def test_granite_moe_topk_pairs_with_the_routers_choice_whatever_the_order(tmp_p
     )
     mapping, ratios = _ratios(target, reference)
     assert mapping.plans[name].reference == ("model.layers.0.block_sparse_moe.router",)
-    assert ratios[name] < 1
+    assert ratios[name] < 1 and ratios[gate] < 1  # the gate: the router's logits
     assert ratios[name.replace("layers.0", "layers.1")] > 1e3
