@@ -44,6 +44,9 @@ class Rule:
     # False where the target component's input is no reference component's input (an SGLang
     # decoder layer receives the previous layer's branch output, the residual kept elsewhere)
     inputs: bool = True
+    # a key of the model's (text) config whose value divides the reference's tensor: a factor
+    # the reference applies inside the component and the target after it (absent: 1)
+    reference_divisor: str = ""
 
     def matches(self, name: str, cls: str, family: str) -> re.Match[str] | None:
         if self.families and family not in self.families:
@@ -65,11 +68,17 @@ class Plan:
     inferred: bool = False
     rule: str = ""
     inputs: bool = True  # its input is comparable (`Rule.inputs`)
+    # the reference's tensor is divided by `divisor`, the config's `divisor_key`
+    # (`Rule.reference_divisor`)
+    divisor: float = 1.0
+    divisor_key: str = ""
 
     def describe(self) -> str:
         refs = ", ".join(self.reference)
         where = "input of " if self.slot == "in" else ""
         how = f"{self.reference_op}({where}{refs})" if self.reference_op else f"{where}{refs}"
+        if self.divisor_key:
+            how = f"{how} / {self.divisor_key} ({self.divisor:g})"
         tag = " [inferred by value]" if self.inferred else ""
         return f"{self.target_op}({self.target}) ~ {how}{tag}"
 
@@ -262,7 +271,7 @@ RULES: tuple[Rule, ...] = (
 # RULES were written against vLLM; another framework's differences are rules of its own, put
 # before vLLM's (`rules_for`). SGLang's module names are vLLM's (qkv_proj, gate_up_proj,
 # act_fn, rotary_emb, attn, logits_processor; RMSNorm's `(x, residual)`), so what differs is
-# its decoder layers.
+# its decoder layers and its MoE blocks.
 
 # SGLang 0.5.23's layer boundaries (`layers/layer_boundary`) keep the residual in the forward
 # batch's residual stream: a decoder layer of these families receives the previous layer's
@@ -278,6 +287,10 @@ SGLANG_BRANCH_LAYERS = (
     "qwen2_moe",
     "qwen3_moe",
 )
+# families whose SGLang MoE block adds the shared experts after `experts` and whose routing
+# weights carry any routed scaling as transformers' do (HY-V3's TopK applies
+# router_scaling_factor to its weights: `apply_routed_scaling_factor_on_output`)
+SGLANG_ROUTED_EXPERTS = ("ernie4_5_moe", "hy_v3")
 SGLANG_RULES: tuple[Rule, ...] = (
     Rule(
         r"(?P<p>.*\.layers\.\d+)",
@@ -309,6 +322,50 @@ SGLANG_RULES: tuple[Rule, ...] = (
         families=("gemma3", "gemma3_text"),
         note="SGLang's Gemma 3 embedding scales by sqrt(hidden) inside the module, as transformers'",
     ),
+    # MoE blocks, checked against SGLang 0.5.23's CPU path (no fused shared experts there, so
+    # `experts` is the routed experts alone, as transformers' `experts`; vLLM's is not)
+    Rule(
+        r"(?P<p>.*\.mlp)\.experts",
+        ("{p}.experts",),
+        families=SGLANG_ROUTED_EXPERTS,
+        note="SGLang's FusedMoE returns the routed experts alone (the block adds the shared "
+        "experts after it), as transformers' experts",
+    ),
+    Rule(
+        r"(?P<p>.*\.mlp)\.experts",
+        ("{p}.experts",),
+        families=("glm4_moe",),
+        reference_divisor="routed_scaling_factor",
+        note="SGLang's Glm4Moe on a CPU multiplies the routed experts' output by "
+        "routed_scaling_factor after `experts` (glm4_moe.py forward_normal); transformers' "
+        "routing weights carry it",
+    ),
+    Rule(
+        r"(?P<p>.*\.mlp)\.shared_mlp",
+        ("{p}.shared_experts",),
+        families=("hy_v3",),
+        note="SGLang names HY-V3's shared experts `shared_mlp`",
+    ),
+    Rule(
+        r"(?P<p>.*\.block_sparse_moe)\.gate",
+        ("{p}.router",),
+        reference_op="router_logits",
+        slot="outs",
+        families=("granitemoe", "granitemoeshared"),
+        note="SGLang's GraniteMoe gate is a linear layer; transformers' router computes the same "
+        "logits inside (its third output)",
+    ),
+    Rule(
+        r"(?P<p>.*\.block_sparse_moe)\.topk",
+        ("{p}.router",),
+        "dense_routing",
+        "dense_routing",
+        slot="outs",
+        target_class=r"TopK",
+        families=("granitemoe", "granitemoeshared"),
+        note="SGLang's TopK returns (weights, expert ids, router logits), transformers' router "
+        "(expert ids, weights, router logits): each as a [tokens, experts] routing matrix",
+    ),
     *RULES,
 )
 FRAMEWORK_RULES: Mapping[str, tuple[Rule, ...]] = {"sglang": SGLANG_RULES}
@@ -330,13 +387,25 @@ def family_of(config: Mapping[str, Any]) -> str:
     return str(text.get("model_type") or config.get("model_type") or "")
 
 
+def _divisor(rule: Rule, config: Mapping[str, Any]) -> float:
+    """The value of the rule's `reference_divisor` key in the model's (text) config (1: none)."""
+    if not rule.reference_divisor:
+        return 1.0
+    text = config.get("text_config") or config
+    value = text.get(rule.reference_divisor)
+    return 1.0 if value is None else float(value)
+
+
 def plan_component(
     name: str,
     cls: str,
     family: str,
     reference_names: set[str],
     rules: Sequence[Rule] = RULES,
+    config: Mapping[str, Any] | None = None,
 ) -> Plan | None:
+    """The first rule's plan for target component `name` (None: no rule applies). `config`:
+    the model's config, where a rule reads a factor (`Rule.reference_divisor`)."""
     # a module's k-th call in a forward (`name#k`: HRM's recurrence runs each layer several
     # times) pairs by its rule with the reference components' k-th calls
     base, repeated, call = name.partition("#")
@@ -356,6 +425,8 @@ def plan_component(
                 slot=rule.slot,
                 rule=rule.note or rule.target,
                 inputs=rule.inputs,
+                divisor=_divisor(rule, config or {}),
+                divisor_key=rule.reference_divisor,
             )
     return None
 
@@ -378,7 +449,8 @@ def plan_components(
     `rules` (None: those of the target's framework, `rules_for`)."""
     if rules is None:
         rules = rules_for(target.manifest.framework)
-    family = family_of(target.manifest.model_config or reference.manifest.model_config)
+    config = target.manifest.model_config or reference.manifest.model_config
+    family = family_of(config)
     reference_names = {r.name for r in reference.records}
     mapping = ComponentMap()
     for record in target.records:
@@ -393,7 +465,9 @@ def plan_components(
         if not any(o is not None for o in record.outputs):
             mapping.unmapped[record.name] = Unmapped(record.name, NO_OUTPUT_REASON)
             continue
-        plan = plan_component(record.name, record.module_class, family, reference_names, rules)
+        plan = plan_component(
+            record.name, record.module_class, family, reference_names, rules, config
+        )
         if plan is not None:
             mapping.plans[record.name] = plan
     return mapping
@@ -426,8 +500,10 @@ class Aligner:
                 return None
             per_ref.extend(gathered)
         if plan.reference_op is None:
-            return per_ref[0].reshape(len(positions), -1).float()
-        return transforms.REFERENCE_OPS[plan.reference_op](per_ref, None).float()
+            tensor = per_ref[0].reshape(len(positions), -1).float()
+        else:
+            tensor = transforms.REFERENCE_OPS[plan.reference_op](per_ref, None).float()
+        return tensor if plan.divisor == 1.0 else tensor / plan.divisor
 
 
 def _index(trace: TraceReader) -> dict[str, Any]:

@@ -59,11 +59,27 @@ def scale_sqrt_hidden(outputs: Sequence[Tensor | None], rows: int | None) -> Ten
     return t * normalizer
 
 
+def routing_matrix(weights: Tensor, experts: Tensor, logits: Tensor) -> Tensor:
+    """A top-k router's choice as `[tokens, num_experts]`: each token's weight at each expert it
+    chose, 0 elsewhere (blind to the order the k choices come in)."""
+    weights, experts, logits = to_rows(weights), to_rows(experts), to_rows(logits)
+    dense = torch.zeros(logits.shape, dtype=torch.float32)
+    return dense.scatter_(-1, experts.long(), weights.float())
+
+
+def target_routing(outputs: Sequence[Tensor | None], rows: int | None) -> Tensor:
+    """SGLang's `TopK` returns `(weights, expert ids, router logits)`: its routing matrix."""
+    weights, experts, logits = outputs[:3]
+    assert weights is not None and experts is not None and logits is not None
+    return routing_matrix(weights, experts, logits)
+
+
 TARGET_OPS: dict[str, Callable[[Sequence[Tensor | None], int | None], Tensor]] = {
     "first": first,
     "sum_pair": sum_pair,
     "cat_outputs": cat_outputs,
     "scale_sqrt_hidden": scale_sqrt_hidden,
+    "dense_routing": target_routing,
 }
 
 
@@ -102,9 +118,24 @@ def plain_sum(tensors: Sequence[Tensor], rows: int | None) -> Tensor:
     return out
 
 
+def reference_routing(tensors: Sequence[Tensor], rows: int | None) -> Tensor:
+    """transformers' top-k routers (GraniteMoe's) return `(expert ids, weights, router
+    logits)`: their routing matrix."""
+    experts, weights, logits = tensors[:3]
+    return routing_matrix(weights, experts, logits)
+
+
+def router_logits(tensors: Sequence[Tensor], rows: int | None) -> Tensor:
+    """transformers' top-k routers (GraniteMoe's) return `(expert ids, weights, router logits)`:
+    the logits, a gate's output."""
+    return to_rows(tensors[2], rows)
+
+
 REFERENCE_OPS: dict[str, Callable[[Sequence[Tensor], int | None], Tensor]] = {
     "concat": concat,
     "heads_concat": heads_concat,
     "gated_sum": gated_sum,
     "sum": plain_sum,
+    "dense_routing": reference_routing,
+    "router_logits": router_logits,
 }
