@@ -60,6 +60,8 @@ def test_sglang_rows_their_causes_and_known_findings_are_sglangs() -> None:
             "operand type(s) for %: 'list' and 'int'"),
         row("FalconH1ForCausalLM", "vllm-failed", "SGLang: CaptureError: its log: "
             "ModuleNotFoundError: No module named 'sgl_kernel.mamba'"),
+        row("Ernie4_5_MoeForCausalLM", "vllm-failed", "SGLang: NotImplementedError: Could not "
+            "run 'sglang::inplace_fused_experts' with arguments from the 'CPU' backend."),
         row("PhiForCausalLM", "error", "Ekka: CaptureError: sglang target did not start its "
             "engine within its time limit (900 s)"),
     )  # fmt: skip
@@ -77,6 +79,7 @@ def test_sglang_rows_their_causes_and_known_findings_are_sglangs() -> None:
     assert labels["GraniteSWAForCausalLM"] == "fails (missing CPU kernel)"
     assert labels["Gemma3nForCausalLM"] == "fails (SGLang)"
     assert labels["FalconH1ForCausalLM"] == "fails (missing CPU kernel)"
+    assert labels["Ernie4_5_MoeForCausalLM"] == "fails (missing CPU kernel)"  # a CUDA-only op
     assert fail_cause(rows[-1], None) is FailCause.EKKA
     # SGLang's Mistral finding is known at SGLang's version; vLLM's findings explain no row
     mistral = report.finding(rows[1])
