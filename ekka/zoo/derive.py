@@ -126,16 +126,6 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # Zamba2: multi-head attention in its shared blocks (every released Zamba2 has
         # num_key_value_heads = num_attention_heads; vLLM's Zamba2Attention has no GQA)
         "Zamba2ForCausalLM": {"num_key_value_heads": 2},
-        # Falcon: the MLP 4x the hidden size, as every released Falcon (falcon-7b: 4544 and
-        # 18176); vLLM's FalconMLP hard-codes that width (the finding falcon-ffn-hidden-size)
-        "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True,
-                              "ffn_hidden_size": 512},
-        # MiniCPM3: multi-head latent attention, one key and value head per query head (its
-        # transformers attention expands the latent keys to every head; no GQA)
-        "MiniCPM3ForCausalLM": {"num_key_value_heads": 2},
-        # Granite 4 (hybrid): Mamba heads of 64 as released, a Mamba and an attention layer
-        "GraniteMoeHybridForCausalLM": {"mamba_n_heads": 4, "mamba_d_head": 64,
-                                        "layer_types": ["linear_attention", "full_attention"]},
         # Laguna (Laguna-XS.2: a hybrid of sliding-window and full-attention layers, window 512):
         # a sliding and a full layer (the class default has no sliding layer, and SGLang builds
         # Laguna's hybrid KV pool whenever sliding_window is set)
@@ -149,6 +139,16 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "linear_attn_config": {"kda_layers": [1], "full_attn_layers": [2], "head_dim": 64,
                                    "num_heads": 2, "short_conv_kernel_size": 4},
         },
+        # Falcon: the MLP 4x the hidden size, as every released Falcon (falcon-7b: 4544 and
+        # 18176); vLLM's FalconMLP hard-codes that width (the finding falcon-ffn-hidden-size)
+        "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True,
+                              "ffn_hidden_size": 512},
+        # MiniCPM3: multi-head latent attention, one key and value head per query head (its
+        # transformers attention expands the latent keys to every head; no GQA)
+        "MiniCPM3ForCausalLM": {"num_key_value_heads": 2},
+        # Granite 4 (hybrid): Mamba heads of 64 as released, a Mamba and an attention layer
+        "GraniteMoeHybridForCausalLM": {"mamba_n_heads": 4, "mamba_d_head": 64,
+                                        "layer_types": ["linear_attention", "full_attention"]},
         # DBRX: the rotary base in the attention config, a small expert width
         "DbrxForCausalLM": {
             "n_heads": 2,
