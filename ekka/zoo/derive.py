@@ -127,6 +127,19 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # Zamba2: multi-head attention in its shared blocks (every released Zamba2 has
         # num_key_value_heads = num_attention_heads; vLLM's Zamba2Attention has no GQA)
         "Zamba2ForCausalLM": {"num_key_value_heads": 2},
+        # Laguna (Laguna-XS.2: a hybrid of sliding-window and full-attention layers, window 512):
+        # a sliding and a full layer (the class default has no sliding layer, and SGLang builds
+        # Laguna's hybrid KV pool whenever sliding_window is set)
+        "LagunaForCausalLM": {"layer_types": ["sliding_attention", "full_attention"]},
+        # Kimi Linear (Kimi-Linear-48B-A3B): the first layer dense, then MoE every layer, and its
+        # Kimi Delta Attention and MLA layers under linear_attn_config (1-indexed layer lists),
+        # the keys of its config.json that SGLang reads (transformers derives mlp_layer_types
+        # and layer_types from them); a KDA layer, then a full MLA layer; KDA heads of 64
+        "KimiLinearForCausalLM": {
+            "first_k_dense_replace": 1, "moe_layer_freq": 1,
+            "linear_attn_config": {"kda_layers": [1], "full_attn_layers": [2], "head_dim": 64,
+                                   "num_heads": 2, "short_conv_kernel_size": 4},
+        },
         # Falcon: the MLP 4x the hidden size, as every released Falcon (falcon-7b: 4544 and
         # 18176); vLLM's FalconMLP hard-codes that width (the finding falcon-ffn-hidden-size)
         "FalconForCausalLM": {"new_decoder_architecture": False, "multi_query": True,

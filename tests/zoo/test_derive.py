@@ -79,6 +79,11 @@ def test_checkpoint_keys_keep_the_fixes_and_add_the_released_keys() -> None:
     assert lite.first_k_dense_replace == 1 and lite.mlp_layer_types == ["dense", "sparse"]
     v2 = _derived_config("DeepseekV2ForCausalLM")
     assert (v2.n_group, v2.topk_group) == (1, 1)  # DeepSeek-V2-Lite's routing
+    laguna = _derived_config("LagunaForCausalLM")  # Laguna-XS.2's sliding and full layers
+    assert laguna.layer_types == ["sliding_attention", "full_attention"]
+    kimi = _derived_config("KimiLinearForCausalLM")  # the keys SGLang reads, transformers too
+    assert kimi.layer_types == ["linear_attention", "full_attention"]
+    assert kimi.mlp_layer_types == ["dense", "sparse"] and kimi.linear_head_dim == 64
 
 
 def test_released_checkpoint_tensors_and_mamba_groups() -> None:

@@ -53,6 +53,15 @@ def test_sglang_rows_their_causes_and_known_findings_are_sglangs() -> None:
             "RuntimeError: Found no NVIDIA driver on your system."),
         row("NemotronHForCausalLM", "vllm-failed", "SGLang: CaptureError: sglang target failed: "
             "ValueError: layers_block_type contains invalid types"),
+        row("GraniteSWAForCausalLM", "vllm-failed", "SGLang: CaptureError: sglang target ended "
+            "before it could generate (exit code -9); its log: TypeError: TorchNativeAttnBackend."
+            "forward_extend() got an unexpected keyword argument 'sinks'"),
+        row("Gemma3nForCausalLM", "vllm-failed", "SGLang: CaptureError: TypeError: unsupported "
+            "operand type(s) for %: 'list' and 'int'"),
+        row("FalconH1ForCausalLM", "vllm-failed", "SGLang: CaptureError: its log: "
+            "ModuleNotFoundError: No module named 'sgl_kernel.mamba'"),
+        row("Ernie4_5_MoeForCausalLM", "vllm-failed", "SGLang: NotImplementedError: Could not "
+            "run 'sglang::inplace_fused_experts' with arguments from the 'CPU' backend."),
         row("PhiForCausalLM", "error", "Ekka: CaptureError: sglang target did not start its "
             "engine within its time limit (900 s)"),
     )  # fmt: skip
@@ -65,6 +74,12 @@ def test_sglang_rows_their_causes_and_known_findings_are_sglangs() -> None:
     assert labels["OlmoeForCausalLM"] == "fails (SGLang)"  # its finding: an SGLang bug, loud
     # a failure examined as Ekka's gap: the derived config lacks the checkpoints' keys
     assert labels["NemotronHForCausalLM"] == "fails (Ekka's configuration)"
+    # examined: a path SGLang's CPU backend lacks (its message does not say so), an SGLang bug
+    # of its CPU path; the stand-in sgl_kernel's missing Mamba ops
+    assert labels["GraniteSWAForCausalLM"] == "fails (missing CPU kernel)"
+    assert labels["Gemma3nForCausalLM"] == "fails (SGLang)"
+    assert labels["FalconH1ForCausalLM"] == "fails (missing CPU kernel)"
+    assert labels["Ernie4_5_MoeForCausalLM"] == "fails (missing CPU kernel)"  # a CUDA-only op
     assert fail_cause(rows[-1], None) is FailCause.EKKA
     # SGLang's Mistral finding is known at SGLang's version; vLLM's findings explain no row
     mistral = report.finding(rows[1])
