@@ -1,9 +1,13 @@
 """The zoo beyond its hand-written architectures: every decoder-only text-generation
-architecture that the installed vLLM's model registry and transformers both have.
+architecture that the model registry of an installed target framework (vLLM's, SGLang's) holds
+and transformers has as a causal LM.
 
-The registry's names come from vLLM's `registry.py` read as text (`_TEXT_GENERATION_MODELS`,
-parsed with `ast`: vLLM is not imported); transformers' from its auto mappings (causal-LM model
-class per model type, config class per model type). A derived architecture's tiny config is
+Each registry's names come from the framework's installed sources read as text
+(`Framework.models`: vLLM's `_TEXT_GENERATION_MODELS` in its `registry.py`, SGLang's model
+modules' `EntryClass`; parsed with `ast`, neither framework is imported, SGLang's environment
+is not even Ekka's); each derived architecture records which frameworks' registries hold it
+(`ArchSpec.frameworks`: a sweep's `all` is its framework's). Transformers' names come from its
+auto mappings (causal-LM model class per model type, config class per model type). A derived architecture's tiny config is
 its config class's defaults scaled down (`SCALED`: layers, hidden size, heads with head_dim 64,
 experts, vocabulary; a key is set only where the defaults have it), then its overrides from
 `OVERRIDES` (data, for what the scaled defaults get wrong). `ekka.zoo.build` applies both.
@@ -11,14 +15,13 @@ experts, vocabulary; a key is set only where the defaults have it), then its ove
 
 from __future__ import annotations
 
-import ast
 import functools
-import importlib.util
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ekka.errors import UsageError
+from ekka.frameworks import FRAMEWORKS, framework, installed_package_dir, listed_architectures
 from ekka.zoo.spec import NATIVE, ArchSpec
 
 DERIVED = "derived"  # ArchSpec.notes prefix of a derived architecture
@@ -186,33 +189,20 @@ OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 
 
-def registry_file() -> Path | None:
-    """vLLM's model registry source, found without importing vLLM (None: not installed)."""
-    spec = importlib.util.find_spec("vllm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "model_executor" / "models"
-    return path / "registry.py" if (path / "registry.py").is_file() else None
-
-
 @functools.cache
-def registry_architectures() -> tuple[str, ...]:
-    """The names in vLLM's `_TEXT_GENERATION_MODELS` (its decoder-only text generation)."""
-    path = registry_file()
-    if path is None:
+def registry_architectures(name: str) -> tuple[str, ...]:
+    """The architectures framework `name`'s model registry holds, read from its installed
+    sources (`Framework.models`, with `ast`: never imported, its environment may not be
+    Ekka's); () where it is not installed."""
+    fw = framework(name)
+    try:
+        package = installed_package_dir(name)
+    except UsageError:
         return ()
-    tree = ast.parse(path.read_text())
-    for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
-        if isinstance(target, ast.Name) and target.id == "_TEXT_GENERATION_MODELS":
-            assert isinstance(node, ast.Assign)
-            if isinstance(node.value, ast.Dict):
-                return tuple(
-                    k.value
-                    for k in node.value.keys
-                    if isinstance(k, ast.Constant) and isinstance(k.value, str)
-                )
-    return ()
+    names: list[str] = []
+    for path in sorted(package.glob(fw.models.files)):
+        names += listed_architectures(path.read_text(), fw.models.name)
+    return tuple(dict.fromkeys(names))
 
 
 @functools.cache
@@ -235,7 +225,9 @@ def transformers_causal_lms() -> Mapping[str, str]:
 
 @functools.cache
 def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
-    """An ArchSpec per architecture of both frameworks that `known` (the hand-written) lacks."""
+    """An ArchSpec per architecture of either framework's registry that transformers has as a
+    causal LM and `known` (the hand-written) lacks: vLLM's first, in its registry's order, then
+    the ones only SGLang's holds."""
     classes = transformers_causal_lms()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -243,8 +235,12 @@ def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
     for model_type, names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
         for name in (names,) if isinstance(names, str) else tuple(names):
             family.setdefault(name, model_type)
+    held: dict[str, list[str]] = {}  # architecture -> the frameworks whose registry holds it
+    for target in FRAMEWORKS:
+        for name in registry_architectures(target):
+            held.setdefault(name, []).append(target)
     specs = []
-    for name in registry_architectures():
+    for name, targets in held.items():
         if name in known or name not in classes:
             continue
         specs.append(
@@ -255,6 +251,7 @@ def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
                 defaults=MappingProxyType(dict(OVERRIDES.get(name, {}))),
                 vllm_backend=NATIVE,
                 notes=f"{DERIVED}: the config class's defaults scaled down",
+                frameworks=tuple(targets),
             )
         )
     return tuple(specs)
