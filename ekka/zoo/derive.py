@@ -46,6 +46,9 @@ SCALED: Mapping[str, Any] = MappingProxyType(
     }
 )  # fmt: skip
 SLIDING_WINDOW = 8  # a window the tests' 32-token prompt crosses
+# The parts of a multimodal family's composite config (Gemma 3's, as SGLang registers its
+# ForConditionalGeneration): each scaled down the same way as a config of its own
+SUB_CONFIGS = ("text_config", "vision_config", "audio_config")
 
 # Multi-head latent attention: as many key and value heads as query heads, as every released
 # DeepSeek-style MLA config.json (DeepSeek-V3: 128 and 128); transformers' MLA attention expands
@@ -126,6 +129,10 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # class default (8, Codestral's) leaves no head per group with the zoo's 4 heads (vLLM's
         # CPU kernels divide by it: exit -8)
         "Mamba2ForCausalLM": {"n_groups": 1},
+        # OLMo (1): multi-head attention, as every released OLMo config.json (OLMo-7B-hf: 32
+        # key and value heads for 32 heads); SGLang's OlmoAttention has no GQA (one KV head
+        # fails at its KV cache write)
+        "OlmoForCausalLM": {"num_key_value_heads": 2},
         # Zamba2: multi-head attention in its shared blocks (every released Zamba2 has
         # num_key_value_heads = num_attention_heads; vLLM's Zamba2Attention has no GQA)
         "Zamba2ForCausalLM": {"num_key_value_heads": 2},
@@ -273,6 +280,9 @@ def scale_config(default: Mapping[str, Any]) -> dict[str, Any]:
     if layers and isinstance(types, list) and types:
         distinct = list(dict.fromkeys(types))
         out["layer_types"] = [distinct[i % len(distinct)] for i in range(layers)]
+    for part in SUB_CONFIGS:
+        if isinstance(default.get(part), dict):
+            out[part] = scale_config(default[part])
     return out
 
 

@@ -68,6 +68,12 @@ def test_scaling_keeps_what_the_defaults_have():
         "layer_types": ["sliding_attention", "full_attention"],
     }
     assert scale_config({"sliding_window": None}) == {}
+    # a multimodal family's composite config: each part scaled as a config of its own
+    composite = {"text_config": default, "vision_config": {"hidden_size": 1152}, "image_size": 896}
+    assert scale_config(composite) == {
+        "text_config": scaled,
+        "vision_config": {"hidden_size": 128},
+    }
 
 
 def test_a_derived_architecture_builds_tiny(tmp_path):
