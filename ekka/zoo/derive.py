@@ -129,6 +129,26 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # class default (8, Codestral's) leaves no head per group with the zoo's 4 heads (vLLM's
         # CPU kernels divide by it: exit -8)
         "Mamba2ForCausalLM": {"n_groups": 1},
+        # Hunyuan dense and MoE (V1): the head size and the q/k norms, as every released
+        # config.json (Hunyuan-7B, Hunyuan-A13B: head_dim 128, use_qk_norm true; the class
+        # defaults leave head_dim None, which transformers' attention fails on, and SGLang builds
+        # the norms only with use_qk_norm); the MoE's shared expert and the experts' width under
+        # the keys SGLang reads (use_mixed_mlp_moe, num_shared_expert, moe_intermediate_size:
+        # transformers' experts and shared MLP are intermediate_size wide)
+        "HunYuanDenseV1ForCausalLM": {"head_dim": 64, "use_qk_norm": True},
+        "HunYuanMoEV1ForCausalLM": {"head_dim": 64, "use_qk_norm": True,
+                                    "use_mixed_mlp_moe": True, "num_shared_expert": 1,
+                                    "moe_intermediate_size": 256},
+        # Mellum: interleaved sliding-window and full attention, as the family is built; the
+        # class default makes every layer full while keeping a window, which SGLang refuses
+        # (a hybrid sliding-window model without a sliding layer)
+        "MellumForCausalLM": {"layer_types": ["sliding_attention", "full_attention"]},
+        # ZAYA: one expert per token, the only routing transformers' ZAYA supports (as the
+        # released ZAYA1); the keys of the released config.json that SGLang's own ZAYA config
+        # reads: num_query_groups (its KV heads, which SGLang checks), ffn_hidden_size (the
+        # experts' width, transformers' moe_intermediate_size)
+        "ZayaForCausalLM": {"num_experts_per_tok": 1, "num_query_groups": 1,
+                            "ffn_hidden_size": 64},
         # OLMo (1): multi-head attention, as every released OLMo config.json (OLMo-7B-hf: 32
         # key and value heads for 32 heads); SGLang's OlmoAttention has no GQA (one KV head
         # fails at its KV cache write)
