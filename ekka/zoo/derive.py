@@ -7,9 +7,10 @@ Each registry's names come from the framework's installed sources read as text
 modules' `EntryClass`; parsed with `ast`, neither framework is imported, SGLang's environment
 is not even Ekka's); each derived architecture records which frameworks' registries hold it
 (`ArchSpec.frameworks`: a sweep's `all` is its framework's). Transformers' names come from its
-auto mappings (causal-LM model class per model type, config class per model type). A derived architecture's tiny config is
-its config class's defaults scaled down (`SCALED`: layers, hidden size, heads with head_dim 64,
-experts, vocabulary; a key is set only where the defaults have it), then its overrides from
+auto mappings (causal-LM model class per model type, config class per model type). A derived
+architecture's tiny config is its config class's defaults scaled down (`SCALED`: layers, hidden
+size, heads with head_dim 64, experts, vocabulary; a key is set only where the defaults have it;
+a composite config's parts, `SUB_CONFIGS`, each the same way), then its overrides from
 `OVERRIDES` (data, for what the scaled defaults get wrong). `ekka.zoo.build` applies both.
 """
 
