@@ -1,5 +1,6 @@
 """The serving frameworks Ekka targets, as data: what each is called, where its Python package
-sits in its repository, which module runs it as the target and with which interpreter.
+sits in its repository, which module runs it as the target and with which interpreter, and
+where its sources list the architectures its model registry holds.
 
 vLLM runs with Ekka's own interpreter. SGLang runs in an environment of its own (its torch
 differs from vLLM's), made by `make venv` beside vLLM's (`.venv-sglang`), or the interpreter
@@ -10,6 +11,7 @@ through it.
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import subprocess
@@ -24,6 +26,17 @@ CHECKOUT = Path(__file__).resolve().parents[1]  # Ekka's checkout (editable inst
 
 
 @dataclass(frozen=True)
+class ModelList:
+    """Where a framework's sources list the architectures its model registry holds, read as
+    text (`ast`) so that neither framework is imported in Ekka's process: the files (a glob
+    under its installed package) and the top-level name each assigns, either a dict keyed by
+    architecture or the model classes (one, or a list) whose names are the architectures."""
+
+    files: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Framework:
     name: str  # as users write it: --framework NAME, framework = "NAME"
     title: str  # as reports write it
@@ -34,9 +47,12 @@ class Framework:
     venv: str = ""  # the environment `make venv` makes for it, in Ekka's checkout
     env: Mapping[str, str] = field(default_factory=dict)  # what its target's process adds
     # the module that lists its model registry, run as `python -m REGISTRY` with its
-    # interpreter (one JSON object: version, registered, unimportable, notes); "": the zoo's
-    # derived architectures already follow its registry (vLLM's, read as text)
+    # interpreter (one JSON object: version, registered, unimportable, notes); "": none (vLLM's
+    # list in its sources, `models`, is all the sweep needs)
     registry: str = ""
+    # the architectures its registry holds, as its sources list them (the zoo's derived
+    # architectures are those of either framework's list that transformers has)
+    models: ModelList = ModelList("", "")
 
     def sources(self, tree: str | Path) -> Path:
         """The folder of a checkout of the framework's repository to put first on the path."""
@@ -44,7 +60,15 @@ class Framework:
 
 
 FRAMEWORKS: dict[str, Framework] = {
-    "vllm": Framework("vllm", "vLLM", "vllm", "", "ekka.tracer.adapters.vllm"),
+    "vllm": Framework(
+        "vllm",
+        "vLLM",
+        "vllm",
+        "",
+        "ekka.tracer.adapters.vllm",
+        # its decoder-only text generation (not the transformers backend's nor multimodal ones)
+        models=ModelList("model_executor/models/registry.py", "_TEXT_GENERATION_MODELS"),
+    ),
     "sglang": Framework(
         "sglang",
         "SGLang",
@@ -56,8 +80,28 @@ FRAMEWORKS: dict[str, Framework] = {
         # SGLang's CPU paths (without it, device="cpu" reaches for vLLM's CUDA ops)
         env={"SGLANG_USE_CPU_ENGINE": "1"},
         registry="ekka.tracer.adapters.sglang_registry",
+        # each model module's EntryClass, as SGLang's registry reads them (importing each)
+        models=ModelList("srt/models/*.py", "EntryClass"),
     ),
 }
+
+
+def listed_architectures(source: str, name: str) -> list[str]:
+    """The architectures a module's source lists in its top-level `name = ...` (a
+    `ModelList`'s name): a dict's string keys, or the names of the model classes it assigns
+    (one, or a list or tuple of them); [] where it assigns no `name`."""
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        )):  # fmt: skip
+            continue
+        value = node.value
+        if isinstance(value, ast.Dict):
+            keys = [k.value if isinstance(k, ast.Constant) else None for k in value.keys]
+            return [k for k in keys if isinstance(k, str)]
+        items = value.elts if isinstance(value, ast.List | ast.Tuple) else [value]
+        return [item.id for item in items if isinstance(item, ast.Name)]
+    return []
 
 
 def framework(name: str) -> Framework:

@@ -38,7 +38,7 @@ def sweep(
     framework: str = typer.Option(
         "vllm",
         "--framework",
-        help="Architecture sweep: the target framework, vllm or sglang (SGLang: the zoo's architectures its model registry holds).",
+        help="Architecture sweep: the target framework, vllm or sglang (`all`: the zoo's architectures its model registry holds).",
     ),
     repo: Path | None = typer.Option(
         None,

@@ -17,9 +17,11 @@ def zoo_list(
     ),
 ) -> None:
     """Show the zoo's architectures: the hand-written ones, then every other decoder-only
-    architecture that the installed vLLM's registry and transformers both have (derived)."""
+    architecture that an installed framework's registry (vLLM's, SGLang's) and transformers both
+    have (derived), with the frameworks whose registry holds each."""
     from rich.table import Table
 
+    from ekka.frameworks import framework
     from ekka.zoo import list_architectures
     from ekka.zoo.derive import is_derived
 
@@ -32,15 +34,19 @@ def zoo_list(
                 "config_class": spec.config_class,
                 "vllm_backend": spec.vllm_backend,
                 "derived": is_derived(spec),
+                "frameworks": list(spec.frameworks),
                 "settings": dict(spec.defaults),
             }
             for spec in specs
         ]
         out.print_json(json.dumps(rows))
         return
-    table = Table(title="Ekka zoo: tiny models that vLLM (CPU) and transformers both load")
-    table.add_column("architecture")
+    table = Table(
+        title="Ekka zoo: tiny models of the frameworks' architectures that transformers has"
+    )
+    table.add_column("architecture", no_wrap=True)
     table.add_column("family")
+    table.add_column("registries")
     table.add_column("vLLM backend")
     table.add_column("zoo settings beyond the common base")
     for spec in specs:
@@ -48,7 +54,8 @@ def zoo_list(
         settings = ", ".join(f"{k}={v}" for k, v in extra.items())
         if is_derived(spec):
             settings = "derived: class defaults scaled down" + (f"; {settings}" if settings else "")
-        table.add_row(spec.name, spec.family, spec.vllm_backend, settings)
+        registries = ", ".join(framework(name).title for name in spec.frameworks)
+        table.add_row(spec.name, spec.family, registries, spec.vllm_backend, settings)
     out.print(table)
 
 

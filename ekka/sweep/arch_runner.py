@@ -48,9 +48,6 @@ class Registry:
     unimportable: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what every report of this framework says (SGLang's stand-in)
 
-    def has(self, architecture: str) -> bool:
-        return architecture in self.registered or architecture in self.unimportable
-
 
 def framework_registry(name: str) -> Registry | None:
     """The registry of framework `name`, asked in its interpreter (None: the framework names
@@ -98,15 +95,15 @@ def framework_versions(name: str = FRAMEWORK, registry: Registry | None = None) 
     return {name: target, "transformers": first("transformers")}
 
 
-def choose(names: str, registry: Registry | None = None) -> list[str]:
+def choose(names: str, framework: str = FRAMEWORK) -> list[str]:
     """`all` or NAME,NAME,...: architecture class names (UsageError naming an unknown one).
-    `all` with a framework's `registry`: the zoo's architectures that it holds (imported or
-    not: one it cannot import gets its row, with the import's error)."""
+    `all`: the zoo's architectures that `framework`'s registry holds (`ArchSpec.frameworks`,
+    as its sources list them; one its interpreter cannot import gets its row, with the import's
+    error)."""
     from ekka.zoo import get_arch, list_architectures
 
     if names.strip() == "all":
-        every = [s.name for s in list_architectures(derived=True)]
-        return [a for a in every if registry is None or registry.has(a)]
+        return [s.name for s in list_architectures(derived=True) if framework in s.frameworks]
     chosen = [get_arch(n.strip()).name for n in names.split(",") if n.strip()]
     if not chosen:
         raise UsageError("--architectures: give all, or NAME,NAME,... (see `ekka zoo list`).")

@@ -1,9 +1,9 @@
 """The architecture sweep (`ekka sweep --architectures all|NAME,... [--framework F]`): each zoo
 architecture (hand-written and derived, `ekka.zoo`) built tiny with random weights and diagnosed
 against transformers on the installed vLLM or SGLang, the same path as `ekka diagnose`
-(`run_diagnosis`). With SGLang, `all` is the zoo's architectures that SGLang's model registry
-holds (asked in SGLang's interpreter; one whose model module does not import there is a row of
-SGLang's failure, with the import's error).
+(`run_diagnosis`). `all` is the zoo's architectures that the framework's model registry
+holds (as its sources list them, `ekka.zoo.derive`); with SGLang, one whose model module does not
+import in SGLang's interpreter is a row of SGLang's failure, with the import's error.
 
 One row per (architecture, dtype): it builds or not, loads in vLLM / in transformers (and why
 not), matches or diverges (the first divergence, its ratio, the suspects), the command that
@@ -48,7 +48,7 @@ def run_cli(
 
     framework_named(framework)  # an unknown one: a one-line message
     registry = framework_registry(framework)
-    names = choose(architectures, registry)
+    names = choose(architectures, framework)
     chosen = [d.strip() for d in dtypes.split(",") if d.strip()]
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

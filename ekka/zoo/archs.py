@@ -284,13 +284,13 @@ def _unknown_message(name: str) -> str:
     known = ", ".join(f"{spec.name} ({spec.family})" for spec in ARCHITECTURES.values())
     return (
         f"Unknown architecture {name!r}.{hint} Known architectures: {known}; and those derived "
-        "from vLLM's registry and transformers (`ekka zoo list`)."
+        "from vLLM's or SGLang's registry and transformers (`ekka zoo list`)."
     )
 
 
 def get_arch(name: str) -> ArchSpec:
     """The ArchSpec for a class name (any case) or a short alias such as "qwen2moe"; else one
-    of the derived architectures (`ekka.zoo.derive`: vLLM's registry and transformers) by its
+    of the derived architectures (`ekka.zoo.derive`: a framework's registry and transformers) by its
     class name.
 
     Raises UnknownArchitectureError listing the known names (and a close match if there is one).
@@ -315,5 +315,6 @@ def _derived() -> tuple[ArchSpec, ...]:
 
 def list_architectures(*, derived: bool = False) -> list[ArchSpec]:
     """The zoo's hand-written architectures, in the order of ARCHS.md's table; with
-    `derived`, then every other architecture vLLM's registry and transformers both have."""
+    `derived`, then every other architecture that vLLM's or SGLang's registry holds and
+    transformers has."""
     return list(ARCHITECTURES.values()) + (list(_derived()) if derived else [])

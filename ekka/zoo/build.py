@@ -181,8 +181,9 @@ def _make_config(spec: ArchSpec, overrides: Mapping[str, Any], zoo_defaults: boo
 
 
 def _check_vocab(config: Any, tokenizer_size: int) -> None:
-    """The model's vocabulary must hold every tokenizer id."""
-    vocab_size = getattr(config, "vocab_size", None)
+    """The model's vocabulary must hold every tokenizer id (a composite multimodal config's:
+    its text part's)."""
+    vocab_size = getattr(config.get_text_config(), "vocab_size", None)
     if vocab_size is None or vocab_size < tokenizer_size:
         raise UsageError(
             f"vocab_size={vocab_size} is smaller than the zoo tokenizer ({tokenizer_size} entries); "

@@ -1,25 +1,29 @@
 """The zoo beyond its hand-written architectures: every decoder-only text-generation
-architecture that the installed vLLM's model registry and transformers both have.
+architecture that the model registry of an installed target framework (vLLM's, SGLang's) holds
+and transformers has as a causal LM.
 
-The registry's names come from vLLM's `registry.py` read as text (`_TEXT_GENERATION_MODELS`,
-parsed with `ast`: vLLM is not imported); transformers' from its auto mappings (causal-LM model
-class per model type, config class per model type). A derived architecture's tiny config is
-its config class's defaults scaled down (`SCALED`: layers, hidden size, heads with head_dim 64,
-experts, vocabulary; a key is set only where the defaults have it), then its overrides from
+Each registry's names come from the framework's installed sources read as text
+(`Framework.models`: vLLM's `_TEXT_GENERATION_MODELS` in its `registry.py`, SGLang's model
+modules' `EntryClass`; parsed with `ast`, neither framework is imported, SGLang's environment
+is not even Ekka's); each derived architecture records which frameworks' registries hold it
+(`ArchSpec.frameworks`: a sweep's `all` is its framework's). Transformers' names come from its
+auto mappings (causal-LM model class per model type, config class per model type). A derived
+architecture's tiny config is its config class's defaults scaled down (`SCALED`: layers, hidden
+size, heads with head_dim 64, experts, vocabulary; a key is set only where the defaults have it;
+a composite config's parts, `SUB_CONFIGS`, each the same way), then its overrides from
 `OVERRIDES` (data, for what the scaled defaults get wrong). `ekka.zoo.build` applies both.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
-import importlib.util
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ekka.errors import UsageError
+from ekka.frameworks import FRAMEWORKS, framework, installed_package_dir, listed_architectures
 from ekka.zoo.spec import NATIVE, ArchSpec
 
 DERIVED = "derived"  # ArchSpec.notes prefix of a derived architecture
@@ -44,6 +48,9 @@ SCALED: Mapping[str, Any] = MappingProxyType(
     }
 )  # fmt: skip
 SLIDING_WINDOW = 8  # a window the tests' 32-token prompt crosses
+# The parts of a multimodal family's composite config (Gemma 3's, as SGLang registers its
+# ForConditionalGeneration): each scaled down the same way as a config of its own
+SUB_CONFIGS = ("text_config", "vision_config", "audio_config")
 
 # Multi-head latent attention: as many key and value heads as query heads, as every released
 # DeepSeek-style MLA config.json (DeepSeek-V3: 128 and 128); transformers' MLA attention expands
@@ -124,6 +131,30 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # class default (8, Codestral's) leaves no head per group with the zoo's 4 heads (vLLM's
         # CPU kernels divide by it: exit -8)
         "Mamba2ForCausalLM": {"n_groups": 1},
+        # Hunyuan dense and MoE (V1): the head size and the q/k norms, as every released
+        # config.json (Hunyuan-7B, Hunyuan-A13B: head_dim 128, use_qk_norm true; the class
+        # defaults leave head_dim None, which transformers' attention fails on, and SGLang builds
+        # the norms only with use_qk_norm); the MoE's shared expert and the experts' width under
+        # the keys SGLang reads (use_mixed_mlp_moe, num_shared_expert, moe_intermediate_size:
+        # transformers' experts and shared MLP are intermediate_size wide)
+        "HunYuanDenseV1ForCausalLM": {"head_dim": 64, "use_qk_norm": True},
+        "HunYuanMoEV1ForCausalLM": {"head_dim": 64, "use_qk_norm": True,
+                                    "use_mixed_mlp_moe": True, "num_shared_expert": 1,
+                                    "moe_intermediate_size": 256},
+        # Mellum: interleaved sliding-window and full attention, as the family is built; the
+        # class default makes every layer full while keeping a window, which SGLang refuses
+        # (a hybrid sliding-window model without a sliding layer)
+        "MellumForCausalLM": {"layer_types": ["sliding_attention", "full_attention"]},
+        # ZAYA: one expert per token, the only routing transformers' ZAYA supports (as the
+        # released ZAYA1); the keys of the released config.json that SGLang's own ZAYA config
+        # reads: num_query_groups (its KV heads, which SGLang checks), ffn_hidden_size (the
+        # experts' width, transformers' moe_intermediate_size)
+        "ZayaForCausalLM": {"num_experts_per_tok": 1, "num_query_groups": 1,
+                            "ffn_hidden_size": 64},
+        # OLMo (1): multi-head attention, as every released OLMo config.json (OLMo-7B-hf: 32
+        # key and value heads for 32 heads); SGLang's OlmoAttention has no GQA (one KV head
+        # fails at its KV cache write)
+        "OlmoForCausalLM": {"num_key_value_heads": 2},
         # Zamba2: multi-head attention in its shared blocks (every released Zamba2 has
         # num_key_value_heads = num_attention_heads; vLLM's Zamba2Attention has no GQA)
         "Zamba2ForCausalLM": {"num_key_value_heads": 2},
@@ -243,33 +274,20 @@ OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 
 
-def registry_file() -> Path | None:
-    """vLLM's model registry source, found without importing vLLM (None: not installed)."""
-    spec = importlib.util.find_spec("vllm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "model_executor" / "models"
-    return path / "registry.py" if (path / "registry.py").is_file() else None
-
-
 @functools.cache
-def registry_architectures() -> tuple[str, ...]:
-    """The names in vLLM's `_TEXT_GENERATION_MODELS` (its decoder-only text generation)."""
-    path = registry_file()
-    if path is None:
+def registry_architectures(name: str) -> tuple[str, ...]:
+    """The architectures framework `name`'s model registry holds, read from its installed
+    sources (`Framework.models`, with `ast`: never imported, its environment may not be
+    Ekka's); () where it is not installed."""
+    fw = framework(name)
+    try:
+        package = installed_package_dir(name)
+    except UsageError:
         return ()
-    tree = ast.parse(path.read_text())
-    for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
-        if isinstance(target, ast.Name) and target.id == "_TEXT_GENERATION_MODELS":
-            assert isinstance(node, ast.Assign)
-            if isinstance(node.value, ast.Dict):
-                return tuple(
-                    k.value
-                    for k in node.value.keys
-                    if isinstance(k, ast.Constant) and isinstance(k.value, str)
-                )
-    return ()
+    names: list[str] = []
+    for path in sorted(package.glob(fw.models.files)):
+        names += listed_architectures(path.read_text(), fw.models.name)
+    return tuple(dict.fromkeys(names))
 
 
 @functools.cache
@@ -292,7 +310,9 @@ def transformers_causal_lms() -> Mapping[str, str]:
 
 @functools.cache
 def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
-    """An ArchSpec per architecture of both frameworks that `known` (the hand-written) lacks."""
+    """An ArchSpec per architecture of either framework's registry that transformers has as a
+    causal LM and `known` (the hand-written) lacks: vLLM's first, in its registry's order, then
+    the ones only SGLang's holds."""
     classes = transformers_causal_lms()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -300,8 +320,12 @@ def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
     for model_type, names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
         for name in (names,) if isinstance(names, str) else tuple(names):
             family.setdefault(name, model_type)
+    held: dict[str, list[str]] = {}  # architecture -> the frameworks whose registry holds it
+    for target in FRAMEWORKS:
+        for name in registry_architectures(target):
+            held.setdefault(name, []).append(target)
     specs = []
-    for name in registry_architectures():
+    for name, targets in held.items():
         if name in known or name not in classes:
             continue
         specs.append(
@@ -312,6 +336,7 @@ def derived_specs(known: frozenset[str]) -> tuple[ArchSpec, ...]:
                 defaults=MappingProxyType(dict(OVERRIDES.get(name, {}))),
                 vllm_backend=NATIVE,
                 notes=f"{DERIVED}: the config class's defaults scaled down",
+                frameworks=tuple(targets),
             )
         )
     return tuple(specs)
@@ -333,6 +358,9 @@ def scale_config(default: Mapping[str, Any]) -> dict[str, Any]:
     if layers and isinstance(types, list) and types:
         distinct = list(dict.fromkeys(types))
         out["layer_types"] = [distinct[i % len(distinct)] for i in range(layers)]
+    for part in SUB_CONFIGS:
+        if isinstance(default.get(part), dict):
+            out[part] = scale_config(default[part])
     return out
 
 

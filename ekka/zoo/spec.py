@@ -1,12 +1,14 @@
 """The zoo's one record, `ArchSpec`, and its backend names: a leaf that `archs` (the
-hand-written architectures) and `derive` (the ones vLLM's registry and transformers both have)
-share."""
+hand-written architectures) and `derive` (the ones a framework's registry and transformers
+both have) share."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ekka.frameworks import FRAMEWORKS
 
 NATIVE = "native"
 TRANSFORMERS_BACKEND = "transformers"
@@ -22,3 +24,6 @@ class ArchSpec:
     defaults: Mapping[str, Any] = field(hash=False)
     vllm_backend: str = NATIVE
     notes: str = ""
+    # the target frameworks whose model registry holds it (`ekka.frameworks`); the
+    # hand-written ones load in every framework
+    frameworks: tuple[str, ...] = tuple(FRAMEWORKS)

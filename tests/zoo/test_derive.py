@@ -1,4 +1,5 @@
-"""The derived zoo: the architectures of vLLM's registry and transformers, scaled down."""
+"""The derived zoo: the architectures of vLLM's or SGLang's registry that transformers has,
+scaled down."""
 
 from __future__ import annotations
 
@@ -7,14 +8,46 @@ from typing import Any
 
 import pytest
 
-from ekka.zoo import build_model, get_arch, list_architectures
+from ekka.frameworks import listed_architectures
+from ekka.zoo import ARCHITECTURES, build_model, get_arch, list_architectures
 from ekka.zoo.derive import is_derived, registry_architectures, scale_config
+from tests.sglang.conftest import sglang_python
 
 
 def test_the_registry_is_read_from_vllms_source():
-    names = registry_architectures()
+    names = registry_architectures("vllm")
     assert "LlamaForCausalLM" in names and "Cohere2ForCausalLM" in names
     assert len(names) > 80
+
+
+def test_a_registry_lists_architectures_as_a_dicts_keys_or_its_classes() -> None:
+    source = (
+        "_MODELS = {'LlamaForCausalLM': ('llama', 'Llama'), 'OptForCausalLM': ('opt', 'X'),\n"
+        "           **_OTHERS}\n"
+        "EntryClass = [GemmaForCausalLM, Gemma2ForCausalLM]\nOne = OlmoForCausalLM\n"
+        "def f():\n    Nested = [X]\n"
+    )
+    assert listed_architectures(source, "_MODELS") == ["LlamaForCausalLM", "OptForCausalLM"]
+    assert listed_architectures(source, "EntryClass") == ["GemmaForCausalLM", "Gemma2ForCausalLM"]
+    assert listed_architectures(source, "One") == ["OlmoForCausalLM"]
+    assert listed_architectures(source, "Nested") == listed_architectures(source, "No") == []
+
+
+def test_the_zoo_derives_the_architectures_of_either_frameworks_registry() -> None:
+    sglang_python()  # SGLang's sources are read in its environment (a skip, or CI's failure)
+    vllm, sglang = set(registry_architectures("vllm")), set(registry_architectures("sglang"))
+    # each SGLang model module's EntryClass, read without importing SGLang
+    assert {"LlamaForCausalLM", "OlmoForCausalLM", "PersimmonForCausalLM"} <= sglang
+    assert "OlmoForCausalLM" not in vllm  # vLLM serves it through its transformers backend
+    specs = {s.name: s for s in list_architectures(derived=True)}
+    olmo = specs["OlmoForCausalLM"]
+    assert is_derived(olmo) and olmo.frameworks == ("sglang",)
+    assert specs["GPT2LMHeadModel"].frameworks == ("vllm", "sglang")
+    assert specs["LlamaForCausalLM"].frameworks == ("vllm", "sglang")  # hand-written: both
+    for spec in specs.values():
+        assert spec.name in ARCHITECTURES or {
+            f for f, held in (("vllm", vllm), ("sglang", sglang)) if spec.name in held
+        } == set(spec.frameworks)
 
 
 def test_scaling_keeps_what_the_defaults_have():
@@ -35,6 +68,12 @@ def test_scaling_keeps_what_the_defaults_have():
         "layer_types": ["sliding_attention", "full_attention"],
     }
     assert scale_config({"sliding_window": None}) == {}
+    # a multimodal family's composite config: each part scaled as a config of its own
+    composite = {"text_config": default, "vision_config": {"hidden_size": 1152}, "image_size": 896}
+    assert scale_config(composite) == {
+        "text_config": scaled,
+        "vision_config": {"hidden_size": 128},
+    }
 
 
 def test_a_derived_architecture_builds_tiny(tmp_path):

@@ -16,6 +16,7 @@ from ekka.sweep.arch_render import render_markdown, write_reports
 from ekka.sweep.arch_rows import ArchRow, FailCause, SweepReport, fail_cause, load_findings
 from ekka.sweep.arch_runner import Registry, _unregistered, choose
 from ekka.sweep.arch_store import sweep_key
+from tests.sglang.conftest import sglang_python
 
 VERSIONS = {"sglang": "0.5.23", "transformers": "5.19.0"}
 NOTE = "SGLang's torch-native paths; no sgl_kernel"
@@ -108,11 +109,18 @@ def test_sglang_finding_folders_carry_their_reproduction(tmp_path: Path) -> None
     assert (folder / "report.md").read_text().startswith("# GemmaForCausalLM: SGLang bug")
 
 
-def test_all_is_the_zoos_architectures_the_registry_holds() -> None:
-    assert choose("all", REGISTRY) == [
-        "LlamaForCausalLM", "MistralForCausalLM", "Qwen3_5ForCausalLM"
-    ]  # fmt: skip
-    assert choose("llama,phi", REGISTRY) == ["LlamaForCausalLM", "PhiForCausalLM"]
+def test_all_is_the_zoos_architectures_the_frameworks_registry_holds() -> None:
+    sglang_python()  # SGLang's registry is read from its environment's sources
+    from ekka.zoo import ARCHITECTURES
+    from ekka.zoo.derive import registry_architectures
+
+    vllm, sglang = choose("all", "vllm"), choose("all", "sglang")
+    # vLLM's sweep: the hand-written ones and its registry's, not the ones only SGLang holds
+    assert set(vllm) == set(ARCHITECTURES) | (set(vllm) & set(registry_architectures("vllm")))
+    assert "OlmoForCausalLM" in sglang and "OlmoForCausalLM" not in vllm
+    assert set(sglang) - set(ARCHITECTURES) <= set(registry_architectures("sglang"))
+    assert vllm[:20] == sglang[:20] == list(ARCHITECTURES)
+    assert choose("llama,phi", "sglang") == ["LlamaForCausalLM", "PhiForCausalLM"]
 
 
 def test_the_nightly_sweep_takes_no_framework_option() -> None:

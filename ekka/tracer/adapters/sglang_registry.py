@@ -11,7 +11,6 @@ read from its source (`ast`), so that such an architecture still gets its row, w
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import logging
@@ -19,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from ekka.frameworks import FRAMEWORKS, listed_architectures
 from ekka.tracer.adapters.sglang import standin_notes
 
 SKIPPED = re.compile(r"Ignore import error when loading (sglang\.srt\.models\.[\w.]+): (.*)", re.S)
@@ -29,16 +29,8 @@ def entry_classes(module: str) -> tuple[str, ...]:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         return ()
-    tree = ast.parse(Path(spec.origin).read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "EntryClass" for t in node.targets
-        ):
-            values = (
-                node.value.elts if isinstance(node.value, ast.List | ast.Tuple) else [node.value]
-            )
-            return tuple(v.id for v in values if isinstance(v, ast.Name))
-    return ()
+    listed = FRAMEWORKS["sglang"].models.name
+    return tuple(listed_architectures(Path(spec.origin).read_text(), listed))
 
 
 class _Skipped(logging.Handler):
