@@ -192,6 +192,11 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "DeepseekV4ForCausalLM": {"compress_ratios": [128, 4], "num_hash_layers": 1,
                                   "head_dim": 512, "qk_rope_head_dim": 64, "o_groups": 2,
                                   "topk_method": "noaux_tc"},
+        # Qwen3-Next: its layers as released, full attention every full_attention_interval-th
+        # layer (4 in Qwen3-Next-80B-A3B's config.json, which SGLang's Qwen3NextConfig reads;
+        # transformers folds it into layer_types, which the released file lacks:
+        # RELEASED_WITHOUT); 2 here, so that the two layers are a Gated DeltaNet and a full one
+        "Qwen3NextForCausalLM": {"full_attention_interval": 2},
         # Qwen4-Exp: its attention layers' QSA token indexer, as the released text config has it
         # (4 index heads of 128, one key head, a budget of 2048 tokens in blocks of 4); the class
         # leaves them None, and its indexed attention layers cannot be built without them
@@ -212,9 +217,13 @@ CHECKPOINT_KEYS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 # carries those checkpoint keys instead: the zoo writes config.json as released
 # (`released_config`). DeepSeek V4: layer_types and mlp_layer_types, from compress_ratios and
 # num_hash_layers; vLLM's own DeepseekV4Config (a plain PreTrainedConfig) checks mlp_layer_types
-# against ("sparse", "dense") and fails on transformers' "hash_moe" / "moe".
+# against ("sparse", "dense") and fails on transformers' "hash_moe" / "moe". Qwen3-Next:
+# layer_types, from full_attention_interval, which SGLang's own Qwen3NextConfig reads.
 RELEASED_WITHOUT: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"DeepseekV4ForCausalLM": ("layer_types", "mlp_layer_types")}
+    {
+        "DeepseekV4ForCausalLM": ("layer_types", "mlp_layer_types"),
+        "Qwen3NextForCausalLM": ("layer_types",),
+    }
 )
 
 # Tensors the family's released checkpoints hold and transformers' model does not save (norm

@@ -182,3 +182,17 @@ def test_qwen4_exp_builds_with_its_released_indexer() -> None:
     assert config.layer_types == ["linear_attention", "indexed_attention"]
     assert config.indexer_budget % config.indexer_compress_ratio == 0
     assert 0 < _count_parameters(get_arch("Qwen4ExpForCausalLM"), config) < 50_000_000
+
+
+def test_qwen3_next_config_json_carries_its_released_full_attention_interval() -> None:
+    """SGLang's Qwen3NextConfig reads full_attention_interval, which released config.json files
+    carry and transformers folds into layer_types: the zoo writes the released form, which
+    transformers reads back to the same layers (a Gated DeltaNet layer, then a full one)."""
+    from ekka.zoo.derive import released_config
+
+    name = "Qwen3NextForCausalLM"
+    config = _derived_config(name)
+    assert config.layer_types == ["linear_attention", "full_attention"]
+    released = released_config(name, config.to_dict())
+    assert "layer_types" not in released and released["full_attention_interval"] == 2
+    assert type(config).from_dict(released).layer_types == config.layer_types
