@@ -16,7 +16,9 @@ it sends the pipes and the log (file descriptors over a Unix socket) and the fol
 process answers the child's pid, then its exit code when it has reaped it. A connection the
 session closes first is a kill (the warm process kills the child), and the warm process ends
 with its lifeline: a pipe whose other end only the session's process holds, so no warm process
-or target outlives the process that started it. A warm process unused for `IDLE_SECONDS` with
+or target outlives the process that started it. Each target leads a process group of its own,
+and a kill is the group's: what the target started (SGLang's scheduler and detokenizer) goes
+with it. A warm process unused for `IDLE_SECONDS` with
 no child is retired by the next `fork_target`. A session with a patched copy of the
 framework's sources first on its path (a bisection's commit, a bench case) gets a warm process
 of its own, ended with its target: the same folder may hold another commit's sources next.
@@ -201,10 +203,7 @@ class Target:
             return
         self._read(0.0)
         if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(self.pid)
         elif self.warm.process.poll() is None:
             self.warm.process.kill()
             self.warm.process.wait()  # gone before the next target could be sent to it
@@ -276,7 +275,7 @@ def serve_forks(adapter: str, listener: socket.socket, lifeline: int) -> int:
         ready, _, _ = select.select(waiting, [], [])
         if lifeline in ready:
             for pid in children:
-                _kill(pid)
+                kill_group(pid)
             return 0
         if wake_read in ready:
             os.read(wake_read, 4096)
@@ -291,7 +290,7 @@ def serve_forks(adapter: str, listener: socket.socket, lifeline: int) -> int:
         for pid, connection in list(children.items()):
             if connection in ready and pid in children:
                 if not connection.recv(4096):  # the session is gone: so is its target
-                    _kill(pid)
+                    kill_group(pid)
 
 
 def _fork(
@@ -312,6 +311,7 @@ def _fork(
     pid = os.fork()
     if pid == 0:
         _child(module, connection, others, lifeline, wake_read, (read_fd, write_fd, log), cwd, env)
+    _own_group(pid)  # here too, so that no kill can come before the child's own call
     for fd in fds:
         os.close(fd)
     connection.sendall(f"{pid}\n".encode())
@@ -332,6 +332,7 @@ def _child(
     service and its own way to end. Never returns."""
     code = 1
     try:
+        _own_group(0)
         _end_with_parent()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -387,11 +388,24 @@ def _reap(children: dict[int, socket.socket]) -> None:
             connection.close()
 
 
-def _kill(pid: int) -> None:
+def _own_group(pid: int) -> None:
+    """Make the target (`pid`, 0: this process) the leader of a process group of its own: what
+    it starts (SGLang's scheduler and detokenizer, multiprocessing's resource tracker) is in
+    that group, and ends with it (`kill_group`)."""
     try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
+        os.setpgid(pid, pid)
+    except OSError:  # the child has already done it, or is gone
         pass
+
+
+def kill_group(pid: int) -> None:
+    """Kill a target and what it started (its process group): a target killed alone, or ended
+    by its parent-death signal, leaves its framework's processes behind, which no one ends."""
+    for kill in (os.killpg, os.kill):  # the group; the process, should it have none yet
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 def _end_with_parent() -> None:

@@ -32,7 +32,10 @@ def serve(channel):
     assert isinstance(start, Start), start
     print("target of", start.spec.model, "imported by", IMPORTED_BY, flush=True)
     print("call", os.environ.get("PYTEST_CURRENT_TEST"), flush=True)
-    if start.spec.model == "sleep":
+    if start.spec.model == "sleep":  # a framework's own process beside it (SGLang's scheduler)
+        import subprocess
+        helper = subprocess.Popen(["sleep", "600"])
+        print("started", helper.pid, flush=True)
         time.sleep(600)
     channel.send(Ready("fake", "1", None, os.getcwd(), 0.0))
     while channel.receive() is not None:
@@ -143,12 +146,16 @@ def test_a_killed_target_before_and_after_its_fork_and_a_gone_session(fake, tmp_
     deadline = time.monotonic() + 60
     while "target of" not in (folder / "log").read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    target.kill()  # forked: the target alone
+    started = _started(folder)
+    target.kill()  # forked: the target and what it started, not the warm process
     assert target.wait(30) == -signal.SIGKILL and target.warm.process.poll() is None
+    _wait_gone(started)
     target, channel, folder = _session(fake, tmp_path, "three", model="sleep")
     pid = _wait_for_pid(target)
-    target.connection.close()  # the session is gone: so is its target
+    started = _started(folder)
+    target.connection.close()  # the session is gone: so is its target, and what it started
     _wait_gone(pid)
+    _wait_gone(started)
 
 
 def test_nothing_outlives_the_sessions_process(fake, tmp_path):
@@ -157,21 +164,23 @@ import sys, time
 sys.path.insert(0, {str(tmp_path)!r})
 from tests.tracer.test_warm import _session
 import os
-target, channel, _ = _session(os.environ, __import__("pathlib").Path({str(tmp_path)!r}), "s", "sleep")
+from tests.tracer.test_warm import _started
+target, channel, folder = _session(os.environ, __import__("pathlib").Path({str(tmp_path)!r}), "s", "sleep")
 while target.pid is None:
     target.poll(); time.sleep(0.05)
-print(target.warm.process.pid, target.pid, flush=True)
+print(target.warm.process.pid, target.pid, _started(folder), flush=True)
 time.sleep(600)
 """
     process = subprocess.Popen(
         [sys.executable, "-c", script], env=fake, stdout=subprocess.PIPE, text=True
     )
     line = process.stdout.readline()  # type: ignore[union-attr]
-    warm_pid, target_pid = map(int, line.split())
+    warm_pid, target_pid, started = map(int, line.split())
     process.kill()
     process.wait()
     _wait_gone(warm_pid)
     _wait_gone(target_pid)
+    _wait_gone(started)
 
 
 def test_a_framework_that_does_not_import_is_a_capture_error_with_the_warm_log(
@@ -198,6 +207,17 @@ def _wait_for_pid(target: warm.Target) -> int:
         time.sleep(0.05)
     assert target.pid is not None
     return target.pid
+
+
+def _started(folder: Path) -> int:
+    """The pid of the process the fake target started (its log says it)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in (folder / "log").read_text().splitlines():
+            if line.startswith("started "):
+                return int(line.split()[1])
+        time.sleep(0.05)
+    raise AssertionError("the target started nothing")
 
 
 def _wait_gone(pid: int) -> None:
