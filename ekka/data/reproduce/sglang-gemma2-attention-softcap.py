@@ -35,7 +35,8 @@ def config(cap: float | None) -> Gemma2Config:
         attn_logit_softcapping=cap, final_logit_softcapping=None, query_pre_attn_scalar=64,
         initializer_range=0.5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
-    made.hidden_act = made.hidden_activation  # released config.json files carry both; SGLang reads it
+    # released config.json files carry hidden_act beside hidden_activation; SGLang reads it
+    made.hidden_act = made.hidden_activation
     return made
 
 
