@@ -6,34 +6,8 @@ import torch
 
 from ekka.tracer.align import RULES, infer_missing, plan_component, plan_components
 from ekka.tracer.compare import iter_comparisons
-from ekka.tracer.trace import PassInfo, TraceManifest, TraceReader, TraceWriter
-
-T = 6
-
-
-def _trace(path, framework, records, config=None):
-    writer = TraceWriter(
-        path,
-        TraceManifest(
-            framework,
-            prompt_ids=tuple(range(T)),
-            model_config=config or {"model_type": "llama"},
-        ),
-    )
-    writer.add_pass(PassInfo(index=0, step=0, input_ids=tuple(range(T)), positions=tuple(range(T))))
-    for i, (name, cls, outputs) in enumerate(records):
-        writer.add(
-            name=name,
-            module_class=cls,
-            source_file="x.py",
-            source_line=1,
-            step=0,
-            pass_index=0,
-            call_index=i,
-            outputs=outputs,
-        )
-    writer.close()
-    return TraceReader(path)
+from tests.tracer.traces import T
+from tests.tracer.traces import write_trace as _trace
 
 
 def test_rules_cover_fused_projections_layers_attention_and_families():

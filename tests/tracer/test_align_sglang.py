@@ -7,31 +7,14 @@ import torch
 
 from ekka.tracer.align import plan_component, plan_components, rules_for
 from ekka.tracer.compare import iter_comparisons
-from ekka.tracer.trace import PassInfo, TraceManifest, TraceReader, TraceWriter
+from tests.tracer.traces import T, write_trace
 
-T, HIDDEN, EXPERTS, TOP_K = 6, 16, 8, 2
+HIDDEN, EXPERTS, TOP_K = 16, 8, 2
 EXPERTS_NAME = "model.layers.1.mlp.experts"
 
 
 def _trace(path, framework, config, records):
-    writer = TraceWriter(
-        path,
-        TraceManifest(framework, prompt_ids=tuple(range(T)), model_config=config),
-    )
-    writer.add_pass(PassInfo(index=0, step=0, input_ids=tuple(range(T)), positions=tuple(range(T))))
-    for i, (name, cls, outputs) in enumerate(records):
-        writer.add(
-            name=name,
-            module_class=cls,
-            source_file="x.py",
-            source_line=1,
-            step=0,
-            pass_index=0,
-            call_index=i,
-            outputs=outputs,
-        )
-    writer.close()
-    return TraceReader(path)
+    return write_trace(path, framework, records, config)
 
 
 def _ratios(target, reference):
