@@ -401,11 +401,13 @@ def _own_group(pid: int) -> None:
 def kill_group(pid: int) -> None:
     """Kill a target and what it started (its process group): a target killed alone, or ended
     by its parent-death signal, leaves its framework's processes behind, which no one ends."""
-    for kill in (os.killpg, os.kill):  # the group; the process, should it have none yet
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # no group of its own yet: the process
         try:
-            kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _end_with_parent() -> None:
