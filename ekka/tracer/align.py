@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ekka.tracer import transforms
+from ekka.tracer.model_config import text_config
 from ekka.tracer.trace import PassInfo, Record, TraceReader
 
 
@@ -383,16 +384,14 @@ NO_OUTPUT_REASON = "records no tensor output"
 
 
 def family_of(config: Mapping[str, Any]) -> str:
-    text = config.get("text_config") or config
-    return str(text.get("model_type") or config.get("model_type") or "")
+    return str(text_config(config).get("model_type") or config.get("model_type") or "")
 
 
 def _divisor(rule: Rule, config: Mapping[str, Any]) -> float:
     """The value of the rule's `reference_divisor` key in the model's (text) config (1: none)."""
     if not rule.reference_divisor:
         return 1.0
-    text = config.get("text_config") or config
-    value = text.get(rule.reference_divisor)
+    value = text_config(config).get(rule.reference_divisor)
     return 1.0 if value is None else float(value)
 
 
