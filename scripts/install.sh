@@ -58,6 +58,7 @@ PY
 if [ "${SKIP_SGLANG:-0}" != "1" ]; then
   sglang_rc=0
   wait "$sglang_pid" || sglang_rc=$?
+  trap - EXIT  # it has ended: nothing to stop (its pid may be another process' by the exit)
   cat "$sglang_log"
   rm -f "$sglang_log"
   if [ "$sglang_rc" -ne 0 ]; then
